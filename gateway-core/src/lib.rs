@@ -1,9 +1,44 @@
 //! Gateway API HTTP semantics on Pingora.
+//!
+//! `gateway-core` is the data plane of the framework: a [`config::Config`] (listeners, routes,
+//! filters, weighted backends, in plain Rust) is compiled into an immutable routing table that a
+//! [`Gateway`] serves through Pingora's `ProxyHttp` phases. Nothing here depends on Kubernetes;
+//! `gateway-k8s` turns Gateway API resources into the same model.
+//!
+//! ```no_run
+//! use gateway_core::config::{BackendRef, Bind, Config, Listener, Protocol, Route, Rule};
+//! use gateway_core::{FilterRegistry, Gateway};
+//!
+//! # async fn run() -> gateway_core::Result<()> {
+//! let gateway = Gateway::new(FilterRegistry::new());
+//! let route = Route::new("default", "web").rule(
+//!     Rule::prefix("/").backend(BackendRef::endpoints("web", vec!["127.0.0.1:3000".parse().unwrap()])),
+//! );
+//! gateway
+//!     .apply(Config {
+//!         binds: vec![Bind {
+//!             address: "127.0.0.1:8080".parse().unwrap(),
+//!             protocol: Protocol::Http,
+//!             listeners: vec![Listener::new("http", 8080).route(route)],
+//!         }],
+//!     })
+//!     .await?;
+//! gateway_core::shutdown_signal().await?;
+//! gateway.shutdown(std::time::Duration::from_secs(30)).await;
+//! # Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod error;
+pub mod filter;
+pub mod proxy;
 pub mod routing;
+pub mod server;
+mod table;
+mod tls;
 
 pub use error::{Error, ErrorKind, Result};
+pub use filter::{DirectResponse, FilterAction, FilterFactory, FilterRegistry, HttpFilter};
+pub use server::{ApplyReport, Gateway, shutdown_signal};

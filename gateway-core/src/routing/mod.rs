@@ -1,7 +1,36 @@
-//! Request routing: which listener, route and rule take a request. (Interface; the helper fills it in.)
+//! Request routing: which listener, route and rule take a request (Gateway API v1 `HTTPRoute`).
+//!
+//! [`BindRouter::build`] compiles the listeners of one bind when a configuration is applied;
+//! [`BindRouter::lookup`] runs once per request, without locking and without allocation for
+//! ordinary requests.
+//!
+//! Lookup, in order:
+//! 1. **Listener.** The request host (port stripped, lowercased, trailing dot dropped) selects the
+//!    listener with the most specific matching hostname: exact, then the longest wildcard, then
+//!    a listener without hostname. Only that listener's routes are considered (listener
+//!    isolation).
+//! 2. **Route hostname.** Route hostnames are intersected with the listener's
+//!    ([`host::intersect`]); the most specific served hostname matching the request is chosen
+//!    (exact, longest wildcard, catch-all), with no fallback to a less specific one.
+//! 3. **Rule.** Among the matches of the routes served under that hostname, the greatest
+//!    [`MatchRank`] whose conditions hold wins: path `Exact` > `RegularExpression` > `PathPrefix`
+//!    (longer first), then method, more headers, more query parameters, older route,
+//!    `namespace/name`, rule order, match order. Candidates are found through hash indices
+//!    (exact path, prefix probed at each segment boundary) and walked in rank order.
+
+mod cond;
+pub mod host;
+mod listener;
+pub mod rank;
+#[cfg(test)]
+mod tests;
 
 use crate::config::Listener;
 use crate::error::Result;
+use host::{HostIndex, HostPattern};
+use listener::ListenerRouter;
+
+pub use rank::{MatchRank, PathRank};
 
 /// The parts of a request routing looks at.
 #[derive(Clone, Copy, Debug)]
@@ -27,22 +56,69 @@ pub struct RouteHit {
     pub route: usize,
     /// Index of the rule in the route.
     pub rule: usize,
-    /// For a `PathPrefix` match: the byte length of the request path the prefix covered.
+    /// For a `PathPrefix` match: the byte length of the request path the prefix covered, which
+    /// is the prefix without trailing slashes (`/v2/` on `/v2/x` covers 3 bytes, `/` covers 0), so
+    /// the rest of the path is empty or starts with `/`. `None` for `Exact` and
+    /// `RegularExpression` matches.
     pub matched_prefix: Option<usize>,
 }
 
 /// The compiled router of one bind.
 #[derive(Debug)]
-pub struct BindRouter {}
+pub struct BindRouter {
+    /// Listener indices by listener hostname.
+    listeners: HostIndex<usize>,
+    /// One compiled router per listener, in bind order.
+    routers: Vec<ListenerRouter>,
+}
 
 impl BindRouter {
-    /// Compiles the listeners of a bind.
-    pub fn build(_listeners: &[Listener]) -> Result<Self> {
-        Ok(BindRouter {})
+    /// Compiles the listeners of a bind. Runs when a configuration is applied.
+    ///
+    /// Fails with `InvalidConfig` on an invalid regular expression, header name or hostname,
+    /// naming the listener, route (`namespace/name`) and rule index. When two listeners share a
+    /// hostname, the first one takes its requests.
+    pub fn build(listeners: &[Listener]) -> Result<Self> {
+        let mut index = HostIndex::default();
+        let mut routers = Vec::with_capacity(listeners.len());
+        for (i, listener) in listeners.iter().enumerate() {
+            let in_listener = |e: crate::Error| e.more_context(format_args!("listener {}", listener.name));
+            let pattern = HostPattern::parse(listener.hostname.as_deref())
+                .map_err(|e| in_listener(crate::Error::new(crate::ErrorKind::InvalidConfig, e)))?;
+            if index.contains(&pattern) {
+                tracing::warn!(
+                    listener = %listener.name,
+                    hostname = ?listener.hostname,
+                    "another listener of the bind has the same hostname; this one gets no requests"
+                );
+            } else {
+                index.entry(&pattern, || i);
+            }
+            routers.push(ListenerRouter::build(listener).map_err(in_listener)?);
+        }
+        Ok(BindRouter {
+            listeners: index,
+            routers,
+        })
     }
 
-    /// Finds the rule that takes the request, or `None` (404).
-    pub fn lookup(&self, _req: &RequestParts<'_>) -> Option<RouteHit> {
-        None
+    /// Finds the rule that takes the request, or `None` (404). Runs once per request.
+    pub fn lookup(&self, req: &RequestParts<'_>) -> Option<RouteHit> {
+        host::with_request_host(req.host, |host| {
+            let listener = *self.listeners.find(host)?;
+            let (route, rule, matched_prefix) = self.routers.get(listener)?.lookup(host, req)?;
+            Some(RouteHit {
+                listener,
+                route,
+                rule,
+                matched_prefix,
+            })
+        })
+    }
+
+    /// The index of the listener that takes requests for `host` (a `Host` header value, possibly
+    /// with a port), or `None` when no listener hostname matches it.
+    pub fn listener_for(&self, host: &str) -> Option<usize> {
+        host::with_request_host(host, |h| self.listeners.find(h).copied())
     }
 }

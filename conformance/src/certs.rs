@@ -1,0 +1,264 @@
+//! The TLS material the upstream suite generates at start-up (CATALOG.md §2.1), made with rcgen.
+//!
+//! Upstream self-signs some certificates; here every serving certificate is signed by one suite
+//! CA, which the HTTPS client trusts. The Secrets are emitted as `kubernetes.io/tls` documents.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+
+/// The conformance infrastructure namespace.
+pub const INFRA_NS: &str = "gateway-conformance-infra";
+/// The web backend namespace.
+pub const WEB_NS: &str = "gateway-conformance-web-backend";
+/// The app backend namespace.
+pub const APP_NS: &str = "gateway-conformance-app-backend";
+
+/// One generated `kubernetes.io/tls` Secret.
+#[derive(Clone, Debug)]
+pub struct GeneratedSecret {
+    /// Secret name.
+    pub name: String,
+    /// Secret namespace.
+    pub namespace: String,
+    /// The DNS names / URIs the certificate carries (those rcgen accepted).
+    pub sans: Vec<String>,
+    /// PEM certificate.
+    pub cert_pem: String,
+    /// PEM PKCS#8 private key.
+    pub key_pem: String,
+}
+
+impl GeneratedSecret {
+    /// The Secret as a Kubernetes document.
+    pub fn to_document(&self) -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "type": "kubernetes.io/tls",
+            "data": {
+                "tls.crt": B64.encode(self.cert_pem.as_bytes()),
+                "tls.key": B64.encode(self.key_pem.as_bytes()),
+            },
+        })
+    }
+}
+
+/// The suite CA and every Secret signed by it. Generated once per run.
+#[derive(Debug)]
+pub struct SuiteCerts {
+    ca_pem: String,
+    mismatch_ca_pem: String,
+    secrets: Vec<GeneratedSecret>,
+}
+
+/// `(name, namespaces, SANs)` of every serving certificate the suite generates.
+const SECRETS: &[(&str, &[&str], &[&str])] = &[
+    (
+        "tls-validity-checks-certificate",
+        &[INFRA_NS],
+        &["*", "*.org", "*.wildcard.org"],
+    ),
+    ("certificate", &[WEB_NS], &["*"]),
+    (
+        "tls-checks-certificate",
+        &[INFRA_NS],
+        &[
+            "abc.example.com",
+            "spiffe://abc.example.com/test-identity",
+            "other.example.com",
+        ],
+    ),
+    (
+        "tls-passthrough-checks-certificate",
+        &[INFRA_NS, APP_NS],
+        &["abc.example.com"],
+    ),
+    (
+        "tls-terminate-checks-certificate",
+        &[INFRA_NS],
+        &["tls.example.com"],
+    ),
+];
+
+fn cert_err(name: &str, e: impl std::fmt::Display) -> Error {
+    Error::Cert {
+        name: name.to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn ca_params(common_name: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
+/// Turns one SAN string into an rcgen SAN: `scheme://` strings become URIs, the rest DNS names.
+/// Returns `None` when rcgen refuses the value (it is then left out of the certificate).
+fn san(value: &str) -> Option<SanType> {
+    let ia5 = rcgen::string::Ia5String::try_from(value).ok()?;
+    if value.contains("://") {
+        Some(SanType::URI(ia5))
+    } else {
+        Some(SanType::DnsName(ia5))
+    }
+}
+
+impl SuiteCerts {
+    /// Generates the CA, a second unrelated CA (`mismatch-ca-certificate`) and all Secrets.
+    pub fn generate() -> Result<Self> {
+        let ca_key = KeyPair::generate().map_err(|e| cert_err("ca", e))?;
+        let ca = ca_params("gateway-conformance-ca");
+        let ca_pem = ca.self_signed(&ca_key).map_err(|e| cert_err("ca", e))?.pem();
+        let issuer = Issuer::new(ca, ca_key);
+
+        let mismatch_key = KeyPair::generate().map_err(|e| cert_err("mismatch-ca", e))?;
+        let mismatch_ca_pem = ca_params("gateway-conformance-mismatch-ca")
+            .self_signed(&mismatch_key)
+            .map_err(|e| cert_err("mismatch-ca", e))?
+            .pem();
+
+        let mut secrets = Vec::new();
+        for (name, namespaces, sans) in SECRETS {
+            let key = KeyPair::generate().map_err(|e| cert_err(name, e))?;
+            let mut params = CertificateParams::default();
+            let mut accepted = Vec::new();
+            for value in *sans {
+                match san(value) {
+                    Some(s) => {
+                        params.subject_alt_names.push(s);
+                        accepted.push(value.to_string());
+                    }
+                    None => tracing::warn!(secret = name, san = value, "SAN refused by rcgen"),
+                }
+            }
+            let cn = sans.first().copied().unwrap_or(name);
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
+            params.extended_key_usages = vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let cert = params
+                .signed_by(&key, &issuer)
+                .map_err(|e| cert_err(name, e))?;
+            for ns in *namespaces {
+                secrets.push(GeneratedSecret {
+                    name: name.to_string(),
+                    namespace: ns.to_string(),
+                    sans: accepted.clone(),
+                    cert_pem: cert.pem(),
+                    key_pem: key.serialize_pem(),
+                });
+            }
+        }
+        Ok(SuiteCerts {
+            ca_pem,
+            mismatch_ca_pem,
+            secrets,
+        })
+    }
+
+    /// The suite CA certificate (PEM) the client trusts.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Every generated Secret.
+    pub fn secrets(&self) -> &[GeneratedSecret] {
+        &self.secrets
+    }
+
+    /// The Secrets plus the CA ConfigMaps (`tls-checks-ca-certificate`,
+    /// `mismatch-ca-certificate`), ready to write into a config directory.
+    pub fn documents(&self) -> Vec<Value> {
+        let mut docs: Vec<Value> = self.secrets.iter().map(|s| s.to_document()).collect();
+        for (name, pem) in [
+            ("tls-checks-ca-certificate", &self.ca_pem),
+            ("mismatch-ca-certificate", &self.mismatch_ca_pem),
+        ] {
+            docs.push(json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": INFRA_NS},
+                "data": {"ca.crt": pem},
+            }));
+        }
+        docs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::client::danger::ServerCertVerifier;
+
+    #[test]
+    fn generates_all_secrets_signed_by_the_ca() {
+        let certs = SuiteCerts::generate().expect("generate");
+        let names: Vec<_> = certs
+            .secrets()
+            .iter()
+            .map(|s| format!("{}/{}", s.namespace, s.name))
+            .collect();
+        for want in [
+            "gateway-conformance-infra/tls-validity-checks-certificate",
+            "gateway-conformance-web-backend/certificate",
+            "gateway-conformance-infra/tls-checks-certificate",
+            "gateway-conformance-infra/tls-passthrough-checks-certificate",
+            "gateway-conformance-app-backend/tls-passthrough-checks-certificate",
+            "gateway-conformance-infra/tls-terminate-checks-certificate",
+        ] {
+            assert!(names.iter().any(|n| n == want), "missing {want}: {names:?}");
+        }
+        let validity = &certs.secrets()[0];
+        assert!(validity.sans.iter().any(|s| s == "*.wildcard.org"));
+        assert!(validity.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(validity.key_pem.contains("PRIVATE KEY"));
+        let doc = validity.to_document();
+        assert_eq!(doc["type"], "kubernetes.io/tls");
+        let crt = B64
+            .decode(doc["data"]["tls.crt"].as_str().expect("tls.crt"))
+            .expect("base64");
+        assert_eq!(crt, validity.cert_pem.as_bytes());
+
+        // The leaf verifies against the CA for a name its wildcard covers.
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut certs.ca_pem().as_bytes()) {
+            roots.add(c.expect("ca pem")).expect("add root");
+        }
+        let leaf = rustls_pemfile::certs(&mut validity.cert_pem.as_bytes())
+            .next()
+            .expect("leaf")
+            .expect("leaf pem");
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .expect("verifier");
+        let name = rustls::pki_types::ServerName::try_from("third.wildcard.org").expect("name");
+        verifier
+            .verify_server_cert(&leaf, &[], &name, &[], rustls::pki_types::UnixTime::now())
+            .expect("leaf verifies");
+        assert_eq!(certs.documents().len(), certs.secrets().len() + 2);
+    }
+}

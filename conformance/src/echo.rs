@@ -1,0 +1,602 @@
+//! An echo backend reproducing the upstream `echo-basic` image (CATALOG.md §2.3).
+//!
+//! One [`EchoPod`] stands for one Kubernetes pod: it listens on a loopback address on every
+//! container port its Services target, serves HTTP/1.1 and h2c (prior knowledge) on each, and
+//! answers with a JSON echo of the request. Special paths: `/health`, `/status/NNN`, `?delay=`,
+//! and the `/retry/` simulator. Every request's RequestURI is recorded so mirror tests can ask
+//! whether a pod saw a request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+
+/// Who a pod is: the values echo-basic reads from its environment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodIdentity {
+    /// `POD_NAME`, e.g. `infra-backend-v1-7f9c-0`.
+    pub pod: String,
+    /// `NAMESPACE`.
+    pub namespace: String,
+    /// `SERVICE_NAME` (unset in the upstream manifests, so usually empty).
+    pub service: String,
+    /// `INGRESS_NAME` (unset in the upstream manifests, so usually empty).
+    pub ingress: String,
+}
+
+/// State shared by all ports of one pod: the request log and the retry simulator's counters.
+#[derive(Debug, Default)]
+struct PodState {
+    identity: PodIdentity,
+    requests: Mutex<Vec<String>>,
+    retry_attempts: Mutex<HashMap<String, u32>>,
+}
+
+/// A running echo pod. Dropping it stops accepting connections.
+#[derive(Debug)]
+pub struct EchoPod {
+    ip: IpAddr,
+    ports: Vec<u16>,
+    state: Arc<PodState>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl EchoPod {
+    /// Binds `ip:port` for every port and starts serving. Runs on the current tokio runtime.
+    pub async fn start(ip: IpAddr, ports: &[u16], identity: PodIdentity) -> Result<Self> {
+        let state = Arc::new(PodState {
+            identity,
+            ..PodState::default()
+        });
+        let mut tasks = Vec::new();
+        let mut bound = Vec::new();
+        for &port in ports {
+            let listener = TcpListener::bind(SocketAddr::new(ip, port))
+                .await
+                .map_err(|e| Error::io(format!("echo listen {ip}:{port}"), e))?;
+            let port = listener.local_addr()?.port();
+            bound.push(port);
+            tasks.push(tokio::spawn(accept_loop(listener, port, Arc::clone(&state))));
+        }
+        Ok(EchoPod {
+            ip,
+            ports: bound,
+            state,
+            tasks,
+        })
+    }
+
+    /// The loopback address the pod listens on.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    /// The ports actually bound (a requested port 0 shows the chosen one).
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    /// The pod's identity.
+    pub fn identity(&self) -> &PodIdentity {
+        &self.state.identity
+    }
+
+    /// Every RequestURI this pod has received, oldest first.
+    pub fn requests(&self) -> Vec<String> {
+        self.state
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether this pod has received a request whose RequestURI contains `needle`.
+    pub fn saw_request_containing(&self, needle: &str) -> bool {
+        self.state
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|r| r.contains(needle))
+    }
+}
+
+impl Drop for EchoPod {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, port: u16, state: Arc<PodState>) {
+    loop {
+        let Ok((stream, _peer)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(serve_connection(stream, port, Arc::clone(&state)));
+    }
+}
+
+/// Serves one connection. The retry simulator's "TCP RST" mode asks, through `abort`, for the
+/// connection to be reset: the socket gets SO_LINGER 0 and is closed.
+async fn serve_connection(stream: TcpStream, port: u16, state: Arc<PodState>) {
+    let Ok(std_stream) = stream.into_std() else {
+        return;
+    };
+    let Ok(spare) = std_stream.try_clone() else {
+        return;
+    };
+    let Ok(stream) = TcpStream::from_std(std_stream) else {
+        return;
+    };
+    let abort = Arc::new(Notify::new());
+    let svc_abort = Arc::clone(&abort);
+    let service = service_fn(move |req: Request<Incoming>| {
+        let state = Arc::clone(&state);
+        let abort = Arc::clone(&svc_abort);
+        async move { Ok::<_, Infallible>(handle(state, port, abort, req).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut conn = Box::pin(builder.serve_connection(TokioIo::new(stream), service));
+    let reset = tokio::select! {
+        _ = conn.as_mut() => false,
+        _ = abort.notified() => true,
+    };
+    if reset {
+        if let Ok(spare) = TcpStream::from_std(spare) {
+            let _ = spare.set_zero_linger();
+            // Closing the served half first leaves `spare` as the last descriptor, whose close
+            // then sends the RST.
+            drop(conn);
+            drop(spare);
+        }
+    }
+}
+
+/// The RequestURI as Go's `http.Request.RequestURI` shows it: path plus raw query.
+fn request_uri<B>(req: &Request<B>) -> String {
+    req.uri()
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_else(|| "/".to_string())
+}
+
+/// Splits a raw query into `(name, value)` pairs without percent-decoding (the simulator's
+/// parameters are plain tokens).
+pub fn query_pairs(uri: &str) -> Vec<(String, String)> {
+    let Some((_, query)) = uri.split_once('?') else {
+        return Vec::new();
+    };
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (p.to_string(), String::new()),
+        })
+        .collect()
+}
+
+fn query_param(uri: &str, name: &str) -> Option<String> {
+    query_pairs(uri)
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+/// Parses a Go duration string (`1s`, `300ms`, `1m30s`, `1.5s`). Returns `None` when malformed.
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    if s.is_empty() {
+        return None;
+    }
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return None;
+        }
+        let value: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += value * scale;
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+/// Go's `http.CanonicalHeaderKey`: `x-header-set` becomes `X-Header-Set`. Names with characters
+/// outside the token set are returned unchanged, as Go does.
+pub fn canonical_header_key(name: &str) -> String {
+    let valid = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !valid {
+        return name.to_string();
+    }
+    let mut out = String::with_capacity(name.len());
+    let mut upper = true;
+    for c in name.chars() {
+        if upper {
+            out.push(c.to_ascii_uppercase());
+        } else {
+            out.push(c.to_ascii_lowercase());
+        }
+        upper = c == '-';
+    }
+    out
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp
+}
+
+async fn handle(
+    state: Arc<PodState>,
+    port: u16,
+    abort: Arc<Notify>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let uri = request_uri(&req);
+    state
+        .requests
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(uri.clone());
+    tracing::debug!(pod = %state.identity.pod, "Echoing back request made to {uri}");
+    let path = req.uri().path().to_string();
+
+    if path == "/health" {
+        return plain(StatusCode::OK, "OK");
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        return match code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
+            Some(status) => plain(status, ""),
+            None => plain(StatusCode::BAD_REQUEST, "invalid status code"),
+        };
+    }
+    if path.starts_with("/retry/") {
+        if let Some(resp) = retry_simulator(&state, &uri, &abort).await {
+            return resp;
+        }
+    }
+    if let Some(delay) = query_param(&uri, "delay") {
+        match parse_go_duration(&delay) {
+            Some(d) => tokio::time::sleep(d).await,
+            None => return plain(StatusCode::BAD_REQUEST, "invalid delay"),
+        }
+    }
+    echo_response(&state.identity, port, &uri, &req)
+}
+
+/// The `/retry/` simulator: fails the first `succeedAfter` attempts per `uuid` (after sleeping
+/// `delayRetry`), with `responseCode` or, when absent, a TCP reset. Returns `None` to echo.
+async fn retry_simulator(
+    state: &PodState,
+    uri: &str,
+    abort: &Notify,
+) -> Option<Response<Full<Bytes>>> {
+    let uuid = query_param(uri, "uuid").unwrap_or_default();
+    let succeed_after: u32 = match query_param(uri, "succeedAfter").map(|v| v.parse()) {
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return Some(plain(StatusCode::BAD_REQUEST, "invalid succeedAfter")),
+        None => 0,
+    };
+    let attempt = {
+        let mut counters = state
+            .retry_attempts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = counters.entry(uuid).or_insert(0);
+        *n += 1;
+        *n
+    };
+    if attempt > succeed_after {
+        return None;
+    }
+    if let Some(d) = query_param(uri, "delayRetry").and_then(|d| parse_go_duration(&d)) {
+        tokio::time::sleep(d).await;
+    }
+    match query_param(uri, "responseCode") {
+        Some(code) => Some(
+            match code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
+                Some(status) => plain(status, ""),
+                None => plain(StatusCode::BAD_REQUEST, "invalid responseCode"),
+            },
+        ),
+        None => {
+            abort.notify_one();
+            std::future::pending::<()>().await;
+            None
+        }
+    }
+}
+
+fn echo_response<B>(
+    identity: &PodIdentity,
+    port: u16,
+    uri: &str,
+    req: &Request<B>,
+) -> Response<Full<Bytes>> {
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, value) in req.headers() {
+        if name == http::header::HOST {
+            continue;
+        }
+        headers
+            .entry(canonical_header_key(name.as_str()))
+            .or_default()
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        })
+        .unwrap_or_default();
+    let proto = match req.version() {
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    let body = serde_json::json!({
+        "path": uri,
+        "host": host,
+        "method": req.method().as_str(),
+        "proto": proto,
+        "headers": headers,
+        "namespace": identity.namespace,
+        "ingress": identity.ingress,
+        "service": identity.service,
+        "pod": identity.pod,
+        "httpPort": port.to_string(),
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    let out = resp.headers_mut();
+    out.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    out.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    for list in req.headers().get_all("x-echo-set-header") {
+        let Ok(list) = list.to_str() else { continue };
+        for pair in list.split(',') {
+            let Some((name, value)) = pair.trim().split_once(':') else {
+                continue;
+            };
+            let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name.trim().as_bytes()),
+                HeaderValue::from_str(value.trim()),
+            ) else {
+                continue;
+            };
+            match out.get(&name).map(|v| v.as_bytes().to_vec()) {
+                Some(mut existing) => {
+                    existing.push(b',');
+                    existing.extend_from_slice(value.as_bytes());
+                    if let Ok(joined) = HeaderValue::from_bytes(&existing) {
+                        out.insert(name, joined);
+                    }
+                }
+                None => {
+                    out.insert(name, value);
+                }
+            }
+        }
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::net::Ipv4Addr;
+
+    async fn pod() -> EchoPod {
+        EchoPod::start(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            &[0],
+            PodIdentity {
+                pod: "infra-backend-v1-abc-0".into(),
+                namespace: "gateway-conformance-infra".into(),
+                ..PodIdentity::default()
+            },
+        )
+        .await
+        .expect("start echo pod")
+    }
+
+    async fn get_h1(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> std::result::Result<(StatusCode, http::HeaderMap, Bytes), hyper::Error> {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let mut req = Request::get(path).header("host", "example.com");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = send
+            .send_request(req.body(Full::new(Bytes::new())).expect("request"))
+            .await?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, headers, body))
+    }
+
+    fn addr(p: &EchoPod) -> SocketAddr {
+        SocketAddr::new(p.ip(), p.ports()[0])
+    }
+
+    #[tokio::test]
+    async fn echoes_request_as_json() {
+        let p = pod().await;
+        let (status, headers, body) = get_h1(
+            addr(&p),
+            "/some/path?x=1&y",
+            &[("x-header-set", "a"), ("x-multi", "1"), ("x-multi", "2")],
+        )
+        .await
+        .expect("request");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["content-type"], "application/json");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["path"], "/some/path?x=1&y");
+        assert_eq!(v["host"], "example.com");
+        assert_eq!(v["method"], "GET");
+        assert_eq!(v["proto"], "HTTP/1.1");
+        assert_eq!(v["pod"], "infra-backend-v1-abc-0");
+        assert_eq!(v["namespace"], "gateway-conformance-infra");
+        assert_eq!(v["headers"]["X-Header-Set"][0], "a");
+        assert_eq!(v["headers"]["X-Multi"], serde_json::json!(["1", "2"]));
+        assert!(v["headers"].get("Host").is_none());
+        assert_eq!(v["httpPort"], p.ports()[0].to_string());
+        assert!(p.saw_request_containing("/some/path?x=1"));
+    }
+
+    #[tokio::test]
+    async fn sets_response_headers_from_x_echo_set_header() {
+        let p = pod().await;
+        let (_, headers, _) = get_h1(
+            addr(&p),
+            "/",
+            &[("x-echo-set-header", "X-Foo:bar, X-Foo:baz,Other: v")],
+        )
+        .await
+        .expect("request");
+        assert_eq!(headers["x-foo"], "bar,baz");
+        assert_eq!(headers["other"], "v");
+        let (_, headers, _) = get_h1(addr(&p), "/", &[("x-echo-set-header", "")])
+            .await
+            .expect("request");
+        assert!(headers.get("x-foo").is_none());
+    }
+
+    #[tokio::test]
+    async fn status_and_health_endpoints() {
+        let p = pod().await;
+        let (status, _, _) = get_h1(addr(&p), "/status/418", &[]).await.expect("req");
+        assert_eq!(status.as_u16(), 418);
+        let (status, _, body) = get_h1(addr(&p), "/health", &[]).await.expect("req");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(&body[..], b"OK");
+    }
+
+    #[tokio::test]
+    async fn delay_query_delays_response() {
+        let p = pod().await;
+        let start = std::time::Instant::now();
+        let (status, _, _) = get_h1(addr(&p), "/?delay=200ms", &[]).await.expect("req");
+        assert_eq!(status, StatusCode::OK);
+        assert!(start.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn retry_simulator_fails_then_succeeds() {
+        let p = pod().await;
+        let path = "/retry/x?responseCode=503&succeedAfter=2&uuid=u1";
+        for _ in 0..2 {
+            let (status, _, _) = get_h1(addr(&p), path, &[]).await.expect("req");
+            assert_eq!(status.as_u16(), 503);
+        }
+        let (status, _, body) = get_h1(addr(&p), path, &[]).await.expect("req");
+        assert_eq!(status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["path"], path);
+        // Another uuid starts from zero.
+        let (status, _, _) = get_h1(
+            addr(&p),
+            "/retry/x?responseCode=500&succeedAfter=1&uuid=u2",
+            &[],
+        )
+        .await
+        .expect("req");
+        assert_eq!(status.as_u16(), 500);
+    }
+
+    #[tokio::test]
+    async fn retry_simulator_resets_connection_without_response_code() {
+        let p = pod().await;
+        let path = "/retry/x?succeedAfter=1&uuid=rst";
+        let first = get_h1(addr(&p), path, &[]).await;
+        assert!(first.is_err(), "expected a connection error, got {first:?}");
+        let (status, _, _) = get_h1(addr(&p), path, &[]).await.expect("second attempt");
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn serves_h2c_prior_knowledge() {
+        let p = pod().await;
+        let stream = TcpStream::connect(addr(&p)).await.expect("connect");
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(conn);
+        let req = Request::get("http://h2.example/abc?q=1")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = send.send_request(req).await.expect("response");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["proto"], "HTTP/2.0");
+        assert_eq!(v["host"], "h2.example");
+        assert_eq!(v["path"], "/abc?q=1");
+    }
+
+    #[test]
+    fn go_durations_and_header_keys() {
+        assert_eq!(parse_go_duration("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_go_duration("300ms"), Some(Duration::from_millis(300)));
+        assert_eq!(parse_go_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_go_duration("abc"), None);
+        assert_eq!(parse_go_duration("5"), None);
+        assert_eq!(canonical_header_key("x-header-SET"), "X-Header-Set");
+        assert_eq!(canonical_header_key("version"), "Version");
+        assert_eq!(canonical_header_key("bad header"), "bad header");
+    }
+}

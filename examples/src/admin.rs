@@ -1,0 +1,115 @@
+//! The admin endpoint: health, readiness, status and the active configuration.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/healthz` | 200 while the process runs |
+//! | `/readyz` | 200 once the first configuration is applied, 503 before |
+//! | `/status` | the YAML of every resource with its computed status (as `--status-file`) |
+//! | `/config` | the active `gateway-core` configuration as JSON (private keys left out) |
+//! | `/diagnostics` | JSON list of the problems of the last load (unparseable documents, failed binds...) |
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use gateway_core::Gateway;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+/// What the admin endpoint shows; updated by the runner after every load.
+#[derive(Default)]
+pub struct AdminState {
+    ready: AtomicBool,
+    status_yaml: ArcSwap<String>,
+    diagnostics: ArcSwap<Vec<String>>,
+}
+
+impl AdminState {
+    /// Marks the gateway ready (`/readyz` answers 200 from now on).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Whether the first configuration has been applied.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Replaces the status document.
+    pub fn set_status(&self, yaml: String) {
+        self.status_yaml.store(Arc::new(yaml));
+    }
+
+    /// Replaces the diagnostics of the last load.
+    pub fn set_diagnostics(&self, diagnostics: Vec<String>) {
+        self.diagnostics.store(Arc::new(diagnostics));
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn answer(path: &str, state: &AdminState, gateway: &Gateway) -> Response<Full<Bytes>> {
+    match path {
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" if state.is_ready() => reply(StatusCode::OK, "text/plain", "ready\n"),
+        "/readyz" => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "no configuration applied yet\n",
+        ),
+        "/status" => reply(
+            StatusCode::OK,
+            "application/yaml",
+            state.status_yaml.load().as_bytes().to_vec(),
+        ),
+        "/config" => match serde_json::to_vec_pretty(&gateway.config()) {
+            Ok(json) => reply(StatusCode::OK, "application/json", json),
+            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
+        },
+        "/diagnostics" => match serde_json::to_vec_pretty(state.diagnostics.load().as_ref()) {
+            Ok(json) => reply(StatusCode::OK, "application/json", json),
+            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
+        },
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+/// Binds `address` and serves the admin endpoint until the process ends.
+pub async fn serve(
+    address: SocketAddr,
+    state: Arc<AdminState>,
+    gateway: Gateway,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let state = state.clone();
+            let gateway = gateway.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let r = answer(req.uri().path(), &state, &gateway);
+                    async move { Ok::<_, Infallible>(r) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }))
+}

@@ -1,0 +1,87 @@
+//! The gateway that external harnesses drive: Gateway API YAML files in, traffic and status out.
+//!
+//! ```text
+//! cargo run -p examples --bin file-gateway -- --config examples/quickstart.yaml \
+//!     --listener-port-map 80=8080 --status-file /tmp/status.yaml
+//! ```
+//!
+//! Its command line is a contract (see docs/file-gateway.md): bad flags exit 2 with a message;
+//! bad configuration never exits.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use examples::admin::{self, AdminState};
+use examples::runner::{Input, Runner};
+use gateway_core::{FilterRegistry, Gateway};
+use gateway_k8s::TranslateOptions;
+
+/// Serves Gateway API resources (GatewayClass, Gateway, HTTPRoute, ReferenceGrant, Service,
+/// EndpointSlice, Secret, Namespace) read from YAML files, reloading them when they change.
+#[derive(Parser, Debug)]
+#[command(name = "file-gateway", version)]
+struct Args {
+    /// A YAML file, or a directory of .yaml/.yml files (multi-document). Repeatable.
+    #[arg(long = "config", value_name = "PATH", required = true)]
+    config: Vec<PathBuf>,
+
+    /// The GatewayClass spec.controllerName this gateway serves.
+    #[arg(long, value_name = "NAME", default_value = examples::DEFAULT_CONTROLLER_NAME)]
+    controller_name: String,
+
+    /// Gateways without spec.addresses get the next free address of this CIDR
+    /// (default: every Gateway on 127.0.0.1).
+    #[arg(long, value_name = "CIDR")]
+    address_pool: Option<ipnet::IpNet>,
+
+    /// Bind listener port P on local port L, e.g. 80=18080,443=18443. Routing and redirects
+    /// still see the Gateway's own port numbers.
+    #[arg(long, value_name = "P=L,...", value_parser = examples::cli::parse_port_map)]
+    listener_port_map: Option<BTreeMap<u16, u16>>,
+
+    /// Write every resource with its computed status to this YAML file after every change.
+    #[arg(long, value_name = "PATH")]
+    status_file: Option<PathBuf>,
+
+    /// The admin endpoint: /healthz, /readyz, /status, /config, /diagnostics.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
+    admin: SocketAddr,
+
+    /// How long SIGTERM waits for in-flight requests before closing connections.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    drain_seconds: u64,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    examples::init_logging();
+
+    let gateway = Gateway::new(FilterRegistry::new());
+    let state = Arc::new(AdminState::default());
+    if let Err(e) = admin::serve(args.admin, state.clone(), gateway.clone()).await {
+        eprintln!("file-gateway: cannot bind the admin endpoint {}: {e}", args.admin);
+        std::process::exit(2);
+    }
+    let options = TranslateOptions {
+        controller_name: args.controller_name,
+        port_map: args.listener_port_map.unwrap_or_default(),
+        address_pool: args.address_pool,
+        default_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+    let runner = Runner::new(gateway.clone(), options, state, args.status_file);
+    let running = tokio::spawn(runner.run(Input::Files(args.config)));
+
+    if let Err(e) = gateway_core::shutdown_signal().await {
+        tracing::error!(error = %e, "signal handling failed");
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+    running.abort();
+    gateway
+        .shutdown(Duration::from_secs(args.drain_seconds))
+        .await;
+}

@@ -1,0 +1,19 @@
+//! Shared pieces of the example gateways: the YAML runner, the admin endpoint, the quickstart's
+//! demo backends and the command-line parsers.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod cli;
+pub mod demo;
+pub mod runner;
+
+/// The GatewayClass `controllerName` the example gateways serve unless told otherwise.
+pub const DEFAULT_CONTROLLER_NAME: &str = "gateway.pingora.rs/controller";
+
+/// Installs a `tracing` subscriber reading `RUST_LOG` (default `info`). Binaries only.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}

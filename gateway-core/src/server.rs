@@ -1,0 +1,302 @@
+//! The gateway runtime: sockets, accept loops, TLS handshakes, configuration swaps and draining.
+//!
+//! Pingora fixes its listeners when a `Server` starts; Gateway API listeners come and go at run
+//! time. So [`Gateway`] owns the accept loops: one task per bound socket hands each connection
+//! (after the TLS handshake on HTTPS binds) to one shared Pingora `HttpProxy`, which runs the
+//! [`crate::proxy::GatewayProxy`] phases. Every bind shares the proxy's upstream connection pool.
+//!
+//! [`Gateway::apply`] compiles a [`Config`], binds the sockets it adds, swaps the routing table
+//! atomically and closes the sockets it drops. Connections on sockets that stay keep running;
+//! in-flight requests finish on the table they started with.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use pingora_core::apps::{HttpServerOptions, ServerApp};
+use pingora_core::listeners::tls::Acceptor;
+use pingora_core::protocols::Stream;
+use pingora_core::protocols::l4::listener::Listener as L4Listener;
+use pingora_core::server::configuration::ServerConf;
+use pingora_proxy::HttpProxy;
+use tokio::sync::{Mutex, Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, Protocol};
+use crate::error::{Error, ErrorKind, Result};
+use crate::filter::FilterRegistry;
+use crate::proxy::GatewayProxy;
+use crate::table::Table;
+use crate::tls;
+
+/// What [`Gateway::apply`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Whether the configuration differed from the active one and was swapped in.
+    pub changed: bool,
+    /// Sockets bound by this apply.
+    pub bound: Vec<SocketAddr>,
+    /// Sockets closed by this apply.
+    pub closed: Vec<SocketAddr>,
+    /// Sockets that could not be bound, with the reason. Their routes are compiled but unreachable;
+    /// the next apply tries to bind them again.
+    pub failed: Vec<(SocketAddr, String)>,
+}
+
+/// An embeddable Gateway API data plane.
+///
+/// Create it with [`Gateway::new`] inside a Tokio runtime, feed it configurations with
+/// [`Gateway::apply`], and stop it with [`Gateway::shutdown`]. Cloning is cheap and shares state.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    table: Arc<ArcSwap<Table>>,
+    registry: FilterRegistry,
+    proxy: Arc<HttpProxy<GatewayProxy>>,
+    sockets: Mutex<HashMap<SocketAddr, Socket>>,
+    shutdown: watch::Sender<bool>,
+    connections: Arc<Connections>,
+}
+
+struct Socket {
+    protocol: Protocol,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// Counts open downstream connections so shutdown can wait for them.
+#[derive(Default)]
+struct Connections {
+    open: AtomicUsize,
+    idle: Notify,
+}
+
+struct ConnectionGuard(Arc<Connections>);
+
+impl Connections {
+    fn enter(self: &Arc<Self>) -> ConnectionGuard {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard(self.clone())
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Gateway {
+    /// A gateway serving nothing yet. `registry` resolves `ExtensionRef` filters.
+    pub fn new(registry: FilterRegistry) -> Self {
+        let table = Arc::new(ArcSwap::from_pointee(Table::default()));
+        let mut proxy = HttpProxy::new(
+            GatewayProxy {
+                table: table.clone(),
+            },
+            Arc::new(ServerConf::default()),
+        );
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        proxy.server_options = Some(options);
+        proxy.handle_init_modules();
+        let (shutdown, _) = watch::channel(false);
+        Gateway {
+            inner: Arc::new(Inner {
+                table,
+                registry,
+                proxy: Arc::new(proxy),
+                sockets: Mutex::new(HashMap::new()),
+                shutdown,
+                connections: Arc::default(),
+            }),
+        }
+    }
+
+    /// The active configuration.
+    pub fn config(&self) -> Config {
+        self.inner.table.load().config.clone()
+    }
+
+    /// The addresses with a socket bound now.
+    pub async fn bound(&self) -> Vec<SocketAddr> {
+        let mut v: Vec<_> = self.inner.sockets.lock().await.keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    /// Makes `config` the active configuration.
+    ///
+    /// An identical configuration changes nothing. An invalid one (see [`ErrorKind::InvalidConfig`])
+    /// is rejected and the active one keeps serving. Sockets are bound before the swap, so new
+    /// listeners route from their first connection; sockets whose bind fails are reported in
+    /// [`ApplyReport::failed`] and the rest of the configuration still applies.
+    pub async fn apply(&self, config: Config) -> Result<ApplyReport> {
+        let mut sockets = self.inner.sockets.lock().await;
+        let unchanged = self.inner.table.load().config == config;
+        let mut report = ApplyReport::default();
+        let wanted: HashMap<SocketAddr, Protocol> =
+            config.binds.iter().map(|b| (b.address, b.protocol)).collect();
+        let missing = wanted
+            .iter()
+            .any(|(a, p)| sockets.get(a).is_none_or(|s| s.protocol != *p));
+        if unchanged && !missing {
+            return Ok(report);
+        }
+        let table = Table::compile(config, &self.inner.registry)?;
+
+        // Sockets to close: gone, or their protocol changed.
+        let stale: Vec<SocketAddr> = sockets
+            .iter()
+            .filter(|(a, s)| wanted.get(a) != Some(&s.protocol))
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in &stale {
+            if let Some(s) = sockets.remove(addr) {
+                let _ = s.stop.send(true);
+                let _ = s.task.await;
+                if !wanted.contains_key(addr) {
+                    report.closed.push(*addr);
+                }
+            }
+        }
+
+        // Bind the new ones before the swap; start accepting after it.
+        let mut fresh = Vec::new();
+        for (addr, protocol) in &wanted {
+            if sockets.contains_key(addr) {
+                continue;
+            }
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => fresh.push((*addr, *protocol, l)),
+                Err(e) => {
+                    tracing::warn!(address = %addr, error = %e, "cannot bind listener");
+                    report.failed.push((*addr, e.to_string()));
+                }
+            }
+        }
+        self.inner.table.store(Arc::new(table));
+        report.changed = !unchanged;
+        for (addr, protocol, listener) in fresh {
+            sockets.insert(addr, self.spawn_accept_loop(addr, protocol, listener));
+            report.bound.push(addr);
+            tracing::info!(address = %addr, ?protocol, "listening");
+        }
+        report.bound.sort();
+        report.closed.sort();
+        Ok(report)
+    }
+
+    fn spawn_accept_loop(
+        &self,
+        addr: SocketAddr,
+        protocol: Protocol,
+        listener: tokio::net::TcpListener,
+    ) -> Socket {
+        let (stop, mut stopped) = watch::channel(false);
+        let acceptor = (protocol == Protocol::Https).then(|| {
+            Arc::new(Acceptor::from_server_config(tls::server_config(
+                self.inner.table.clone(),
+                addr,
+            )))
+        });
+        let proxy = self.inner.proxy.clone();
+        let connections = self.inner.connections.clone();
+        let shutdown = self.inner.shutdown.subscribe();
+        let listener = L4Listener::from(listener);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stopped.changed() => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok(mut stream) => {
+                            let guard = connections.enter();
+                            let proxy = proxy.clone();
+                            let acceptor = acceptor.clone();
+                            let shutdown = shutdown.clone();
+                            tokio::spawn(async move {
+                                let _guard = guard;
+                                if let Err(e) = stream.set_nodelay() {
+                                    tracing::debug!(error = %e, "set_nodelay failed");
+                                }
+                                let stream: Stream = match acceptor {
+                                    Some(acceptor) => match acceptor.tls_handshake(stream).await {
+                                        Ok(tls) => Box::new(tls),
+                                        Err(e) => {
+                                            tracing::debug!(error = %e, "TLS handshake failed");
+                                            return;
+                                        }
+                                    },
+                                    None => Box::new(stream),
+                                };
+                                proxy.process_new(stream, &shutdown).await;
+                            });
+                        }
+                        Err(e) => {
+                            tracing::warn!(address = %addr, error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+            }
+        });
+        Socket {
+            protocol,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops accepting, lets in-flight requests finish, and returns when every connection has
+    /// closed or `grace` has passed. Idle keep-alive connections are closed at once; busy ones
+    /// are closed after their current request.
+    pub async fn shutdown(&self, grace: Duration) {
+        {
+            let mut sockets = self.inner.sockets.lock().await;
+            for (_, s) in sockets.drain() {
+                let _ = s.stop.send(true);
+                let _ = s.task.await;
+            }
+        }
+        let _ = self.inner.shutdown.send(true);
+        self.inner.proxy.cleanup().await;
+        let connections = &self.inner.connections;
+        let drained = async {
+            loop {
+                let idle = connections.idle.notified();
+                if connections.open.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        if tokio::time::timeout(grace, drained).await.is_err() {
+            tracing::warn!(
+                open = connections.open.load(Ordering::Acquire),
+                "shutdown grace period over; closing remaining connections"
+            );
+        }
+    }
+}
+
+/// Waits for SIGTERM or SIGINT (Ctrl-C). Binaries call this, then [`Gateway::shutdown`].
+pub async fn shutdown_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| Error::because(ErrorKind::Io, "installing the SIGTERM handler", e))?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => {
+            r.map_err(|e| Error::because(ErrorKind::Io, "installing the SIGINT handler", e))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,398 @@
+//! End-to-end tests of the data plane through real loopback sockets: routing, filters, backends,
+//! configuration swaps, runtime listeners, TLS by SNI, h2c and draining.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gateway_core::config::*;
+use gateway_core::filter::{DirectResponse, FilterAction, HttpFilter};
+use gateway_core::{FilterRegistry, Gateway};
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use support::*;
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn http_bind(port: u16, routes: Vec<Route>) -> Bind {
+    let mut listener = Listener::new("test/gw/http", 80);
+    listener.routes = routes;
+    Bind {
+        address: addr(port),
+        protocol: Protocol::Http,
+        listeners: vec![listener],
+    }
+}
+
+fn to(backend: &TestBackend, name: &str) -> BackendRef {
+    BackendRef::endpoints(name, vec![backend.addr])
+}
+
+#[tokio::test]
+async fn routes_by_path_and_answers_404_when_nothing_matches() {
+    let v1 = backend("v1").await;
+    let v2 = backend("v2").await;
+    let port = free_port();
+    let gw = Gateway::new(FilterRegistry::new());
+    let route = Route::new("ns", "r")
+        .rule(Rule::exact("/one").backend(to(&v1, "v1")))
+        .rule(Rule::prefix("/two").backend(to(&v2, "v2")));
+    let report = gw
+        .apply(Config {
+            binds: vec![http_bind(port, vec![route])],
+        })
+        .await
+        .unwrap();
+    assert!(report.changed);
+    assert_eq!(report.bound, vec![addr(port)]);
+
+    assert_eq!(get(addr(port), "example.com", "/one").await.backend(), "v1");
+    assert_eq!(get(addr(port), "example.com", "/two/x").await.backend(), "v2");
+    assert_eq!(get(addr(port), "example.com", "/one/x").await.status, 404);
+    assert_eq!(get(addr(port), "example.com", "/twox").await.status, 404);
+    gw.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn header_modifiers_rewrite_and_redirect() {
+    let v1 = backend("v1").await;
+    let port = free_port();
+    let gw = Gateway::new(FilterRegistry::new());
+    let route = Route::new("ns", "r")
+        .rule(
+            Rule::prefix("/headers")
+                .filter(Filter::RequestHeaderModifier(HeaderModifier {
+                    set: vec![("x-set".into(), "set".into())],
+                    add: vec![("x-add".into(), "added".into())],
+                    remove: vec!["x-remove".into()],
+                }))
+                .filter(Filter::ResponseHeaderModifier(HeaderModifier {
+                    set: vec![("x-resp".into(), "yes".into())],
+                    add: vec![],
+                    remove: vec!["x-backend".into()],
+                }))
+                .backend(to(&v1, "v1")),
+        )
+        .rule(
+            Rule::prefix("/prefix/one")
+                .filter(Filter::UrlRewrite(UrlRewrite {
+                    hostname: Some("rewritten.example".into()),
+                    path: Some(PathModifier::ReplacePrefixMatch("/one".into())),
+                }))
+                .backend(to(&v1, "v1")),
+        )
+        .rule(Rule::prefix("/old").filter(Filter::RequestRedirect(RequestRedirect {
+            path: Some(PathModifier::ReplacePrefixMatch("/new".into())),
+            status_code: 301,
+            ..RequestRedirect::default()
+        })));
+    gw.apply(Config {
+        binds: vec![http_bind(port, vec![route])],
+    })
+    .await
+    .unwrap();
+
+    let r = get_with(
+        addr(port),
+        "h.example",
+        "/headers",
+        &[("x-set", "orig"), ("x-add", "orig"), ("x-remove", "gone")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.seen("x-set").as_deref(), Some("set"));
+    assert_eq!(r.seen("x-add").as_deref(), Some("orig,added"));
+    assert_eq!(r.seen("x-remove"), None);
+    assert_eq!(r.headers.get("x-resp").unwrap(), "yes");
+    assert!(r.headers.get("x-backend").is_none());
+
+    let r = get(addr(port), "h.example", "/prefix/one/two?q=1").await;
+    assert_eq!(r.body["path"], "/one/two?q=1");
+    assert_eq!(r.body["host"], "rewritten.example");
+
+    let r = get(addr(port), "h.example:8080", "/old/page?x=y").await;
+    assert_eq!(r.status, 301);
+    // The listener's port is 80, so it is elided; the request's port is not carried over.
+    assert_eq!(
+        r.headers.get("location").unwrap(),
+        "http://h.example/new/page?x=y"
+    );
+    gw.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn weights_unresolved_backends_and_rules_without_backends() {
+    let v1 = backend("v1").await;
+    let v2 = backend("v2").await;
+    let port = free_port();
+    let gw = Gateway::new(FilterRegistry::new());
+    let route = Route::new("ns", "r")
+        .rule(
+            Rule::prefix("/split")
+                .backend(to(&v1, "v1").weight(1))
+                .backend(to(&v2, "v2").weight(0)),
+        )
+        .rule(Rule::prefix("/none"))
+        .rule(Rule::prefix("/broken").backend(BackendRef {
+            name: "missing".into(),
+            weight: 1,
+            target: BackendTarget::Unresolved {
+                reason: "Service not found".into(),
+            },
+            filters: vec![],
+        }))
+        .rule(Rule::prefix("/empty").backend(BackendRef::endpoints("empty", vec![])));
+    gw.apply(Config {
+        binds: vec![http_bind(port, vec![route])],
+    })
+    .await
+    .unwrap();
+    let mut conn = H1::connect(addr(port)).await.unwrap();
+    for _ in 0..20 {
+        assert_eq!(conn.send("GET", "a", "/split", &[]).await.backend(), "v1");
+    }
+    assert_eq!(get(addr(port), "a", "/none").await.status, 500);
+    assert_eq!(get(addr(port), "a", "/broken").await.status, 500);
+    assert_eq!(get(addr(port), "a", "/empty").await.status, 503);
+    gw.shutdown(Duration::from_secs(1)).await;
+}
+
+struct Deny;
+
+#[async_trait]
+impl HttpFilter for Deny {
+    async fn request(&self, session: &mut Session) -> gateway_core::Result<FilterAction> {
+        if session.req_header().headers.contains_key("x-allow") {
+            Ok(FilterAction::Continue)
+        } else {
+            Ok(FilterAction::Respond(DirectResponse::text(403, "denied")))
+        }
+    }
+
+    async fn response(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+    ) -> gateway_core::Result<()> {
+        response.insert_header("x-filtered", "1").unwrap();
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn extension_filters_answer_or_pass_and_unknown_ones_answer_500() {
+    let v1 = backend("v1").await;
+    let port = free_port();
+    let mut registry = FilterRegistry::new();
+    registry.register_filter("example.com", "Deny", Arc::new(Deny));
+    let gw = Gateway::new(registry);
+    let ext = |kind: &str| {
+        Filter::ExtensionRef(ExtensionRef {
+            group: "example.com".into(),
+            kind: kind.into(),
+            name: "x".into(),
+        })
+    };
+    let route = Route::new("ns", "r")
+        .rule(Rule::prefix("/known").filter(ext("Deny")).backend(to(&v1, "v1")))
+        .rule(Rule::prefix("/unknown").filter(ext("Nope")).backend(to(&v1, "v1")));
+    gw.apply(Config {
+        binds: vec![http_bind(port, vec![route])],
+    })
+    .await
+    .unwrap();
+    assert_eq!(get(addr(port), "a", "/known").await.status, 403);
+    let r = get_with(addr(port), "a", "/known", &[("x-allow", "1")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers.get("x-filtered").unwrap(), "1");
+    assert_eq!(get(addr(port), "a", "/unknown").await.status, 500);
+    gw.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn swaps_keep_in_flight_requests_and_listeners_change_at_run_time() {
+    let v1 = backend("v1").await;
+    let v2 = backend("v2").await;
+    let (p1, p2) = (free_port(), free_port());
+    let gw = Gateway::new(FilterRegistry::new());
+    let first = Config {
+        binds: vec![http_bind(
+            p1,
+            vec![Route::new("ns", "r").rule(Rule::prefix("/").backend(to(&v1, "v1")))],
+        )],
+    };
+    gw.apply(first.clone()).await.unwrap();
+    assert!(!gw.apply(first).await.unwrap().changed, "identical config is not swapped");
+
+    // A keep-alive connection and a slow request in flight on p1.
+    let mut kept = H1::connect(addr(p1)).await.unwrap();
+    assert_eq!(kept.send("GET", "a", "/", &[]).await.backend(), "v1");
+    let slow = tokio::spawn(async move { get(addr(p1), "a", "/?delay=400").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Swap: p1 now routes to v2, and a new listener p2 appears.
+    let second = Config {
+        binds: vec![
+            http_bind(
+                p1,
+                vec![Route::new("ns", "r").rule(Rule::prefix("/").backend(to(&v2, "v2")))],
+            ),
+            http_bind(
+                p2,
+                vec![Route::new("ns", "r").rule(Rule::prefix("/").backend(to(&v1, "v1")))],
+            ),
+        ],
+    };
+    let report = gw.apply(second).await.unwrap();
+    assert_eq!(report.bound, vec![addr(p2)]);
+    let r = slow.await.unwrap();
+    assert_eq!((r.status, r.backend()), (200, "v1"), "in-flight request finished");
+    assert_eq!(kept.send("GET", "a", "/", &[]).await.backend(), "v2");
+    assert_eq!(get(addr(p2), "a", "/").await.backend(), "v1");
+
+    // Remove p2: p1's kept connection is untouched, p2 refuses connections.
+    let third = Config {
+        binds: vec![http_bind(
+            p1,
+            vec![Route::new("ns", "r").rule(Rule::prefix("/").backend(to(&v2, "v2")))],
+        )],
+    };
+    let report = gw.apply(third).await.unwrap();
+    assert_eq!(report.closed, vec![addr(p2)]);
+    assert!(H1::connect(addr(p2)).await.is_err());
+    assert_eq!(kept.send("GET", "a", "/", &[]).await.backend(), "v2");
+    gw.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn invalid_config_is_rejected_and_the_last_good_one_keeps_serving() {
+    let v1 = backend("v1").await;
+    let port = free_port();
+    let gw = Gateway::new(FilterRegistry::new());
+    gw.apply(Config {
+        binds: vec![http_bind(
+            port,
+            vec![Route::new("ns", "r").rule(Rule::prefix("/").backend(to(&v1, "v1")))],
+        )],
+    })
+    .await
+    .unwrap();
+    let bad = Route::new("ns", "bad").rule(
+        Rule::default()
+            .matching(RouteMatch {
+                path: PathMatch::RegularExpression("([".into()),
+                ..RouteMatch::default()
+            })
+            .backend(to(&v1, "v1")),
+    );
+    let err = gw
+        .apply(Config {
+            binds: vec![http_bind(port, vec![bad])],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, gateway_core::ErrorKind::InvalidConfig);
+    assert_eq!(get(addr(port), "a", "/").await.backend(), "v1");
+    gw.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_and_h2c_backends() {
+    let v1 = backend("v1").await;
+    let port = free_port();
+    let gw = Gateway::new(FilterRegistry::new());
+    let mut h2c = to(&v1, "v1");
+    if let BackendTarget::Endpoints(b) = &mut h2c.target {
+        b.protocol = BackendProtocol::H2c;
+    }
+    let route = Route::new("ns", "r")
+        .rule(Rule::prefix("/h2c").backend(h2c))
+        .rule(Rule::prefix("/").backend(to(&v1, "v1")));
+    gw.apply(Config {
+        binds: vec![http_bind(port, vec![route])],
+    })
+    .await
+    .unwrap();
+    let r = get_h2c(addr(port), "example.com", "/plain").await;
+    assert_eq!((r.status, r.body["version"].as_str()), (200, Some("HTTP/1.1")));
+    let r = get(addr(port), "example.com", "/h2c").await;
+    assert_eq!((r.status, r.body["version"].as_str()), (200, Some("HTTP/2.0")));
+    gw.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn tls_certificates_are_chosen_by_sni() {
+    let v1 = backend("v1").await;
+    let port = free_port();
+    let (a_cert, a_key, a_der) = self_signed(&["a.example.com"]);
+    let (w_cert, w_key, w_der) = self_signed(&["*.wild.example.com"]);
+    let (d_cert, d_key, d_der) = self_signed(&["default.example.com"]);
+    let listener = |name: &str, host: Option<&str>, cert: &str, key: &str| {
+        let route = Route::new("ns", name).rule(Rule::prefix("/").backend(to(&v1, "v1")));
+        let mut l = Listener::new(name, 443).route(route);
+        l.hostname = host.map(Into::into);
+        l.tls = Some(ListenerTls {
+            certificates: vec![Certificate {
+                cert_pem: cert.into(),
+                key_pem: key.into(),
+            }],
+        });
+        l
+    };
+    let gw = Gateway::new(FilterRegistry::new());
+    gw.apply(Config {
+        binds: vec![Bind {
+            address: addr(port),
+            protocol: Protocol::Https,
+            listeners: vec![
+                listener("a", Some("a.example.com"), &a_cert, &a_key),
+                listener("w", Some("*.wild.example.com"), &w_cert, &w_key),
+                listener("d", None, &d_cert, &d_key),
+            ],
+        }],
+    })
+    .await
+    .unwrap();
+    let trust = vec![a_der.clone(), w_der.clone(), d_der.clone()];
+    let (cert, _, _) = tls_handshake(addr(port), "a.example.com", &trust, &[b"http/1.1"]).await;
+    assert_eq!(cert, a_der);
+    let (cert, _, _) = tls_handshake(addr(port), "x.wild.example.com", &trust, &[b"http/1.1"]).await;
+    assert_eq!(cert, w_der);
+    let (cert, _, tls) =
+        tls_handshake(addr(port), "default.example.com", &trust, &[b"http/1.1"]).await;
+    assert_eq!(cert, d_der);
+    let r = get_over_tls(tls, "default.example.com", "/").await;
+    assert_eq!((r.status, r.backend()), (200, "v1"));
+    let (_, alpn, _) = tls_handshake(addr(port), "a.example.com", &trust, &[b"h2", b"http/1.1"]).await;
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    gw.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
+    let v1 = backend("v1").await;
+    let port = free_port();
+    let gw = Gateway::new(FilterRegistry::new());
+    gw.apply(Config {
+        binds: vec![http_bind(
+            port,
+            vec![Route::new("ns", "r").rule(Rule::prefix("/").backend(to(&v1, "v1")))],
+        )],
+    })
+    .await
+    .unwrap();
+    let slow = tokio::spawn(async move { get(addr(port), "a", "/?delay=500").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let gw2 = gw.clone();
+    let stopping = tokio::spawn(async move { gw2.shutdown(Duration::from_secs(5)).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(H1::connect(addr(port)).await.is_err(), "no new connections while draining");
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, 200);
+    stopping.await.unwrap();
+}

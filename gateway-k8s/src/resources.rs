@@ -1,0 +1,486 @@
+//! The store of parsed Kubernetes objects, and the dispatch of YAML documents to typed structs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use gateway_api::gatewayclasses::GatewayClass;
+use gateway_api::gateways::Gateway;
+use gateway_api::httproutes::HttpRoute;
+use gateway_api::referencegrants::ReferenceGrant;
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::diagnostic::Diagnostic;
+use crate::yaml;
+
+/// The Gateway API group.
+pub(crate) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// The namespace given to namespaced objects that name none (as `kubectl apply` would).
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// The kinds this crate reads. Everything else becomes a [`Diagnostic`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// `gateway.networking.k8s.io` GatewayClass (cluster-scoped).
+    GatewayClass,
+    /// `gateway.networking.k8s.io` Gateway.
+    Gateway,
+    /// `gateway.networking.k8s.io` HTTPRoute.
+    HttpRoute,
+    /// `gateway.networking.k8s.io` ReferenceGrant.
+    ReferenceGrant,
+    /// Core Namespace (cluster-scoped).
+    Namespace,
+    /// Core Service.
+    Service,
+    /// Core Secret.
+    Secret,
+    /// `discovery.k8s.io/v1` EndpointSlice.
+    EndpointSlice,
+}
+
+impl Kind {
+    /// The kind for an `apiVersion`/`kind` pair, if this crate reads it.
+    pub fn from_type(api_version: &str, kind: &str) -> Option<Kind> {
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        match (group, version, kind) {
+            (GATEWAY_GROUP, "v1" | "v1beta1", "GatewayClass") => Some(Kind::GatewayClass),
+            (GATEWAY_GROUP, "v1" | "v1beta1", "Gateway") => Some(Kind::Gateway),
+            (GATEWAY_GROUP, "v1" | "v1beta1", "HTTPRoute") => Some(Kind::HttpRoute),
+            (GATEWAY_GROUP, "v1" | "v1beta1" | "v1alpha2", "ReferenceGrant") => {
+                Some(Kind::ReferenceGrant)
+            }
+            ("", "v1", "Namespace") => Some(Kind::Namespace),
+            ("", "v1", "Service") => Some(Kind::Service),
+            ("", "v1", "Secret") => Some(Kind::Secret),
+            ("discovery.k8s.io", "v1", "EndpointSlice") => Some(Kind::EndpointSlice),
+            _ => None,
+        }
+    }
+
+    /// Whether objects of this kind live in a namespace.
+    pub fn namespaced(self) -> bool {
+        !matches!(self, Kind::GatewayClass | Kind::Namespace)
+    }
+
+    /// The Kubernetes `kind` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::GatewayClass => "GatewayClass",
+            Kind::Gateway => "Gateway",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
+            Kind::Namespace => "Namespace",
+            Kind::Service => "Service",
+            Kind::Secret => "Secret",
+            Kind::EndpointSlice => "EndpointSlice",
+        }
+    }
+
+    /// The `apiVersion` the typed struct of this kind expects.
+    fn typed_api_version(self) -> &'static str {
+        match self {
+            Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute | Kind::ReferenceGrant => {
+                "gateway.networking.k8s.io/v1"
+            }
+            Kind::Namespace | Kind::Service | Kind::Secret => "v1",
+            Kind::EndpointSlice => "discovery.k8s.io/v1",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identifies an object of a given kind: its namespace (empty for cluster-scoped kinds) and name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// The namespace; empty for cluster-scoped objects.
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// A key for `namespace`/`name`.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// A parsed object: the typed struct, the document it came from, and the raw document (used to
+/// echo the object in the [`crate::StatusReport`]).
+#[derive(Clone, Debug)]
+pub struct Object<T> {
+    /// The typed object.
+    pub object: T,
+    /// The `apiVersion` as written (e.g. `gateway.networking.k8s.io/v1beta1`).
+    pub api_version: String,
+    /// The document as parsed (after namespace defaulting).
+    pub raw: Value,
+    /// The origin label (usually a file path).
+    pub origin: String,
+    /// The zero-based index of the document in its origin.
+    pub document: usize,
+}
+
+/// A store of parsed objects, one map per kind, plus the input order and the diagnostics found
+/// while parsing.
+///
+/// Build it with [`Resources::parse_yaml`] / [`Resources::add_yaml`], or from
+/// [`crate::source::FileSource::load`]; combine several with [`Resources::merge`]. When two
+/// documents define the same object, the later one wins and a [`Diagnostic`] is recorded.
+#[derive(Clone, Debug, Default)]
+pub struct Resources {
+    /// GatewayClasses by name (empty namespace).
+    pub gateway_classes: BTreeMap<ObjectKey, Object<GatewayClass>>,
+    /// Gateways.
+    pub gateways: BTreeMap<ObjectKey, Object<Gateway>>,
+    /// HTTPRoutes.
+    pub http_routes: BTreeMap<ObjectKey, Object<HttpRoute>>,
+    /// ReferenceGrants (v1 and v1beta1 share one schema).
+    pub reference_grants: BTreeMap<ObjectKey, Object<ReferenceGrant>>,
+    /// Namespaces by name (empty namespace).
+    pub namespaces: BTreeMap<ObjectKey, Object<Namespace>>,
+    /// Services.
+    pub services: BTreeMap<ObjectKey, Object<Service>>,
+    /// Secrets.
+    pub secrets: BTreeMap<ObjectKey, Object<Secret>>,
+    /// EndpointSlices.
+    pub endpoint_slices: BTreeMap<ObjectKey, Object<EndpointSlice>>,
+    /// Problems found while parsing: unparseable documents, unknown kinds, duplicates.
+    pub diagnostics: Vec<Diagnostic>,
+    order: Vec<(Kind, ObjectKey)>,
+}
+
+/// The `apiVersion` and `kind` of a document, read before the typed parse.
+#[derive(serde::Deserialize)]
+struct TypeMeta {
+    #[serde(rename = "apiVersion", default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+impl Resources {
+    /// An empty store.
+    pub fn new() -> Self {
+        Resources::default()
+    }
+
+    /// Parses a multi-document YAML text. `origin` names the text in diagnostics (e.g. its path).
+    /// Never fails: bad documents become [`Resources::diagnostics`].
+    pub fn parse_yaml(text: &str, origin: &str) -> Resources {
+        let mut resources = Resources::new();
+        resources.add_yaml(text, origin);
+        resources
+    }
+
+    /// Parses a multi-document YAML text and adds its objects to this store.
+    pub fn add_yaml(&mut self, text: &str, origin: &str) {
+        for doc in yaml::documents(text) {
+            match doc.value {
+                Ok(Some(value)) => self.add_value(value, origin, doc.index),
+                Ok(None) => {}
+                Err(message) => self.diagnostics.push(Diagnostic::document(
+                    origin,
+                    doc.index,
+                    format!("unparseable YAML: {message}"),
+                )),
+            }
+        }
+    }
+
+    /// Adds one already-parsed document. Problems are recorded in [`Resources::diagnostics`].
+    pub fn add_value(&mut self, value: Value, origin: &str, document: usize) {
+        if let Err(message) = self.try_add_value(value, origin, document) {
+            self.diagnostics
+                .push(Diagnostic::document(origin, document, message));
+        }
+    }
+
+    fn try_add_value(&mut self, mut value: Value, origin: &str, document: usize) -> Result<(), String> {
+        if !value.is_object() {
+            return Err("document is not a mapping".into());
+        }
+        let meta: TypeMeta = serde_json::from_value(value.clone())
+            .map_err(|e| format!("cannot read apiVersion/kind: {e}"))?;
+        let api_version = meta.api_version.ok_or("document has no apiVersion")?;
+        let kind_name = meta.kind.ok_or("document has no kind")?;
+        let kind = Kind::from_type(&api_version, &kind_name)
+            .ok_or_else(|| format!("unsupported kind {kind_name} ({api_version}), ignored"))?;
+        let name = value
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| format!("{kind} has no metadata.name"))?
+            .to_string();
+        let namespace = if kind.namespaced() {
+            let ns = value
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+                .unwrap_or(DEFAULT_NAMESPACE)
+                .to_string();
+            if let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+                metadata.insert("namespace".into(), Value::String(ns.clone()));
+            }
+            ns
+        } else {
+            String::new()
+        };
+        let key = ObjectKey::new(namespace, name);
+        let mut typed = value.clone();
+        if let Some(map) = typed.as_object_mut() {
+            map.insert(
+                "apiVersion".into(),
+                Value::String(kind.typed_api_version().into()),
+            );
+        }
+        let slot = Slot {
+            api_version,
+            raw: value,
+            origin: origin.to_string(),
+            document,
+        };
+        match kind {
+            Kind::GatewayClass => self.put(kind, key, parse(typed, kind, slot)?),
+            Kind::Gateway => self.put(kind, key, parse(typed, kind, slot)?),
+            Kind::HttpRoute => self.put(kind, key, parse(typed, kind, slot)?),
+            Kind::ReferenceGrant => self.put(kind, key, parse(typed, kind, slot)?),
+            Kind::Namespace => self.put(kind, key, parse(typed, kind, slot)?),
+            Kind::Service => self.put(kind, key, parse(typed, kind, slot)?),
+            Kind::Secret => self.put(kind, key, parse(typed, kind, slot)?),
+            Kind::EndpointSlice => self.put(kind, key, parse(typed, kind, slot)?),
+        }
+        Ok(())
+    }
+
+    fn put<T>(&mut self, kind: Kind, key: ObjectKey, object: Object<T>)
+    where
+        Self: MapFor<T>,
+    {
+        let (origin, document) = (object.origin.clone(), object.document);
+        match self.map_mut().insert(key.clone(), object) {
+            Some(previous) => self.diagnostics.push(Diagnostic::document(
+                &origin,
+                document,
+                format!(
+                    "{kind} {key} is defined again; it replaces the one from {} (document {})",
+                    previous.origin, previous.document
+                ),
+            )),
+            None => self.order.push((kind, key)),
+        }
+    }
+
+    /// Adds every object and diagnostic of `other` to this store, in `other`'s input order.
+    /// Objects already present are replaced (with a diagnostic), as if `other` came later.
+    pub fn merge(&mut self, other: Resources) {
+        let Resources {
+            mut gateway_classes,
+            mut gateways,
+            mut http_routes,
+            mut reference_grants,
+            mut namespaces,
+            mut services,
+            mut secrets,
+            mut endpoint_slices,
+            diagnostics,
+            order,
+        } = other;
+        self.diagnostics.extend(diagnostics);
+        for (kind, key) in order {
+            match kind {
+                Kind::GatewayClass => move_one(self, kind, key, &mut gateway_classes),
+                Kind::Gateway => move_one(self, kind, key, &mut gateways),
+                Kind::HttpRoute => move_one(self, kind, key, &mut http_routes),
+                Kind::ReferenceGrant => move_one(self, kind, key, &mut reference_grants),
+                Kind::Namespace => move_one(self, kind, key, &mut namespaces),
+                Kind::Service => move_one(self, kind, key, &mut services),
+                Kind::Secret => move_one(self, kind, key, &mut secrets),
+                Kind::EndpointSlice => move_one(self, kind, key, &mut endpoint_slices),
+            }
+        }
+    }
+
+    /// Every object's kind and key, in input order (first definition's position).
+    pub fn order(&self) -> &[(Kind, ObjectKey)] {
+        &self.order
+    }
+
+    /// The raw document of an object, if present.
+    pub fn raw(&self, kind: Kind, key: &ObjectKey) -> Option<&Value> {
+        match kind {
+            Kind::GatewayClass => self.gateway_classes.get(key).map(|o| &o.raw),
+            Kind::Gateway => self.gateways.get(key).map(|o| &o.raw),
+            Kind::HttpRoute => self.http_routes.get(key).map(|o| &o.raw),
+            Kind::ReferenceGrant => self.reference_grants.get(key).map(|o| &o.raw),
+            Kind::Namespace => self.namespaces.get(key).map(|o| &o.raw),
+            Kind::Service => self.services.get(key).map(|o| &o.raw),
+            Kind::Secret => self.secrets.get(key).map(|o| &o.raw),
+            Kind::EndpointSlice => self.endpoint_slices.get(key).map(|o| &o.raw),
+        }
+    }
+
+    /// The number of objects in the store.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether the store holds no object.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+fn move_one<T>(
+    into: &mut Resources,
+    kind: Kind,
+    key: ObjectKey,
+    from: &mut BTreeMap<ObjectKey, Object<T>>,
+) where
+    Resources: MapFor<T>,
+{
+    if let Some(object) = from.remove(&key) {
+        into.put(kind, key, object);
+    }
+}
+
+/// Everything of an [`Object`] but the typed value.
+struct Slot {
+    api_version: String,
+    raw: Value,
+    origin: String,
+    document: usize,
+}
+
+fn parse<T: DeserializeOwned>(typed: Value, kind: Kind, slot: Slot) -> Result<Object<T>, String> {
+    let object = serde_json::from_value(typed).map_err(|e| format!("invalid {kind}: {e}"))?;
+    Ok(Object {
+        object,
+        api_version: slot.api_version,
+        raw: slot.raw,
+        origin: slot.origin,
+        document: slot.document,
+    })
+}
+
+/// Access to the map holding objects of type `T`.
+trait MapFor<T> {
+    fn map_mut(&mut self) -> &mut BTreeMap<ObjectKey, Object<T>>;
+}
+
+macro_rules! map_for {
+    ($ty:ty, $field:ident) => {
+        impl MapFor<$ty> for Resources {
+            fn map_mut(&mut self) -> &mut BTreeMap<ObjectKey, Object<$ty>> {
+                &mut self.$field
+            }
+        }
+    };
+}
+
+map_for!(GatewayClass, gateway_classes);
+map_for!(Gateway, gateways);
+map_for!(HttpRoute, http_routes);
+map_for!(ReferenceGrant, reference_grants);
+map_for!(Namespace, namespaces);
+map_for!(Service, services);
+map_for!(Secret, secrets);
+map_for!(EndpointSlice, endpoint_slices);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIXED: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: Gateway
+metadata:
+  name: gw
+spec:
+  gatewayClassName: cls
+  listeners:
+  - name: http
+    port: 80
+    protocol: HTTP
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: d
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: ns1
+  labels: {a: b}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: svc
+  namespace: ns1
+spec:
+  ports:
+  - port: 8080
+"#;
+
+    #[test]
+    fn dispatches_kinds_and_defaults_namespace() {
+        let r = Resources::parse_yaml(MIXED, "mixed.yaml");
+        let gw = &r.gateways[&ObjectKey::new("default", "gw")];
+        assert_eq!(gw.api_version, "gateway.networking.k8s.io/v1beta1");
+        assert_eq!(gw.object.spec.listeners.len(), 1);
+        assert_eq!(gw.raw["metadata"]["namespace"], "default");
+        assert!(r.namespaces.contains_key(&ObjectKey::new("", "ns1")));
+        assert!(r.services.contains_key(&ObjectKey::new("ns1", "svc")));
+        assert_eq!(r.diagnostics.len(), 1);
+        assert_eq!(r.diagnostics[0].document, Some(1));
+        assert!(r.diagnostics[0].message.contains("Deployment"));
+        assert_eq!(r.len(), 3);
+    }
+
+    #[test]
+    fn invalid_document_is_a_diagnostic() {
+        let text = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: x}\nspec: {listeners: 3}\n---\nkind: Service\n---\n- a\n";
+        let r = Resources::parse_yaml(text, "bad.yaml");
+        assert!(r.is_empty());
+        let docs: Vec<_> = r.diagnostics.iter().map(|d| d.document).collect();
+        assert_eq!(docs, vec![Some(0), Some(1), Some(2)]);
+    }
+
+    #[test]
+    fn merge_replaces_duplicates_with_a_diagnostic() {
+        let mut a = Resources::parse_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: n}\n", "a");
+        let b = Resources::parse_yaml(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: n, labels: {x: y}}\n",
+            "b",
+        );
+        a.merge(b);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a.diagnostics.len(), 1);
+        let ns = &a.namespaces[&ObjectKey::new("", "n")];
+        assert_eq!(ns.origin, "b");
+    }
+}

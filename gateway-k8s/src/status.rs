@@ -1,0 +1,254 @@
+//! The computed status of every resource, and its YAML / JSON rendering.
+
+use std::collections::{BTreeMap, HashMap};
+
+use gateway_api::gatewayclasses::GatewayClassStatus;
+use gateway_api::gateways::GatewayStatus;
+use gateway_api::httproutes::HttpRouteStatus;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use serde_json::Value;
+
+use crate::resources::{Kind, ObjectKey, Resources};
+
+/// The Gateway API features this implementation supports, as written into
+/// `GatewayClass.status.supportedFeatures` (sorted, as the specification asks).
+pub const SUPPORTED_FEATURES: &[&str] = &[
+    "Gateway",
+    "GatewayHTTPListenerIsolation",
+    "GatewayPort8080",
+    "HTTPRoute",
+    "HTTPRoute303RedirectStatusCode",
+    "HTTPRoute307RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
+    "HTTPRouteBackendProtocolH2C",
+    "HTTPRouteBackendRequestHeaderModification",
+    "HTTPRouteBackendRequestRedirect",
+    "HTTPRouteBackendURLRewrite",
+    "HTTPRouteHostRewrite",
+    "HTTPRouteMethodMatching",
+    "HTTPRouteNamedRouteRule",
+    "HTTPRouteParentRefPort",
+    "HTTPRoutePathRedirect",
+    "HTTPRoutePathRewrite",
+    "HTTPRoutePortRedirect",
+    "HTTPRouteQueryParamMatching",
+    "HTTPRouteResponseHeaderModification",
+    "HTTPRouteSchemeRedirect",
+    "ReferenceGrant",
+];
+
+/// The result of one translation for status purposes: the typed status of every GatewayClass,
+/// Gateway and HTTPRoute this controller manages, and every input object echoed with it.
+///
+/// Objects this controller does not manage (GatewayClasses of another controller, their Gateways,
+/// routes attached to none of our Gateways) have no typed status and are echoed without `status`.
+#[derive(Clone, Debug, Default)]
+pub struct StatusReport {
+    pub(crate) gateway_classes: BTreeMap<String, GatewayClassStatus>,
+    pub(crate) gateways: BTreeMap<ObjectKey, GatewayStatus>,
+    pub(crate) http_routes: BTreeMap<ObjectKey, HttpRouteStatus>,
+    pub(crate) documents: Vec<Value>,
+}
+
+impl StatusReport {
+    /// Builds the echoed documents from `resources` and the typed statuses already set.
+    pub(crate) fn render(&mut self, resources: &Resources) {
+        let mut documents = Vec::with_capacity(resources.len());
+        for (kind, key) in resources.order() {
+            let Some(raw) = resources.raw(*kind, key) else {
+                continue;
+            };
+            let mut doc = raw.clone();
+            let Some(map) = doc.as_object_mut() else {
+                continue;
+            };
+            map.remove("status");
+            if *kind == Kind::Secret {
+                // Never echo key material.
+                map.remove("data");
+                map.remove("stringData");
+            }
+            let status = match kind {
+                Kind::GatewayClass => self
+                    .gateway_classes
+                    .get(&key.name)
+                    .and_then(|s| serde_json::to_value(s).ok()),
+                Kind::Gateway => self
+                    .gateways
+                    .get(key)
+                    .and_then(|s| serde_json::to_value(s).ok()),
+                Kind::HttpRoute => self
+                    .http_routes
+                    .get(key)
+                    .and_then(|s| serde_json::to_value(s).ok()),
+                _ => None,
+            };
+            if let Some(status) = status {
+                map.insert("status".into(), status);
+            }
+            documents.push(doc);
+        }
+        self.documents = documents;
+    }
+
+    /// The status of GatewayClass `name`, if this controller manages it.
+    pub fn gateway_class(&self, name: &str) -> Option<&GatewayClassStatus> {
+        self.gateway_classes.get(name)
+    }
+
+    /// The status of Gateway `namespace/name`, if its class is ours.
+    pub fn gateway(&self, namespace: &str, name: &str) -> Option<&GatewayStatus> {
+        self.gateways.get(&ObjectKey::new(namespace, name))
+    }
+
+    /// The status of HTTPRoute `namespace/name`: one entry per parentRef that names one of our
+    /// Gateways. `None` when the route names none.
+    pub fn http_route(&self, namespace: &str, name: &str) -> Option<&HttpRouteStatus> {
+        self.http_routes.get(&ObjectKey::new(namespace, name))
+    }
+
+    /// Every input object (apiVersion, kind, metadata, spec, and `status` where computed), in
+    /// input order. Secrets are echoed without `data` / `stringData`.
+    pub fn documents(&self) -> &[Value] {
+        &self.documents
+    }
+
+    /// The documents as a multi-document YAML stream (`---` between documents).
+    pub fn to_yaml(&self) -> String {
+        let mut out = String::new();
+        for doc in &self.documents {
+            out.push_str("---\n");
+            match serde_saphyr::to_string(doc) {
+                Ok(text) => out.push_str(&text),
+                // Values built from JSON always serialise; keep the output well-formed anyway.
+                Err(err) => out.push_str(&format!("# cannot render document: {err}\n")),
+            }
+            if !out.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// The documents as a Kubernetes `List` in pretty-printed JSON.
+    pub fn to_json(&self) -> String {
+        let list = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": self.documents,
+        });
+        serde_json::to_string_pretty(&list).unwrap_or_default()
+    }
+}
+
+/// Builds conditions and keeps each one's `lastTransitionTime` while its status stays the same
+/// across translations (as a controller does when it updates a condition in place).
+#[derive(Debug, Default)]
+pub(crate) struct ConditionClock {
+    previous: HashMap<String, (String, Time)>,
+    current: HashMap<String, (String, Time)>,
+}
+
+/// One condition to build: type, status, reason, message.
+pub(crate) struct Cond<'a> {
+    pub type_: &'a str,
+    pub ok: bool,
+    pub reason: &'a str,
+    pub message: String,
+}
+
+impl<'a> Cond<'a> {
+    /// A condition of `type_` with status True (`ok`) or False.
+    pub fn new(type_: &'a str, ok: bool, reason: &'a str, message: impl Into<String>) -> Self {
+        Cond {
+            type_,
+            ok,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+impl ConditionClock {
+    /// Starts a translation: conditions not built again by [`ConditionClock::finish`] are
+    /// forgotten.
+    pub fn begin(&mut self) {
+        self.current.clear();
+    }
+
+    /// Ends a translation.
+    pub fn finish(&mut self) {
+        self.previous = std::mem::take(&mut self.current);
+    }
+
+    /// Builds a condition for the object part `scope` (e.g. `Gateway/ns/name/listener/http`).
+    pub fn build(&mut self, scope: &str, cond: Cond<'_>, generation: Option<i64>, now: &Time) -> Condition {
+        let status = if cond.ok { "True" } else { "False" };
+        let key = format!("{scope}#{}", cond.type_);
+        let time = match self.previous.get(&key) {
+            Some((previous, time)) if previous == status => time.clone(),
+            _ => now.clone(),
+        };
+        self.current
+            .insert(key, (status.to_string(), time.clone()));
+        Condition {
+            last_transition_time: time,
+            message: cond.message,
+            observed_generation: generation,
+            reason: cond.reason.to_string(),
+            status: status.to_string(),
+            type_: cond.type_.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    #[test]
+    fn features_are_sorted_and_unique() {
+        let mut sorted = SUPPORTED_FEATURES.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted, SUPPORTED_FEATURES);
+    }
+
+    #[test]
+    fn transition_time_sticks_while_status_holds() {
+        let t1 = Time(Timestamp::from_second(100).unwrap_or(Timestamp::UNIX_EPOCH));
+        let t2 = Time(Timestamp::from_second(200).unwrap_or(Timestamp::UNIX_EPOCH));
+        let mut clock = ConditionClock::default();
+        clock.begin();
+        let c = clock.build("x", Cond::new("Accepted", true, "Accepted", ""), Some(1), &t1);
+        clock.finish();
+        assert_eq!(c.last_transition_time, t1);
+        clock.begin();
+        let c = clock.build("x", Cond::new("Accepted", true, "Accepted", ""), Some(2), &t2);
+        clock.finish();
+        assert_eq!(c.last_transition_time, t1);
+        assert_eq!(c.observed_generation, Some(2));
+        clock.begin();
+        let c = clock.build("x", Cond::new("Accepted", false, "Invalid", ""), Some(2), &t2);
+        clock.finish();
+        assert_eq!(c.last_transition_time, t2);
+        assert_eq!(c.status, "False");
+    }
+
+    #[test]
+    fn secrets_are_echoed_without_data() {
+        let r = Resources::parse_yaml(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ntype: kubernetes.io/tls\nstringData: {tls.crt: x, tls.key: y}\n",
+            "s.yaml",
+        );
+        let mut report = StatusReport::default();
+        report.render(&r);
+        assert_eq!(report.documents().len(), 1);
+        assert!(report.documents()[0].get("stringData").is_none());
+        let yaml = report.to_yaml();
+        assert!(yaml.starts_with("---\n"));
+        assert!(yaml.contains("kind: Secret"));
+        assert!(report.to_json().contains("\"kind\": \"List\""));
+    }
+}

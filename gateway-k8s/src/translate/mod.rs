@@ -1,0 +1,583 @@
+//! The translator: resources in, configuration and status out. No I/O.
+
+mod hostname;
+mod listener;
+mod refs;
+mod route;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use gateway_api::gatewayclasses::{GatewayClassStatus, GatewayClassStatusSupportedFeatures};
+use gateway_api::gateways::{Gateway, GatewayStatus, GatewayStatusAddresses, GatewayStatusListeners, GatewayStatusListenersSupportedKinds};
+use gateway_api::httproutes::{HttpRouteStatus, HttpRouteStatusParents, HttpRouteStatusParentsParentRef};
+use gateway_core::config::{Bind, Config, Listener, Protocol, Route};
+use ipnet::IpNet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::diagnostic::Diagnostic;
+use crate::resources::{GATEWAY_GROUP, Object, ObjectKey, Resources};
+use crate::status::{Cond, ConditionClock, StatusReport, SUPPORTED_FEATURES};
+use listener::{ListenerPlan, Problem};
+
+/// How the translator serves Gateways.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TranslateOptions {
+    /// Only GatewayClasses whose `spec.controllerName` equals this are served.
+    pub controller_name: String,
+    /// Declared listener port -> port actually bound (e.g. 80 -> 8080 when not root). Ports not
+    /// in the map are bound as declared.
+    pub port_map: BTreeMap<u16, u16>,
+    /// Addresses handed to Gateways that ask for none (one per Gateway, network and broadcast
+    /// addresses skipped). `None`: every such Gateway binds `default_address`.
+    pub address_pool: Option<IpNet>,
+    /// The address of Gateways without `spec.addresses` when there is no pool. Default 127.0.0.1.
+    pub default_address: IpAddr,
+}
+
+impl TranslateOptions {
+    /// Options for `controller_name` with no port mapping, no pool and address 127.0.0.1.
+    pub fn new(controller_name: impl Into<String>) -> Self {
+        TranslateOptions {
+            controller_name: controller_name.into(),
+            port_map: BTreeMap::new(),
+            address_pool: None,
+            default_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+
+    fn mapped_port(&self, port: u16) -> u16 {
+        self.port_map.get(&port).copied().unwrap_or(port)
+    }
+}
+
+/// The result of [`Translator::translate`].
+#[derive(Clone, Debug, Default)]
+pub struct Translation {
+    /// What to serve: one bind per (address, bound port).
+    pub config: Config,
+    /// The status of every managed GatewayClass, Gateway and HTTPRoute, and every input object.
+    pub status: StatusReport,
+    /// Problems the translator noticed that are not expressed in status (e.g. dropped rules).
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Translates [`Resources`] into a [`Config`] and a [`StatusReport`].
+///
+/// The translator keeps state between calls: the pool address given to each Gateway (kept while
+/// the Gateway exists; freed addresses are reused only after their Gateway is gone) and the
+/// `lastTransitionTime` of each condition (kept while the condition's status is unchanged).
+#[derive(Debug)]
+pub struct Translator {
+    options: TranslateOptions,
+    pool_addresses: BTreeMap<ObjectKey, IpAddr>,
+    clock: ConditionClock,
+}
+
+/// How a Gateway got (or did not get) its address.
+#[derive(Clone, Debug)]
+enum AddressOutcome {
+    Bound(IpAddr),
+    /// `Accepted=False`, reason UnsupportedAddress.
+    Unsupported(String),
+    /// `Programmed=False` with this reason (AddressNotUsable, AddressNotAssigned).
+    Failed(&'static str, String),
+}
+
+/// Everything decided about one managed Gateway.
+struct GatewayPlan {
+    key: ObjectKey,
+    generation: Option<i64>,
+    address: AddressOutcome,
+    listeners: Vec<ListenerPlan>,
+}
+
+impl GatewayPlan {
+    fn ip(&self) -> Option<IpAddr> {
+        match self.address {
+            AddressOutcome::Bound(ip) => Some(ip),
+            _ => None,
+        }
+    }
+}
+
+impl Translator {
+    /// A translator with no sticky state yet.
+    pub fn new(options: TranslateOptions) -> Self {
+        Translator {
+            options,
+            pool_addresses: BTreeMap::new(),
+            clock: ConditionClock::default(),
+        }
+    }
+
+    /// The options this translator was built with.
+    pub fn options(&self) -> &TranslateOptions {
+        &self.options
+    }
+
+    /// Translates `resources`, stamping new condition transitions with the current time.
+    pub fn translate(&mut self, resources: &Resources) -> Translation {
+        self.translate_at(resources, Time(Timestamp::now()))
+    }
+
+    /// Translates `resources`, stamping new condition transitions with `now` (for tests and
+    /// reproducible output).
+    pub fn translate_at(&mut self, resources: &Resources, now: Time) -> Translation {
+        self.clock.begin();
+        let mut out = Translation::default();
+
+        // GatewayClasses of our controller.
+        let mut classes = BTreeSet::new();
+        for (key, class) in &resources.gateway_classes {
+            if class.object.spec.controller_name != self.options.controller_name {
+                continue;
+            }
+            classes.insert(key.name.clone());
+            let generation = class.object.metadata.generation;
+            let scope = format!("GatewayClass/{}", key.name);
+            let accepted = self.clock.build(
+                &scope,
+                Cond::new("Accepted", true, "Accepted", "handled by this controller"),
+                generation,
+                &now,
+            );
+            out.status.gateway_classes.insert(
+                key.name.clone(),
+                GatewayClassStatus {
+                    conditions: Some(vec![accepted]),
+                    supported_features: Some(
+                        SUPPORTED_FEATURES
+                            .iter()
+                            .map(|f| GatewayClassStatusSupportedFeatures { name: f.to_string() })
+                            .collect(),
+                    ),
+                },
+            );
+        }
+
+        // Our Gateways, oldest first (they win address and bind conflicts).
+        let mut gateways: Vec<(&ObjectKey, &Object<Gateway>)> = resources
+            .gateways
+            .iter()
+            .filter(|(_, g)| classes.contains(&g.object.spec.gateway_class_name))
+            .collect();
+        gateways.sort_by_key(|(key, g)| (created_seconds(&g.object.metadata), (*key).clone()));
+
+        let addresses = self.assign_addresses(&gateways, &mut out.diagnostics);
+        let mut plans: Vec<GatewayPlan> = gateways
+            .iter()
+            .zip(addresses)
+            .map(|((key, object), address)| GatewayPlan {
+                key: (*key).clone(),
+                generation: object.object.metadata.generation,
+                address,
+                listeners: listener::plan_listeners(resources, &key.namespace, &object.object),
+            })
+            .collect();
+        self.mark_bind_conflicts(&mut plans);
+
+        // HTTPRoutes.
+        let mut routes: Vec<_> = resources.http_routes.iter().collect();
+        routes.sort_by_key(|(key, r)| (created_seconds(&r.object.metadata), (*key).clone()));
+        for (key, route) in routes {
+            self.attach_route(resources, key, route, &mut plans, &now, &mut out);
+        }
+
+        // Config and Gateway status.
+        let mut binds: BTreeMap<SocketAddr, Bind> = BTreeMap::new();
+        for plan in &plans {
+            let status = self.gateway_status(plan, &now);
+            if let Some(ip) = plan.ip() {
+                for l in plan.listeners.iter().filter(|l| l.programmable()) {
+                    let Some(protocol) = l.protocol else { continue };
+                    let address = SocketAddr::new(ip, self.options.mapped_port(l.port));
+                    let bind = binds.entry(address).or_insert_with(|| Bind {
+                        address,
+                        protocol,
+                        listeners: Vec::new(),
+                    });
+                    bind.listeners.push(Listener {
+                        name: format!("{}/{}/{}", plan.key.namespace, plan.key.name, l.name),
+                        hostname: l.hostname.clone(),
+                        port: l.port,
+                        tls: l.tls.clone(),
+                        routes: l.routes.clone(),
+                    });
+                }
+            }
+            out.status.gateways.insert(plan.key.clone(), status);
+        }
+        out.config = Config {
+            binds: binds.into_values().collect(),
+        };
+        out.status.render(resources);
+        self.clock.finish();
+        out
+    }
+
+    /// Picks each Gateway's address: the first IPAddress in `spec.addresses`, else a sticky pool
+    /// address, else the default address.
+    fn assign_addresses(
+        &mut self,
+        gateways: &[(&ObjectKey, &Object<Gateway>)],
+        diagnostics: &mut Vec<Diagnostic>,
+    ) -> Vec<AddressOutcome> {
+        let mut outcomes: Vec<Option<AddressOutcome>> = Vec::with_capacity(gateways.len());
+        let mut static_ips = BTreeSet::new();
+        for (_, gw) in gateways {
+            let requested = gw.object.spec.addresses.iter().flatten().find(|a| {
+                a.value.as_deref().is_some_and(|v| !v.is_empty())
+                    || a.r#type.as_deref().is_some_and(|t| t != "IPAddress")
+            });
+            let outcome = match requested {
+                None => None,
+                Some(a) => {
+                    let kind = a.r#type.as_deref().unwrap_or("IPAddress");
+                    let value = a.value.as_deref().unwrap_or("");
+                    if kind != "IPAddress" {
+                        Some(AddressOutcome::Unsupported(format!("address type {kind} is not supported")))
+                    } else {
+                        match value.parse::<IpAddr>() {
+                            Ok(ip) => {
+                                static_ips.insert(ip);
+                                Some(AddressOutcome::Bound(ip))
+                            }
+                            Err(_) => Some(AddressOutcome::Failed(
+                                "AddressNotUsable",
+                                format!("{value:?} is not an IP address"),
+                            )),
+                        }
+                    }
+                }
+            };
+            outcomes.push(outcome);
+        }
+
+        let Some(pool) = self.options.address_pool else {
+            self.pool_addresses.clear();
+            let default = self.options.default_address;
+            return outcomes
+                .into_iter()
+                .map(|o| o.unwrap_or(AddressOutcome::Bound(default)))
+                .collect();
+        };
+
+        // Keep addresses of Gateways that still want one from the pool.
+        let wanting: BTreeSet<ObjectKey> = gateways
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| o.is_none())
+            .map(|((k, _), _)| (*k).clone())
+            .collect();
+        self.pool_addresses
+            .retain(|k, ip| wanting.contains(k) && pool.contains(ip));
+        let mut used: BTreeSet<IpAddr> = self.pool_addresses.values().copied().collect();
+        used.extend(static_ips);
+
+        let mut candidates = pool.hosts();
+        gateways
+            .iter()
+            .zip(outcomes)
+            .map(|((key, _), outcome)| {
+                if let Some(o) = outcome {
+                    return o;
+                }
+                if let Some(ip) = self.pool_addresses.get(*key) {
+                    return AddressOutcome::Bound(*ip);
+                }
+                match candidates.by_ref().find(|ip| !used.contains(ip)) {
+                    Some(ip) => {
+                        used.insert(ip);
+                        self.pool_addresses.insert((*key).clone(), ip);
+                        AddressOutcome::Bound(ip)
+                    }
+                    None => {
+                        diagnostics.push(Diagnostic::origin(
+                            &format!("Gateway {key}"),
+                            format!("address pool {pool} is exhausted"),
+                        ));
+                        AddressOutcome::Failed("AddressNotAssigned", format!("address pool {pool} is exhausted"))
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Listeners of different Gateways (or different ports mapped to one) that land on the same
+    /// socket must agree on the protocol and use distinct hostnames; later ones are conflicted.
+    fn mark_bind_conflicts(&self, plans: &mut [GatewayPlan]) {
+        let mut claimed: BTreeMap<SocketAddr, (Protocol, BTreeSet<Option<String>>)> = BTreeMap::new();
+        for plan in plans.iter_mut() {
+            let Some(ip) = plan.ip() else { continue };
+            for l in plan.listeners.iter_mut().filter(|l| l.programmable()) {
+                let Some(protocol) = l.protocol else { continue };
+                let address = SocketAddr::new(ip, self.options.mapped_port(l.port));
+                let host = l.hostname.as_ref().map(|h| h.to_ascii_lowercase());
+                let entry = claimed
+                    .entry(address)
+                    .or_insert_with(|| (protocol, BTreeSet::new()));
+                if entry.0 != protocol {
+                    l.conflicted = Some((
+                        "ProtocolConflict",
+                        format!("{address} is already served with another protocol"),
+                    ));
+                } else if !entry.1.insert(host) {
+                    l.conflicted = Some((
+                        "HostnameConflict",
+                        format!(
+                            "another listener on {address} has hostname {}",
+                            l.hostname.as_deref().unwrap_or("(none)")
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Computes the route's status for each parentRef naming one of our Gateways and attaches
+    /// it to the listeners that accept it.
+    fn attach_route(
+        &mut self,
+        resources: &Resources,
+        key: &ObjectKey,
+        route: &Object<gateway_api::httproutes::HttpRoute>,
+        plans: &mut [GatewayPlan],
+        now: &Time,
+        out: &mut Translation,
+    ) {
+        let spec = &route.object.spec;
+        let generation = route.object.metadata.generation;
+        let rules = route::translate_rules(resources, &key.namespace, &route.object);
+        for message in &rules.invalid {
+            out.diagnostics.push(Diagnostic::document(
+                &route.origin,
+                route.document,
+                format!("HTTPRoute {key}: {message}; the rule is dropped"),
+            ));
+        }
+        let hostnames = spec.hostnames.clone().unwrap_or_default();
+        let config_route = Route {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            hostnames: hostnames.clone(),
+            created: created_seconds(&route.object.metadata),
+            rules: rules.rules.clone(),
+        };
+
+        let mut parents = Vec::new();
+        for (index, parent) in spec.parent_refs.iter().flatten().enumerate() {
+            let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
+            let kind = parent.kind.as_deref().unwrap_or("Gateway");
+            if group != GATEWAY_GROUP || kind != "Gateway" {
+                continue;
+            }
+            let namespace = parent
+                .namespace
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .unwrap_or(&key.namespace);
+            let gateway_key = ObjectKey::new(namespace, parent.name.clone());
+            let Some(plan) = plans.iter_mut().find(|p| p.key == gateway_key) else {
+                continue;
+            };
+            let selected: Vec<usize> = plan
+                .listeners
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| {
+                    parent.section_name.as_deref().is_none_or(|s| s == l.name)
+                        && parent.port.is_none_or(|p| p == i32::from(l.port))
+                })
+                .map(|(i, _)| i)
+                .collect();
+            let accepted: Result<Vec<usize>, Problem> = if selected.is_empty() {
+                Err(("NoMatchingParent", "no listener matches the parentRef's sectionName and port".into()))
+            } else {
+                let allowed: Vec<usize> = selected
+                    .iter()
+                    .copied()
+                    .filter(|&i| {
+                        let l = &plan.listeners[i];
+                        l.takes_routes() && l.allows_namespace(resources, &gateway_key.namespace, &key.namespace)
+                    })
+                    .collect();
+                if allowed.is_empty() {
+                    Err((
+                        "NotAllowedByListeners",
+                        format!("no listener of Gateway {gateway_key} allows this route (kind or namespace)"),
+                    ))
+                } else {
+                    let fitting: Vec<usize> = allowed
+                        .into_iter()
+                        .filter(|&i| hostname::route_fits_listener(plan.listeners[i].hostname.as_deref(), &hostnames))
+                        .collect();
+                    if fitting.is_empty() {
+                        Err((
+                            "NoMatchingListenerHostname",
+                            "no listener hostname intersects the route's hostnames".into(),
+                        ))
+                    } else {
+                        Ok(fitting)
+                    }
+                }
+            };
+
+            let scope = format!("HTTPRoute/{key}/parent/{index}");
+            let mut conditions: Vec<Condition> = Vec::new();
+            match &accepted {
+                Ok(listeners) => {
+                    for &i in listeners {
+                        plan.listeners[i].routes.push(config_route.clone());
+                    }
+                    let cond = match rules.invalid.first() {
+                        Some(message) => Cond::new("Accepted", false, "UnsupportedValue", message.clone()),
+                        None => Cond::new("Accepted", true, "Accepted", "accepted"),
+                    };
+                    conditions.push(self.clock.build(&scope, cond, generation, now));
+                    if let Some(message) = rules.invalid.first()
+                        && !rules.rules.is_empty()
+                    {
+                        conditions.push(self.clock.build(
+                            &scope,
+                            Cond::new("PartiallyInvalid", true, "UnsupportedValue", message.clone()),
+                            generation,
+                            now,
+                        ));
+                    }
+                }
+                Err((reason, message)) => {
+                    conditions.push(self.clock.build(
+                        &scope,
+                        Cond::new("Accepted", false, reason, message.clone()),
+                        generation,
+                        now,
+                    ));
+                }
+            }
+            let resolved = match &rules.unresolved {
+                None => Cond::new("ResolvedRefs", true, "ResolvedRefs", "all references resolved"),
+                Some((reason, message)) => Cond::new("ResolvedRefs", false, reason, message.clone()),
+            };
+            conditions.push(self.clock.build(&scope, resolved, generation, now));
+            parents.push(HttpRouteStatusParents {
+                conditions,
+                controller_name: self.options.controller_name.clone(),
+                parent_ref: HttpRouteStatusParentsParentRef {
+                    group: parent.group.clone(),
+                    kind: parent.kind.clone(),
+                    name: parent.name.clone(),
+                    namespace: parent.namespace.clone(),
+                    port: parent.port,
+                    section_name: parent.section_name.clone(),
+                },
+            });
+        }
+        if !parents.is_empty() {
+            out.status
+                .http_routes
+                .insert(key.clone(), HttpRouteStatus { parents });
+        }
+    }
+
+    fn gateway_status(&mut self, plan: &GatewayPlan, now: &Time) -> GatewayStatus {
+        let generation = plan.generation;
+        let scope = format!("Gateway/{}", plan.key);
+        let ip = plan.ip();
+        let mut listener_statuses = Vec::new();
+        let mut valid = 0usize;
+        let mut programmed_count = 0usize;
+        for l in &plan.listeners {
+            let lscope = format!("{scope}/listener/{}", l.name);
+            let accepted = match (&l.accepted, &l.conflicted) {
+                (Err((reason, message)), _) => Cond::new("Accepted", false, reason, message.clone()),
+                (Ok(()), Some((reason, message))) => Cond::new("Accepted", false, reason, message.clone()),
+                (Ok(()), None) => Cond::new("Accepted", true, "Accepted", "listener accepted"),
+            };
+            if accepted.ok {
+                valid += 1;
+            }
+            let resolved = match (&l.invalid_kinds, &l.cert_problem) {
+                (Some(message), _) => Cond::new("ResolvedRefs", false, "InvalidRouteKinds", message.clone()),
+                (None, Some((reason, message))) => Cond::new("ResolvedRefs", false, reason, message.clone()),
+                (None, None) => Cond::new("ResolvedRefs", true, "ResolvedRefs", "all references resolved"),
+            };
+            let programmed = if !l.programmable() {
+                Cond::new("Programmed", false, "Invalid", "listener is not valid")
+            } else if ip.is_none() {
+                Cond::new("Programmed", false, "Invalid", "the Gateway has no address")
+            } else {
+                Cond::new("Programmed", true, "Programmed", "listener is served")
+            };
+            if programmed.ok {
+                programmed_count += 1;
+            }
+            let conflicted = match &l.conflicted {
+                Some((reason, message)) => Cond::new("Conflicted", true, reason, message.clone()),
+                None => Cond::new("Conflicted", false, "NoConflicts", "no conflicts"),
+            };
+            let conditions = [accepted, programmed, resolved, conflicted]
+                .into_iter()
+                .map(|c| self.clock.build(&lscope, c, generation, now))
+                .collect();
+            let supported_kinds = if l.protocol.is_some() && l.http_route_allowed {
+                vec![GatewayStatusListenersSupportedKinds {
+                    group: Some(GATEWAY_GROUP.to_string()),
+                    kind: "HTTPRoute".to_string(),
+                }]
+            } else {
+                Vec::new()
+            };
+            listener_statuses.push(GatewayStatusListeners {
+                attached_routes: i32::try_from(l.routes.len()).unwrap_or(i32::MAX),
+                conditions,
+                name: l.name.clone(),
+                supported_kinds: Some(supported_kinds),
+            });
+        }
+
+        let total = plan.listeners.len();
+        let accepted = match &plan.address {
+            AddressOutcome::Unsupported(message) => {
+                Cond::new("Accepted", false, "UnsupportedAddress", message.clone())
+            }
+            _ if valid == 0 => Cond::new("Accepted", false, "ListenersNotValid", "no listener is valid"),
+            _ if valid < total => Cond::new(
+                "Accepted",
+                true,
+                "ListenersNotValid",
+                format!("{} of {total} listeners are not valid", total - valid),
+            ),
+            _ => Cond::new("Accepted", true, "Accepted", "gateway accepted"),
+        };
+        let programmed = match &plan.address {
+            AddressOutcome::Failed(reason, message) => Cond::new("Programmed", false, reason, message.clone()),
+            AddressOutcome::Unsupported(message) => Cond::new("Programmed", false, "Invalid", message.clone()),
+            AddressOutcome::Bound(_) if programmed_count == 0 => {
+                Cond::new("Programmed", false, "Invalid", "no listener is programmed")
+            }
+            AddressOutcome::Bound(_) => Cond::new("Programmed", true, "Programmed", "gateway is served"),
+        };
+        let conditions = [accepted, programmed]
+            .into_iter()
+            .map(|c| self.clock.build(&scope, c, generation, now))
+            .collect();
+        GatewayStatus {
+            addresses: ip.map(|ip| {
+                vec![GatewayStatusAddresses {
+                    r#type: Some("IPAddress".to_string()),
+                    value: ip.to_string(),
+                }]
+            }),
+            attached_listener_sets: None,
+            conditions: Some(conditions),
+            listeners: Some(listener_statuses),
+        }
+    }
+}
+
+/// The creation time of an object in Unix seconds; 0 when unknown.
+fn created_seconds(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> i64 {
+    meta.creation_timestamp.as_ref().map(|t| t.0.as_second()).unwrap_or(0)
+}

@@ -1,0 +1,109 @@
+//! Splitting multi-document YAML and parsing each document on its own, so one bad document does
+//! not hide the others.
+
+use serde_json::Value;
+
+/// One document of a YAML stream: its index in the stream and its parse result.
+#[derive(Debug)]
+pub(crate) struct Document {
+    /// Zero-based index of the document in its stream.
+    pub index: usize,
+    /// The parsed value, or the parser's message. `Ok(None)` is an empty document.
+    pub value: Result<Option<Value>, String>,
+}
+
+/// Splits `text` at document markers (`---` at the start of a line; `...` ends a document) and
+/// parses every document. A comment-only preamble before the first `---` is not a document.
+pub(crate) fn documents(text: &str) -> Vec<Document> {
+    let mut chunks: Vec<String> = vec![String::new()];
+    let mut ended = false;
+    for line in text.lines() {
+        if let Some(rest) = document_start(line) {
+            let mut chunk = String::new();
+            if !rest.trim().is_empty() {
+                chunk.push_str(rest);
+                chunk.push('\n');
+            }
+            chunks.push(chunk);
+            ended = false;
+        } else if line.trim_end() == "..." {
+            ended = true;
+        } else if !ended && let Some(current) = chunks.last_mut() {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    if chunks.len() > 1 && is_blank(&chunks[0]) {
+        chunks.remove(0);
+    }
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(index, chunk)| Document {
+            index,
+            value: parse(&chunk),
+        })
+        .collect()
+}
+
+/// If `line` starts a document, the text after the marker.
+fn document_start(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix("---")?;
+    if rest.is_empty() || rest.starts_with(' ') || rest.starts_with('\t') {
+        Some(rest)
+    } else {
+        None
+    }
+}
+
+/// Whether a chunk holds only whitespace and comments.
+fn is_blank(chunk: &str) -> bool {
+    chunk.lines().all(|l| {
+        let t = l.trim();
+        t.is_empty() || t.starts_with('#')
+    })
+}
+
+fn parse(chunk: &str) -> Result<Option<Value>, String> {
+    if is_blank(chunk) {
+        return Ok(None);
+    }
+    match serde_saphyr::from_str::<Value>(chunk) {
+        Ok(Value::Null) => Ok(None),
+        Ok(value) => Ok(Some(value)),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_and_numbers_documents() {
+        let docs = documents("# preamble\n---\na: 1\n---\n\n---\nb: [\n--- # c\nc: 3\n...\nignored\n");
+        assert_eq!(docs.len(), 4);
+        assert_eq!(docs[0].index, 0);
+        assert_eq!(docs[0].value.as_ref().ok(), Some(&Some(serde_json::json!({"a": 1}))));
+        assert!(matches!(docs[1].value, Ok(None)));
+        assert!(docs[2].value.is_err());
+        assert_eq!(docs[3].value.as_ref().ok(), Some(&Some(serde_json::json!({"c": 3}))));
+    }
+
+    #[test]
+    fn single_document_without_marker() {
+        let docs = documents("kind: Namespace\n");
+        assert_eq!(docs.len(), 1);
+        assert!(matches!(docs[0].value, Ok(Some(_))));
+    }
+
+    #[test]
+    fn marker_like_text_is_content() {
+        let docs = documents("a: '---x'\n---x: 1\n");
+        assert_eq!(docs.len(), 1);
+        assert_eq!(
+            docs[0].value.as_ref().ok(),
+            Some(&Some(serde_json::json!({"a": "---x", "---x": 1})))
+        );
+    }
+}
