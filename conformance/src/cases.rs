@@ -173,7 +173,10 @@ impl Case {
 /// `host:port` → `host` (IPv6 literals in brackets are kept whole).
 pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host.split_once(']').map(|(h, _)| &host[..=h.len()]).unwrap_or(host);
+        return host
+            .split_once(']')
+            .map(|(h, _)| &host[..=h.len()])
+            .unwrap_or(host);
     }
     match host.rsplit_once(':') {
         Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
@@ -208,8 +211,14 @@ fn value_string(v: &Value) -> String {
 fn json_map(line: usize, col: &str, raw: &str) -> Result<Vec<(String, String)>> {
     match json_field(line, col, raw)? {
         None => Ok(Vec::new()),
-        Some(Value::Object(m)) => Ok(m.iter().map(|(k, v)| (k.clone(), value_string(v))).collect()),
-        Some(_) => Err(table_err(line, format!("column {col}: expected a JSON object"))),
+        Some(Value::Object(m)) => Ok(m
+            .iter()
+            .map(|(k, v)| (k.clone(), value_string(v)))
+            .collect()),
+        Some(_) => Err(table_err(
+            line,
+            format!("column {col}: expected a JSON object"),
+        )),
     }
 }
 
@@ -217,7 +226,10 @@ fn json_list(line: usize, col: &str, raw: &str) -> Result<Vec<String>> {
     match json_field(line, col, raw)? {
         None => Ok(Vec::new()),
         Some(Value::Array(items)) => Ok(items.iter().map(value_string).collect()),
-        Some(_) => Err(table_err(line, format!("column {col}: expected a JSON list"))),
+        Some(_) => Err(table_err(
+            line,
+            format!("column {col}: expected a JSON list"),
+        )),
     }
 }
 
@@ -234,7 +246,10 @@ fn json_alternatives(line: usize, col: &str, raw: &str) -> Result<Vec<(String, V
                 (k.clone(), alts)
             })
             .collect()),
-        Some(_) => Err(table_err(line, format!("column {col}: expected a JSON object"))),
+        Some(_) => Err(table_err(
+            line,
+            format!("column {col}: expected a JSON object"),
+        )),
     }
 }
 
@@ -444,19 +459,40 @@ pub const TESTS: &[TestSpec] = &[
     t("HTTPRoute303Redirect", &["httproute-303-redirect.yaml"]),
     t("HTTPRoute307Redirect", &["httproute-307-redirect.yaml"]),
     t("HTTPRoute308Redirect", &["httproute-308-redirect.yaml"]),
-    t("HTTPRouteBackendProtocolH2C", &["httproute-backend-protocol-h2c.yaml"]),
-    t("HTTPRouteBackendRequestRedirect", &["httproute-backend-request-redirect.yaml"]),
-    t("HTTPRouteBackendURLRewrite", &["httproute-backend-url-rewrite.yaml"]),
+    t(
+        "HTTPRouteBackendProtocolH2C",
+        &["httproute-backend-protocol-h2c.yaml"],
+    ),
+    t(
+        "HTTPRouteBackendRequestRedirect",
+        &["httproute-backend-request-redirect.yaml"],
+    ),
+    t(
+        "HTTPRouteBackendURLRewrite",
+        &["httproute-backend-url-rewrite.yaml"],
+    ),
     t("HTTPRouteCORS", &["httproute-cors.yaml"]),
-    t("HTTPRouteCrossNamespace", &["httproute-cross-namespace.yaml"]),
-    t("HTTPRouteExactPathMatching", &["httproute-exact-path-matching.yaml"]),
+    t(
+        "HTTPRouteCrossNamespace",
+        &["httproute-cross-namespace.yaml"],
+    ),
+    t(
+        "HTTPRouteExactPathMatching",
+        &["httproute-exact-path-matching.yaml"],
+    ),
     t("HTTPRouteHTTPSListener", &["httproute-https-listener.yaml"]),
     t(
         "HTTPRouteHTTPSListenerDetectMisdirectedRequests",
         &["httproute-https-listener-detect-misdirected-requests.yaml"],
     ),
-    t("HTTPRouteHeaderMatching", &["httproute-header-matching.yaml"]),
-    t("HTTPRouteHostnameIntersection", &["httproute-hostname-intersection.yaml"]),
+    t(
+        "HTTPRouteHeaderMatching",
+        &["httproute-header-matching.yaml"],
+    ),
+    t(
+        "HTTPRouteHostnameIntersection",
+        &["httproute-hostname-intersection.yaml"],
+    ),
     t(
         "HTTPRouteInvalidBackendRefUnknownKind",
         &["httproute-invalid-backendref-unknown-kind.yaml"],
@@ -469,32 +505,77 @@ pub const TESTS: &[TestSpec] = &[
         "HTTPRouteInvalidNonExistentBackendRef",
         &["httproute-invalid-nonexistent-backendref.yaml"],
     ),
-    t("HTTPRouteInvalidReferenceGrant", &["httproute-invalid-reference-grant.yaml"]),
-    t("HTTPRouteListenerHostnameMatching", &["httproute-listener-hostname-matching.yaml"]),
+    t(
+        "HTTPRouteInvalidReferenceGrant",
+        &["httproute-invalid-reference-grant.yaml"],
+    ),
+    t(
+        "HTTPRouteListenerHostnameMatching",
+        &["httproute-listener-hostname-matching.yaml"],
+    ),
     t("HTTPRouteMatching", &["httproute-matching.yaml"]),
-    t("HTTPRouteMethodMatching", &["httproute-method-matching.yaml"]),
+    t(
+        "HTTPRouteMethodMatching",
+        &["httproute-method-matching.yaml"],
+    ),
     t("HTTPRouteNamedRule", &["httproute-named-rule.yaml"]),
-    t("HTTPRouteNoBackendRefs", &["httproute-omitted-backendrefs.yaml"]),
-    t("HTTPRoutePathMatchOrder", &["httproute-path-match-order.yaml"]),
-    t("HTTPRouteRedirectHostAndStatus", &["httproute-redirect-host-and-status.yaml"]),
+    t(
+        "HTTPRouteNoBackendRefs",
+        &["httproute-omitted-backendrefs.yaml"],
+    ),
+    t(
+        "HTTPRoutePathMatchOrder",
+        &["httproute-path-match-order.yaml"],
+    ),
+    t(
+        "HTTPRouteRedirectHostAndStatus",
+        &["httproute-redirect-host-and-status.yaml"],
+    ),
     t("HTTPRouteRedirectPath", &["httproute-redirect-path.yaml"]),
     t("HTTPRouteRedirectPort", &["httproute-redirect-port.yaml"]),
-    t("HTTPRouteRedirectScheme", &["httproute-redirect-scheme.yaml"]),
-    t("HTTPRouteReferenceGrant", &["httproute-reference-grant.yaml"]),
-    t("HTTPRouteRequestHeaderModifier", &["httproute-request-header-modifier.yaml"]),
+    t(
+        "HTTPRouteRedirectScheme",
+        &["httproute-redirect-scheme.yaml"],
+    ),
+    t(
+        "HTTPRouteReferenceGrant",
+        &["httproute-reference-grant.yaml"],
+    ),
+    t(
+        "HTTPRouteRequestHeaderModifier",
+        &["httproute-request-header-modifier.yaml"],
+    ),
     t(
         "HTTPRouteRequestHeaderModifierBackendWeights",
         &["httproute-request-header-modifier-backend-weights.yaml"],
     ),
     t("HTTPRouteRequestMirror", &["httproute-request-mirror.yaml"]),
-    t("HTTPRouteRequestPercentageMirror", &["httproute-request-percentage-mirror.yaml"]),
-    t("HTTPRouteResponseHeaderModifier", &["httproute-response-header-modifier.yaml"]),
+    t(
+        "HTTPRouteRequestPercentageMirror",
+        &["httproute-request-percentage-mirror.yaml"],
+    ),
+    t(
+        "HTTPRouteResponseHeaderModifier",
+        &["httproute-response-header-modifier.yaml"],
+    ),
     t("HTTPRouteRetry", &["httproute-retry.yaml"]),
-    t("HTTPRouteRetryConnectionError", &["httproute-retry-connection-error.yaml"]),
-    t("HTTPRouteRetryWithTimeouts", &["httproute-retry-with-timeouts.yaml"]),
+    t(
+        "HTTPRouteRetryConnectionError",
+        &["httproute-retry-connection-error.yaml"],
+    ),
+    t(
+        "HTTPRouteRetryWithTimeouts",
+        &["httproute-retry-with-timeouts.yaml"],
+    ),
     t("HTTPRouteRewritePath", &["httproute-rewrite-path.yaml"]),
-    t("HTTPRouteSimpleSameNamespace", &["httproute-simple-same-namespace.yaml"]),
-    t("HTTPRouteTimeoutBackendRequest", &["httproute-timeout-backend-request.yaml"]),
+    t(
+        "HTTPRouteSimpleSameNamespace",
+        &["httproute-simple-same-namespace.yaml"],
+    ),
+    t(
+        "HTTPRouteTimeoutBackendRequest",
+        &["httproute-timeout-backend-request.yaml"],
+    ),
     t("HTTPRouteWeight", &["httproute-weight.yaml"]),
     t(
         "GatewayHTTPListenerIsolation",
@@ -509,7 +590,11 @@ pub const TESTS: &[TestSpec] = &[
         &["gateway-tls-backend-client-certificate.yaml"],
         NO_TLS_BACKEND,
     ),
-    skip("BackendTLSPolicy", &["backendtlspolicy.yaml"], NO_TLS_BACKEND),
+    skip(
+        "BackendTLSPolicy",
+        &["backendtlspolicy.yaml"],
+        NO_TLS_BACKEND,
+    ),
     skip(
         "BackendTLSPolicyConflictResolution",
         &["backendtlspolicy-conflict-resolution.yaml"],
@@ -560,7 +645,10 @@ pub const TESTS: &[TestSpec] = &[
         &["listenerset-gateway-parent-section-name-not-found.yaml"],
         "cases.tsv rows name no gateway address",
     ),
-    s("HTTPRouteDisallowedKind", &["httproute-disallowed-kind.yaml"]),
+    s(
+        "HTTPRouteDisallowedKind",
+        &["httproute-disallowed-kind.yaml"],
+    ),
     s(
         "HTTPRouteInvalidCrossNamespaceParentRef",
         &["httproute-invalid-cross-namespace-parent-ref.yaml"],
@@ -577,17 +665,26 @@ pub const TESTS: &[TestSpec] = &[
         "HTTPRouteInvalidParentRefSectionNameNotMatchingPort",
         &["httproute-invalid-parentref-section-name-not-matching-port.yaml"],
     ),
-    s("GatewayWithAttachedRoutes", &["gateway-with-attached-routes.yaml"]),
+    s(
+        "GatewayWithAttachedRoutes",
+        &["gateway-with-attached-routes.yaml"],
+    ),
     s(
         "GatewayWithAttachedRoutesWithPort8080",
         &["gateway-with-attached-routes-with-port-8080.yaml"],
     ),
-    s("GatewayInvalidRouteKind", &["gateway-invalid-route-kind.yaml"]),
+    s(
+        "GatewayInvalidRouteKind",
+        &["gateway-invalid-route-kind.yaml"],
+    ),
     s(
         "GatewayListenerUnsupportedProtocol",
         &["gateway-invalid-listeners-unsupported-protocol.yaml"],
     ),
-    s("GatewayInvalidTLSConfiguration", &["gateway-invalid-tls-configuration.yaml"]),
+    s(
+        "GatewayInvalidTLSConfiguration",
+        &["gateway-invalid-tls-configuration.yaml"],
+    ),
     s(
         "GatewaySecretMissingReferenceGrant",
         &["gateway-secret-missing-reference-grant.yaml"],
@@ -604,8 +701,14 @@ pub const TESTS: &[TestSpec] = &[
         "GatewaySecretReferenceGrantSpecific",
         &["gateway-secret-reference-grant-specific.yaml"],
     ),
-    s("GatewayObservedGenerationBump", &["gateway-observed-generation-bump.yaml"]),
-    s("HTTPRouteObservedGenerationBump", &["httproute-observed-generation-bump.yaml"]),
+    s(
+        "GatewayObservedGenerationBump",
+        &["gateway-observed-generation-bump.yaml"],
+    ),
+    s(
+        "HTTPRouteObservedGenerationBump",
+        &["httproute-observed-generation-bump.yaml"],
+    ),
 ];
 
 /// Looks a test up by name.
@@ -664,7 +767,16 @@ mod tests {
                 "sub",
             ]),
             row(&["T2", "same-namespace", "http", "", "POST", "/", "", "!200"]),
-            row(&["T3", "same-namespace", "http", "", "GET", "/", "", "500,503"]),
+            row(&[
+                "T3",
+                "same-namespace",
+                "http",
+                "",
+                "GET",
+                "/",
+                "",
+                "500,503"
+            ]),
         );
         let cases = parse_cases(&text).expect("parse");
         assert_eq!(cases.len(), 3);
@@ -677,8 +789,8 @@ mod tests {
         assert_eq!(
             c.headers,
             vec![
-                ("Version".to_string(), "one".to_string()),
-                ("Multi".to_string(), "a,b".to_string())
+                ("Multi".to_string(), "a,b".to_string()),
+                ("Version".to_string(), "one".to_string())
             ]
         );
         assert_eq!(c.status, ExpectedStatus::AnyOf(vec![200, 204]));

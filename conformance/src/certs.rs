@@ -124,7 +124,10 @@ impl SuiteCerts {
     pub fn generate() -> Result<Self> {
         let ca_key = KeyPair::generate().map_err(|e| cert_err("ca", e))?;
         let ca = ca_params("gateway-conformance-ca");
-        let ca_pem = ca.self_signed(&ca_key).map_err(|e| cert_err("ca", e))?.pem();
+        let ca_pem = ca
+            .self_signed(&ca_key)
+            .map_err(|e| cert_err("ca", e))?
+            .pem();
         let issuer = Issuer::new(ca, ca_key);
 
         let mismatch_key = KeyPair::generate().map_err(|e| cert_err("mismatch-ca", e))?;

@@ -69,7 +69,11 @@ impl EchoPod {
                 .map_err(|e| Error::io(format!("echo listen {ip}:{port}"), e))?;
             let port = listener.local_addr()?.port();
             bound.push(port);
-            tasks.push(tokio::spawn(accept_loop(listener, port, Arc::clone(&state))));
+            tasks.push(tokio::spawn(accept_loop(
+                listener,
+                port,
+                Arc::clone(&state),
+            )));
         }
         Ok(EchoPod {
             ip,
@@ -156,14 +160,12 @@ async fn serve_connection(stream: TcpStream, port: u16, state: Arc<PodState>) {
         _ = conn.as_mut() => false,
         _ = abort.notified() => true,
     };
-    if reset {
-        if let Ok(spare) = TcpStream::from_std(spare) {
-            let _ = spare.set_zero_linger();
-            // Closing the served half first leaves `spare` as the last descriptor, whose close
-            // then sends the RST.
-            drop(conn);
-            drop(spare);
-        }
+    if reset && let Ok(spare) = TcpStream::from_std(spare) {
+        let _ = spare.set_zero_linger();
+        // Closing the served half first leaves `spare` as the last descriptor, whose close
+        // then sends the RST.
+        drop(conn);
+        drop(spare);
     }
 }
 
@@ -283,15 +285,19 @@ async fn handle(
         return plain(StatusCode::OK, "OK");
     }
     if let Some(code) = path.strip_prefix("/status/") {
-        return match code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
+        return match code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+        {
             Some(status) => plain(status, ""),
             None => plain(StatusCode::BAD_REQUEST, "invalid status code"),
         };
     }
-    if path.starts_with("/retry/") {
-        if let Some(resp) = retry_simulator(&state, &uri, &abort).await {
-            return resp;
-        }
+    if path.starts_with("/retry/")
+        && let Some(resp) = retry_simulator(&state, &uri, &abort).await
+    {
+        return resp;
     }
     if let Some(delay) = query_param(&uri, "delay") {
         match parse_go_duration(&delay) {
@@ -332,7 +338,11 @@ async fn retry_simulator(
     }
     match query_param(uri, "responseCode") {
         Some(code) => Some(
-            match code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
+            match code
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+            {
                 Some(status) => plain(status, ""),
                 None => plain(StatusCode::BAD_REQUEST, "invalid responseCode"),
             },

@@ -7,8 +7,17 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod backends;
+pub mod cases;
 pub mod certs;
+pub mod client;
+pub mod compare;
 pub mod echo;
 pub mod error;
+pub mod gateway;
+pub mod manifests;
+pub mod plan;
+pub mod runner;
+pub mod status;
 
 pub use error::{Error, Result};

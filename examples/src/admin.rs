@@ -77,11 +77,19 @@ fn answer(path: &str, state: &AdminState, gateway: &Gateway) -> Response<Full<By
         ),
         "/config" => match serde_json::to_vec_pretty(&gateway.config()) {
             Ok(json) => reply(StatusCode::OK, "application/json", json),
-            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
+            Err(e) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                e.to_string(),
+            ),
         },
         "/diagnostics" => match serde_json::to_vec_pretty(state.diagnostics.load().as_ref()) {
             Ok(json) => reply(StatusCode::OK, "application/json", json),
-            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
+            Err(e) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                e.to_string(),
+            ),
         },
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }

@@ -17,7 +17,7 @@ pub enum Input {
     /// Files and directories, watched for changes.
     Files(Vec<PathBuf>),
     /// A fixed set, e.g. YAML bundled in a binary.
-    Fixed(Resources),
+    Fixed(Box<Resources>),
 }
 
 /// The long-running part of a YAML-configured gateway.
@@ -96,7 +96,7 @@ impl Runner {
             Input::Files(paths) => {
                 let mut source = FileSource::new(paths.clone());
                 // Watch before the first load so no change between the two is missed.
-                let watch = source::watch(paths);
+                let watch = source::watch(&paths);
                 self.reload(&mut source).await;
                 let (_guard, mut changes) = match watch {
                     Ok(w) => w,

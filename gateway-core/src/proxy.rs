@@ -43,7 +43,10 @@ struct Selected {
 
 impl Selected {
     fn filter_sets(&self) -> [&CompiledFilters; 2] {
-        [&self.rule.filters, &self.rule.backends[self.backend].filters]
+        [
+            &self.rule.filters,
+            &self.rule.backends[self.backend].filters,
+        ]
     }
 }
 
@@ -104,7 +107,14 @@ impl GatewayProxy {
         };
 
         if let Some(d) = self
-            .run_request_filters(session, &rule.filters, &rule.name, protocol, listener.port, hit.matched_prefix)
+            .run_request_filters(
+                session,
+                &rule.filters,
+                &rule.name,
+                protocol,
+                listener.port,
+                hit.matched_prefix,
+            )
             .await
         {
             return d;
@@ -115,7 +125,14 @@ impl GatewayProxy {
         };
         let b = &rule.backends[backend];
         if let Some(d) = self
-            .run_request_filters(session, &b.filters, &rule.name, protocol, listener.port, hit.matched_prefix)
+            .run_request_filters(
+                session,
+                &b.filters,
+                &rule.name,
+                protocol,
+                listener.port,
+                hit.matched_prefix,
+            )
             .await
         {
             return d;
@@ -317,25 +334,21 @@ impl ProxyHttp for GatewayProxy {
                     pq.push_str(q);
                 }
                 let mut parts = upstream.uri.clone().into_parts();
-                parts.path_and_query = Some(
-                    pq.parse()
-                        .map_err(|_| internal(format!("rewritten path {pq:?} is not a valid URI")))?,
-                );
-                if let Some(host) = &rewrite.hostname {
-                    if parts.authority.is_some() {
-                        parts.authority = host.parse().ok();
-                    }
+                parts.path_and_query =
+                    Some(pq.parse().map_err(|_| {
+                        internal(format!("rewritten path {pq:?} is not a valid URI"))
+                    })?);
+                if let (Some(host), Some(_)) = (&rewrite.hostname, &parts.authority) {
+                    parts.authority = host.parse().ok();
                 }
                 let uri = Uri::from_parts(parts)
                     .map_err(|e| internal(format!("rewritten URI invalid: {e}")))?;
                 upstream.set_uri(uri);
-            } else if let Some(host) = &rewrite.hostname {
-                if upstream.uri.authority().is_some() {
-                    let mut parts = upstream.uri.clone().into_parts();
-                    parts.authority = host.parse().ok();
-                    if let Ok(uri) = Uri::from_parts(parts) {
-                        upstream.set_uri(uri);
-                    }
+            } else if let (Some(host), Some(_)) = (&rewrite.hostname, upstream.uri.authority()) {
+                let mut parts = upstream.uri.clone().into_parts();
+                parts.authority = host.parse().ok();
+                if let Ok(uri) = Uri::from_parts(parts) {
+                    upstream.set_uri(uri);
                 }
             }
         }
@@ -396,10 +409,10 @@ impl ProxyHttp for GatewayProxy {
                 _ => 500,
             },
         };
-        if code > 0 {
-            if let Err(err) = session.respond_error(code).await {
-                tracing::debug!(error = %err, "could not send the error response");
-            }
+        if code > 0
+            && let Err(err) = session.respond_error(code).await
+        {
+            tracing::debug!(error = %err, "could not send the error response");
         }
         FailToProxy {
             error_code: code,
@@ -409,9 +422,7 @@ impl ProxyHttp for GatewayProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&PError>, ctx: &mut RequestCtx) {
         if tracing::enabled!(tracing::Level::DEBUG) {
-            let status = session
-                .response_written()
-                .map_or(0, |r| r.status.as_u16());
+            let status = session.response_written().map_or(0, |r| r.status.as_u16());
             let rule = ctx.selected.as_ref().map_or("", |s| s.rule.name.as_str());
             let req = session.req_header();
             tracing::debug!(

@@ -143,8 +143,11 @@ impl Gateway {
         let mut sockets = self.inner.sockets.lock().await;
         let unchanged = self.inner.table.load().config == config;
         let mut report = ApplyReport::default();
-        let wanted: HashMap<SocketAddr, Protocol> =
-            config.binds.iter().map(|b| (b.address, b.protocol)).collect();
+        let wanted: HashMap<SocketAddr, Protocol> = config
+            .binds
+            .iter()
+            .map(|b| (b.address, b.protocol))
+            .collect();
         let missing = wanted
             .iter()
             .any(|(a, p)| sockets.get(a).is_none_or(|s| s.protocol != *p));

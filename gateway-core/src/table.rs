@@ -102,7 +102,11 @@ impl CompiledBind {
                                             filters: CompiledFilters::compile(&b.filters, registry),
                                         })
                                         .collect(),
-                                    total_weight: rule.backends.iter().map(|b| u64::from(b.weight)).sum(),
+                                    total_weight: rule
+                                        .backends
+                                        .iter()
+                                        .map(|b| u64::from(b.weight))
+                                        .sum(),
                                     timeouts: rule.timeouts,
                                     name,
                                 })
@@ -234,8 +238,16 @@ impl CompiledHeaderModifier {
             Ok((n, v))
         }
         Ok(CompiledHeaderModifier {
-            set: m.set.iter().map(pair).collect::<std::result::Result<_, _>>()?,
-            add: m.add.iter().map(pair).collect::<std::result::Result<_, _>>()?,
+            set: m
+                .set
+                .iter()
+                .map(pair)
+                .collect::<std::result::Result<_, _>>()?,
+            add: m
+                .add
+                .iter()
+                .map(pair)
+                .collect::<std::result::Result<_, _>>()?,
             remove: m
                 .remove
                 .iter()

@@ -52,7 +52,10 @@ async fn routes_by_path_and_answers_404_when_nothing_matches() {
     assert_eq!(report.bound, vec![addr(port)]);
 
     assert_eq!(get(addr(port), "example.com", "/one").await.backend(), "v1");
-    assert_eq!(get(addr(port), "example.com", "/two/x").await.backend(), "v2");
+    assert_eq!(
+        get(addr(port), "example.com", "/two/x").await.backend(),
+        "v2"
+    );
     assert_eq!(get(addr(port), "example.com", "/one/x").await.status, 404);
     assert_eq!(get(addr(port), "example.com", "/twox").await.status, 404);
     gw.shutdown(Duration::from_secs(1)).await;
@@ -86,11 +89,13 @@ async fn header_modifiers_rewrite_and_redirect() {
                 }))
                 .backend(to(&v1, "v1")),
         )
-        .rule(Rule::prefix("/old").filter(Filter::RequestRedirect(RequestRedirect {
-            path: Some(PathModifier::ReplacePrefixMatch("/new".into())),
-            status_code: 301,
-            ..RequestRedirect::default()
-        })));
+        .rule(
+            Rule::prefix("/old").filter(Filter::RequestRedirect(RequestRedirect {
+                path: Some(PathModifier::ReplacePrefixMatch("/new".into())),
+                status_code: 301,
+                ..RequestRedirect::default()
+            })),
+        );
     gw.apply(Config {
         binds: vec![http_bind(port, vec![route])],
     })
@@ -199,8 +204,16 @@ async fn extension_filters_answer_or_pass_and_unknown_ones_answer_500() {
         })
     };
     let route = Route::new("ns", "r")
-        .rule(Rule::prefix("/known").filter(ext("Deny")).backend(to(&v1, "v1")))
-        .rule(Rule::prefix("/unknown").filter(ext("Nope")).backend(to(&v1, "v1")));
+        .rule(
+            Rule::prefix("/known")
+                .filter(ext("Deny"))
+                .backend(to(&v1, "v1")),
+        )
+        .rule(
+            Rule::prefix("/unknown")
+                .filter(ext("Nope"))
+                .backend(to(&v1, "v1")),
+        );
     gw.apply(Config {
         binds: vec![http_bind(port, vec![route])],
     })
@@ -227,7 +240,10 @@ async fn swaps_keep_in_flight_requests_and_listeners_change_at_run_time() {
         )],
     };
     gw.apply(first.clone()).await.unwrap();
-    assert!(!gw.apply(first).await.unwrap().changed, "identical config is not swapped");
+    assert!(
+        !gw.apply(first).await.unwrap().changed,
+        "identical config is not swapped"
+    );
 
     // A keep-alive connection and a slow request in flight on p1.
     let mut kept = H1::connect(addr(p1)).await.unwrap();
@@ -251,7 +267,11 @@ async fn swaps_keep_in_flight_requests_and_listeners_change_at_run_time() {
     let report = gw.apply(second).await.unwrap();
     assert_eq!(report.bound, vec![addr(p2)]);
     let r = slow.await.unwrap();
-    assert_eq!((r.status, r.backend()), (200, "v1"), "in-flight request finished");
+    assert_eq!(
+        (r.status, r.backend()),
+        (200, "v1"),
+        "in-flight request finished"
+    );
     assert_eq!(kept.send("GET", "a", "/", &[]).await.backend(), "v2");
     assert_eq!(get(addr(p2), "a", "/").await.backend(), "v1");
 
@@ -319,9 +339,15 @@ async fn h2c_prior_knowledge_and_h2c_backends() {
     .await
     .unwrap();
     let r = get_h2c(addr(port), "example.com", "/plain").await;
-    assert_eq!((r.status, r.body["version"].as_str()), (200, Some("HTTP/1.1")));
+    assert_eq!(
+        (r.status, r.body["version"].as_str()),
+        (200, Some("HTTP/1.1"))
+    );
     let r = get(addr(port), "example.com", "/h2c").await;
-    assert_eq!((r.status, r.body["version"].as_str()), (200, Some("HTTP/2.0")));
+    assert_eq!(
+        (r.status, r.body["version"].as_str()),
+        (200, Some("HTTP/2.0"))
+    );
     gw.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -361,14 +387,16 @@ async fn tls_certificates_are_chosen_by_sni() {
     let trust = vec![a_der.clone(), w_der.clone(), d_der.clone()];
     let (cert, _, _) = tls_handshake(addr(port), "a.example.com", &trust, &[b"http/1.1"]).await;
     assert_eq!(cert, a_der);
-    let (cert, _, _) = tls_handshake(addr(port), "x.wild.example.com", &trust, &[b"http/1.1"]).await;
+    let (cert, _, _) =
+        tls_handshake(addr(port), "x.wild.example.com", &trust, &[b"http/1.1"]).await;
     assert_eq!(cert, w_der);
     let (cert, _, tls) =
         tls_handshake(addr(port), "default.example.com", &trust, &[b"http/1.1"]).await;
     assert_eq!(cert, d_der);
     let r = get_over_tls(tls, "default.example.com", "/").await;
     assert_eq!((r.status, r.backend()), (200, "v1"));
-    let (_, alpn, _) = tls_handshake(addr(port), "a.example.com", &trust, &[b"h2", b"http/1.1"]).await;
+    let (_, alpn, _) =
+        tls_handshake(addr(port), "a.example.com", &trust, &[b"h2", b"http/1.1"]).await;
     assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
     gw.shutdown(Duration::from_secs(1)).await;
 }
@@ -391,7 +419,10 @@ async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
     let gw2 = gw.clone();
     let stopping = tokio::spawn(async move { gw2.shutdown(Duration::from_secs(5)).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(H1::connect(addr(port)).await.is_err(), "no new connections while draining");
+    assert!(
+        H1::connect(addr(port)).await.is_err(),
+        "no new connections while draining"
+    );
     let r = slow.await.unwrap();
     assert_eq!(r.status, 200);
     stopping.await.unwrap();

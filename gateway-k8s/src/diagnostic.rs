@@ -53,6 +53,9 @@ mod tests {
     fn display_names_origin_and_document() {
         let d = Diagnostic::document("a.yaml", 2, "bad");
         assert_eq!(d.to_string(), "a.yaml (document 2): bad");
-        assert_eq!(Diagnostic::origin("b.yaml", "gone").to_string(), "b.yaml: gone");
+        assert_eq!(
+            Diagnostic::origin("b.yaml", "gone").to_string(),
+            "b.yaml: gone"
+        );
     }
 }

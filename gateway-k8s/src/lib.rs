@@ -25,5 +25,5 @@ mod yaml;
 
 pub use diagnostic::Diagnostic;
 pub use resources::{DEFAULT_NAMESPACE, Kind, Object, ObjectKey, Resources};
-pub use status::{StatusReport, SUPPORTED_FEATURES};
+pub use status::{SUPPORTED_FEATURES, StatusReport};
 pub use translate::{TranslateOptions, Translation, Translator};

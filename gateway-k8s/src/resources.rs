@@ -218,7 +218,12 @@ impl Resources {
         }
     }
 
-    fn try_add_value(&mut self, mut value: Value, origin: &str, document: usize) -> Result<(), String> {
+    fn try_add_value(
+        &mut self,
+        mut value: Value,
+        origin: &str,
+        document: usize,
+    ) -> Result<(), String> {
         if !value.is_object() {
             return Err("document is not a mapping".into());
         }
@@ -263,14 +268,16 @@ impl Resources {
             document,
         };
         match kind {
-            Kind::GatewayClass => self.put(kind, key, parse(typed, kind, slot)?),
-            Kind::Gateway => self.put(kind, key, parse(typed, kind, slot)?),
-            Kind::HttpRoute => self.put(kind, key, parse(typed, kind, slot)?),
-            Kind::ReferenceGrant => self.put(kind, key, parse(typed, kind, slot)?),
-            Kind::Namespace => self.put(kind, key, parse(typed, kind, slot)?),
-            Kind::Service => self.put(kind, key, parse(typed, kind, slot)?),
-            Kind::Secret => self.put(kind, key, parse(typed, kind, slot)?),
-            Kind::EndpointSlice => self.put(kind, key, parse(typed, kind, slot)?),
+            Kind::GatewayClass => self.put(kind, key, parse::<GatewayClass>(typed, kind, slot)?),
+            Kind::Gateway => self.put(kind, key, parse::<Gateway>(typed, kind, slot)?),
+            Kind::HttpRoute => self.put(kind, key, parse::<HttpRoute>(typed, kind, slot)?),
+            Kind::ReferenceGrant => {
+                self.put(kind, key, parse::<ReferenceGrant>(typed, kind, slot)?)
+            }
+            Kind::Namespace => self.put(kind, key, parse::<Namespace>(typed, kind, slot)?),
+            Kind::Service => self.put(kind, key, parse::<Service>(typed, kind, slot)?),
+            Kind::Secret => self.put(kind, key, parse::<Secret>(typed, kind, slot)?),
+            Kind::EndpointSlice => self.put(kind, key, parse::<EndpointSlice>(typed, kind, slot)?),
         }
         Ok(())
     }
@@ -472,7 +479,10 @@ spec:
 
     #[test]
     fn merge_replaces_duplicates_with_a_diagnostic() {
-        let mut a = Resources::parse_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: n}\n", "a");
+        let mut a = Resources::parse_yaml(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: n}\n",
+            "a",
+        );
         let b = Resources::parse_yaml(
             "apiVersion: v1\nkind: Namespace\nmetadata: {name: n, labels: {x: y}}\n",
             "b",

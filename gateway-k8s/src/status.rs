@@ -182,15 +182,20 @@ impl ConditionClock {
     }
 
     /// Builds a condition for the object part `scope` (e.g. `Gateway/ns/name/listener/http`).
-    pub fn build(&mut self, scope: &str, cond: Cond<'_>, generation: Option<i64>, now: &Time) -> Condition {
+    pub fn build(
+        &mut self,
+        scope: &str,
+        cond: Cond<'_>,
+        generation: Option<i64>,
+        now: &Time,
+    ) -> Condition {
         let status = if cond.ok { "True" } else { "False" };
         let key = format!("{scope}#{}", cond.type_);
         let time = match self.previous.get(&key) {
             Some((previous, time)) if previous == status => time.clone(),
             _ => now.clone(),
         };
-        self.current
-            .insert(key, (status.to_string(), time.clone()));
+        self.current.insert(key, (status.to_string(), time.clone()));
         Condition {
             last_transition_time: time,
             message: cond.message,
@@ -221,16 +226,31 @@ mod tests {
         let t2 = Time(Timestamp::from_second(200).unwrap_or(Timestamp::UNIX_EPOCH));
         let mut clock = ConditionClock::default();
         clock.begin();
-        let c = clock.build("x", Cond::new("Accepted", true, "Accepted", ""), Some(1), &t1);
+        let c = clock.build(
+            "x",
+            Cond::new("Accepted", true, "Accepted", ""),
+            Some(1),
+            &t1,
+        );
         clock.finish();
         assert_eq!(c.last_transition_time, t1);
         clock.begin();
-        let c = clock.build("x", Cond::new("Accepted", true, "Accepted", ""), Some(2), &t2);
+        let c = clock.build(
+            "x",
+            Cond::new("Accepted", true, "Accepted", ""),
+            Some(2),
+            &t2,
+        );
         clock.finish();
         assert_eq!(c.last_transition_time, t1);
         assert_eq!(c.observed_generation, Some(2));
         clock.begin();
-        let c = clock.build("x", Cond::new("Accepted", false, "Invalid", ""), Some(2), &t2);
+        let c = clock.build(
+            "x",
+            Cond::new("Accepted", false, "Invalid", ""),
+            Some(2),
+            &t2,
+        );
         clock.finish();
         assert_eq!(c.last_transition_time, t2);
         assert_eq!(c.status, "False");

@@ -68,7 +68,9 @@ fn parse(chunk: &str) -> Result<Option<Value>, String> {
     if is_blank(chunk) {
         return Ok(None);
     }
-    match serde_saphyr::from_str::<Value>(chunk) {
+    // YAML 1.2 booleans only: `y`, `n`, `on`, `no` stay strings (names, label values).
+    let options = serde_saphyr::options! { strict_booleans: true };
+    match serde_saphyr::from_str_with_options::<Value>(chunk, options) {
         Ok(Value::Null) => Ok(None),
         Ok(value) => Ok(Some(value)),
         Err(err) => Err(err.to_string()),
@@ -81,13 +83,20 @@ mod tests {
 
     #[test]
     fn splits_and_numbers_documents() {
-        let docs = documents("# preamble\n---\na: 1\n---\n\n---\nb: [\n--- # c\nc: 3\n...\nignored\n");
+        let docs =
+            documents("# preamble\n---\na: 1\n---\n\n---\nb: [\n--- # c\nc: 3\n...\nignored\n");
         assert_eq!(docs.len(), 4);
         assert_eq!(docs[0].index, 0);
-        assert_eq!(docs[0].value.as_ref().ok(), Some(&Some(serde_json::json!({"a": 1}))));
+        assert_eq!(
+            docs[0].value.as_ref().ok(),
+            Some(&Some(serde_json::json!({"a": 1})))
+        );
         assert!(matches!(docs[1].value, Ok(None)));
         assert!(docs[2].value.is_err());
-        assert_eq!(docs[3].value.as_ref().ok(), Some(&Some(serde_json::json!({"c": 3}))));
+        assert_eq!(
+            docs[3].value.as_ref().ok(),
+            Some(&Some(serde_json::json!({"c": 3})))
+        );
     }
 
     #[test]
@@ -95,6 +104,15 @@ mod tests {
         let docs = documents("kind: Namespace\n");
         assert_eq!(docs.len(), 1);
         assert!(matches!(docs[0].value, Ok(Some(_))));
+    }
+
+    #[test]
+    fn yaml_11_booleans_are_strings() {
+        let docs = documents("a: n\nb: yes\nc: true\n");
+        assert_eq!(
+            docs[0].value.as_ref().ok(),
+            Some(&Some(serde_json::json!({"a": "n", "b": "yes", "c": true})))
+        );
     }
 
     #[test]

@@ -36,7 +36,10 @@ impl HttpFilter for ApiKey {
         if given.is_some_and(|v| v.as_bytes() == self.key.as_bytes()) {
             Ok(FilterAction::Continue)
         } else {
-            Ok(FilterAction::Respond(DirectResponse::text(401, "missing or wrong x-api-key\n")))
+            Ok(FilterAction::Respond(DirectResponse::text(
+                401,
+                "missing or wrong x-api-key\n",
+            )))
         }
     }
 
@@ -96,7 +99,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some((addr, why)) = report.failed.first() {
         return Err(format!("cannot listen on {addr}: {why}").into());
     }
-    println!("embedded gateway on http://127.0.0.1:8090 (see the comment at the top of embedded.rs)");
+    println!(
+        "embedded gateway on http://127.0.0.1:8090 (see the comment at the top of embedded.rs)"
+    );
     gateway_core::shutdown_signal().await?;
     gateway.shutdown(Duration::from_secs(10)).await;
     Ok(())

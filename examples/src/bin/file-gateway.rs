@@ -64,7 +64,10 @@ async fn main() {
     let gateway = Gateway::new(FilterRegistry::new());
     let state = Arc::new(AdminState::default());
     if let Err(e) = admin::serve(args.admin, state.clone(), gateway.clone()).await {
-        eprintln!("file-gateway: cannot bind the admin endpoint {}: {e}", args.admin);
+        eprintln!(
+            "file-gateway: cannot bind the admin endpoint {}: {e}",
+            args.admin
+        );
         std::process::exit(2);
     }
     let options = TranslateOptions {

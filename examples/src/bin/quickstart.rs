@@ -61,7 +61,10 @@ async fn main() {
         default_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
     };
     Runner::new(gateway.clone(), options, state.clone(), None)
-        .run(Input::Fixed(Resources::parse_yaml(CONFIG, "quickstart.yaml")))
+        .run(Input::Fixed(Box::new(Resources::parse_yaml(
+            CONFIG,
+            "quickstart.yaml",
+        ))))
         .await;
     if gateway.bound().await.is_empty() {
         eprintln!("quickstart: could not listen on 127.0.0.1:8080 (is something else using it?)");

@@ -96,12 +96,22 @@ mod tests {
 
     #[test]
     fn replace_prefix_keeps_the_rest_on_a_segment_boundary() {
-        assert_eq!(rewrite_path("/prefix/one/two", &prefix("/one"), Some(11)), "/one/two");
-        assert_eq!(rewrite_path("/strip-prefix/three", &prefix("/"), Some(13)), "/three");
+        assert_eq!(
+            rewrite_path("/prefix/one/two", &prefix("/one"), Some(11)),
+            "/one/two"
+        );
+        assert_eq!(
+            rewrite_path("/strip-prefix/three", &prefix("/"), Some(13)),
+            "/three"
+        );
         assert_eq!(rewrite_path("/strip-prefix", &prefix("/"), Some(13)), "/");
         assert_eq!(rewrite_path("/strip-prefix/", &prefix("/"), Some(13)), "/");
         assert_eq!(
-            rewrite_path("/original-prefix/lemon", &prefix("/replacement-prefix"), Some(16)),
+            rewrite_path(
+                "/original-prefix/lemon",
+                &prefix("/replacement-prefix"),
+                Some(16)
+            ),
             "/replacement-prefix/lemon"
         );
         assert_eq!(rewrite_path("/a/b", &prefix("/x/"), Some(2)), "/x/b");
@@ -120,7 +130,15 @@ mod tests {
 
     #[test]
     fn redirect_keeps_request_values_by_default() {
-        let loc = redirect_location(&redirect(), Protocol::Http, 80, "a.com", "/p", Some("x=1"), None);
+        let loc = redirect_location(
+            &redirect(),
+            Protocol::Http,
+            80,
+            "a.com",
+            "/p",
+            Some("x=1"),
+            None,
+        );
         assert_eq!(loc, "http://a.com/p?x=1");
         let loc = redirect_location(&redirect(), Protocol::Http, 8080, "a.com", "/p", None, None);
         assert_eq!(loc, "http://a.com:8080/p");
@@ -175,7 +193,15 @@ mod tests {
             ..redirect()
         };
         assert_eq!(
-            redirect_location(&r, Protocol::Http, 80, "h", "/path-and-host", None, Some(14)),
+            redirect_location(
+                &r,
+                Protocol::Http,
+                80,
+                "h",
+                "/path-and-host",
+                None,
+                Some(14)
+            ),
             "http://h/replacement-prefix"
         );
     }

@@ -7,8 +7,8 @@
 use std::borrow::Cow;
 
 use http::HeaderName;
-use regex::bytes::Regex as BytesRegex;
 use regex::Regex;
+use regex::bytes::Regex as BytesRegex;
 
 use super::RequestParts;
 use crate::config::{HeaderMatch, PathMatch, QueryParamMatch, RouteMatch, StringMatch};
@@ -229,7 +229,10 @@ impl CompiledMatch {
             .iter()
             .map(|HeaderMatch { name, value }| {
                 let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                    Error::new(ErrorKind::InvalidConfig, format!("invalid header name {name:?}"))
+                    Error::new(
+                        ErrorKind::InvalidConfig,
+                        format!("invalid header name {name:?}"),
+                    )
                 })?;
                 Ok(HeaderCond {
                     name: header,
@@ -275,7 +278,11 @@ mod tests {
     use super::*;
     use http::{HeaderMap, HeaderValue};
 
-    fn parts<'a>(headers: &'a HeaderMap, query: Option<&'a str>, method: &'a str) -> RequestParts<'a> {
+    fn parts<'a>(
+        headers: &'a HeaderMap,
+        query: Option<&'a str>,
+        method: &'a str,
+    ) -> RequestParts<'a> {
         RequestParts {
             host: "h",
             path: "/",
@@ -342,21 +349,36 @@ mod tests {
         let err = CompiledMatch::compile(&bad).expect_err("bad regex");
         assert_eq!(err.kind, ErrorKind::InvalidConfig);
         let bad = RouteMatch {
-            headers: vec![HeaderMatch { name: "x".into(), value: regex("[") }],
+            headers: vec![HeaderMatch {
+                name: "x".into(),
+                value: regex("["),
+            }],
             ..RouteMatch::default()
         };
-        assert_eq!(CompiledMatch::compile(&bad).expect_err("bad").kind, ErrorKind::InvalidConfig);
+        assert_eq!(
+            CompiledMatch::compile(&bad).expect_err("bad").kind,
+            ErrorKind::InvalidConfig
+        );
         let bad = RouteMatch {
-            headers: vec![HeaderMatch { name: "bad name".into(), value: exact("v") }],
+            headers: vec![HeaderMatch {
+                name: "bad name".into(),
+                value: exact("v"),
+            }],
             ..RouteMatch::default()
         };
-        assert_eq!(CompiledMatch::compile(&bad).expect_err("bad").kind, ErrorKind::InvalidConfig);
+        assert_eq!(
+            CompiledMatch::compile(&bad).expect_err("bad").kind,
+            ErrorKind::InvalidConfig
+        );
     }
 
     #[test]
     fn headers_case_insensitive_names_and_joined_values() {
         let m = compile(RouteMatch {
-            headers: vec![HeaderMatch { name: "X-Version".into(), value: exact("one,two") }],
+            headers: vec![HeaderMatch {
+                name: "X-Version".into(),
+                value: exact("one,two"),
+            }],
             ..RouteMatch::default()
         });
         let mut h = HeaderMap::new();
@@ -369,17 +391,26 @@ mod tests {
         assert!(!m.rest.hold(&parts(&h, None, "GET")));
 
         let single = compile(RouteMatch {
-            headers: vec![HeaderMatch { name: "version".into(), value: exact("One") }],
+            headers: vec![HeaderMatch {
+                name: "version".into(),
+                value: exact("One"),
+            }],
             ..RouteMatch::default()
         });
         let mut h = HeaderMap::new();
         h.insert("Version", HeaderValue::from_static("One"));
         assert!(single.rest.hold(&parts(&h, None, "GET")));
         h.insert("Version", HeaderValue::from_static("one"));
-        assert!(!single.rest.hold(&parts(&h, None, "GET")), "values are case-sensitive");
+        assert!(
+            !single.rest.hold(&parts(&h, None, "GET")),
+            "values are case-sensitive"
+        );
 
         let re = compile(RouteMatch {
-            headers: vec![HeaderMatch { name: "v".into(), value: regex("a,b+") }],
+            headers: vec![HeaderMatch {
+                name: "v".into(),
+                value: regex("a,b+"),
+            }],
             ..RouteMatch::default()
         });
         let mut h = HeaderMap::new();
@@ -388,15 +419,24 @@ mod tests {
         h.append("v", HeaderValue::from_static("bbb"));
         assert!(re.rest.hold(&parts(&h, None, "GET")));
         h.append("v", HeaderValue::from_static("c"));
-        assert!(!re.rest.hold(&parts(&h, None, "GET")), "regex must match the whole value");
+        assert!(
+            !re.rest.hold(&parts(&h, None, "GET")),
+            "regex must match the whole value"
+        );
     }
 
     #[test]
     fn headers_are_anded() {
         let m = compile(RouteMatch {
             headers: vec![
-                HeaderMatch { name: "version".into(), value: exact("two") },
-                HeaderMatch { name: "color".into(), value: exact("orange") },
+                HeaderMatch {
+                    name: "version".into(),
+                    value: exact("two"),
+                },
+                HeaderMatch {
+                    name: "color".into(),
+                    value: exact("orange"),
+                },
             ],
             ..RouteMatch::default()
         });
@@ -410,19 +450,36 @@ mod tests {
     #[test]
     fn query_params_first_occurrence_decoded() {
         let m = compile(RouteMatch {
-            query_params: vec![QueryParamMatch { name: "animal".into(), value: exact("whale shark") }],
+            query_params: vec![QueryParamMatch {
+                name: "animal".into(),
+                value: exact("whale shark"),
+            }],
             ..RouteMatch::default()
         });
         let h = HeaderMap::new();
         assert!(m.rest.hold(&parts(&h, Some("animal=whale%20shark"), "GET")));
-        assert!(m.rest.hold(&parts(&h, Some("x=1&animal=whale%20shark&animal=dolphin"), "GET")));
-        assert!(!m.rest.hold(&parts(&h, Some("animal=dolphin&animal=whale%20shark"), "GET")));
-        assert!(!m.rest.hold(&parts(&h, Some("Animal=whale%20shark"), "GET")), "names are case-sensitive");
+        assert!(m.rest.hold(&parts(
+            &h,
+            Some("x=1&animal=whale%20shark&animal=dolphin"),
+            "GET"
+        )));
+        assert!(!m.rest.hold(&parts(
+            &h,
+            Some("animal=dolphin&animal=whale%20shark"),
+            "GET"
+        )));
+        assert!(
+            !m.rest.hold(&parts(&h, Some("Animal=whale%20shark"), "GET")),
+            "names are case-sensitive"
+        );
         assert!(!m.rest.hold(&parts(&h, None, "GET")));
         assert!(!m.rest.hold(&parts(&h, Some("animal"), "GET")));
 
         let re = compile(RouteMatch {
-            query_params: vec![QueryParamMatch { name: "n".into(), value: regex("[0-9]+") }],
+            query_params: vec![QueryParamMatch {
+                name: "n".into(),
+                value: regex("[0-9]+"),
+            }],
             ..RouteMatch::default()
         });
         assert!(re.rest.hold(&parts(&h, Some("n=42"), "GET")));
@@ -445,7 +502,10 @@ mod tests {
     fn percent_decoding() {
         assert_eq!(&*percent_decode("a%2Fb%zz%4"), b"a/b%zz%4");
         assert!(matches!(percent_decode("plain"), Cow::Borrowed(_)));
-        assert_eq!(first_query_value("a%62=1&b=2", "ab").as_deref(), Some(&b"1"[..]));
+        assert_eq!(
+            first_query_value("a%62=1&b=2", "ab").as_deref(),
+            Some(&b"1"[..])
+        );
         assert_eq!(first_query_value("a=1&b", "b").as_deref(), Some(&b""[..]));
     }
 }

@@ -6,7 +6,7 @@
 //! `a.example.com` and `a.b.example.com`, but not `example.com`. Comparisons ignore ASCII case and
 //! one trailing dot.
 
-use std::collections::HashMap;
+use super::hash::{FastMap, LenSet};
 
 /// Hosts up to this many bytes are lowercased on the stack on the request path.
 const STACK_HOST: usize = 255;
@@ -132,17 +132,21 @@ impl HostPattern {
 /// Values indexed by hostname pattern; [`HostIndex::find`] returns the most specific match.
 #[derive(Debug)]
 pub(crate) struct HostIndex<T> {
-    exact: HashMap<Box<str>, T>,
+    exact: FastMap<Box<str>, T>,
+    exact_lens: LenSet,
     /// Keyed by the suffix after `*.`.
-    wildcard: HashMap<Box<str>, T>,
+    wildcard: FastMap<Box<str>, T>,
+    wildcard_lens: LenSet,
     any: Option<T>,
 }
 
 impl<T> Default for HostIndex<T> {
     fn default() -> Self {
         HostIndex {
-            exact: HashMap::new(),
-            wildcard: HashMap::new(),
+            exact: FastMap::default(),
+            exact_lens: LenSet::default(),
+            wildcard: FastMap::default(),
+            wildcard_lens: LenSet::default(),
             any: None,
         }
     }
@@ -152,8 +156,14 @@ impl<T> HostIndex<T> {
     /// The value stored under `pattern`, created with `make` when absent.
     pub(crate) fn entry(&mut self, pattern: &HostPattern, make: impl FnOnce() -> T) -> &mut T {
         match pattern {
-            HostPattern::Exact(h) => self.exact.entry(h.as_str().into()).or_insert_with(make),
-            HostPattern::Wildcard(s) => self.wildcard.entry(s.as_str().into()).or_insert_with(make),
+            HostPattern::Exact(h) => {
+                self.exact_lens.insert(h.len());
+                self.exact.entry(h.as_str().into()).or_insert_with(make)
+            }
+            HostPattern::Wildcard(s) => {
+                self.wildcard_lens.insert(s.len());
+                self.wildcard.entry(s.as_str().into()).or_insert_with(make)
+            }
             HostPattern::Any => self.any.get_or_insert_with(make),
         }
     }
@@ -178,7 +188,9 @@ impl<T> HostIndex<T> {
     /// The value of the most specific pattern matching the normalised `host`: exact, then the
     /// longest wildcard suffix (walked label by label), then the catch-all. No allocation.
     pub(crate) fn find(&self, host: &str) -> Option<&T> {
-        if let Some(v) = self.exact.get(host) {
+        if self.exact_lens.may_contain(host.len())
+            && let Some(v) = self.exact.get(host)
+        {
             return Some(v);
         }
         if !self.wildcard.is_empty() {
@@ -191,7 +203,9 @@ impl<T> HostIndex<T> {
                 }
                 first = false;
                 rest = &rest[dot + 1..];
-                if let Some(v) = self.wildcard.get(rest) {
+                if self.wildcard_lens.may_contain(rest.len())
+                    && let Some(v) = self.wildcard.get(rest)
+                {
                     return Some(v);
                 }
             }
@@ -239,14 +253,26 @@ mod tests {
 
     #[test]
     fn request_host_normalisation() {
-        assert_eq!(with_request_host("Foo.Example.COM.:443", str::to_owned), "foo.example.com");
-        assert_eq!(with_request_host("foo.example.com", str::to_owned), "foo.example.com");
+        assert_eq!(
+            with_request_host("Foo.Example.COM.:443", str::to_owned),
+            "foo.example.com"
+        );
+        assert_eq!(
+            with_request_host("foo.example.com", str::to_owned),
+            "foo.example.com"
+        );
         assert_eq!(with_request_host("[::1]:80", str::to_owned), "[::1]");
         let long = format!("{}.COM", "A".repeat(300));
-        assert_eq!(with_request_host(&long, str::to_owned), long.to_ascii_lowercase());
+        assert_eq!(
+            with_request_host(&long, str::to_owned),
+            long.to_ascii_lowercase()
+        );
         let exactly = format!("{}.COM", "A".repeat(STACK_HOST - 4));
         assert_eq!(exactly.len(), STACK_HOST);
-        assert_eq!(with_request_host(&exactly, str::to_owned), exactly.to_ascii_lowercase());
+        assert_eq!(
+            with_request_host(&exactly, str::to_owned),
+            exactly.to_ascii_lowercase()
+        );
     }
 
     #[test]
@@ -267,19 +293,43 @@ mod tests {
         let i = |l: Option<&str>, r: &str| intersect(l, r);
         assert_eq!(i(None, "Foo.com"), Some("foo.com".into()));
         assert_eq!(i(Some(""), "*.foo.com"), Some("*.foo.com".into()));
-        assert_eq!(i(Some("foo.example.com"), "*.example.com"), Some("foo.example.com".into()));
-        assert_eq!(i(Some("*.example.com"), "foo.example.com"), Some("foo.example.com".into()));
-        assert_eq!(i(Some("*.example.com"), "*.foo.example.com"), Some("*.foo.example.com".into()));
-        assert_eq!(i(Some("*.foo.example.com"), "*.example.com"), Some("*.foo.example.com".into()));
-        assert_eq!(i(Some("*.example.com"), "*.example.com"), Some("*.example.com".into()));
+        assert_eq!(
+            i(Some("foo.example.com"), "*.example.com"),
+            Some("foo.example.com".into())
+        );
+        assert_eq!(
+            i(Some("*.example.com"), "foo.example.com"),
+            Some("foo.example.com".into())
+        );
+        assert_eq!(
+            i(Some("*.example.com"), "*.foo.example.com"),
+            Some("*.foo.example.com".into())
+        );
+        assert_eq!(
+            i(Some("*.foo.example.com"), "*.example.com"),
+            Some("*.foo.example.com".into())
+        );
+        assert_eq!(
+            i(Some("*.example.com"), "*.example.com"),
+            Some("*.example.com".into())
+        );
         assert_eq!(i(Some("*.example.com"), "example.com"), None);
         assert_eq!(i(Some("*.example.com"), "*.other.com"), None);
-        assert_eq!(i(Some("*.example.com"), "*.com"), Some("*.example.com".into()));
-        assert_eq!(i(Some("very.specific.com"), "*.specific.com"), Some("very.specific.com".into()));
+        assert_eq!(
+            i(Some("*.example.com"), "*.com"),
+            Some("*.example.com".into())
+        );
+        assert_eq!(
+            i(Some("very.specific.com"), "*.specific.com"),
+            Some("very.specific.com".into())
+        );
         assert_eq!(i(Some("very.specific.com"), "non.matching.com"), None);
         assert_eq!(i(Some("very.specific.com"), "*.very.specific.com"), None);
         assert_eq!(i(Some("*.wildcard.io"), "wildcard.io"), None);
-        assert_eq!(i(Some("*.wildcard.io"), "foo.bar.wildcard.io"), Some("foo.bar.wildcard.io".into()));
+        assert_eq!(
+            i(Some("*.wildcard.io"), "foo.bar.wildcard.io"),
+            Some("foo.bar.wildcard.io".into())
+        );
         assert_eq!(i(Some("foo.com"), "FOO.com."), Some("foo.com".into()));
     }
 
@@ -287,8 +337,14 @@ mod tests {
     fn pattern_parse() {
         assert_eq!(HostPattern::parse(None), Ok(HostPattern::Any));
         assert_eq!(HostPattern::parse(Some("")), Ok(HostPattern::Any));
-        assert_eq!(HostPattern::parse(Some("A.com.")), Ok(HostPattern::Exact("a.com".into())));
-        assert_eq!(HostPattern::parse(Some("*.A.com")), Ok(HostPattern::Wildcard("a.com".into())));
+        assert_eq!(
+            HostPattern::parse(Some("A.com.")),
+            Ok(HostPattern::Exact("a.com".into()))
+        );
+        assert_eq!(
+            HostPattern::parse(Some("*.A.com")),
+            Ok(HostPattern::Wildcard("a.com".into()))
+        );
         assert!(HostPattern::parse(Some("a.*.com")).is_err());
         assert!(HostPattern::parse(Some("*")).is_err());
         assert!(HostPattern::parse(Some("a..com")).is_err());

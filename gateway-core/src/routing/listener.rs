@@ -4,10 +4,10 @@
 //! Built by [`super::BindRouter::build`]; looked up on every request the listener takes.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
 
 use super::RequestParts;
 use super::cond::{CompiledMatch, PathCond};
+use super::hash::{FastMap, LenSet};
 use super::host::{self, HostIndex, HostPattern};
 use super::rank::{MatchRank, PathRank};
 use crate::config::{Listener, Route, RouteMatch};
@@ -27,11 +27,13 @@ pub(crate) struct Candidate {
 #[derive(Debug, Default)]
 struct VirtualHost {
     /// `Exact` paths.
-    exact: HashMap<Box<str>, Vec<u32>>,
+    exact: FastMap<Box<str>, Vec<u32>>,
+    /// The lengths of the `exact` keys, to skip probes that cannot hit.
+    exact_lens: LenSet,
     /// `PathPrefix` values without trailing slashes (`/` is the empty key).
-    prefix: HashMap<Box<str>, Vec<u32>>,
-    /// The longest prefix key, to skip probes that cannot hit.
-    longest_prefix: usize,
+    prefix: FastMap<Box<str>, Vec<u32>>,
+    /// The lengths of the `prefix` keys.
+    prefix_lens: LenSet,
     /// `RegularExpression` paths.
     regex: Vec<u32>,
 }
@@ -69,7 +71,10 @@ impl ListenerRouter {
                 let vhost = vhosts.entry(pattern, VirtualHost::default);
                 for (index, candidate) in candidates.iter().enumerate().skip(first) {
                     let index = u32::try_from(index).map_err(|_| {
-                        Error::new(ErrorKind::InvalidConfig, "too many route matches on one listener")
+                        Error::new(
+                            ErrorKind::InvalidConfig,
+                            "too many route matches on one listener",
+                        )
                     })?;
                     vhost.add(index, &candidate.matcher.path);
                 }
@@ -89,10 +94,15 @@ impl ListenerRouter {
         let hit = |list: &[u32], prefix: Option<usize>| {
             list.iter().find_map(|&i| {
                 let c = &self.candidates[i as usize];
-                c.matcher.rest.hold(req).then_some((c.route, c.rule, prefix))
+                c.matcher
+                    .rest
+                    .hold(req)
+                    .then_some((c.route, c.rule, prefix))
             })
         };
-        if let Some(found) = vhost.exact.get(path).and_then(|list| hit(list, None)) {
+        if vhost.exact_lens.may_contain(path.len())
+            && let Some(found) = vhost.exact.get(path).and_then(|list| hit(list, None))
+        {
             return Some(found);
         }
         for &i in &vhost.regex {
@@ -108,10 +118,13 @@ impl ListenerRouter {
             return None;
         }
         let probe = |key: &str| {
-            if key.len() > vhost.longest_prefix {
+            if !vhost.prefix_lens.may_contain(key.len()) {
                 return None;
             }
-            vhost.prefix.get(key).and_then(|list| hit(list, Some(key.len())))
+            vhost
+                .prefix
+                .get(key)
+                .and_then(|list| hit(list, Some(key.len())))
         };
         // Segment boundaries from the longest to the shortest: the whole path, then before each
         // `/`, and finally the empty key (`/`), which covers everything.
@@ -139,9 +152,12 @@ impl ListenerRouter {
 impl VirtualHost {
     fn add(&mut self, index: u32, path: &PathCond) {
         match path {
-            PathCond::Exact(p) => self.exact.entry(p.clone()).or_default().push(index),
+            PathCond::Exact(p) => {
+                self.exact_lens.insert(p.len());
+                self.exact.entry(p.clone()).or_default().push(index);
+            }
             PathCond::Prefix(p) => {
-                self.longest_prefix = self.longest_prefix.max(p.len());
+                self.prefix_lens.insert(p.len());
                 self.prefix.entry(p.clone()).or_default().push(index);
             }
             PathCond::Regex(..) => self.regex.push(index),
@@ -181,7 +197,10 @@ fn route_order(routes: &[Route]) -> Vec<usize> {
 /// intersects.
 fn route_patterns(listener: Option<&str>, route: &Route) -> Result<Vec<HostPattern>> {
     let bad = |e: String| {
-        Error::new(ErrorKind::InvalidConfig, format!("route {}/{}: {e}", route.namespace, route.name))
+        Error::new(
+            ErrorKind::InvalidConfig,
+            format!("route {}/{}: {e}", route.namespace, route.name),
+        )
     };
     if route.hostnames.is_empty() {
         return Ok(vec![HostPattern::parse(listener).map_err(bad)?]);

@@ -19,6 +19,7 @@
 //!    (exact path, prefix probed at each segment boundary) and walked in rank order.
 
 mod cond;
+mod hash;
 pub mod host;
 mod listener;
 pub mod rank;
@@ -82,7 +83,8 @@ impl BindRouter {
         let mut index = HostIndex::default();
         let mut routers = Vec::with_capacity(listeners.len());
         for (i, listener) in listeners.iter().enumerate() {
-            let in_listener = |e: crate::Error| e.more_context(format_args!("listener {}", listener.name));
+            let in_listener =
+                |e: crate::Error| e.more_context(format_args!("listener {}", listener.name));
             let pattern = HostPattern::parse(listener.hostname.as_deref())
                 .map_err(|e| in_listener(crate::Error::new(crate::ErrorKind::InvalidConfig, e)))?;
             if index.contains(&pattern) {

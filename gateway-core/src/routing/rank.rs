@@ -68,15 +68,74 @@ mod tests {
     fn fields_order() {
         let base = rank(PathRank::Prefix(3));
         let longer = rank(PathRank::Prefix(4));
-        let method = MatchRank { method: true, headers: 0, ..base };
+        let method = MatchRank {
+            method: true,
+            headers: 0,
+            ..base
+        };
         let headers = MatchRank { headers: 2, ..base };
-        let query = MatchRank { query_params: 5, ..base };
-        assert!(longer > MatchRank { method: true, headers: 9, query_params: 9, ..base });
-        assert!(method > MatchRank { headers: 9, query_params: 9, ..base });
-        assert!(headers > MatchRank { headers: 1, query_params: 9, ..base });
-        assert!(query > MatchRank { route_order: Reverse(0), query_params: 4, ..base });
-        assert!(base > MatchRank { route_order: Reverse(1), ..base });
-        assert!(MatchRank { route_order: Reverse(1), ..base } > MatchRank { route_order: Reverse(1), rule: Reverse(1), ..base });
-        assert!(MatchRank { rule: Reverse(1), ..base } > MatchRank { rule: Reverse(1), match_index: Reverse(1), ..base });
+        let query = MatchRank {
+            query_params: 5,
+            ..base
+        };
+        assert!(
+            longer
+                > MatchRank {
+                    method: true,
+                    headers: 9,
+                    query_params: 9,
+                    ..base
+                }
+        );
+        assert!(
+            method
+                > MatchRank {
+                    headers: 9,
+                    query_params: 9,
+                    ..base
+                }
+        );
+        assert!(
+            headers
+                > MatchRank {
+                    headers: 1,
+                    query_params: 9,
+                    ..base
+                }
+        );
+        assert!(
+            query
+                > MatchRank {
+                    route_order: Reverse(0),
+                    query_params: 4,
+                    ..base
+                }
+        );
+        assert!(
+            base > MatchRank {
+                route_order: Reverse(1),
+                ..base
+            }
+        );
+        assert!(
+            MatchRank {
+                route_order: Reverse(1),
+                ..base
+            } > MatchRank {
+                route_order: Reverse(1),
+                rule: Reverse(1),
+                ..base
+            }
+        );
+        assert!(
+            MatchRank {
+                rule: Reverse(1),
+                ..base
+            } > MatchRank {
+                rule: Reverse(1),
+                match_index: Reverse(1),
+                ..base
+            }
+        );
     }
 }

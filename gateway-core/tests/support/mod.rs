@@ -137,8 +137,17 @@ impl H1 {
         Ok(H1 { sender })
     }
 
-    pub async fn send(&mut self, method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
-        let mut req = Request::builder().method(method).uri(path).header("host", host);
+    pub async fn send(
+        &mut self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -193,7 +202,11 @@ pub fn free_port() -> u16 {
 pub fn self_signed(names: &[&str]) -> (String, String, Vec<u8>) {
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     let ck = rcgen::generate_simple_self_signed(names).unwrap();
-    (ck.cert.pem(), ck.signing_key.serialize_pem(), ck.cert.der().to_vec())
+    (
+        ck.cert.pem(),
+        ck.signing_key.serialize_pem(),
+        ck.cert.der().to_vec(),
+    )
 }
 
 /// Performs a TLS handshake with `sni` and returns the server certificate (DER) and the ALPN.
@@ -202,7 +215,11 @@ pub async fn tls_handshake(
     sni: &str,
     trust: &[Vec<u8>],
     alpn: &[&[u8]],
-) -> (Vec<u8>, Option<Vec<u8>>, tokio_rustls::client::TlsStream<TcpStream>) {
+) -> (
+    Vec<u8>,
+    Option<Vec<u8>>,
+    tokio_rustls::client::TlsStream<TcpStream>,
+) {
     let mut roots = rustls::RootCertStore::empty();
     for der in trust {
         roots

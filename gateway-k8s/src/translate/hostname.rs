@@ -1,33 +1,18 @@
-//! Hostname intersection between listeners and routes (Gateway API rules).
-//!
-//! Private to this crate: `gateway_core::routing` has no public host helper yet.
+//! Hostname intersection between listeners and routes, on top of
+//! [`gateway_core::routing::host::intersect`] (the same rules the router compiles).
 
-/// Whether `pattern` (exact `a.b` or wildcard `*.b`) and `other` (same forms) can both match
-/// some host. A wildcard matches one or more labels in front of its suffix.
-pub(crate) fn intersects(pattern: &str, other: &str) -> bool {
-    let a = pattern.to_ascii_lowercase();
-    let b = other.to_ascii_lowercase();
-    match (a.strip_prefix("*."), b.strip_prefix("*.")) {
-        (None, None) => a == b,
-        (Some(suffix), None) => wildcard_matches(suffix, &b),
-        (None, Some(suffix)) => wildcard_matches(suffix, &a),
-        (Some(x), Some(y)) => x == y || x.ends_with(&format!(".{y}")) || y.ends_with(&format!(".{x}")),
-    }
-}
-
-fn wildcard_matches(suffix: &str, host: &str) -> bool {
-    host.len() > suffix.len() + 1 && host.ends_with(suffix) && host[..host.len() - suffix.len()].ends_with('.')
-}
+use gateway_core::routing::host;
 
 /// Whether a route with `route_hostnames` (empty: any) can attach to a listener with
-/// `listener_hostname` (`None`: any).
-pub(crate) fn route_fits_listener(listener_hostname: Option<&str>, route_hostnames: &[String]) -> bool {
-    match listener_hostname {
-        None => true,
-        Some(listener) => {
-            route_hostnames.is_empty() || route_hostnames.iter().any(|h| intersects(listener, h))
-        }
-    }
+/// `listener_hostname` (`None`: any): some route hostname must share a host with the listener's.
+pub(crate) fn route_fits_listener(
+    listener_hostname: Option<&str>,
+    route_hostnames: &[String],
+) -> bool {
+    route_hostnames.is_empty()
+        || route_hostnames
+            .iter()
+            .any(|h| host::intersect(listener_hostname, h).is_some())
 }
 
 #[cfg(test)]
@@ -35,24 +20,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exact_and_wildcards() {
-        assert!(intersects("foo.com", "FOO.com"));
-        assert!(!intersects("foo.com", "bar.com"));
-        assert!(intersects("*.example.com", "a.example.com"));
-        assert!(intersects("*.example.com", "a.b.example.com"));
-        assert!(!intersects("*.example.com", "example.com"));
-        assert!(!intersects("*.example.com", "aexample.com"));
-        assert!(intersects("a.example.com", "*.example.com"));
-        assert!(intersects("*.example.com", "*.foo.example.com"));
-        assert!(intersects("*.foo.example.com", "*.example.com"));
-        assert!(!intersects("*.foo.com", "*.bar.com"));
-    }
-
-    #[test]
     fn listener_fit() {
         assert!(route_fits_listener(None, &["x.com".into()]));
         assert!(route_fits_listener(Some("x.com"), &[]));
-        assert!(route_fits_listener(Some("*.x.com"), &["a.com".into(), "b.x.com".into()]));
+        assert!(route_fits_listener(
+            Some("*.x.com"),
+            &["a.com".into(), "b.x.com".into()]
+        ));
+        assert!(route_fits_listener(Some("a.x.com"), &["*.X.com".into()]));
+        assert!(route_fits_listener(
+            Some("*.example.com"),
+            &["*.foo.example.com".into()]
+        ));
+        assert!(!route_fits_listener(
+            Some("*.example.com"),
+            &["example.com".into()]
+        ));
         assert!(!route_fits_listener(Some("x.com"), &["y.com".into()]));
     }
 }

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use gateway_api::gateways::{
-    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom, GatewayListenersTlsCertificateRefs,
-    GatewayListenersTlsMode,
+    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
+    GatewayListenersTlsCertificateRefs, GatewayListenersTlsMode,
 };
 use gateway_core::config::{Certificate, ListenerTls, Protocol, Route};
 
@@ -68,18 +68,29 @@ impl ListenerPlan {
     }
 
     /// Whether a route from `namespace` may attach.
-    pub fn allows_namespace(&self, resources: &Resources, gateway_namespace: &str, namespace: &str) -> bool {
+    pub fn allows_namespace(
+        &self,
+        resources: &Resources,
+        gateway_namespace: &str,
+        namespace: &str,
+    ) -> bool {
         match &self.allowed_from {
             AllowedFrom::Same => gateway_namespace == namespace,
             AllowedFrom::All => true,
-            AllowedFrom::Selector(selector) => selector.matches(&refs::namespace_labels(resources, namespace)),
+            AllowedFrom::Selector(selector) => {
+                selector.matches(&refs::namespace_labels(resources, namespace))
+            }
             AllowedFrom::Nothing => false,
         }
     }
 }
 
 /// Plans one listener of `gateway` (namespace `gateway_namespace`).
-pub(crate) fn plan_listener(resources: &Resources, gateway_namespace: &str, listener: &GatewayListeners) -> ListenerPlan {
+pub(crate) fn plan_listener(
+    resources: &Resources,
+    gateway_namespace: &str,
+    listener: &GatewayListeners,
+) -> ListenerPlan {
     let protocol = match listener.protocol.as_str() {
         "HTTP" => Some(Protocol::Http),
         "HTTPS" => Some(Protocol::Https),
@@ -89,9 +100,15 @@ pub(crate) fn plan_listener(resources: &Resources, gateway_namespace: &str, list
     let mut accepted = match (protocol, port) {
         (None, _) => Err((
             "UnsupportedProtocol",
-            format!("protocol {} is not supported (HTTP and HTTPS are)", listener.protocol),
+            format!(
+                "protocol {} is not supported (HTTP and HTTPS are)",
+                listener.protocol
+            ),
         )),
-        (_, None) => Err(("PortUnavailable", format!("port {} is out of range", listener.port))),
+        (_, None) => Err((
+            "PortUnavailable",
+            format!("port {} is out of range", listener.port),
+        )),
         _ => Ok(()),
     };
 
@@ -107,16 +124,23 @@ pub(crate) fn plan_listener(resources: &Resources, gateway_namespace: &str, list
     let mut tls = None;
     if protocol == Some(Protocol::Https) && accepted.is_ok() {
         let spec = listener.tls.as_ref();
-        let mode = spec.and_then(|t| t.mode.clone()).unwrap_or(GatewayListenersTlsMode::Terminate);
+        let mode = spec
+            .and_then(|t| t.mode.clone())
+            .unwrap_or(GatewayListenersTlsMode::Terminate);
         if mode == GatewayListenersTlsMode::Passthrough {
             accepted = Err((
                 "UnsupportedProtocol",
                 "TLS mode Passthrough is not supported on HTTPS listeners".to_string(),
             ));
         } else {
-            let cert_refs = spec.and_then(|t| t.certificate_refs.clone()).unwrap_or_default();
+            let cert_refs = spec
+                .and_then(|t| t.certificate_refs.clone())
+                .unwrap_or_default();
             if cert_refs.is_empty() {
-                cert_problem = Some(("InvalidCertificateRef", "HTTPS listener has no certificateRefs".to_string()));
+                cert_problem = Some((
+                    "InvalidCertificateRef",
+                    "HTTPS listener has no certificateRefs".to_string(),
+                ));
             }
             let mut certificates = Vec::new();
             for cert_ref in &cert_refs {
@@ -172,34 +196,40 @@ fn route_kinds(listener: &GatewayListeners) -> (bool, Option<String>) {
             invalid.push(format!("{group}/{}", kind.kind));
         }
     }
-    let message = (!invalid.is_empty()).then(|| format!("unsupported route kinds: {}", invalid.join(", ")));
+    let message =
+        (!invalid.is_empty()).then(|| format!("unsupported route kinds: {}", invalid.join(", ")));
     (http_route, message)
 }
 
 fn allowed_from(listener: &GatewayListeners) -> AllowedFrom {
-    let namespaces = listener.allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref());
+    let namespaces = listener
+        .allowed_routes
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref());
     let from = namespaces
         .and_then(|n| n.from.clone())
         .unwrap_or(GatewayListenersAllowedRoutesNamespacesFrom::Same);
     match from {
         GatewayListenersAllowedRoutesNamespacesFrom::Same => AllowedFrom::Same,
         GatewayListenersAllowedRoutesNamespacesFrom::All => AllowedFrom::All,
-        GatewayListenersAllowedRoutesNamespacesFrom::Selector => match namespaces.and_then(|n| n.selector.as_ref()) {
-            Some(selector) => AllowedFrom::Selector(Selector {
-                match_labels: selector.match_labels.clone().unwrap_or_default(),
-                match_expressions: selector
-                    .match_expressions
-                    .iter()
-                    .flatten()
-                    .map(|e| Requirement {
-                        key: e.key.clone(),
-                        operator: e.operator.clone(),
-                        values: e.values.clone().unwrap_or_default(),
-                    })
-                    .collect(),
-            }),
-            None => AllowedFrom::Nothing,
-        },
+        GatewayListenersAllowedRoutesNamespacesFrom::Selector => {
+            match namespaces.and_then(|n| n.selector.as_ref()) {
+                Some(selector) => AllowedFrom::Selector(Selector {
+                    match_labels: selector.match_labels.clone().unwrap_or_default(),
+                    match_expressions: selector
+                        .match_expressions
+                        .iter()
+                        .flatten()
+                        .map(|e| Requirement {
+                            key: e.key.clone(),
+                            operator: e.operator.clone(),
+                            values: e.values.clone().unwrap_or_default(),
+                        })
+                        .collect(),
+                }),
+                None => AllowedFrom::Nothing,
+            }
+        }
     }
 }
 
@@ -211,13 +241,20 @@ fn load_certificate(
 ) -> Result<Certificate, Problem> {
     let group = cert_ref.group.as_deref().unwrap_or("");
     let kind = cert_ref.kind.as_deref().unwrap_or("Secret");
-    if group != "" || kind != "Secret" {
+    if !group.is_empty() || kind != "Secret" {
         return Err((
             "InvalidCertificateRef",
-            format!("certificateRef {group}/{kind} {} is not a core Secret", cert_ref.name),
+            format!(
+                "certificateRef {group}/{kind} {} is not a core Secret",
+                cert_ref.name
+            ),
         ));
     }
-    let namespace = cert_ref.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(gateway_namespace);
+    let namespace = cert_ref
+        .namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or(gateway_namespace);
     let from = RefFrom {
         group: GATEWAY_GROUP,
         kind: "Gateway",
@@ -234,13 +271,19 @@ fn load_certificate(
     }
     let key = crate::ObjectKey::new(namespace, cert_ref.name.clone());
     let secret = resources.secrets.get(&key).ok_or_else(|| {
-        ("InvalidCertificateRef", format!("Secret {key} does not exist"))
+        (
+            "InvalidCertificateRef",
+            format!("Secret {key} does not exist"),
+        )
     })?;
     let secret = &secret.object;
     if let Some(t) = secret.type_.as_deref()
         && t != "kubernetes.io/tls"
     {
-        return Err(("InvalidCertificateRef", format!("Secret {key} has type {t}, not kubernetes.io/tls")));
+        return Err((
+            "InvalidCertificateRef",
+            format!("Secret {key} has type {t}, not kubernetes.io/tls"),
+        ));
     }
     let field = |name: &str| -> Option<Vec<u8>> {
         secret
@@ -248,12 +291,22 @@ fn load_certificate(
             .as_ref()
             .and_then(|d| d.get(name))
             .map(|s| s.as_bytes().to_vec())
-            .or_else(|| secret.data.as_ref().and_then(|d| d.get(name)).map(|b| b.0.clone()))
+            .or_else(|| {
+                secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(name))
+                    .map(|b| b.0.clone())
+            })
     };
     let (Some(cert), Some(private_key)) = (field("tls.crt"), field("tls.key")) else {
-        return Err(("InvalidCertificateRef", format!("Secret {key} lacks tls.crt or tls.key")));
+        return Err((
+            "InvalidCertificateRef",
+            format!("Secret {key} lacks tls.crt or tls.key"),
+        ));
     };
-    validate_pem(&cert, &private_key).map_err(|m| ("InvalidCertificateRef", format!("Secret {key}: {m}")))?;
+    validate_pem(&cert, &private_key)
+        .map_err(|m| ("InvalidCertificateRef", format!("Secret {key}: {m}")))?;
     Ok(Certificate {
         cert_pem: String::from_utf8_lossy(&cert).into_owned(),
         key_pem: String::from_utf8_lossy(&private_key).into_owned(),
@@ -298,7 +351,12 @@ pub(crate) fn mark_conflicts(listeners: &mut [ListenerPlan]) {
         let mut by_host: BTreeMap<Option<String>, Vec<usize>> = BTreeMap::new();
         for &i in &indices {
             by_host
-                .entry(listeners[i].hostname.as_ref().map(|h| h.to_ascii_lowercase()))
+                .entry(
+                    listeners[i]
+                        .hostname
+                        .as_ref()
+                        .map(|h| h.to_ascii_lowercase()),
+                )
                 .or_default()
                 .push(i);
         }
@@ -319,7 +377,11 @@ pub(crate) fn mark_conflicts(listeners: &mut [ListenerPlan]) {
 }
 
 /// Plans every listener of `gateway` and marks conflicts among them.
-pub(crate) fn plan_listeners(resources: &Resources, gateway_namespace: &str, gateway: &Gateway) -> Vec<ListenerPlan> {
+pub(crate) fn plan_listeners(
+    resources: &Resources,
+    gateway_namespace: &str,
+    gateway: &Gateway,
+) -> Vec<ListenerPlan> {
     let mut plans: Vec<ListenerPlan> = gateway
         .spec
         .listeners
@@ -347,7 +409,12 @@ mod tests {
         assert!(validate_pem(pem.as_bytes(), pem.as_bytes()).is_err());
     }
 
-    fn listener(name: &str, port: u16, protocol: Option<Protocol>, hostname: Option<&str>) -> ListenerPlan {
+    fn listener(
+        name: &str,
+        port: u16,
+        protocol: Option<Protocol>,
+        hostname: Option<&str>,
+    ) -> ListenerPlan {
         ListenerPlan {
             name: name.into(),
             port,
@@ -374,7 +441,10 @@ mod tests {
             listener("e", 81, Some(Protocol::Http), None),
         ];
         mark_conflicts(&mut ls);
-        let reasons: Vec<_> = ls.iter().map(|l| l.conflicted.as_ref().map(|c| c.0)).collect();
+        let reasons: Vec<_> = ls
+            .iter()
+            .map(|l| l.conflicted.as_ref().map(|c| c.0))
+            .collect();
         assert_eq!(
             reasons,
             vec![

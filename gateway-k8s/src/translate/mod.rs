@@ -9,8 +9,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use gateway_api::gatewayclasses::{GatewayClassStatus, GatewayClassStatusSupportedFeatures};
-use gateway_api::gateways::{Gateway, GatewayStatus, GatewayStatusAddresses, GatewayStatusListeners, GatewayStatusListenersSupportedKinds};
-use gateway_api::httproutes::{HttpRouteStatus, HttpRouteStatusParents, HttpRouteStatusParentsParentRef};
+use gateway_api::gateways::{
+    Gateway, GatewayStatus, GatewayStatusAddresses, GatewayStatusListeners,
+    GatewayStatusListenersSupportedKinds,
+};
+use gateway_api::httproutes::{
+    HttpRouteStatus, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
+};
 use gateway_core::config::{Bind, Config, Listener, Protocol, Route};
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -18,7 +23,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::diagnostic::Diagnostic;
 use crate::resources::{GATEWAY_GROUP, Object, ObjectKey, Resources};
-use crate::status::{Cond, ConditionClock, StatusReport, SUPPORTED_FEATURES};
+use crate::status::{Cond, ConditionClock, SUPPORTED_FEATURES, StatusReport};
 use listener::{ListenerPlan, Problem};
 
 /// How the translator serves Gateways.
@@ -150,7 +155,9 @@ impl Translator {
                     supported_features: Some(
                         SUPPORTED_FEATURES
                             .iter()
-                            .map(|f| GatewayClassStatusSupportedFeatures { name: f.to_string() })
+                            .map(|f| GatewayClassStatusSupportedFeatures {
+                                name: f.to_string(),
+                            })
                             .collect(),
                     ),
                 },
@@ -237,7 +244,9 @@ impl Translator {
                     let kind = a.r#type.as_deref().unwrap_or("IPAddress");
                     let value = a.value.as_deref().unwrap_or("");
                     if kind != "IPAddress" {
-                        Some(AddressOutcome::Unsupported(format!("address type {kind} is not supported")))
+                        Some(AddressOutcome::Unsupported(format!(
+                            "address type {kind} is not supported"
+                        )))
                     } else {
                         match value.parse::<IpAddr>() {
                             Ok(ip) => {
@@ -272,7 +281,7 @@ impl Translator {
             .map(|((k, _), _)| (*k).clone())
             .collect();
         self.pool_addresses
-            .retain(|k, ip| wanting.contains(k) && pool.contains(ip));
+            .retain(|k, ip| wanting.contains(k) && pool.contains(&*ip));
         let mut used: BTreeSet<IpAddr> = self.pool_addresses.values().copied().collect();
         used.extend(static_ips);
 
@@ -298,7 +307,10 @@ impl Translator {
                             &format!("Gateway {key}"),
                             format!("address pool {pool} is exhausted"),
                         ));
-                        AddressOutcome::Failed("AddressNotAssigned", format!("address pool {pool} is exhausted"))
+                        AddressOutcome::Failed(
+                            "AddressNotAssigned",
+                            format!("address pool {pool} is exhausted"),
+                        )
                     }
                 }
             })
@@ -308,7 +320,8 @@ impl Translator {
     /// Listeners of different Gateways (or different ports mapped to one) that land on the same
     /// socket must agree on the protocol and use distinct hostnames; later ones are conflicted.
     fn mark_bind_conflicts(&self, plans: &mut [GatewayPlan]) {
-        let mut claimed: BTreeMap<SocketAddr, (Protocol, BTreeSet<Option<String>>)> = BTreeMap::new();
+        let mut claimed: BTreeMap<SocketAddr, (Protocol, BTreeSet<Option<String>>)> =
+            BTreeMap::new();
         for plan in plans.iter_mut() {
             let Some(ip) = plan.ip() else { continue };
             for l in plan.listeners.iter_mut().filter(|l| l.programmable()) {
@@ -393,25 +406,36 @@ impl Translator {
                 .map(|(i, _)| i)
                 .collect();
             let accepted: Result<Vec<usize>, Problem> = if selected.is_empty() {
-                Err(("NoMatchingParent", "no listener matches the parentRef's sectionName and port".into()))
+                Err((
+                    "NoMatchingParent",
+                    "no listener matches the parentRef's sectionName and port".into(),
+                ))
             } else {
                 let allowed: Vec<usize> = selected
                     .iter()
                     .copied()
                     .filter(|&i| {
                         let l = &plan.listeners[i];
-                        l.takes_routes() && l.allows_namespace(resources, &gateway_key.namespace, &key.namespace)
+                        l.takes_routes()
+                            && l.allows_namespace(resources, &gateway_key.namespace, &key.namespace)
                     })
                     .collect();
                 if allowed.is_empty() {
                     Err((
                         "NotAllowedByListeners",
-                        format!("no listener of Gateway {gateway_key} allows this route (kind or namespace)"),
+                        format!(
+                            "no listener of Gateway {gateway_key} allows this route (kind or namespace)"
+                        ),
                     ))
                 } else {
                     let fitting: Vec<usize> = allowed
                         .into_iter()
-                        .filter(|&i| hostname::route_fits_listener(plan.listeners[i].hostname.as_deref(), &hostnames))
+                        .filter(|&i| {
+                            hostname::route_fits_listener(
+                                plan.listeners[i].hostname.as_deref(),
+                                &hostnames,
+                            )
+                        })
                         .collect();
                     if fitting.is_empty() {
                         Err((
@@ -432,7 +456,9 @@ impl Translator {
                         plan.listeners[i].routes.push(config_route.clone());
                     }
                     let cond = match rules.invalid.first() {
-                        Some(message) => Cond::new("Accepted", false, "UnsupportedValue", message.clone()),
+                        Some(message) => {
+                            Cond::new("Accepted", false, "UnsupportedValue", message.clone())
+                        }
                         None => Cond::new("Accepted", true, "Accepted", "accepted"),
                     };
                     conditions.push(self.clock.build(&scope, cond, generation, now));
@@ -441,7 +467,12 @@ impl Translator {
                     {
                         conditions.push(self.clock.build(
                             &scope,
-                            Cond::new("PartiallyInvalid", true, "UnsupportedValue", message.clone()),
+                            Cond::new(
+                                "PartiallyInvalid",
+                                true,
+                                "UnsupportedValue",
+                                message.clone(),
+                            ),
                             generation,
                             now,
                         ));
@@ -457,8 +488,15 @@ impl Translator {
                 }
             }
             let resolved = match &rules.unresolved {
-                None => Cond::new("ResolvedRefs", true, "ResolvedRefs", "all references resolved"),
-                Some((reason, message)) => Cond::new("ResolvedRefs", false, reason, message.clone()),
+                None => Cond::new(
+                    "ResolvedRefs",
+                    true,
+                    "ResolvedRefs",
+                    "all references resolved",
+                ),
+                Some((reason, message)) => {
+                    Cond::new("ResolvedRefs", false, reason, message.clone())
+                }
             };
             conditions.push(self.clock.build(&scope, resolved, generation, now));
             parents.push(HttpRouteStatusParents {
@@ -491,17 +529,30 @@ impl Translator {
         for l in &plan.listeners {
             let lscope = format!("{scope}/listener/{}", l.name);
             let accepted = match (&l.accepted, &l.conflicted) {
-                (Err((reason, message)), _) => Cond::new("Accepted", false, reason, message.clone()),
-                (Ok(()), Some((reason, message))) => Cond::new("Accepted", false, reason, message.clone()),
+                (Err((reason, message)), _) => {
+                    Cond::new("Accepted", false, reason, message.clone())
+                }
+                (Ok(()), Some((reason, message))) => {
+                    Cond::new("Accepted", false, reason, message.clone())
+                }
                 (Ok(()), None) => Cond::new("Accepted", true, "Accepted", "listener accepted"),
             };
             if accepted.ok {
                 valid += 1;
             }
             let resolved = match (&l.invalid_kinds, &l.cert_problem) {
-                (Some(message), _) => Cond::new("ResolvedRefs", false, "InvalidRouteKinds", message.clone()),
-                (None, Some((reason, message))) => Cond::new("ResolvedRefs", false, reason, message.clone()),
-                (None, None) => Cond::new("ResolvedRefs", true, "ResolvedRefs", "all references resolved"),
+                (Some(message), _) => {
+                    Cond::new("ResolvedRefs", false, "InvalidRouteKinds", message.clone())
+                }
+                (None, Some((reason, message))) => {
+                    Cond::new("ResolvedRefs", false, reason, message.clone())
+                }
+                (None, None) => Cond::new(
+                    "ResolvedRefs",
+                    true,
+                    "ResolvedRefs",
+                    "all references resolved",
+                ),
             };
             let programmed = if !l.programmable() {
                 Cond::new("Programmed", false, "Invalid", "listener is not valid")
@@ -542,7 +593,12 @@ impl Translator {
             AddressOutcome::Unsupported(message) => {
                 Cond::new("Accepted", false, "UnsupportedAddress", message.clone())
             }
-            _ if valid == 0 => Cond::new("Accepted", false, "ListenersNotValid", "no listener is valid"),
+            _ if valid == 0 => Cond::new(
+                "Accepted",
+                false,
+                "ListenersNotValid",
+                "no listener is valid",
+            ),
             _ if valid < total => Cond::new(
                 "Accepted",
                 true,
@@ -552,12 +608,18 @@ impl Translator {
             _ => Cond::new("Accepted", true, "Accepted", "gateway accepted"),
         };
         let programmed = match &plan.address {
-            AddressOutcome::Failed(reason, message) => Cond::new("Programmed", false, reason, message.clone()),
-            AddressOutcome::Unsupported(message) => Cond::new("Programmed", false, "Invalid", message.clone()),
+            AddressOutcome::Failed(reason, message) => {
+                Cond::new("Programmed", false, reason, message.clone())
+            }
+            AddressOutcome::Unsupported(message) => {
+                Cond::new("Programmed", false, "Invalid", message.clone())
+            }
             AddressOutcome::Bound(_) if programmed_count == 0 => {
                 Cond::new("Programmed", false, "Invalid", "no listener is programmed")
             }
-            AddressOutcome::Bound(_) => Cond::new("Programmed", true, "Programmed", "gateway is served"),
+            AddressOutcome::Bound(_) => {
+                Cond::new("Programmed", true, "Programmed", "gateway is served")
+            }
         };
         let conditions = [accepted, programmed]
             .into_iter()
@@ -579,5 +641,8 @@ impl Translator {
 
 /// The creation time of an object in Unix seconds; 0 when unknown.
 fn created_seconds(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> i64 {
-    meta.creation_timestamp.as_ref().map(|t| t.0.as_second()).unwrap_or(0)
+    meta.creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .unwrap_or(0)
 }

@@ -37,7 +37,9 @@ pub(crate) fn permitted(
             let to_ok = spec.to.iter().any(|t| {
                 t.group == to_group
                     && t.kind == to_kind
-                    && t.name.as_deref().is_none_or(|n| n.is_empty() || n == to_name)
+                    && t.name
+                        .as_deref()
+                        .is_none_or(|n| n.is_empty() || n == to_name)
             });
             from_ok && to_ok
         })
@@ -94,7 +96,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -102,8 +107,16 @@ mod tests {
         let sel = Selector {
             match_labels: labels(&[("a", "1")]),
             match_expressions: vec![
-                Requirement { key: "b".into(), operator: "In".into(), values: vec!["x".into(), "y".into()] },
-                Requirement { key: "c".into(), operator: "DoesNotExist".into(), values: vec![] },
+                Requirement {
+                    key: "b".into(),
+                    operator: "In".into(),
+                    values: vec!["x".into(), "y".into()],
+                },
+                Requirement {
+                    key: "c".into(),
+                    operator: "DoesNotExist".into(),
+                    values: vec![],
+                },
             ],
         };
         assert!(sel.matches(&labels(&[("a", "1"), ("b", "y")])));
@@ -112,7 +125,11 @@ mod tests {
         assert!(!sel.matches(&labels(&[("b", "x")])));
         let bogus = Selector {
             match_labels: BTreeMap::new(),
-            match_expressions: vec![Requirement { key: "a".into(), operator: "Near".into(), values: vec![] }],
+            match_expressions: vec![Requirement {
+                key: "a".into(),
+                operator: "Near".into(),
+                values: vec![],
+            }],
         };
         assert!(!bogus.matches(&labels(&[("a", "1")])));
     }
@@ -130,11 +147,38 @@ spec:
 "#,
             "g.yaml",
         );
-        let from = RefFrom { group: "gateway.networking.k8s.io", kind: "HTTPRoute", namespace: "src" };
+        let from = RefFrom {
+            group: "gateway.networking.k8s.io",
+            kind: "HTTPRoute",
+            namespace: "src",
+        };
         assert!(permitted(&r, from, "", "Service", "target", "only"));
         assert!(!permitted(&r, from, "", "Service", "target", "other"));
-        assert!(!permitted(&r, RefFrom { namespace: "else", ..from }, "", "Service", "target", "only"));
-        assert!(permitted(&r, RefFrom { namespace: "target", ..from }, "", "Service", "target", "x"));
-        assert_eq!(namespace_labels(&r, "n")["kubernetes.io/metadata.name"], "n");
+        assert!(!permitted(
+            &r,
+            RefFrom {
+                namespace: "else",
+                ..from
+            },
+            "",
+            "Service",
+            "target",
+            "only"
+        ));
+        assert!(permitted(
+            &r,
+            RefFrom {
+                namespace: "target",
+                ..from
+            },
+            "",
+            "Service",
+            "target",
+            "x"
+        ));
+        assert_eq!(
+            namespace_labels(&r, "n")["kubernetes.io/metadata.name"],
+            "n"
+        );
     }
 }

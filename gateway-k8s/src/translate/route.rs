@@ -6,14 +6,16 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use gateway_api::httproutes::{
-    HttpRoute, HttpRouteRulesBackendRefs, HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectPathType,
-    HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersType, HttpRouteRulesFiltersUrlRewritePathType,
-    HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesMethod, HttpRouteRulesMatchesPathType,
+    HttpRoute, HttpRouteRulesBackendRefs, HttpRouteRulesFilters,
+    HttpRouteRulesFiltersRequestRedirectPathType, HttpRouteRulesFiltersRequestRedirectScheme,
+    HttpRouteRulesFiltersType, HttpRouteRulesFiltersUrlRewritePathType, HttpRouteRulesMatches,
+    HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesMethod, HttpRouteRulesMatchesPathType,
     HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesTimeouts,
 };
 use gateway_core::config::{
-    Backend, BackendProtocol, BackendRef, BackendTarget, ExtensionRef, Filter, HeaderMatch, HeaderModifier, PathMatch,
-    PathModifier, QueryParamMatch, RequestRedirect, RouteMatch, Rule, StringMatch, Timeouts, UrlRewrite,
+    Backend, BackendProtocol, BackendRef, BackendTarget, ExtensionRef, Filter, HeaderMatch,
+    HeaderModifier, PathMatch, PathModifier, QueryParamMatch, RequestRedirect, RouteMatch, Rule,
+    StringMatch, Timeouts, UrlRewrite,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -36,7 +38,11 @@ pub(crate) struct RouteRules {
 }
 
 /// Translates the rules of `route` (in namespace `namespace`).
-pub(crate) fn translate_rules(resources: &Resources, namespace: &str, route: &HttpRoute) -> RouteRules {
+pub(crate) fn translate_rules(
+    resources: &Resources,
+    namespace: &str,
+    route: &HttpRoute,
+) -> RouteRules {
     let mut out = RouteRules::default();
     for (index, rule) in route.spec.rules.iter().flatten().enumerate() {
         let label = rule.name.clone().unwrap_or_else(|| index.to_string());
@@ -62,7 +68,12 @@ pub(crate) fn translate_rules(resources: &Resources, namespace: &str, route: &Ht
             out.invalid.push(format!("rule {label}: {msg}"));
             continue;
         }
-        let filters = rule.filters.iter().flatten().map(translate_filter).collect();
+        let filters = rule
+            .filters
+            .iter()
+            .flatten()
+            .map(translate_filter)
+            .collect();
         let mut backends = Vec::new();
         for backend in rule.backend_refs.iter().flatten() {
             let (backend, problem) = translate_backend(resources, namespace, backend);
@@ -86,7 +97,8 @@ pub(crate) fn translate_rules(resources: &Resources, namespace: &str, route: &Ht
 
 fn string_match(regex: bool, value: &str, what: &str) -> Result<StringMatch, String> {
     if regex {
-        check_regex(value).map_err(|e| format!("invalid {what} regular expression {value:?}: {e}"))?;
+        check_regex(value)
+            .map_err(|e| format!("invalid {what} regular expression {value:?}: {e}"))?;
         Ok(StringMatch::RegularExpression(value.to_string()))
     } else {
         Ok(StringMatch::Exact(value.to_string()))
@@ -102,11 +114,16 @@ fn translate_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
         None => PathMatch::Prefix("/".into()),
         Some(p) => {
             let value = p.value.clone().unwrap_or_else(|| "/".into());
-            match p.r#type.clone().unwrap_or(HttpRouteRulesMatchesPathType::PathPrefix) {
+            match p
+                .r#type
+                .clone()
+                .unwrap_or(HttpRouteRulesMatchesPathType::PathPrefix)
+            {
                 HttpRouteRulesMatchesPathType::PathPrefix => PathMatch::Prefix(value),
                 HttpRouteRulesMatchesPathType::Exact => PathMatch::Exact(value),
                 HttpRouteRulesMatchesPathType::RegularExpression => {
-                    check_regex(&value).map_err(|e| format!("invalid path regular expression {value:?}: {e}"))?;
+                    check_regex(&value)
+                        .map_err(|e| format!("invalid path regular expression {value:?}: {e}"))?;
                     PathMatch::RegularExpression(value)
                 }
             }
@@ -152,20 +169,34 @@ fn method_name(m: &HttpRouteRulesMatchesMethod) -> &'static str {
 
 /// Parses a Gateway API duration (`500ms`, `1h2m`); `0s` means no timeout.
 pub(crate) fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
-    let parsed = gateway_api::Duration::from_str(text).map_err(|e| format!("invalid duration {text:?}: {e}"))?;
-    let millis = u64::try_from(parsed.as_millis()).map_err(|_| format!("duration {text:?} is too long"))?;
+    let parsed = gateway_api::Duration::from_str(text)
+        .map_err(|e| format!("invalid duration {text:?}: {e}"))?;
+    let millis =
+        u64::try_from(parsed.as_millis()).map_err(|_| format!("duration {text:?} is too long"))?;
     Ok((millis > 0).then(|| Duration::from_millis(millis)))
 }
 
 fn translate_timeouts(t: &HttpRouteRulesTimeouts) -> Result<Timeouts, String> {
     Ok(Timeouts {
-        request: t.request.as_deref().map(parse_duration).transpose()?.flatten(),
-        backend_request: t.backend_request.as_deref().map(parse_duration).transpose()?.flatten(),
+        request: t
+            .request
+            .as_deref()
+            .map(parse_duration)
+            .transpose()?
+            .flatten(),
+        backend_request: t
+            .backend_request
+            .as_deref()
+            .map(parse_duration)
+            .transpose()?
+            .flatten(),
     })
 }
 
 fn invalid(reason: impl Into<String>) -> Filter {
-    Filter::Invalid { reason: reason.into() }
+    Filter::Invalid {
+        reason: reason.into(),
+    }
 }
 
 fn header_modifier(
@@ -185,16 +216,28 @@ pub(crate) fn translate_filter(f: &HttpRouteRulesFilters) -> Filter {
     match f.r#type {
         HttpRouteRulesFiltersType::RequestHeaderModifier => match &f.request_header_modifier {
             Some(m) => Filter::RequestHeaderModifier(header_modifier(
-                m.set.iter().flatten().map(|h| (h.name.clone(), h.value.clone())),
-                m.add.iter().flatten().map(|h| (h.name.clone(), h.value.clone())),
+                m.set
+                    .iter()
+                    .flatten()
+                    .map(|h| (h.name.clone(), h.value.clone())),
+                m.add
+                    .iter()
+                    .flatten()
+                    .map(|h| (h.name.clone(), h.value.clone())),
                 m.remove.as_ref(),
             )),
             None => invalid("RequestHeaderModifier filter without requestHeaderModifier"),
         },
         HttpRouteRulesFiltersType::ResponseHeaderModifier => match &f.response_header_modifier {
             Some(m) => Filter::ResponseHeaderModifier(header_modifier(
-                m.set.iter().flatten().map(|h| (h.name.clone(), h.value.clone())),
-                m.add.iter().flatten().map(|h| (h.name.clone(), h.value.clone())),
+                m.set
+                    .iter()
+                    .flatten()
+                    .map(|h| (h.name.clone(), h.value.clone())),
+                m.add
+                    .iter()
+                    .flatten()
+                    .map(|h| (h.name.clone(), h.value.clone())),
                 m.remove.as_ref(),
             )),
             None => invalid("ResponseHeaderModifier filter without responseHeaderModifier"),
@@ -209,9 +252,11 @@ pub(crate) fn translate_filter(f: &HttpRouteRulesFilters) -> Filter {
                     (HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath, Some(v), _) => {
                         Some(PathModifier::ReplaceFullPath(v.clone()))
                     }
-                    (HttpRouteRulesFiltersRequestRedirectPathType::ReplacePrefixMatch, _, Some(v)) => {
-                        Some(PathModifier::ReplacePrefixMatch(v.clone()))
-                    }
+                    (
+                        HttpRouteRulesFiltersRequestRedirectPathType::ReplacePrefixMatch,
+                        _,
+                        Some(v),
+                    ) => Some(PathModifier::ReplacePrefixMatch(v.clone())),
                     _ => return invalid("RequestRedirect path modifier without its value"),
                 },
             };
@@ -303,15 +348,16 @@ fn translate_backend(
         })
         .collect();
     let weight = u32::try_from(backend.weight.unwrap_or(1)).unwrap_or(0);
-    let (target, problem) = match resolve_service(resources, route_namespace, namespace, backend, port) {
-        Ok(b) => (BackendTarget::Endpoints(b), None),
-        Err(problem) => (
-            BackendTarget::Unresolved {
-                reason: problem.1.clone(),
-            },
-            Some(problem),
-        ),
-    };
+    let (target, problem) =
+        match resolve_service(resources, route_namespace, namespace, backend, port) {
+            Ok(b) => (BackendTarget::Endpoints(b), None),
+            Err(problem) => (
+                BackendTarget::Unresolved {
+                    reason: problem.1.clone(),
+                },
+                Some(problem),
+            ),
+        };
     (
         BackendRef {
             name,
@@ -332,10 +378,13 @@ fn resolve_service(
 ) -> Result<Backend, Problem> {
     let group = backend.group.as_deref().unwrap_or("");
     let kind = backend.kind.as_deref().unwrap_or("Service");
-    if group != "" || kind != "Service" {
+    if !group.is_empty() || kind != "Service" {
         return Err((
             "InvalidKind",
-            format!("backendRef {group}/{kind} {} is not a core Service", backend.name),
+            format!(
+                "backendRef {group}/{kind} {} is not a core Service",
+                backend.name
+            ),
         ));
     }
     let from = RefFrom {
@@ -357,14 +406,24 @@ fn resolve_service(
         .services
         .get(&key)
         .ok_or_else(|| ("BackendNotFound", format!("Service {key} does not exist")))?;
-    let port = port.ok_or_else(|| ("BackendNotFound", format!("backendRef to Service {key} has no port")))?;
+    let port = port.ok_or_else(|| {
+        (
+            "BackendNotFound",
+            format!("backendRef to Service {key} has no port"),
+        )
+    })?;
     let spec = service.object.spec.clone().unwrap_or_default();
     let service_port = spec
         .ports
         .iter()
         .flatten()
         .find(|p| p.port == i32::from(port))
-        .ok_or_else(|| ("BackendNotFound", format!("Service {key} has no port {port}")))?;
+        .ok_or_else(|| {
+            (
+                "BackendNotFound",
+                format!("Service {key} has no port {port}"),
+            )
+        })?;
     let port_name = service_port.name.clone().unwrap_or_default();
     let mut protocol = if service_port.app_protocol.as_deref() == Some(H2C_APP_PROTOCOL) {
         BackendProtocol::H2c
@@ -381,7 +440,11 @@ fn resolve_service(
     let mut any_slice = false;
     for slice in resources.endpoint_slices.iter().filter_map(|(k, s)| {
         (k.namespace == namespace
-            && s.object.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name"))
+            && s.object
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"))
                 == Some(&backend.name))
         .then_some(&s.object)
     }) {
@@ -397,7 +460,11 @@ fn resolve_service(
         if slice_port.app_protocol.as_deref() == Some(H2C_APP_PROTOCOL) {
             protocol = BackendProtocol::H2c;
         }
-        let Some(number) = slice_port.port.and_then(|p| u16::try_from(p).ok()).or(target_number) else {
+        let Some(number) = slice_port
+            .port
+            .and_then(|p| u16::try_from(p).ok())
+            .or(target_number)
+        else {
             continue;
         };
         for endpoint in &slice.endpoints {
@@ -414,7 +481,11 @@ fn resolve_service(
     }
     if !any_slice {
         // No EndpointSlice at all: a plain file may give the Service a reachable clusterIP.
-        if let Some(ip) = spec.cluster_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()) {
+        if let Some(ip) = spec
+            .cluster_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+        {
             endpoints.insert(SocketAddr::new(ip, port));
         }
     }
@@ -430,7 +501,10 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Some(Duration::from_millis(500))));
+        assert_eq!(
+            parse_duration("500ms"),
+            Ok(Some(Duration::from_millis(500)))
+        );
         assert_eq!(parse_duration("1h2m"), Ok(Some(Duration::from_secs(3720))));
         assert_eq!(parse_duration("0s"), Ok(None));
         assert!(parse_duration("1.5s").is_err());

@@ -1,0 +1,131 @@
+//! The echo pods of every emulated Deployment, started once and reused across tests.
+//!
+//! Pod `i` of the `n`-th Deployment listens on `127.1.n.(i+1)`; its name is
+//! `<deployment>-<hash>-<i>`, so it starts with the Service name as upstream's checks expect.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use serde_json::Value;
+
+use crate::echo::{EchoPod, PodIdentity};
+use crate::error::{Error, Result};
+use crate::manifests::{PodEndpoint, workloads};
+
+/// All running echo pods, keyed by `(namespace, deployment)`.
+#[derive(Debug, Default)]
+pub struct Backends {
+    pods: BTreeMap<(String, String), Vec<EchoPod>>,
+    next_subnet: u8,
+}
+
+impl Backends {
+    /// An empty pool.
+    pub fn new() -> Self {
+        Backends::default()
+    }
+
+    /// Starts pods for every emulatable Deployment in `docs` not already running.
+    pub async fn ensure(&mut self, docs: &[Value]) -> Result<()> {
+        for w in workloads(docs) {
+            if w.unsupported.is_some() || w.ports.is_empty() {
+                continue;
+            }
+            let key = (w.namespace.clone(), w.deployment.clone());
+            if self.pods.contains_key(&key) {
+                continue;
+            }
+            self.next_subnet = self
+                .next_subnet
+                .checked_add(1)
+                .ok_or_else(|| Error::Manifest("more than 255 Deployments".into()))?;
+            let hash = format!("{:x}", 0x5a00u32 + u32::from(self.next_subnet));
+            let mut pods = Vec::new();
+            for i in 0..w.replicas.min(250) {
+                let last = u8::try_from(i + 1).unwrap_or(250);
+                let ip = IpAddr::V4(Ipv4Addr::new(127, 1, self.next_subnet, last));
+                let identity = PodIdentity {
+                    pod: format!("{}-{hash}-{i}", w.deployment),
+                    namespace: w.namespace.clone(),
+                    service: String::new(),
+                    ingress: String::new(),
+                };
+                pods.push(EchoPod::start(ip, &w.ports, identity).await?);
+            }
+            tracing::info!(
+                namespace = %w.namespace,
+                deployment = %w.deployment,
+                replicas = pods.len(),
+                "started echo pods"
+            );
+            self.pods.insert(key, pods);
+        }
+        Ok(())
+    }
+
+    /// The pods of a Deployment (empty when not emulated).
+    pub fn pods(&self, namespace: &str, deployment: &str) -> &[EchoPod] {
+        self.pods
+            .get(&(namespace.to_string(), deployment.to_string()))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// The pods as EndpointSlice endpoints.
+    pub fn endpoints(&self, namespace: &str, deployment: &str) -> Vec<PodEndpoint> {
+        self.pods(namespace, deployment)
+            .iter()
+            .map(|p| PodEndpoint {
+                pod: p.identity().pod.clone(),
+                ip: p.ip().to_string(),
+            })
+            .collect()
+    }
+
+    /// Whether any pod of `namespace/deployment` received a request containing `needle`.
+    pub fn saw_request(&self, namespace: &str, deployment: &str, needle: &str) -> bool {
+        self.pods(namespace, deployment)
+            .iter()
+            .any(|p| p.saw_request_containing(needle))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifests::parse_docs;
+
+    #[tokio::test]
+    async fn starts_one_pod_per_replica_and_reuses_them() {
+        let docs = parse_docs(
+            r#"
+kind: Service
+metadata: {name: svc-a, namespace: ns-a}
+spec:
+  selector: {app: svc-a}
+  ports: [{port: 8080, targetPort: 3000}]
+---
+kind: Deployment
+metadata: {name: svc-a, namespace: ns-a}
+spec:
+  replicas: 2
+  template:
+    metadata: {labels: {app: svc-a}}
+    spec:
+      containers: [{name: c, image: echo-basic:v1}]
+"#,
+            "c",
+            "test",
+        )
+        .expect("parse");
+        let mut b = Backends::new();
+        b.ensure(&docs).await.expect("ensure");
+        b.ensure(&docs).await.expect("ensure twice");
+        let eps = b.endpoints("ns-a", "svc-a");
+        assert_eq!(eps.len(), 2);
+        assert!(eps[0].pod.starts_with("svc-a-"));
+        assert_ne!(eps[0].ip, eps[1].ip);
+        assert!(b.pods("ns-a", "other").is_empty());
+        assert!(!b.saw_request("ns-a", "svc-a", "/nothing"));
+    }
+}

@@ -1,0 +1,224 @@
+//! The test client: one connection per request (keep-alive off), no redirect following, Host
+//! override, HTTP/1.1, h2c prior knowledge, or HTTPS (SNI + the suite CA; HTTP/1.1 or h2 by ALPN).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::cases::Scheme;
+use crate::compare::{EchoBody, Observed};
+use crate::error::{Error, Result};
+
+/// One request to send.
+#[derive(Clone, Debug)]
+pub struct RequestSpec {
+    /// Protocol.
+    pub scheme: Scheme,
+    /// Where to connect (gateway address, mapped port).
+    pub connect: SocketAddr,
+    /// The Host / `:authority` value.
+    pub host: String,
+    /// TLS server name (HTTPS only).
+    pub sni: String,
+    /// Method.
+    pub method: String,
+    /// Path with query.
+    pub path: String,
+    /// Extra headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// Per-request timeout (upstream: 10 s).
+    pub timeout: Duration,
+}
+
+/// Holds the TLS configurations; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    tls_h1: Arc<rustls::ClientConfig>,
+    tls_h2: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Client")
+    }
+}
+
+impl Client {
+    /// A client trusting only `ca_pem`.
+    pub fn new(ca_pem: &str) -> Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+            let cert = cert.map_err(|e| Error::Tls(format!("CA PEM: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| Error::Tls(format!("CA: {e}")))?;
+        }
+        let build = |alpn: &[u8]| -> Result<Arc<rustls::ClientConfig>> {
+            let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Tls(e.to_string()))?
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+            cfg.alpn_protocols = vec![alpn.to_vec()];
+            Ok(Arc::new(cfg))
+        };
+        Ok(Client {
+            tls_h1: build(b"http/1.1")?,
+            tls_h2: build(b"h2")?,
+        })
+    }
+
+    /// Sends the request; `Err` carries a transport failure (connect, TLS, reset, timeout).
+    pub async fn send(&self, spec: &RequestSpec) -> std::result::Result<Observed, String> {
+        match tokio::time::timeout(spec.timeout, self.send_inner(spec)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("timed out after {:?}", spec.timeout)),
+        }
+    }
+
+    async fn send_inner(&self, spec: &RequestSpec) -> std::result::Result<Observed, String> {
+        let tcp = TcpStream::connect(spec.connect)
+            .await
+            .map_err(|e| format!("connect {}: {e}", spec.connect))?;
+        match spec.scheme {
+            Scheme::Http => exchange(tcp, spec, false).await,
+            Scheme::H2c => exchange(tcp, spec, true).await,
+            Scheme::Https | Scheme::HttpsH2 => {
+                let h2 = spec.scheme == Scheme::HttpsH2;
+                let cfg = if h2 { &self.tls_h2 } else { &self.tls_h1 };
+                let name = ServerName::try_from(spec.sni.clone())
+                    .map_err(|e| format!("invalid SNI {:?}: {e}", spec.sni))?;
+                let tls = tokio_rustls::TlsConnector::from(Arc::clone(cfg))
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake (SNI {}): {e}", spec.sni))?;
+                exchange(tls, spec, h2).await
+            }
+        }
+    }
+}
+
+fn build_request(
+    spec: &RequestSpec,
+    h2: bool,
+) -> std::result::Result<Request<Full<Bytes>>, String> {
+    let uri = if h2 {
+        format!("{}://{}{}", spec.scheme.url_scheme(), spec.host, spec.path)
+    } else {
+        spec.path.clone()
+    };
+    let mut builder = Request::builder().method(spec.method.as_str()).uri(uri);
+    if h2 {
+        builder = builder.version(http::Version::HTTP_2);
+    } else {
+        builder = builder.header(http::header::HOST, spec.host.as_str());
+    }
+    for (k, v) in &spec.headers {
+        builder = builder.header(k.as_str(), v.as_str());
+    }
+    builder
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| format!("building request: {e}"))
+}
+
+async fn exchange<S>(io: S, spec: &RequestSpec, h2: bool) -> std::result::Result<Observed, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let req = build_request(spec, h2)?;
+    let resp = if h2 {
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                .await
+                .map_err(|e| format!("h2 handshake: {e}"))?;
+        tokio::spawn(conn);
+        send.send_request(req)
+            .await
+            .map_err(|e| format!("request failed: {e}"))?
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        send.send_request(req)
+            .await
+            .map_err(|e| format!("request failed: {e}"))?
+    };
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading body: {e}"))?
+        .to_bytes();
+    let is_json = headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == b"application/json");
+    let echo = if is_json {
+        serde_json::from_slice::<EchoBody>(&body).ok()
+    } else {
+        None
+    };
+    let text = String::from_utf8_lossy(&body);
+    let body_snippet: String = text.chars().take(200).collect();
+    Ok(Observed {
+        status,
+        headers,
+        echo,
+        body_snippet,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::echo::{EchoPod, PodIdentity};
+    use std::net::{IpAddr, Ipv4Addr};
+
+    #[tokio::test]
+    async fn talks_http1_and_h2c_to_the_echo_server() {
+        let pod = EchoPod::start(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            &[0],
+            PodIdentity {
+                pod: "p-1".into(),
+                namespace: "ns".into(),
+                ..PodIdentity::default()
+            },
+        )
+        .await
+        .expect("pod");
+        let certs = crate::certs::SuiteCerts::generate().expect("certs");
+        let client = Client::new(certs.ca_pem()).expect("client");
+        for scheme in [Scheme::Http, Scheme::H2c] {
+            let spec = RequestSpec {
+                scheme,
+                connect: SocketAddr::new(pod.ip(), pod.ports()[0]),
+                host: "example.com".into(),
+                sni: String::new(),
+                method: "POST".into(),
+                path: "/x?y=1".into(),
+                headers: vec![("X-Echo-Set-Header".into(), "A:b".into())],
+                timeout: Duration::from_secs(5),
+            };
+            let obs = client.send(&spec).await.expect("send");
+            assert_eq!(obs.status, 200);
+            let echo = obs.echo.expect("json echo");
+            assert_eq!(echo.host, "example.com");
+            assert_eq!(echo.method, "POST");
+            assert_eq!(echo.path, "/x?y=1");
+            assert_eq!(obs.headers["a"], "b");
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! The comparison rules of CATALOG.md §2.4 (upstream `CompareRoundTrip`).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::cases::{Case, Scheme};
+
+/// The JSON body echo-basic returns (the fields the rules look at).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct EchoBody {
+    /// RequestURI the backend saw.
+    #[serde(default)]
+    pub path: String,
+    /// Host the backend saw.
+    #[serde(default)]
+    pub host: String,
+    /// Method the backend saw.
+    #[serde(default)]
+    pub method: String,
+    /// Protocol the backend saw.
+    #[serde(default)]
+    pub proto: String,
+    /// Request headers the backend saw.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Vec<String>>,
+    /// The pod's namespace.
+    #[serde(default)]
+    pub namespace: String,
+    /// The pod's name.
+    #[serde(default)]
+    pub pod: String,
+}
+
+/// What came back for one request.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers.
+    pub headers: http::HeaderMap,
+    /// The parsed echo body, when `Content-Type` was exactly `application/json`.
+    pub echo: Option<EchoBody>,
+    /// The raw body (for reports; truncated by the client).
+    pub body_snippet: String,
+}
+
+impl Observed {
+    /// A one-line summary for failure reports.
+    pub fn summary(&self) -> String {
+        match &self.echo {
+            Some(e) => format!(
+                "{} from pod {:?} ns {:?} path {:?} host {:?}",
+                self.status, e.pod, e.namespace, e.path, e.host
+            ),
+            None => {
+                let loc = self
+                    .headers
+                    .get(http::header::LOCATION)
+                    .map(|l| format!(" location {:?}", String::from_utf8_lossy(l.as_bytes())))
+                    .unwrap_or_default();
+                format!("{}{loc} body {:?}", self.status, self.body_snippet)
+            }
+        }
+    }
+}
+
+/// The concrete request derived from a case (placeholders filled in).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expectation {
+    /// Path actually sent.
+    pub request_path: String,
+    /// Path the backend must see.
+    pub backend_path: String,
+}
+
+impl Expectation {
+    /// Fills `<fresh-uuid-per-probe>` with `uuid` in the request and expected backend paths.
+    pub fn for_case(case: &Case, uuid: &str) -> Self {
+        let request_path = case.path.replace("<fresh-uuid-per-probe>", uuid);
+        let backend_path = if case.backend_path.is_empty() {
+            request_path.clone()
+        } else {
+            case.backend_path.replace("<fresh-uuid-per-probe>", uuid)
+        };
+        Expectation {
+            request_path,
+            backend_path,
+        }
+    }
+}
+
+fn joined(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    let values: Vec<String> = headers
+        .get_all(name.to_ascii_lowercase().as_str())
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    if values.is_empty() {
+        None
+    } else {
+        Some(values.join(","))
+    }
+}
+
+fn echo_header(echo: &EchoBody, name: &str) -> Option<String> {
+    let values: Vec<&String> = echo
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .flat_map(|(_, v)| v.iter())
+        .collect();
+    if values.is_empty() {
+        None
+    } else {
+        Some(
+            values
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+    }
+}
+
+/// Applies the §2.4 rules. `Ok(())` when the response matches the case.
+pub fn compare(case: &Case, exp: &Expectation, obs: &Observed) -> Result<(), String> {
+    let code = obs.status;
+    if (code == 408 || code == 504) && case.status.expects_timeout() {
+        return Ok(());
+    }
+    if !case.status.accepts(code) {
+        return Err(format!("status {code}, want {:?}", case.status));
+    }
+    if code == 200 || code == 204 {
+        return compare_success(case, exp, obs);
+    }
+    if (300..400).contains(&code) {
+        return match &case.redirect {
+            Some(want) => compare_redirect(case.scheme, &exp.request_path, want, obs),
+            None => Ok(()),
+        };
+    }
+    Ok(())
+}
+
+fn compare_success(case: &Case, exp: &Expectation, obs: &Observed) -> Result<(), String> {
+    let Some(echo) = &obs.echo else {
+        return Err(format!(
+            "status {} without an application/json echo body (body {:?})",
+            obs.status, obs.body_snippet
+        ));
+    };
+    if !case.backend_host.is_empty() && echo.host != case.backend_host {
+        return Err(format!(
+            "backend saw host {:?}, want {:?}",
+            echo.host, case.backend_host
+        ));
+    }
+    if echo.path != exp.backend_path {
+        return Err(format!(
+            "backend saw path {:?}, want {:?}",
+            echo.path, exp.backend_path
+        ));
+    }
+    if !echo.method.eq_ignore_ascii_case(&case.method) {
+        return Err(format!(
+            "backend saw method {:?}, want {:?}",
+            echo.method, case.method
+        ));
+    }
+    if echo.namespace != case.namespace {
+        return Err(format!(
+            "backend namespace {:?}, want {:?}",
+            echo.namespace, case.namespace
+        ));
+    }
+    for (name, want) in &case.backend_headers {
+        match echo_header(echo, name) {
+            Some(got) if &got == want => {}
+            Some(got) => {
+                return Err(format!("backend saw header {name}: {got:?}, want {want:?}"));
+            }
+            None => return Err(format!("backend did not see header {name} (want {want:?})")),
+        }
+    }
+    for (name, want) in &case.response_headers {
+        match joined(&obs.headers, name) {
+            Some(got) if &got == want => {}
+            Some(got) => return Err(format!("response header {name}: {got:?}, want {want:?}")),
+            None => return Err(format!("response lacks header {name} (want {want:?})")),
+        }
+    }
+    for (name, alternatives) in &case.response_alternatives {
+        match joined(&obs.headers, name) {
+            Some(got) if alternatives.contains(&got) => {}
+            Some(got) => {
+                return Err(format!(
+                    "response header {name}: {got:?}, want one of {alternatives:?}"
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "response lacks header {name} (want one of {alternatives:?})"
+                ));
+            }
+        }
+    }
+    for name in &case.response_absent {
+        if let Some(got) = joined(&obs.headers, name) {
+            return Err(format!(
+                "response header {name} should be absent, got {got:?}"
+            ));
+        }
+    }
+    for name in &case.backend_absent {
+        if let Some(got) = echo_header(echo, name) {
+            return Err(format!(
+                "backend header {name} should be absent, got {got:?}"
+            ));
+        }
+    }
+    if !echo.pod.starts_with(&case.backend) {
+        return Err(format!(
+            "served by pod {:?}, want prefix {:?}",
+            echo.pod, case.backend
+        ));
+    }
+    Ok(())
+}
+
+/// The parts of a `Location` URL (or an expected redirect) the rules compare.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedirectTarget {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// Host without port; `*` in an expectation means any.
+    pub host: String,
+    /// Port; empty when none is given.
+    pub port: String,
+    /// Path without query.
+    pub path: String,
+}
+
+/// Parses `scheme://host[:port]/path[?query]`.
+pub fn parse_location(url: &str) -> Option<RedirectTarget> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let path = path.split('?').next().unwrap_or("");
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => (h, p),
+        _ => (authority, ""),
+    };
+    Some(RedirectTarget {
+        scheme: scheme.to_ascii_lowercase(),
+        host: host.to_string(),
+        port: port.to_string(),
+        path: if path.is_empty() {
+            "/".into()
+        } else {
+            path.into()
+        },
+    })
+}
+
+fn compare_redirect(
+    scheme: Scheme,
+    request_path: &str,
+    want: &str,
+    obs: &Observed,
+) -> Result<(), String> {
+    let Some(location) = obs.headers.get(http::header::LOCATION) else {
+        return Err(format!("{} without a Location header", obs.status));
+    };
+    let location = String::from_utf8_lossy(location.as_bytes()).into_owned();
+    let got = parse_location(&location)
+        .ok_or_else(|| format!("Location {location:?} is not an absolute URL"))?;
+    let mut want = parse_location(want).ok_or_else(|| format!("bad expected redirect {want:?}"))?;
+    if want.scheme.is_empty() {
+        want.scheme = scheme.url_scheme().to_string();
+    }
+    if want.path.is_empty() {
+        want.path = request_path.split('?').next().unwrap_or("/").to_string();
+    }
+    let mismatch = |what: &str, g: &str, w: &str| {
+        Err(format!("Location {location:?}: {what} {g:?}, want {w:?}"))
+    };
+    if got.scheme != want.scheme {
+        return mismatch("scheme", &got.scheme, &want.scheme);
+    }
+    if want.host != "*" && !got.host.eq_ignore_ascii_case(&want.host) {
+        return mismatch("host", &got.host, &want.host);
+    }
+    if want.port.is_empty() {
+        let default = if got.scheme == "https" { "443" } else { "80" };
+        if !got.port.is_empty() && got.port != default {
+            return mismatch("port", &got.port, "empty or the scheme default");
+        }
+    } else if got.port != want.port {
+        return mismatch("port", &got.port, &want.port);
+    }
+    if got.path != want.path {
+        return mismatch("path", &got.path, &want.path);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cases::ExpectedStatus;
+
+    fn case() -> Case {
+        Case {
+            line: 2,
+            test: "T".into(),
+            gateway: "same-namespace".into(),
+            listeners: vec![],
+            scheme: Scheme::Http,
+            host: String::new(),
+            method: "GET".into(),
+            path: "/p?q=1".into(),
+            headers: vec![],
+            status: ExpectedStatus::AnyOf(vec![200]),
+            backend: "infra-backend-v1".into(),
+            namespace: "gateway-conformance-infra".into(),
+            backend_host: String::new(),
+            backend_path: String::new(),
+            backend_headers: vec![],
+            backend_absent: vec![],
+            response_headers: vec![],
+            response_alternatives: vec![],
+            response_absent: vec![],
+            redirect: None,
+            mirrored_to: vec![],
+            echo_set: vec![],
+            case_name: String::new(),
+            notes: String::new(),
+            subtest: String::new(),
+        }
+    }
+
+    fn echo() -> EchoBody {
+        EchoBody {
+            path: "/p?q=1".into(),
+            host: "gw".into(),
+            method: "GET".into(),
+            proto: "HTTP/1.1".into(),
+            headers: BTreeMap::from([("X-Add".to_string(), vec!["a".into(), "b".into()])]),
+            namespace: "gateway-conformance-infra".into(),
+            pod: "infra-backend-v1-xyz-0".into(),
+        }
+    }
+
+    fn ok_obs() -> Observed {
+        let mut headers = http::HeaderMap::new();
+        headers.append("x-resp", "1".parse().expect("value"));
+        headers.append("x-resp", "2".parse().expect("value"));
+        Observed {
+            status: 200,
+            headers,
+            echo: Some(echo()),
+            body_snippet: String::new(),
+        }
+    }
+
+    fn run(c: &Case, o: &Observed) -> Result<(), String> {
+        compare(c, &Expectation::for_case(c, "u"), o)
+    }
+
+    #[test]
+    fn success_rules() {
+        let c = case();
+        assert!(run(&c, &ok_obs()).is_ok());
+
+        let mut wrong_pod = ok_obs();
+        wrong_pod.echo.as_mut().expect("echo").pod = "infra-backend-v2-a".into();
+        assert!(run(&c, &wrong_pod).is_err());
+
+        let mut wrong_path = ok_obs();
+        wrong_path.echo.as_mut().expect("echo").path = "/p".into();
+        assert!(run(&c, &wrong_path).is_err(), "query must be compared");
+
+        let mut c2 = case();
+        c2.namespace = String::new();
+        assert!(run(&c2, &ok_obs()).is_err(), "namespace is always compared");
+
+        let mut c3 = case();
+        c3.backend_headers = vec![("x-add".into(), "a,b".into())];
+        assert!(run(&c3, &ok_obs()).is_ok());
+        c3.backend_headers = vec![("x-add".into(), "b".into())];
+        assert!(run(&c3, &ok_obs()).is_err());
+
+        let mut c4 = case();
+        c4.backend_absent = vec!["X-ADD".into()];
+        assert!(run(&c4, &ok_obs()).is_err());
+
+        let mut c5 = case();
+        c5.response_headers = vec![("X-Resp".into(), "1,2".into())];
+        assert!(run(&c5, &ok_obs()).is_ok());
+        c5.response_absent = vec!["x-resp".into()];
+        assert!(run(&c5, &ok_obs()).is_err());
+
+        let mut c6 = case();
+        c6.response_alternatives = vec![("x-resp".into(), vec!["2,1".into(), "1,2".into()])];
+        assert!(run(&c6, &ok_obs()).is_ok());
+        c6.response_alternatives = vec![("x-resp".into(), vec!["2,1".into()])];
+        assert!(run(&c6, &ok_obs()).is_err());
+
+        let mut no_json = ok_obs();
+        no_json.echo = None;
+        assert!(run(&c, &no_json).is_err());
+
+        let mut c7 = case();
+        c7.backend_host = "other".into();
+        assert!(run(&c7, &ok_obs()).is_err());
+    }
+
+    #[test]
+    fn status_rules() {
+        let mut c = case();
+        c.status = ExpectedStatus::AnyOf(vec![404]);
+        let mut o = ok_obs();
+        o.status = 404;
+        o.echo = None;
+        assert!(run(&c, &o).is_ok(), "non-2xx compares only the code");
+        o.status = 200;
+        assert!(run(&c, &o).is_err());
+
+        let mut t = case();
+        t.status = ExpectedStatus::AnyOf(vec![504]);
+        let mut timeout = ok_obs();
+        timeout.status = 408;
+        assert!(
+            run(&t, &timeout).is_ok(),
+            "408 passes when a timeout is expected"
+        );
+    }
+
+    fn redirect_obs(status: u16, location: &str) -> Observed {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("location", location.parse().expect("value"));
+        Observed {
+            status,
+            headers,
+            echo: None,
+            body_snippet: String::new(),
+        }
+    }
+
+    #[test]
+    fn redirect_rules() {
+        let mut c = case();
+        c.status = ExpectedStatus::AnyOf(vec![302]);
+        c.redirect = Some("http://*/replacement".into());
+        assert!(run(&c, &redirect_obs(302, "http://1.2.3.4/replacement")).is_ok());
+        assert!(run(&c, &redirect_obs(302, "http://1.2.3.4:80/replacement")).is_ok());
+        assert!(run(&c, &redirect_obs(302, "http://1.2.3.4:8080/replacement")).is_err());
+        assert!(run(&c, &redirect_obs(302, "https://1.2.3.4/replacement")).is_err());
+        assert!(run(&c, &redirect_obs(302, "http://1.2.3.4/other")).is_err());
+        assert!(run(&c, &redirect_obs(301, "http://1.2.3.4/replacement")).is_err());
+        assert!(run(&c, &redirect_obs(302, "/replacement")).is_err());
+
+        c.redirect = Some("https://example.org/p".into());
+        assert!(run(&c, &redirect_obs(302, "https://example.org:443/p")).is_ok());
+        assert!(run(&c, &redirect_obs(302, "https://example.org:80/p")).is_err());
+        assert!(run(&c, &redirect_obs(302, "https://other.org/p")).is_err());
+
+        c.redirect = Some("http://example.org:8083/p".into());
+        assert!(run(&c, &redirect_obs(302, "http://example.org:8083/p")).is_ok());
+        assert!(run(&c, &redirect_obs(302, "http://example.org/p")).is_err());
+    }
+
+    #[test]
+    fn fresh_uuid_placeholders() {
+        let mut c = case();
+        c.path = "/retry/x?uuid=<fresh-uuid-per-probe>".into();
+        c.backend_path = "/retry/x?uuid=<fresh-uuid-per-probe>".into();
+        let e = Expectation::for_case(&c, "abc");
+        assert_eq!(e.request_path, "/retry/x?uuid=abc");
+        assert_eq!(e.backend_path, "/retry/x?uuid=abc");
+    }
+}

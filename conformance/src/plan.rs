@@ -1,0 +1,482 @@
+//! Per-test status expectations, transcribed from the upstream Go tests
+//! (kubernetes-sigs/gateway-api `conformance/tests/*.go`), and the spec edits some tests make.
+
+use serde_json::{Value, json};
+
+use crate::certs::{INFRA_NS, WEB_NS};
+use crate::manifests::{kind, name, namespace};
+use crate::status::{Cond, ListenerExpect, ObjRef, Snapshot, cond};
+
+/// One status assertion.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Check {
+    /// `GatewayStatusMustHaveListeners`.
+    GatewayListeners(ObjRef, Vec<ListenerExpect>),
+    /// `GatewayMustHaveCondition`.
+    GatewayCondition(ObjRef, Cond),
+    /// `GatewayMustHaveLatestConditions`.
+    GatewayLatest(ObjRef),
+    /// `GatewayMustHaveZeroRoutes`.
+    GatewayZeroRoutes(ObjRef),
+    /// `HTTPRouteMustHaveCondition` (route, gateway, condition).
+    RouteCondition(ObjRef, ObjRef, Cond),
+    /// `HTTPRouteMustHaveNoAcceptedParents`.
+    RouteNoAcceptedParents(ObjRef),
+    /// `HTTPRouteMustHaveLatestConditions`.
+    RouteLatest(ObjRef),
+}
+
+impl Check {
+    /// Evaluates the check. `empty_seen` carries the two-look rule of
+    /// `HTTPRouteMustHaveNoAcceptedParents` across polls.
+    pub fn eval(&self, s: &Snapshot, empty_seen: &mut bool) -> Result<(), String> {
+        match self {
+            Check::GatewayListeners(gw, want) => s.gateway_listeners(gw, want),
+            Check::GatewayCondition(gw, c) => s.gateway_condition(gw, c),
+            Check::GatewayLatest(gw) => s.gateway_latest(gw),
+            Check::GatewayZeroRoutes(gw) => s.gateway_zero_routes(gw),
+            Check::RouteCondition(r, gw, c) => s.route_condition(r, gw, c),
+            Check::RouteNoAcceptedParents(r) => {
+                let res = s.route_no_accepted_parents(r, *empty_seen);
+                if s.route_parents_empty(r) {
+                    *empty_seen = true;
+                }
+                res
+            }
+            Check::RouteLatest(r) => s.route_latest(r),
+        }
+    }
+}
+
+/// A change to the test's manifests, written to the config directory while the gateway runs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mutation {
+    /// Append a listener to a Gateway and bump its generation.
+    AddGatewayListener(ObjRef, Value),
+    /// Point the first backendRef of the first rule of an HTTPRoute elsewhere; bump generation.
+    SetRouteBackend(ObjRef, String),
+    /// Remove every document of this kind from the test manifests.
+    DeleteKind(&'static str),
+}
+
+impl Mutation {
+    /// Applies the change to the test documents.
+    pub fn apply(&self, docs: &mut Vec<Value>) -> Result<(), String> {
+        let find = |docs: &mut Vec<Value>, k: &str, r: &ObjRef| -> Result<usize, String> {
+            docs.iter()
+                .position(|d| kind(d) == k && namespace(d) == r.namespace && name(d) == r.name)
+                .ok_or_else(|| format!("{k} {r} not in the test manifests"))
+        };
+        match self {
+            Mutation::AddGatewayListener(gw, listener) => {
+                let i = find(docs, "Gateway", gw)?;
+                let d = &mut docs[i];
+                match d["spec"]["listeners"].as_array_mut() {
+                    Some(l) => l.push(listener.clone()),
+                    None => return Err(format!("Gateway {gw} has no listeners")),
+                }
+                bump(d);
+            }
+            Mutation::SetRouteBackend(route, backend) => {
+                let i = find(docs, "HTTPRoute", route)?;
+                let d = &mut docs[i];
+                let target = &mut d["spec"]["rules"][0]["backendRefs"][0];
+                if !target.is_object() {
+                    return Err(format!("HTTPRoute {route} has no backendRef"));
+                }
+                target["name"] = json!(backend);
+                bump(d);
+            }
+            Mutation::DeleteKind(k) => docs.retain(|d| kind(d) != *k),
+        }
+        Ok(())
+    }
+}
+
+fn bump(doc: &mut Value) {
+    let g = doc["metadata"]["generation"].as_i64().unwrap_or(1);
+    doc["metadata"]["generation"] = json!(g + 1);
+}
+
+/// Checks to hold (polling) after an optional mutation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Phase {
+    /// Applied before the checks.
+    pub mutation: Option<Mutation>,
+    /// Must all hold.
+    pub checks: Vec<Check>,
+}
+
+fn gw(n: &str) -> ObjRef {
+    ObjRef::infra(n)
+}
+
+const HTTP_ROUTE: &[&str] = &["HTTPRoute"];
+
+fn listener(
+    name: &'static str,
+    kinds: &'static [&'static str],
+    c: Vec<Cond>,
+    attached: i64,
+) -> ListenerExpect {
+    ListenerExpect {
+        name,
+        supported_kinds: kinds,
+        conditions: c,
+        attached_routes: attached,
+    }
+}
+
+/// Route rejected by its parent: the three checks the `HTTPRouteInvalidParentRef*` tests share.
+fn rejected(route: ObjRef, gateway: ObjRef, reason: &'static str, resolved: bool) -> Vec<Check> {
+    let mut v = Vec::new();
+    if resolved {
+        v.push(Check::RouteCondition(
+            route.clone(),
+            gateway.clone(),
+            cond("ResolvedRefs", "True", "ResolvedRefs"),
+        ));
+    }
+    v.push(Check::RouteCondition(
+        route.clone(),
+        gateway.clone(),
+        cond("Accepted", "False", reason),
+    ));
+    v.push(Check::RouteNoAcceptedParents(route));
+    v.push(Check::GatewayZeroRoutes(gateway));
+    v
+}
+
+/// The status phases of a status-only test (empty for unknown tests).
+pub fn status_plan(test: &str) -> Vec<Phase> {
+    let one = |checks: Vec<Check>| {
+        vec![Phase {
+            mutation: None,
+            checks,
+        }]
+    };
+    match test {
+        "HTTPRouteDisallowedKind" => one(rejected(
+            ObjRef::infra("disallowed-kind"),
+            gw("tlsroutes-only"),
+            "NotAllowedByListeners",
+            true,
+        )),
+        "HTTPRouteInvalidCrossNamespaceParentRef" => one(rejected(
+            ObjRef::new(WEB_NS, "invalid-cross-namespace-parent-ref"),
+            gw("same-namespace"),
+            "NotAllowedByListeners",
+            true,
+        )),
+        "HTTPRouteInvalidParentRefNotMatchingSectionName" => one(rejected(
+            ObjRef::infra("httproute-listener-not-matching-section-name"),
+            gw("same-namespace"),
+            "NoMatchingParent",
+            false,
+        )),
+        "HTTPRouteInvalidParentRefNotMatchingListenerPort" => one(rejected(
+            ObjRef::infra("httproute-listener-not-matching-route-port"),
+            gw("same-namespace"),
+            "NoMatchingParent",
+            true,
+        )),
+        "HTTPRouteInvalidParentRefSectionNameNotMatchingPort" => one(rejected(
+            ObjRef::infra("httproute-listener-section-name-not-matching-port"),
+            gw("gateway-with-one-not-matching-port-and-section-name-route"),
+            "NoMatchingParent",
+            false,
+        )),
+        "GatewayWithAttachedRoutes" => {
+            let ok = || {
+                vec![
+                    cond("Accepted", "True", ""),
+                    cond("ResolvedRefs", "True", ""),
+                ]
+            };
+            one(vec![
+                Check::GatewayListeners(
+                    gw("gateway-with-one-attached-route"),
+                    vec![listener("http", HTTP_ROUTE, ok(), 1)],
+                ),
+                Check::GatewayListeners(
+                    gw("gateway-with-two-attached-routes"),
+                    vec![listener("http", HTTP_ROUTE, ok(), 2)],
+                ),
+                Check::RouteCondition(
+                    ObjRef::infra("http-route-not-accepted"),
+                    gw("gateway-with-two-attached-routes"),
+                    cond("Accepted", "False", "NoMatchingListenerHostname"),
+                ),
+                Check::GatewayListeners(
+                    gw("unresolved-gateway-with-one-attached-unresolved-route"),
+                    vec![listener(
+                        "tls",
+                        HTTP_ROUTE,
+                        vec![
+                            cond("Programmed", "False", ""),
+                            cond("ResolvedRefs", "False", ""),
+                        ],
+                        1,
+                    )],
+                ),
+                Check::RouteCondition(
+                    ObjRef::infra("http-route-4"),
+                    gw("unresolved-gateway-with-one-attached-unresolved-route"),
+                    cond("ResolvedRefs", "False", ""),
+                ),
+            ])
+        }
+        "GatewayWithAttachedRoutesWithPort8080" => {
+            let ok = || {
+                vec![
+                    cond("Accepted", "True", ""),
+                    cond("ResolvedRefs", "True", ""),
+                ]
+            };
+            one(vec![Check::GatewayListeners(
+                gw("gateway-with-two-listeners-and-one-attached-route"),
+                vec![
+                    listener("http-unattached", HTTP_ROUTE, ok(), 0),
+                    listener("http", HTTP_ROUTE, ok(), 1),
+                ],
+            )])
+        }
+        "GatewayInvalidRouteKind" => {
+            let bad = || vec![cond("ResolvedRefs", "False", "InvalidRouteKinds")];
+            one(vec![
+                Check::GatewayListeners(
+                    gw("gateway-only-invalid-route-kind"),
+                    vec![listener("http", &[], bad(), 0)],
+                ),
+                Check::GatewayListeners(
+                    gw("gateway-supported-and-invalid-route-kind"),
+                    vec![listener("http", HTTP_ROUTE, bad(), 0)],
+                ),
+            ])
+        }
+        "GatewayListenerUnsupportedProtocol" => {
+            let invalid = || {
+                listener(
+                    "invalid",
+                    &[],
+                    vec![cond("Accepted", "False", "UnsupportedProtocol")],
+                    0,
+                )
+            };
+            let only = gw("gateway-only-unsupported-protocols");
+            let mixed = gw("gateway-supported-and-unsupported-protocols");
+            one(vec![
+                Check::GatewayLatest(only.clone()),
+                Check::GatewayCondition(
+                    only.clone(),
+                    cond("Accepted", "False", "ListenersNotValid"),
+                ),
+                Check::GatewayListeners(only, vec![invalid()]),
+                Check::GatewayLatest(mixed.clone()),
+                Check::GatewayCondition(
+                    mixed.clone(),
+                    cond("Accepted", "True", "ListenersNotValid"),
+                ),
+                Check::GatewayListeners(
+                    mixed,
+                    vec![
+                        listener(
+                            "http",
+                            HTTP_ROUTE,
+                            vec![cond("Accepted", "True", "Accepted")],
+                            0,
+                        ),
+                        invalid(),
+                    ],
+                ),
+            ])
+        }
+        "GatewayInvalidTLSConfiguration" => one([
+            "gateway-certificate-nonexistent-secret",
+            "gateway-certificate-unsupported-group",
+            "gateway-certificate-unsupported-kind",
+            "gateway-certificate-malformed-secret",
+        ]
+        .iter()
+        .map(|g| {
+            Check::GatewayListeners(
+                gw(g),
+                vec![listener(
+                    "https",
+                    HTTP_ROUTE,
+                    vec![cond("ResolvedRefs", "False", "InvalidCertificateRef")],
+                    0,
+                )],
+            )
+        })
+        .collect()),
+        "GatewaySecretMissingReferenceGrant" | "GatewaySecretInvalidReferenceGrant" => {
+            let g = if test == "GatewaySecretMissingReferenceGrant" {
+                "gateway-secret-missing-reference-grant"
+            } else {
+                "gateway-secret-invalid-reference-grant"
+            };
+            one(vec![Check::GatewayListeners(
+                gw(g),
+                vec![listener(
+                    "https",
+                    HTTP_ROUTE,
+                    vec![cond("ResolvedRefs", "False", "RefNotPermitted")],
+                    0,
+                )],
+            )])
+        }
+        "GatewaySecretReferenceGrantAllInNamespace" | "GatewaySecretReferenceGrantSpecific" => {
+            let g = if test == "GatewaySecretReferenceGrantSpecific" {
+                "gateway-secret-reference-grant-specific"
+            } else {
+                "gateway-secret-reference-grant-all-in-namespace"
+            };
+            one(vec![Check::GatewayListeners(
+                gw(g),
+                vec![listener(
+                    "https",
+                    HTTP_ROUTE,
+                    vec![
+                        cond("ResolvedRefs", "True", "ResolvedRefs"),
+                        cond("Programmed", "True", "Programmed"),
+                    ],
+                    0,
+                )],
+            )])
+        }
+        "GatewayObservedGenerationBump" => {
+            let g = gw("gateway-observed-generation-bump");
+            vec![
+                Phase {
+                    mutation: None,
+                    checks: vec![Check::GatewayLatest(g.clone())],
+                },
+                Phase {
+                    mutation: Some(Mutation::AddGatewayListener(
+                        g.clone(),
+                        json!({"name": "alternate", "port": 8080, "protocol": "HTTP"}),
+                    )),
+                    checks: vec![Check::GatewayLatest(g)],
+                },
+            ]
+        }
+        "HTTPRouteObservedGenerationBump" => {
+            let r = ObjRef::infra("observed-generation-bump");
+            let accepted = Check::RouteCondition(
+                r.clone(),
+                gw("same-namespace"),
+                cond("Accepted", "True", "Accepted"),
+            );
+            vec![
+                Phase {
+                    mutation: None,
+                    checks: vec![accepted.clone(), Check::RouteLatest(r.clone())],
+                },
+                Phase {
+                    mutation: Some(Mutation::SetRouteBackend(
+                        r.clone(),
+                        "infra-backend-v2".into(),
+                    )),
+                    checks: vec![accepted, Check::RouteLatest(r)],
+                },
+            ]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Status checks a traffic test makes besides the Accepted/Programmed preconditions.
+pub fn traffic_checks(test: &str) -> Vec<Check> {
+    let same = || gw("same-namespace");
+    let resolved = |route: ObjRef, reason: &'static str| {
+        vec![Check::RouteCondition(
+            route,
+            same(),
+            cond("ResolvedRefs", "False", reason),
+        )]
+    };
+    match test {
+        "HTTPRouteInvalidNonExistentBackendRef" => resolved(
+            ObjRef::infra("invalid-nonexistent-backend-ref"),
+            "BackendNotFound",
+        ),
+        "HTTPRouteInvalidBackendRefUnknownKind" => resolved(
+            ObjRef::infra("invalid-backend-ref-unknown-kind"),
+            "InvalidKind",
+        ),
+        "HTTPRouteInvalidCrossNamespaceBackendRef" => resolved(
+            ObjRef::infra("invalid-cross-namespace-backend-ref"),
+            "RefNotPermitted",
+        ),
+        "HTTPRouteInvalidReferenceGrant" => {
+            resolved(ObjRef::infra("reference-grant"), "RefNotPermitted")
+        }
+        "HTTPRouteHostnameIntersection" => {
+            let route = ObjRef::infra("no-intersecting-hosts");
+            vec![Check::RouteCondition(
+                route,
+                gw("httproute-hostname-intersection"),
+                cond("Accepted", "False", "NoMatchingListenerHostname"),
+            )]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Routes of a traffic test that are expected not to be accepted (left out of the
+/// Accepted precondition).
+pub fn rejected_routes(test: &str) -> &'static [&'static str] {
+    match test {
+        "HTTPRouteHostnameIntersection" => &["no-intersecting-hosts"],
+        _ => &[],
+    }
+}
+
+/// The namespace of the conformance infrastructure (re-exported for the runner).
+pub const INFRA: &str = INFRA_NS;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_test_has_a_plan() {
+        for t in crate::cases::TESTS {
+            if t.kind == crate::cases::TestKind::Status {
+                assert!(!status_plan(t.name).is_empty(), "{} has no plan", t.name);
+            }
+        }
+        assert!(status_plan("Nope").is_empty());
+    }
+
+    #[test]
+    fn mutations_edit_documents_and_bump_generation() {
+        let mut docs = vec![
+            json!({"kind": "Gateway", "metadata": {"name": "g", "namespace": INFRA, "generation": 1},
+                   "spec": {"listeners": [{"name": "http", "port": 80}]}}),
+            json!({"kind": "HTTPRoute", "metadata": {"name": "r", "namespace": INFRA, "generation": 1},
+                   "spec": {"rules": [{"backendRefs": [{"name": "a", "port": 8080}]}]}}),
+            json!({"kind": "ReferenceGrant", "metadata": {"name": "x", "namespace": INFRA}}),
+        ];
+        Mutation::AddGatewayListener(ObjRef::infra("g"), json!({"name": "alt", "port": 8080}))
+            .apply(&mut docs)
+            .expect("add listener");
+        assert_eq!(docs[0]["spec"]["listeners"][1]["name"], "alt");
+        assert_eq!(docs[0]["metadata"]["generation"], 2);
+        Mutation::SetRouteBackend(ObjRef::infra("r"), "b".into())
+            .apply(&mut docs)
+            .expect("set backend");
+        assert_eq!(docs[1]["spec"]["rules"][0]["backendRefs"][0]["name"], "b");
+        assert_eq!(docs[1]["metadata"]["generation"], 2);
+        Mutation::DeleteKind("ReferenceGrant")
+            .apply(&mut docs)
+            .expect("delete");
+        assert_eq!(docs.len(), 2);
+        assert!(
+            Mutation::SetRouteBackend(ObjRef::infra("missing"), "b".into())
+                .apply(&mut docs)
+                .is_err()
+        );
+    }
+}

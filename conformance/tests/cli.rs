@@ -1,0 +1,47 @@
+//! The CLI against gateways that never become ready: it must report the failure in the table,
+//! print the summary line, and exit non-zero when an expected test fails.
+
+use std::process::Command;
+
+#[test]
+fn failing_gateway_is_reported_and_fails_the_expected_list() {
+    let dir = std::env::temp_dir().join(format!("conformance-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tempdir");
+    let expected = dir.join("expected.txt");
+    std::fs::write(&expected, "HTTPRouteSimpleSameNamespace\n").expect("write expected");
+    let out = Command::new(env!("CARGO_BIN_EXE_conformance"))
+        .args([
+            "--gateway-bin",
+            "/bin/false",
+            "--test",
+            "HTTPRouteSimpleSameNamespace",
+        ])
+        .arg("--test")
+        .arg("BackendTLSPolicy")
+        .arg("--expected")
+        .arg(&expected)
+        .output()
+        .expect("run conformance");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "must fail: {stdout}");
+    assert!(
+        stdout.contains("HTTPRouteSimpleSameNamespace | FAIL"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("BackendTLSPolicy             | SKIP"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.lines().last(), Some("0 passed, 1 failed, 1 skipped"));
+}
+
+#[test]
+fn unknown_test_is_an_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_conformance"))
+        .args(["--gateway-bin", "/bin/false", "--test", "NoSuchTest"])
+        .output()
+        .expect("run conformance");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown test NoSuchTest"));
+}

@@ -1,0 +1,244 @@
+//! The file source: directories, generation bumps, creation times, diagnostics and watching.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gateway_k8s::ObjectKey;
+use gateway_k8s::source::{FileSource, watch};
+use k8s_openapi::jiff::Timestamp;
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "gateway-k8s-{tag}-{}-{}",
+            std::process::id(),
+            Timestamp::now().as_nanosecond()
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("create dir");
+        }
+        std::fs::write(&path, text).expect("write file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const GATEWAY_V1: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: gw
+spec:
+  gatewayClassName: ours
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+"#;
+
+fn ts(second: i64) -> Timestamp {
+    Timestamp::from_second(second).expect("timestamp")
+}
+
+#[test]
+fn generation_creation_time_and_namespace_are_stamped() {
+    let dir = TempDir::new("stamp");
+    dir.write("gw.yaml", GATEWAY_V1);
+    let mut source = FileSource::new(vec![dir.path().to_path_buf()]);
+    let key = ObjectKey::new("default", "gw");
+
+    let first = source.load_at(ts(1_000));
+    assert!(first.diagnostics.is_empty(), "{:?}", first.diagnostics);
+    let meta = &first.resources.gateways[&key].object.metadata;
+    assert_eq!(meta.generation, Some(1));
+    assert_eq!(meta.namespace.as_deref(), Some("default"));
+    let created = meta.creation_timestamp.clone().expect("creationTimestamp");
+    assert_eq!(created.0, ts(1_000));
+
+    // Unchanged: same generation.
+    let second = source.load_at(ts(2_000));
+    assert_eq!(
+        second.resources.gateways[&key].object.metadata.generation,
+        Some(1)
+    );
+
+    // Spec changed: generation bumps, creation time stays.
+    dir.write("gw.yaml", &GATEWAY_V1.replace("port: 80", "port: 81"));
+    let third = source.load_at(ts(3_000));
+    let meta = &third.resources.gateways[&key].object.metadata;
+    assert_eq!(meta.generation, Some(2));
+    assert_eq!(meta.creation_timestamp.as_ref(), Some(&created));
+
+    // A label change is metadata, not spec.
+    dir.write(
+        "gw.yaml",
+        &GATEWAY_V1
+            .replace("port: 80", "port: 81")
+            .replace("name: gw\n", "name: gw\n  labels: {a: b}\n"),
+    );
+    let fourth = source.load_at(ts(4_000));
+    assert_eq!(
+        fourth.resources.gateways[&key].object.metadata.generation,
+        Some(2)
+    );
+
+    // Gone, then back: a new object.
+    std::fs::remove_file(dir.path().join("gw.yaml")).expect("remove");
+    assert!(source.load_at(ts(5_000)).resources.gateways.is_empty());
+    dir.write("gw.yaml", GATEWAY_V1);
+    let back = source.load_at(ts(6_000));
+    let meta = &back.resources.gateways[&key].object.metadata;
+    assert_eq!(meta.generation, Some(1));
+    assert_eq!(
+        meta.creation_timestamp.as_ref().map(|t| t.0),
+        Some(ts(6_000))
+    );
+}
+
+#[test]
+fn explicit_metadata_is_kept() {
+    let dir = TempDir::new("explicit");
+    let file = dir.write(
+        "gw.yaml",
+        &GATEWAY_V1.replace(
+            "name: gw\n",
+            "name: gw\n  namespace: prod\n  generation: 7\n  creationTimestamp: \"2020-02-02T00:00:00Z\"\n",
+        ),
+    );
+    let mut source = FileSource::new(vec![file]);
+    let loaded = source.load_at(ts(1_000));
+    let meta = &loaded.resources.gateways[&ObjectKey::new("prod", "gw")]
+        .object
+        .metadata;
+    assert_eq!(meta.generation, Some(7));
+    assert_eq!(
+        meta.creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .as_deref(),
+        Some("2020-02-02T00:00:00Z")
+    );
+}
+
+#[test]
+fn directories_are_read_recursively_in_order_and_bad_documents_are_diagnostics() {
+    let dir = TempDir::new("dir");
+    dir.write(
+        "b.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n---\nkey: [unclosed\n",
+    );
+    dir.write(
+        "a.yml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n",
+    );
+    dir.write(
+        "nested/c.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: c}\n",
+    );
+    dir.write("notes.txt", "not yaml: [");
+    let source = FileSource::new(vec![
+        dir.path().to_path_buf(),
+        dir.path().join("missing.yaml"),
+    ]);
+    let (files, _) = source.files();
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| {
+            f.strip_prefix(dir.path())
+                .unwrap_or(f)
+                .display()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        names,
+        vec!["a.yml", "b.yaml", "nested/c.yaml", "missing.yaml"]
+    );
+
+    let mut source = source;
+    let loaded = source.load();
+    let order: Vec<&str> = loaded
+        .resources
+        .order()
+        .iter()
+        .map(|(_, k)| k.name.as_str())
+        .collect();
+    assert_eq!(order, vec!["a", "b"]);
+    assert_eq!(loaded.diagnostics.len(), 3, "{:?}", loaded.diagnostics);
+    let bad = loaded
+        .diagnostics
+        .iter()
+        .find(|d| d.origin.ends_with("b.yaml"))
+        .expect("diagnostic for b.yaml");
+    assert_eq!(bad.document, Some(1));
+    assert!(
+        loaded
+            .diagnostics
+            .iter()
+            .any(|d| d.origin.ends_with("c.yaml") && d.message.contains("Deployment"))
+    );
+    assert!(
+        loaded
+            .diagnostics
+            .iter()
+            .any(|d| d.origin.ends_with("missing.yaml") && d.document.is_none())
+    );
+}
+
+#[tokio::test]
+async fn watch_reports_settled_changes() {
+    let dir = TempDir::new("watch");
+    let file = dir.write("gw.yaml", GATEWAY_V1);
+    let other_dir = TempDir::new("watch-dir");
+    let (guard, mut changes) =
+        watch(&[file.clone(), other_dir.path().to_path_buf()]).expect("watch");
+
+    // A burst of writes gives one notification.
+    for port in 81..86 {
+        std::fs::write(
+            &file,
+            GATEWAY_V1.replace("port: 80", &format!("port: {port}")),
+        )
+        .expect("write");
+    }
+    let got = tokio::time::timeout(Duration::from_secs(5), changes.recv()).await;
+    assert_eq!(got, Ok(Some(())));
+    let extra = tokio::time::timeout(Duration::from_millis(600), changes.recv()).await;
+    assert!(extra.is_err(), "a burst gives one notification");
+
+    // Replacing the file by rename (as editors do) is seen.
+    let tmp = dir.path().join(".gw.yaml.swp");
+    std::fs::write(&tmp, GATEWAY_V1).expect("write tmp");
+    std::fs::rename(&tmp, &file).expect("rename");
+    let got = tokio::time::timeout(Duration::from_secs(5), changes.recv()).await;
+    assert_eq!(got, Ok(Some(())));
+
+    // A new YAML file in a watched directory (even nested) is seen; other files are not.
+    std::fs::write(other_dir.path().join("notes.txt"), "x").expect("write");
+    let ignored = tokio::time::timeout(Duration::from_millis(600), changes.recv()).await;
+    assert!(ignored.is_err(), "non-YAML files are ignored");
+    std::fs::write(other_dir.path().join("new.yaml"), GATEWAY_V1).expect("write");
+    let got = tokio::time::timeout(Duration::from_secs(5), changes.recv()).await;
+    assert_eq!(got, Ok(Some(())));
+
+    // Dropping the guard closes the channel.
+    drop(guard);
+    let closed = tokio::time::timeout(Duration::from_secs(5), changes.recv()).await;
+    assert_eq!(closed, Ok(None));
+}
