@@ -12,8 +12,23 @@ use crate::error::{Error, Result};
 /// and `tests/`). When unset, [`DEFAULT_CONFORMANCE_DIR`] is used.
 pub const CONFORMANCE_DIR_ENV: &str = "GATEWAY_API_CONFORMANCE_DIR";
 
-/// The shared copy of the upstream data on this machine.
-pub const DEFAULT_CONFORMANCE_DIR: &str = "/work/shared/conformance/gateway-api";
+/// The shared conformance material: `../shared/conformance` beside the repository checkout
+/// (`cases.tsv`, `CATALOG.md`, and the upstream folders). Resolved from this crate's location at
+/// build time, so it holds wherever the repository is cloned.
+pub const SHARED_CONFORMANCE_DIR: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/conformance");
+
+/// The upstream Gateway API `conformance/` folder inside [`SHARED_CONFORMANCE_DIR`].
+pub const DEFAULT_CONFORMANCE_DIR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/conformance/gateway-api"
+);
+
+/// The shared `cases.tsv` (the traffic assertions).
+pub const DEFAULT_CASES_PATH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/conformance/cases.tsv"
+);
 
 /// The `{GATEWAY_CLASS_NAME}` placeholder in upstream YAML.
 pub const CLASS_PLACEHOLDER: &str = "{GATEWAY_CLASS_NAME}";

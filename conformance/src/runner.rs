@@ -49,7 +49,7 @@ impl RunnerOptions {
             .parent()
             .map(|p| p.join("cases.tsv"))
             .filter(|p| p.exists())
-            .unwrap_or_else(|| PathBuf::from("/work/shared/conformance/cases.tsv"));
+            .unwrap_or_else(|| PathBuf::from(crate::manifests::DEFAULT_CASES_PATH));
         RunnerOptions {
             gateway_bin,
             conformance_dir,
