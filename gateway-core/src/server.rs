@@ -2,8 +2,14 @@
 //!
 //! Pingora fixes its listeners when a `Server` starts; Gateway API listeners come and go at run
 //! time. So [`Gateway`] owns the accept loops: one task per bound socket hands each connection
-//! (after the TLS handshake on HTTPS binds) to one shared Pingora `HttpProxy`, which runs the
+//! (after the TLS handshake on HTTPS binds) to a shared Pingora `HttpProxy`, which runs the
 //! [`crate::proxy::GatewayProxy`] phases. Every bind shares the proxy's upstream connection pool.
+//!
+//! On plain binds the accept loop tells HTTP/2 with prior knowledge (h2c) from HTTP/1 itself,
+//! reading only as many bytes as it takes to diverge from the HTTP/2 preface. (Pingora's own
+//! check waits for all 24 bytes of it, so a shorter HTTP/1 request, such as
+//! `GET / HTTP/1.0\r\n\r\n`, would hang.) h2c connections go to a second `HttpProxy` with the
+//! same phases and its own upstream pool; everything else goes to the first.
 //!
 //! [`Gateway::apply`] compiles a [`Config`], binds the sockets it adds, swaps the routing table
 //! atomically and closes the sockets it drops. Connections on sockets that stay keep running;
@@ -20,6 +26,7 @@ use pingora_core::apps::{HttpServerOptions, ServerApp};
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::Stream;
 use pingora_core::protocols::l4::listener::Listener as L4Listener;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::server::configuration::ServerConf;
 use pingora_proxy::HttpProxy;
 use tokio::sync::{Mutex, Notify, watch};
@@ -58,7 +65,10 @@ pub struct Gateway {
 struct Inner {
     table: Arc<ArcSwap<Table>>,
     registry: FilterRegistry,
+    /// Serves HTTP/1 and, after ALPN, HTTP/2 over TLS.
     proxy: Arc<HttpProxy<GatewayProxy>>,
+    /// Serves connections that opened with the HTTP/2 preface on plain binds.
+    proxy_h2c: Arc<HttpProxy<GatewayProxy>>,
     sockets: Mutex<HashMap<SocketAddr, Socket>>,
     shutdown: watch::Sender<bool>,
     connections: Arc<Connections>,
@@ -98,22 +108,28 @@ impl Gateway {
     /// A gateway serving nothing yet. `registry` resolves `ExtensionRef` filters.
     pub fn new(registry: FilterRegistry) -> Self {
         let table = Arc::new(ArcSwap::from_pointee(Table::default()));
-        let mut proxy = HttpProxy::new(
-            GatewayProxy {
-                table: table.clone(),
-            },
-            Arc::new(ServerConf::default()),
-        );
-        let mut options = HttpServerOptions::default();
-        options.h2c = true;
-        proxy.server_options = Some(options);
-        proxy.handle_init_modules();
+        let new_proxy = |h2c: bool| {
+            let mut proxy = HttpProxy::new(
+                GatewayProxy {
+                    table: table.clone(),
+                },
+                Arc::new(ServerConf::default()),
+            );
+            let mut options = HttpServerOptions::default();
+            options.h2c = h2c;
+            proxy.server_options = Some(options);
+            proxy.handle_init_modules();
+            Arc::new(proxy)
+        };
+        let proxy = new_proxy(false);
+        let proxy_h2c = new_proxy(true);
         let (shutdown, _) = watch::channel(false);
         Gateway {
             inner: Arc::new(Inner {
                 table,
                 registry,
-                proxy: Arc::new(proxy),
+                proxy,
+                proxy_h2c,
                 sockets: Mutex::new(HashMap::new()),
                 shutdown,
                 connections: Arc::default(),
@@ -212,6 +228,7 @@ impl Gateway {
             )))
         });
         let proxy = self.inner.proxy.clone();
+        let proxy_h2c = self.inner.proxy_h2c.clone();
         let connections = self.inner.connections.clone();
         let shutdown = self.inner.shutdown.subscribe();
         let listener = L4Listener::from(listener);
@@ -223,6 +240,7 @@ impl Gateway {
                         Ok(mut stream) => {
                             let guard = connections.enter();
                             let proxy = proxy.clone();
+                            let proxy_h2c = proxy_h2c.clone();
                             let acceptor = acceptor.clone();
                             let shutdown = shutdown.clone();
                             tokio::spawn(async move {
@@ -230,15 +248,32 @@ impl Gateway {
                                 if let Err(e) = stream.set_nodelay() {
                                     tracing::debug!(error = %e, "set_nodelay failed");
                                 }
-                                let stream: Stream = match acceptor {
+                                let (stream, proxy): (Stream, _) = match acceptor {
                                     Some(acceptor) => match acceptor.tls_handshake(stream).await {
-                                        Ok(tls) => Box::new(tls),
+                                        Ok(tls) => (Box::new(tls), proxy),
                                         Err(e) => {
                                             tracing::debug!(error = %e, "TLS handshake failed");
                                             return;
                                         }
                                     },
-                                    None => Box::new(stream),
+                                    None => {
+                                        let first = tokio::time::timeout(
+                                            FIRST_BYTES_TIMEOUT,
+                                            starts_with_h2_preface(&mut stream),
+                                        );
+                                        match first.await {
+                                            Ok(Ok(true)) => (Box::new(stream), proxy_h2c),
+                                            Ok(Ok(false)) => (Box::new(stream), proxy),
+                                            Ok(Err(e)) => {
+                                                tracing::debug!(error = %e, "read failed");
+                                                return;
+                                            }
+                                            Err(_) => {
+                                                tracing::debug!("no request within the timeout");
+                                                return;
+                                            }
+                                        }
+                                    }
                                 };
                                 proxy.process_new(stream, &shutdown).await;
                             });
@@ -271,6 +306,7 @@ impl Gateway {
         }
         let _ = self.inner.shutdown.send(true);
         self.inner.proxy.cleanup().await;
+        self.inner.proxy_h2c.cleanup().await;
         let connections = &self.inner.connections;
         let drained = async {
             loop {
@@ -302,4 +338,31 @@ pub async fn shutdown_signal() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The HTTP/2 connection preface (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long a new plain connection may stay silent before it is closed.
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Reads from a new plain connection until its bytes either leave the HTTP/2 preface (HTTP/1)
+/// or complete it (h2c with prior knowledge), then puts them back for the proxy to read.
+/// A connection closed before that counts as HTTP/1.
+async fn starts_with_h2_preface(stream: &mut L4Stream) -> std::io::Result<bool> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = stream.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+        if buf[..filled] != H2_PREFACE[..filled] {
+            break;
+        }
+    }
+    stream.rewind(&buf[..filled]);
+    Ok(&buf[..filled] == H2_PREFACE)
 }

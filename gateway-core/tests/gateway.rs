@@ -427,3 +427,70 @@ async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
     assert_eq!(r.status, 200);
     stopping.await.unwrap();
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let v1 = backend("v1").await;
+    let port = free_port();
+    let gw = Gateway::new(FilterRegistry::new());
+    let route = Route::new("ns", "r").rule(Rule::prefix("/").backend(to(&v1, "v1")));
+    gw.apply(Config {
+        binds: vec![http_bind(port, vec![route])],
+    })
+    .await
+    .unwrap();
+    // Each request comes on a new downstream connection; upstream, one kept-alive connection
+    // serves them in turn.
+    for _ in 0..20 {
+        assert_eq!(get(addr(port), "example.com", "/").await.backend(), "v1");
+    }
+    let used = v1.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        used < 5,
+        "{used} upstream connections for 20 sequential requests"
+    );
+    gw.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400_and_the_gateway_keeps_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let v1 = backend("v1").await;
+    let port = free_port();
+    let gw = Gateway::new(FilterRegistry::new());
+    let route = Route::new("ns", "r").rule(Rule::prefix("/").backend(to(&v1, "v1")));
+    gw.apply(Config {
+        binds: vec![http_bind(port, vec![route])],
+    })
+    .await
+    .unwrap();
+    for garbage in [
+        &b"NOT HTTP AT ALL\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: example.com\r\nBad Header\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: example.com\r\nContent-Length: x\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(addr(port)).await.unwrap();
+        stream.write_all(garbage).await.unwrap();
+        let mut response = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+            .await
+            .unwrap_or_else(|_| panic!("no answer to {garbage:?}"));
+        let text = String::from_utf8_lossy(&response);
+        assert!(
+            text.starts_with("HTTP/1.1 400 "),
+            "{garbage:?} got {text:?}"
+        );
+    }
+    assert_eq!(get(addr(port), "example.com", "/").await.backend(), "v1");
+    // A request shorter than the HTTP/2 preface is served, not held waiting for more bytes.
+    let mut stream = tokio::net::TcpStream::connect(addr(port)).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .expect("a short HTTP/1.0 request is answered")
+        .unwrap();
+    assert!(response.starts_with(b"HTTP/1.1 200"), "{response:?}");
+    gw.shutdown(Duration::from_secs(1)).await;
+}

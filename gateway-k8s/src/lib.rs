@@ -24,6 +24,6 @@ mod translate;
 mod yaml;
 
 pub use diagnostic::Diagnostic;
-pub use resources::{DEFAULT_NAMESPACE, Kind, Object, ObjectKey, Resources};
+pub use resources::{DEFAULT_NAMESPACE, DocumentError, Kind, Object, ObjectKey, Resources};
 pub use status::{SUPPORTED_FEATURES, StatusReport};
 pub use translate::{TranslateOptions, Translation, Translator};

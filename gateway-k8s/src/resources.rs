@@ -172,6 +172,19 @@ pub struct Resources {
     order: Vec<(Kind, ObjectKey)>,
 }
 
+/// Why a document was not added to a [`Resources`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DocumentError {
+    /// A kind this crate does not read (a Deployment, a ConfigMap, ...): ignored, not an error
+    /// in the input.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A broken document: not a mapping, no apiVersion, kind or name, or not matching the
+    /// schema of its kind. The Kubernetes API server would have refused it.
+    #[error("{0}")]
+    Invalid(String),
+}
+
 /// The `apiVersion` and `kind` of a document, read before the typed parse.
 #[derive(serde::Deserialize)]
 struct TypeMeta {
@@ -212,10 +225,25 @@ impl Resources {
 
     /// Adds one already-parsed document. Problems are recorded in [`Resources::diagnostics`].
     pub fn add_value(&mut self, value: Value, origin: &str, document: usize) {
-        if let Err(message) = self.try_add_value(value, origin, document) {
+        let _ = self.add_value_checked(value, origin, document);
+    }
+
+    /// Like [`Resources::add_value`], and also tells why a document was not added, so a caller
+    /// can tell a document of a kind this crate does not read (harmless) from a broken one (which
+    /// the API server would have rejected). The problem is recorded in
+    /// [`Resources::diagnostics`] either way.
+    pub fn add_value_checked(
+        &mut self,
+        value: Value,
+        origin: &str,
+        document: usize,
+    ) -> Result<(), DocumentError> {
+        let result = self.try_add_value(value, origin, document);
+        if let Err(e) = &result {
             self.diagnostics
-                .push(Diagnostic::document(origin, document, message));
+                .push(Diagnostic::document(origin, document, e.to_string()));
         }
+        result
     }
 
     fn try_add_value(
@@ -223,21 +251,29 @@ impl Resources {
         mut value: Value,
         origin: &str,
         document: usize,
-    ) -> Result<(), String> {
+    ) -> Result<(), DocumentError> {
+        use DocumentError::Invalid;
         if !value.is_object() {
-            return Err("document is not a mapping".into());
+            return Err(Invalid("document is not a mapping".into()));
         }
         let meta: TypeMeta = serde_json::from_value(value.clone())
-            .map_err(|e| format!("cannot read apiVersion/kind: {e}"))?;
-        let api_version = meta.api_version.ok_or("document has no apiVersion")?;
-        let kind_name = meta.kind.ok_or("document has no kind")?;
-        let kind = Kind::from_type(&api_version, &kind_name)
-            .ok_or_else(|| format!("unsupported kind {kind_name} ({api_version}), ignored"))?;
+            .map_err(|e| Invalid(format!("cannot read apiVersion/kind: {e}")))?;
+        let api_version = meta
+            .api_version
+            .ok_or_else(|| Invalid("document has no apiVersion".into()))?;
+        let kind_name = meta
+            .kind
+            .ok_or_else(|| Invalid("document has no kind".into()))?;
+        let kind = Kind::from_type(&api_version, &kind_name).ok_or_else(|| {
+            DocumentError::Unsupported(format!(
+                "unsupported kind {kind_name} ({api_version}), ignored"
+            ))
+        })?;
         let name = value
             .pointer("/metadata/name")
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty())
-            .ok_or_else(|| format!("{kind} has no metadata.name"))?
+            .ok_or_else(|| Invalid(format!("{kind} has no metadata.name")))?
             .to_string();
         let namespace = if kind.namespaced() {
             let ns = value
@@ -381,8 +417,13 @@ struct Slot {
     document: usize,
 }
 
-fn parse<T: DeserializeOwned>(typed: Value, kind: Kind, slot: Slot) -> Result<Object<T>, String> {
-    let object = serde_json::from_value(typed).map_err(|e| format!("invalid {kind}: {e}"))?;
+fn parse<T: DeserializeOwned>(
+    typed: Value,
+    kind: Kind,
+    slot: Slot,
+) -> Result<Object<T>, DocumentError> {
+    let object = serde_json::from_value(typed)
+        .map_err(|e| DocumentError::Invalid(format!("invalid {kind}: {e}")))?;
     Ok(Object {
         object,
         api_version: slot.api_version,

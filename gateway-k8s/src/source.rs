@@ -12,6 +12,14 @@
 //!
 //! An object missing from a load is forgotten: if it comes back it starts again at generation 1
 //! with a new creation time, like a deleted and re-created object.
+//!
+//! A file that cannot be used as a whole, because it cannot be read (other than being gone), a
+//! document in it is not YAML, or a document of a kind this crate reads does not fit its schema,
+//! is not half-applied: the source keeps serving the objects of that file's last good version,
+//! and reports the problem, until the file is fixed. This is what the Kubernetes API server does
+//! with an invalid `kubectl apply`: it refuses the change and the stored objects stay. A file
+//! that was never good contributes the documents that are valid. A deleted file deletes its
+//! objects.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,7 +32,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::diagnostic::Diagnostic;
-use crate::resources::{DEFAULT_NAMESPACE, Kind, Resources};
+use crate::resources::{DEFAULT_NAMESPACE, DocumentError, Kind, Resources};
 use crate::yaml;
 
 /// How long the file system must stay quiet before a change is reported.
@@ -56,6 +64,8 @@ struct Tracked {
 pub struct FileSource {
     paths: Vec<PathBuf>,
     tracked: HashMap<Identity, Tracked>,
+    /// Each file's documents (as read, before stamping) from its last good load.
+    last_good: HashMap<PathBuf, Vec<(usize, Value)>>,
 }
 
 impl FileSource {
@@ -65,6 +75,7 @@ impl FileSource {
         FileSource {
             paths,
             tracked: HashMap::new(),
+            last_good: HashMap::new(),
         }
     }
 
@@ -100,36 +111,70 @@ impl FileSource {
         let (files, mut diagnostics) = self.files();
         let mut resources = Resources::new();
         let mut seen: HashMap<Identity, Tracked> = HashMap::new();
+        let mut last_good = HashMap::new();
         for file in files {
             let origin = file.display().to_string();
-            let text = match std::fs::read_to_string(&file) {
-                Ok(text) => text,
+            let (documents, broken) = match std::fs::read_to_string(&file) {
+                Ok(text) => read_documents(&text, &origin, &mut diagnostics),
                 Err(err) => {
                     diagnostics.push(Diagnostic::origin(&origin, format!("cannot read: {err}")));
-                    continue;
+                    if err.kind() == std::io::ErrorKind::NotFound {
+                        continue;
+                    }
+                    (Vec::new(), true)
                 }
             };
-            for doc in yaml::documents(&text) {
-                match doc.value {
-                    Ok(Some(mut value)) => {
-                        self.stamp(&mut value, &now, &mut seen);
-                        resources.add_value(value, &origin, doc.index);
-                    }
-                    Ok(None) => {}
-                    Err(message) => diagnostics.push(Diagnostic::document(
+            let mut file_seen = HashMap::new();
+            let mut objects = self.add_documents(&documents, &origin, &now, &mut file_seen);
+            let broken = broken || objects.invalid;
+            match self.last_good.remove(&file) {
+                Some(good) if broken => {
+                    diagnostics.append(&mut objects.resources.diagnostics);
+                    diagnostics.push(Diagnostic::origin(
                         &origin,
-                        doc.index,
-                        format!("unparseable YAML: {message}"),
-                    )),
+                        "not applied; its last good version keeps serving until it is fixed",
+                    ));
+                    file_seen.clear();
+                    objects = self.add_documents(&good, &origin, &now, &mut file_seen);
+                    last_good.insert(file, good);
+                }
+                _ if broken => {}
+                _ => {
+                    last_good.insert(file, documents);
                 }
             }
+            seen.extend(file_seen);
+            resources.merge(objects.resources);
         }
         self.tracked = seen;
+        self.last_good = last_good;
         diagnostics.append(&mut resources.diagnostics);
         Loaded {
             resources,
             diagnostics,
         }
+    }
+
+    /// Stamps and adds one file's documents to a fresh store.
+    fn add_documents(
+        &self,
+        documents: &[(usize, Value)],
+        origin: &str,
+        now: &str,
+        seen: &mut HashMap<Identity, Tracked>,
+    ) -> FileObjects {
+        let mut resources = Resources::new();
+        let mut invalid = false;
+        for (index, value) in documents {
+            let mut value = value.clone();
+            self.stamp(&mut value, now, seen);
+            if let Err(DocumentError::Invalid(_)) =
+                resources.add_value_checked(value, origin, *index)
+            {
+                invalid = true;
+            }
+        }
+        FileObjects { resources, invalid }
     }
 
     /// Fills in generation, creationTimestamp and namespace, as described in the module docs.
@@ -209,6 +254,37 @@ impl FileSource {
             },
         );
     }
+}
+
+/// One file's objects, and whether one of its documents was invalid.
+struct FileObjects {
+    resources: Resources,
+    invalid: bool,
+}
+
+/// The non-empty documents of a file, and whether one of them was not YAML (reported).
+fn read_documents(
+    text: &str,
+    origin: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> (Vec<(usize, Value)>, bool) {
+    let mut documents = Vec::new();
+    let mut broken = false;
+    for doc in yaml::documents(text) {
+        match doc.value {
+            Ok(Some(value)) => documents.push((doc.index, value)),
+            Ok(None) => {}
+            Err(message) => {
+                broken = true;
+                diagnostics.push(Diagnostic::document(
+                    origin,
+                    doc.index,
+                    format!("unparseable YAML: {message}"),
+                ));
+            }
+        }
+    }
+    (documents, broken)
 }
 
 fn is_yaml(path: &Path) -> bool {

@@ -242,3 +242,92 @@ async fn watch_reports_settled_changes() {
     let closed = tokio::time::timeout(Duration::from_secs(5), changes.recv()).await;
     assert_eq!(closed, Ok(None));
 }
+
+#[test]
+fn a_broken_file_keeps_its_last_good_objects_until_fixed() {
+    let dir = TempDir::new("last-good");
+    let other = "apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n";
+    let extra = "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: ignored}\n";
+    dir.write("gw.yaml", &format!("{GATEWAY_V1}{extra}"));
+    dir.write("ns.yaml", other);
+    let mut source = FileSource::new(vec![dir.path().to_path_buf()]);
+    let key = ObjectKey::new("default", "gw");
+    let port = |loaded: &gateway_k8s::source::Loaded| {
+        loaded.resources.gateways[&key].object.spec.listeners[0].port
+    };
+    let kept = |loaded: &gateway_k8s::source::Loaded| {
+        loaded
+            .diagnostics
+            .iter()
+            .any(|d| d.origin.ends_with("gw.yaml") && d.message.contains("last good version"))
+    };
+
+    // A document of a kind we do not read is reported but does not make the file bad.
+    let first = source.load_at(ts(1_000));
+    assert_eq!(port(&first), 80);
+    assert!(!kept(&first), "{:?}", first.diagnostics);
+
+    // Not YAML: the Gateway from the last good version stays, and the problem is reported.
+    dir.write("gw.yaml", "apiVersion: [unclosed\n");
+    let broken = source.load_at(ts(2_000));
+    assert_eq!(port(&broken), 80);
+    assert!(kept(&broken), "{:?}", broken.diagnostics);
+    assert!(
+        broken
+            .diagnostics
+            .iter()
+            .any(|d| d.message.contains("unparseable YAML"))
+    );
+    assert!(
+        broken
+            .resources
+            .namespaces
+            .contains_key(&ObjectKey::new("", "other"))
+    );
+
+    // Valid YAML, but one document breaks its kind's schema: the whole file waits.
+    let bad_route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                     metadata: {name: r}\nspec: {rules: not-a-list}\n";
+    dir.write(
+        "gw.yaml",
+        &format!("{}{bad_route}", GATEWAY_V1.replace("port: 80", "port: 81")),
+    );
+    let invalid = source.load_at(ts(3_000));
+    assert_eq!(port(&invalid), 80);
+    assert!(kept(&invalid), "{:?}", invalid.diagnostics);
+    assert!(invalid.resources.http_routes.is_empty());
+    // The kept object is unchanged, so its generation does not move.
+    assert_eq!(
+        invalid.resources.gateways[&key].object.metadata.generation,
+        Some(1)
+    );
+
+    // Fixed: the new version applies.
+    dir.write("gw.yaml", &GATEWAY_V1.replace("port: 80", "port: 81"));
+    let fixed = source.load_at(ts(4_000));
+    assert_eq!(port(&fixed), 81);
+    assert!(!kept(&fixed));
+    assert_eq!(
+        fixed.resources.gateways[&key].object.metadata.generation,
+        Some(2)
+    );
+
+    // Deleted: its objects go.
+    std::fs::remove_file(dir.path().join("gw.yaml")).expect("remove");
+    assert!(source.load_at(ts(5_000)).resources.gateways.is_empty());
+}
+
+#[test]
+fn a_file_that_was_never_good_contributes_its_valid_documents() {
+    let dir = TempDir::new("never-good");
+    dir.write("gw.yaml", &format!("{GATEWAY_V1}---\nkey: [unclosed\n"));
+    let mut source = FileSource::new(vec![dir.path().to_path_buf()]);
+    let loaded = source.load_at(ts(1_000));
+    assert_eq!(loaded.resources.gateways.len(), 1);
+    assert!(
+        loaded
+            .diagnostics
+            .iter()
+            .any(|d| d.message.contains("unparseable YAML"))
+    );
+}

@@ -17,6 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 /// A running backend; aborted on drop.
 pub struct TestBackend {
     pub addr: SocketAddr,
+    /// How many connections the backend has accepted.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -32,11 +34,14 @@ impl Drop for TestBackend {
 pub async fn backend(name: &'static str) -> TestBackend {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = connections.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| async move {
                     let delay = req
@@ -83,7 +88,11 @@ pub async fn backend(name: &'static str) -> TestBackend {
             });
         }
     });
-    TestBackend { addr, task }
+    TestBackend {
+        addr,
+        connections,
+        task,
+    }
 }
 
 /// A response as the tests look at it.

@@ -1,0 +1,314 @@
+//! `file-gateway` end to end, as an operator runs it: the admin endpoints, the status file, a
+//! broken configuration that must not stop the last good one from serving, and SIGTERM draining
+//! an in-flight request before the process exits.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let dir =
+            std::env::temp_dir().join(format!("file-gateway-test-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(dir.join("config")).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The gateway process; killed on drop if the test did not stop it.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A backend answering `backend-ok`; requests for `/slow` take 1.5 s.
+async fn backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    let addr = listener.local_addr().expect("backend address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if head.starts_with(b"GET /slow") {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                }
+                let body = "backend-ok";
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// `GET path` with `Host: host` on a new connection: the status code and the body.
+async fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String), String> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status line in {text:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Polls `check` every 50 ms until it holds, failing after 20 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write config");
+}
+
+fn resources(backend: SocketAddr) -> String {
+    format!(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: test}}
+spec: {{controllerName: gateway.pingora.rs/controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: test
+  listeners:
+  - {{name: http, port: 80, protocol: HTTP}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: app, namespace: default}}
+spec:
+  ports:
+  - {{port: 8080, targetPort: {port}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: app-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: app}}
+addressType: IPv4
+ports:
+- {{port: {port}}}
+endpoints:
+- addresses: ["{ip}"]
+  conditions: {{ready: true}}
+"#,
+        port = backend.port(),
+        ip = backend.ip(),
+    )
+}
+
+const ROUTE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: app, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [app.example.com]
+  rules:
+  - backendRefs: [{name: app, port: 8080}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_reports_survives_bad_config_and_drains_on_sigterm() {
+    let backend = backend().await;
+    let dir = TempDir::new();
+    let config = dir.0.join("config");
+    write(&config.join("base.yaml"), &resources(backend));
+    write(&config.join("route.yaml"), ROUTE);
+    let status_file = dir.0.join("status.yaml");
+    let listener: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+
+    let mut gateway = Process(
+        Command::new(env!("CARGO_BIN_EXE_file-gateway"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--listener-port-map")
+            .arg(format!("80={}", listener.port()))
+            .arg("--admin")
+            .arg(admin.to_string())
+            .arg("--status-file")
+            .arg(&status_file)
+            .arg("--drain-seconds")
+            .arg("10")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start file-gateway"),
+    );
+
+    // Ready once the first configuration is applied; then it routes.
+    eventually("/readyz", || async {
+        matches!(get(admin, "admin", "/readyz").await, Ok((200, _)))
+    })
+    .await;
+    assert_eq!(
+        get(admin, "admin", "/healthz").await,
+        Ok((200, "ok\n".into()))
+    );
+    eventually("the route to serve", || async {
+        get(listener, "app.example.com", "/").await == Ok((200, "backend-ok".into()))
+    })
+    .await;
+    assert!(matches!(
+        get(listener, "other.example.com", "/").await,
+        Ok((404, _))
+    ));
+
+    // Status: in the file and on the admin endpoint, with the bound address.
+    let status = std::fs::read_to_string(&status_file).expect("status file");
+    assert!(status.contains("kind: HTTPRoute"), "{status}");
+    assert!(status.contains("reason: Programmed"), "{status}");
+    assert!(status.contains("value: \"127.0.0.1\""), "{status}");
+    let (code, admin_status) = get(admin, "admin", "/status").await.expect("/status");
+    assert_eq!(code, 200);
+    assert_eq!(admin_status, status);
+    let (code, active) = get(admin, "admin", "/config").await.expect("/config");
+    assert_eq!(code, 200);
+    assert!(active.contains("app.example.com"), "{active}");
+
+    // A broken route file is reported and its last good version keeps serving.
+    write(
+        &config.join("route.yaml"),
+        "kind: HTTPRoute\nspec: [unclosed\n",
+    );
+    eventually("the broken file to be reported", || async {
+        get(admin, "admin", "/diagnostics")
+            .await
+            .is_ok_and(|(_, body)| body.contains("last good version"))
+    })
+    .await;
+    assert_eq!(
+        get(listener, "app.example.com", "/").await,
+        Ok((200, "backend-ok".into()))
+    );
+
+    // A fixed file applies: the route now answers for another hostname only.
+    write(
+        &config.join("route.yaml"),
+        &ROUTE.replace("app.example.com", "new.example.com"),
+    );
+    eventually("the fixed route", || async {
+        matches!(get(listener, "app.example.com", "/").await, Ok((404, _)))
+    })
+    .await;
+    assert_eq!(
+        get(listener, "new.example.com", "/").await,
+        Ok((200, "backend-ok".into()))
+    );
+
+    // SIGTERM while a request is in flight: it completes, then the process exits cleanly.
+    let slow = tokio::spawn(async move { get(listener, "new.example.com", "/slow").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = gateway.0.id().to_string();
+    let killed = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {pid}")])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    assert_eq!(
+        slow.await.expect("slow request task"),
+        Ok((200, "backend-ok".into()))
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(status) = gateway.0.try_wait().expect("wait for file-gateway") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "file-gateway did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "file-gateway exited with {exit}");
+    assert!(get(listener, "new.example.com", "/").await.is_err());
+}
+
+#[test]
+fn bad_flags_exit_2_with_a_message() {
+    for args in [
+        vec!["--bogus"],
+        vec!["--config", "x.yaml", "--listener-port-map", "80=x"],
+        vec!["--config", "x.yaml", "--address-pool", "not-a-cidr"],
+        vec![],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_file-gateway"))
+            .args(&args)
+            .output()
+            .expect("run file-gateway");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(!out.stderr.is_empty(), "{args:?}: no message");
+    }
+}
