@@ -709,6 +709,15 @@ pub const TESTS: &[TestSpec] = &[
         "HTTPRouteObservedGenerationBump",
         &["httproute-observed-generation-bump.yaml"],
     ),
+    s(
+        "GatewayInvalidParametersRef",
+        &["gateway-invalid-parameters-ref.yaml"],
+    ),
+    s(
+        "GatewayClassObservedGenerationBump",
+        &["gatewayclass-observed-generation-bump.yaml"],
+    ),
+    s("GatewayModifyListeners", &["gateway-modify-listeners.yaml"]),
 ];
 
 /// Looks a test up by name.

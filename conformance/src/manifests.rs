@@ -33,6 +33,9 @@ pub const DEFAULT_CASES_PATH: &str = concat!(
 /// The `{GATEWAY_CLASS_NAME}` placeholder in upstream YAML.
 pub const CLASS_PLACEHOLDER: &str = "{GATEWAY_CLASS_NAME}";
 
+/// The `{GATEWAY_CONTROLLER_NAME}` placeholder in `spec.controllerName` of upstream GatewayClasses.
+pub const CONTROLLER_PLACEHOLDER: &str = "{GATEWAY_CONTROLLER_NAME}";
+
 /// The upstream `conformance/` folder: `$GATEWAY_API_CONFORMANCE_DIR` or the shared default.
 pub fn conformance_dir() -> PathBuf {
     std::env::var_os(CONFORMANCE_DIR_ENV)
@@ -100,6 +103,14 @@ pub fn normalize(doc: &mut Value) {
         if let Some(labels) = labels.as_object_mut() {
             labels.insert("kubernetes.io/metadata.name".into(), json!(ns_name));
         }
+    }
+}
+
+/// Like the upstream applier: a GatewayClass whose `spec.controllerName` is
+/// `{GATEWAY_CONTROLLER_NAME}` gets the controller name under test.
+pub fn fill_controller_name(doc: &mut Value, controller: &str) {
+    if kind(doc) == "GatewayClass" && doc["spec"]["controllerName"] == CONTROLLER_PLACEHOLDER {
+        doc["spec"]["controllerName"] = json!(controller);
     }
 }
 
@@ -433,6 +444,24 @@ spec:
         let yaml = to_yaml(&docs).expect("yaml");
         let back = parse_docs(&yaml, "x", "roundtrip").expect("reparse");
         assert_eq!(back, docs);
+    }
+
+    #[test]
+    fn controller_placeholder_is_filled_in_gateway_classes_only() {
+        let mut docs = parse_docs(
+            "kind: GatewayClass\nmetadata:\n  name: c\nspec:\n  controllerName: \"{GATEWAY_CONTROLLER_NAME}\"\n\
+             ---\nkind: GatewayClass\nmetadata:\n  name: other\nspec:\n  controllerName: example.com/other\n\
+             ---\nkind: ConfigMap\nmetadata:\n  name: m\nspec:\n  controllerName: \"{GATEWAY_CONTROLLER_NAME}\"\n",
+            "class",
+            "test",
+        )
+        .expect("parse");
+        for d in &mut docs {
+            fill_controller_name(d, "ours/ctl");
+        }
+        assert_eq!(docs[0]["spec"]["controllerName"], "ours/ctl");
+        assert_eq!(docs[1]["spec"]["controllerName"], "example.com/other");
+        assert_eq!(docs[2]["spec"]["controllerName"], CONTROLLER_PLACEHOLDER);
     }
 
     #[test]

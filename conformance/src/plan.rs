@@ -16,6 +16,15 @@ pub enum Check {
     GatewayCondition(ObjRef, Cond),
     /// `GatewayMustHaveLatestConditions`.
     GatewayLatest(ObjRef),
+    /// `GWCMustHaveAcceptedCondition*`: a GatewayClass condition (an empty status is any).
+    GatewayClassCondition(ObjRef, Cond),
+    /// `GatewayClassMustHaveLatestConditions`.
+    GatewayClassLatest(ObjRef),
+    /// `NamespacesMustBeReady` for one namespace.
+    NamespaceReady(&'static str),
+    /// The gateway has read a spec change: the status file shows the object (kind, ref) at
+    /// this `metadata.generation`. Added by the runner after each mutation that bumps one.
+    SeenGeneration(&'static str, ObjRef, i64),
     /// `GatewayMustHaveZeroRoutes`.
     GatewayZeroRoutes(ObjRef),
     /// `HTTPRouteMustHaveCondition` (route, gateway, condition).
@@ -34,6 +43,10 @@ impl Check {
             Check::GatewayListeners(gw, want) => s.gateway_listeners(gw, want),
             Check::GatewayCondition(gw, c) => s.gateway_condition(gw, c),
             Check::GatewayLatest(gw) => s.gateway_latest(gw),
+            Check::GatewayClassCondition(c, want) => s.gateway_class_condition(c, want),
+            Check::GatewayClassLatest(c) => s.gateway_class_latest(c),
+            Check::NamespaceReady(ns) => s.namespace_ready(ns),
+            Check::SeenGeneration(k, r, g) => s.seen_generation(k, r, *g),
             Check::GatewayZeroRoutes(gw) => s.gateway_zero_routes(gw),
             Check::RouteCondition(r, gw, c) => s.route_condition(r, gw, c),
             Check::RouteNoAcceptedParents(r) => {
@@ -48,60 +61,91 @@ impl Check {
     }
 }
 
-/// A change to the test's manifests, written to the config directory while the gateway runs.
+/// A change to the test's manifests, written to the config directory while the gateway runs
+/// (what an upstream test does with `client.Patch` / `Update` / `Delete`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Mutation {
     /// Append a listener to a Gateway and bump its generation.
     AddGatewayListener(ObjRef, Value),
+    /// Remove the listener of this name from a Gateway and bump its generation.
+    RemoveGatewayListener(ObjRef, &'static str),
     /// Point the first backendRef of the first rule of an HTTPRoute elsewhere; bump generation.
     SetRouteBackend(ObjRef, String),
+    /// Set `spec.<field>` of an object (kind, ref) and bump its generation.
+    SetSpecField(&'static str, ObjRef, &'static str, Value),
     /// Remove every document of this kind from the test manifests.
     DeleteKind(&'static str),
 }
 
 impl Mutation {
-    /// Applies the change to the test documents.
-    pub fn apply(&self, docs: &mut Vec<Value>) -> Result<(), String> {
+    /// Applies the change to the test documents. Returns the check that the gateway has read
+    /// it when the change bumps an object's generation.
+    pub fn apply(&self, docs: &mut Vec<Value>) -> Result<Option<Check>, String> {
         let find = |docs: &mut Vec<Value>, k: &str, r: &ObjRef| -> Result<usize, String> {
             docs.iter()
                 .position(|d| kind(d) == k && namespace(d) == r.namespace && name(d) == r.name)
                 .ok_or_else(|| format!("{k} {r} not in the test manifests"))
         };
-        match self {
+        let (k, r, i) = match self {
             Mutation::AddGatewayListener(gw, listener) => {
                 let i = find(docs, "Gateway", gw)?;
-                let d = &mut docs[i];
-                match d["spec"]["listeners"].as_array_mut() {
+                match docs[i]["spec"]["listeners"].as_array_mut() {
                     Some(l) => l.push(listener.clone()),
                     None => return Err(format!("Gateway {gw} has no listeners")),
                 }
-                bump(d);
+                ("Gateway", gw, i)
+            }
+            Mutation::RemoveGatewayListener(gw, listener) => {
+                let i = find(docs, "Gateway", gw)?;
+                let Some(l) = docs[i]["spec"]["listeners"].as_array_mut() else {
+                    return Err(format!("Gateway {gw} has no listeners"));
+                };
+                let before = l.len();
+                l.retain(|x| x["name"] != *listener);
+                if l.len() == before {
+                    return Err(format!("Gateway {gw} has no listener {listener}"));
+                }
+                ("Gateway", gw, i)
             }
             Mutation::SetRouteBackend(route, backend) => {
                 let i = find(docs, "HTTPRoute", route)?;
-                let d = &mut docs[i];
-                let target = &mut d["spec"]["rules"][0]["backendRefs"][0];
+                let target = &mut docs[i]["spec"]["rules"][0]["backendRefs"][0];
                 if !target.is_object() {
                     return Err(format!("HTTPRoute {route} has no backendRef"));
                 }
                 target["name"] = json!(backend);
-                bump(d);
+                ("HTTPRoute", route, i)
             }
-            Mutation::DeleteKind(k) => docs.retain(|d| kind(d) != *k),
-        }
-        Ok(())
+            Mutation::SetSpecField(k, r, field, value) => {
+                let i = find(docs, k, r)?;
+                match docs[i]["spec"].as_object_mut() {
+                    Some(spec) => spec.insert((*field).to_string(), value.clone()),
+                    None => return Err(format!("{k} {r} has no spec")),
+                };
+                (*k, r, i)
+            }
+            Mutation::DeleteKind(k) => {
+                docs.retain(|d| kind(d) != *k);
+                return Ok(None);
+            }
+        };
+        let generation = bump(&mut docs[i]);
+        Ok(Some(Check::SeenGeneration(k, r.clone(), generation)))
     }
 }
 
-fn bump(doc: &mut Value) {
-    let g = doc["metadata"]["generation"].as_i64().unwrap_or(1);
-    doc["metadata"]["generation"] = json!(g + 1);
+/// What the API server does on a spec change: `metadata.generation += 1`. Returns the new one.
+fn bump(doc: &mut Value) -> i64 {
+    let g = doc["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+    doc["metadata"]["generation"] = json!(g);
+    g
 }
 
 /// Checks to hold (polling) after an optional mutation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Phase {
-    /// Applied before the checks.
+    /// Applied before the checks; when it bumps a generation, the runner also waits for the
+    /// gateway to report that generation ([`Check::SeenGeneration`]).
     pub mutation: Option<Mutation>,
     /// Must all hold.
     pub checks: Vec<Check>,
@@ -361,6 +405,96 @@ pub fn status_plan(test: &str) -> Vec<Phase> {
                 },
             ]
         }
+        "GatewayInvalidParametersRef" => {
+            let g = gw("gateway-invalid-parameters-ref");
+            one(vec![
+                Check::GatewayLatest(g.clone()),
+                Check::GatewayCondition(g, cond("Accepted", "False", "InvalidParameters")),
+            ])
+        }
+        "GatewayClassObservedGenerationBump" => {
+            // GWCMustHaveAcceptedConditionAny + GatewayClassMustHaveLatestConditions, before and
+            // after `spec.description` changes from "old" to "new".
+            let c = ObjRef::cluster("gatewayclass-observed-generation-bump");
+            let checks = || {
+                vec![
+                    Check::GatewayClassCondition(c.clone(), cond("Accepted", "", "")),
+                    Check::GatewayClassLatest(c.clone()),
+                ]
+            };
+            vec![
+                Phase {
+                    mutation: None,
+                    checks: checks(),
+                },
+                Phase {
+                    mutation: Some(Mutation::SetSpecField(
+                        "GatewayClass",
+                        c.clone(),
+                        "description",
+                        json!("new"),
+                    )),
+                    checks: checks(),
+                },
+            ]
+        }
+        "GatewayModifyListeners" => {
+            let add = gw("gateway-add-listener");
+            let remove = gw("gateway-remove-listener");
+            let ok = || {
+                vec![
+                    cond("Accepted", "True", ""),
+                    cond("ResolvedRefs", "True", ""),
+                ]
+            };
+            let ready = || Check::NamespaceReady(INFRA);
+            vec![
+                // Subtest 1: add listener `http` (80, data.test.com, from All).
+                Phase {
+                    mutation: None,
+                    checks: vec![ready(), Check::GatewayLatest(add.clone())],
+                },
+                Phase {
+                    mutation: Some(Mutation::AddGatewayListener(
+                        add.clone(),
+                        json!({
+                            "name": "http",
+                            "port": 80,
+                            "protocol": "HTTP",
+                            "hostname": "data.test.com",
+                            "allowedRoutes": {"namespaces": {"from": "All"}},
+                        }),
+                    )),
+                    checks: vec![
+                        ready(),
+                        Check::GatewayListeners(
+                            add.clone(),
+                            vec![
+                                listener("https", HTTP_ROUTE, ok(), 1),
+                                listener("http", HTTP_ROUTE, ok(), 1),
+                            ],
+                        ),
+                        Check::GatewayLatest(add),
+                    ],
+                },
+                // Subtest 2: remove listener `https`, leaving `http`.
+                Phase {
+                    mutation: None,
+                    checks: vec![ready(), Check::GatewayLatest(remove.clone())],
+                },
+                Phase {
+                    mutation: Some(Mutation::RemoveGatewayListener(remove.clone(), "https")),
+                    checks: vec![
+                        ready(),
+                        Check::GatewayListeners(
+                            remove.clone(),
+                            vec![listener("http", HTTP_ROUTE, ok(), 1)],
+                        ),
+                        Check::GatewayLatest(remove),
+                    ],
+                },
+            ]
+        }
         "HTTPRouteObservedGenerationBump" => {
             let r = ObjRef::infra("observed-generation-bump");
             let accepted = Check::RouteCondition(
@@ -458,21 +592,64 @@ mod tests {
             json!({"kind": "HTTPRoute", "metadata": {"name": "r", "namespace": INFRA, "generation": 1},
                    "spec": {"rules": [{"backendRefs": [{"name": "a", "port": 8080}]}]}}),
             json!({"kind": "ReferenceGrant", "metadata": {"name": "x", "namespace": INFRA}}),
+            json!({"kind": "GatewayClass", "metadata": {"name": "c", "generation": 1},
+                   "spec": {"controllerName": "ctl", "description": "old"}}),
         ];
-        Mutation::AddGatewayListener(ObjRef::infra("g"), json!({"name": "alt", "port": 8080}))
-            .apply(&mut docs)
-            .expect("add listener");
+        let seen =
+            Mutation::AddGatewayListener(ObjRef::infra("g"), json!({"name": "alt", "port": 8080}))
+                .apply(&mut docs)
+                .expect("add listener");
         assert_eq!(docs[0]["spec"]["listeners"][1]["name"], "alt");
         assert_eq!(docs[0]["metadata"]["generation"], 2);
+        assert_eq!(
+            seen,
+            Some(Check::SeenGeneration("Gateway", ObjRef::infra("g"), 2))
+        );
+        let seen = Mutation::RemoveGatewayListener(ObjRef::infra("g"), "http")
+            .apply(&mut docs)
+            .expect("remove listener");
+        assert_eq!(
+            docs[0]["spec"]["listeners"],
+            json!([{"name": "alt", "port": 8080}])
+        );
+        assert_eq!(
+            seen,
+            Some(Check::SeenGeneration("Gateway", ObjRef::infra("g"), 3))
+        );
+        assert!(
+            Mutation::RemoveGatewayListener(ObjRef::infra("g"), "http")
+                .apply(&mut docs)
+                .is_err(),
+            "no such listener any more"
+        );
         Mutation::SetRouteBackend(ObjRef::infra("r"), "b".into())
             .apply(&mut docs)
             .expect("set backend");
         assert_eq!(docs[1]["spec"]["rules"][0]["backendRefs"][0]["name"], "b");
         assert_eq!(docs[1]["metadata"]["generation"], 2);
-        Mutation::DeleteKind("ReferenceGrant")
+        let seen = Mutation::SetSpecField(
+            "GatewayClass",
+            ObjRef::cluster("c"),
+            "description",
+            json!("new"),
+        )
+        .apply(&mut docs)
+        .expect("set description");
+        assert_eq!(docs[3]["spec"]["description"], "new");
+        assert_eq!(docs[3]["spec"]["controllerName"], "ctl");
+        assert_eq!(
+            seen,
+            Some(Check::SeenGeneration(
+                "GatewayClass",
+                ObjRef::cluster("c"),
+                2
+            ))
+        );
+        let seen = Mutation::DeleteKind("ReferenceGrant")
             .apply(&mut docs)
             .expect("delete");
-        assert_eq!(docs.len(), 2);
+        assert_eq!(seen, None);
+        assert_eq!(docs.len(), 3);
         assert!(
             Mutation::SetRouteBackend(ObjRef::infra("missing"), "b".into())
                 .apply(&mut docs)

@@ -16,8 +16,8 @@ use crate::compare::{Expectation, Observed, compare};
 use crate::error::{Error, Result};
 use crate::gateway::{GatewayOptions, GatewayProcess};
 use crate::manifests::{
-    endpoint_slices, gateway_class, kind, listener_ports, load_docs, name, namespace, normalize,
-    to_yaml,
+    endpoint_slices, fill_controller_name, gateway_class, kind, listener_ports, load_docs, name,
+    namespace, normalize, to_yaml,
 };
 use crate::plan::{Check, Mutation, rejected_routes, status_plan, traffic_checks};
 use crate::status::{ObjRef, Snapshot, parent_refs_to};
@@ -221,6 +221,7 @@ impl Ctx<'_> {
             test_docs.extend(load_docs(&path, &self.opts.class_name)?);
         }
         for d in &mut test_docs {
+            fill_controller_name(d, &self.opts.controller);
             normalize(d);
         }
         let mut base = self.base.clone();
@@ -264,11 +265,13 @@ impl Ctx<'_> {
         })
     }
 
-    async fn rewrite(&self, run: &mut Running, m: &Mutation) -> TestResultOf<()> {
-        m.apply(&mut run.test_docs).map_err(TestError::Fail)?;
+    /// Applies a mutation to the test manifests and rewrites the test file. Returns the check
+    /// that the gateway has read it, when the mutation bumps a generation.
+    async fn rewrite(&self, run: &mut Running, m: &Mutation) -> TestResultOf<Option<Check>> {
+        let seen = m.apply(&mut run.test_docs).map_err(TestError::Fail)?;
         let path = &run.test_file;
         std::fs::write(path, to_yaml(&run.test_docs)?).map_err(|e| Error::io(path, e))?;
-        Ok(())
+        Ok(seen)
     }
 
     /// Polls the status file until every check holds, or fails with the first failing one.
@@ -307,13 +310,17 @@ impl Ctx<'_> {
         }
         let mut n = 0;
         for (i, phase) in phases.iter().enumerate() {
+            let mut checks = Vec::new();
             if let Some(m) = &phase.mutation {
-                self.rewrite(run, m).await?;
+                // First the gateway must have read the change, so that the checks below judge
+                // the new generation and not the status from before it.
+                checks.extend(self.rewrite(run, m).await?);
             }
-            self.wait_checks(run, &phase.checks)
+            checks.extend(phase.checks.iter().cloned());
+            self.wait_checks(run, &checks)
                 .await
                 .map_err(|e| prefix(e, &format!("phase {}", i + 1)))?;
-            n += phase.checks.len();
+            n += checks.len();
         }
         Ok(format!("{n} status checks"))
     }

@@ -18,12 +18,13 @@ pub struct Snapshot {
     docs: Vec<Value>,
 }
 
-/// An expected condition; an empty `reason` accepts any reason.
+/// An expected condition; an empty `status` accepts any status and an empty `reason` any reason
+/// (upstream `findConditionInList`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cond {
     /// Condition type.
     pub type_: &'static str,
-    /// `"True"` or `"False"`.
+    /// `"True"`, `"False"`, or "" for any.
     pub status: &'static str,
     /// Reason, or "" for any.
     pub reason: &'static str,
@@ -77,11 +78,23 @@ impl ObjRef {
             name: name.to_string(),
         }
     }
+
+    /// A cluster-scoped object (GatewayClass).
+    pub fn cluster(name: &str) -> Self {
+        ObjRef {
+            namespace: String::new(),
+            name: name.to_string(),
+        }
+    }
 }
 
 impl std::fmt::Display for ObjRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
+        if self.namespace.is_empty() {
+            write!(f, "{}", self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
     }
 }
 
@@ -89,11 +102,11 @@ fn conditions(v: &Value) -> &[Value] {
     v["conditions"].as_array().map(Vec::as_slice).unwrap_or(&[])
 }
 
-/// Whether `conds` holds `want` (type and status; reason when given).
+/// Whether `conds` holds `want` (type; status and reason when given).
 pub fn has_condition(conds: &[Value], want: &Cond) -> bool {
     conds.iter().any(|c| {
         c["type"] == want.type_
-            && c["status"] == want.status
+            && (want.status.is_empty() || c["status"] == want.status)
             && (want.reason.is_empty() || c["reason"] == want.reason)
     })
 }
@@ -178,33 +191,100 @@ impl Snapshot {
         Ok(())
     }
 
-    /// Gateway-level condition (upstream `GatewayMustHaveCondition`).
+    /// Gateway-level condition (upstream `GatewayMustHaveCondition`): the Gateway's conditions
+    /// are all at its generation, and one of them matches `want`.
     pub fn gateway_condition(&self, gw: &ObjRef, want: &Cond) -> Result<(), String> {
-        let g = self.get("Gateway", gw)?;
-        let conds = conditions(&g["status"]);
-        if has_condition(conds, want) {
-            Ok(())
-        } else {
-            Err(format!(
-                "Gateway {gw}: want {}={}{}, have {}",
-                want.type_,
-                want.status,
-                reason_suffix(want),
-                show_conditions(conds)
-            ))
-        }
+        self.object_condition("Gateway", gw, want)
     }
 
     /// All Gateway conditions carry `observedGeneration == metadata.generation`
     /// (upstream `GatewayMustHaveLatestConditions`).
     pub fn gateway_latest(&self, gw: &ObjRef) -> Result<(), String> {
-        let g = self.get("Gateway", gw)?;
-        latest(&format!("Gateway {gw}"), g, conditions(&g["status"]))
+        self.object_latest("Gateway", gw)
     }
 
-    /// Upstream `GatewayStatusMustHaveListeners`: same count, matched by name, expected kinds
-    /// present (empty means none), exact attachedRoutes, expected conditions present.
+    /// GatewayClass condition (upstream `GWCMustHaveAcceptedConditionAny` / `...True` with the
+    /// condition they look for): the class's conditions are all at its generation, and one of
+    /// them matches `want`.
+    pub fn gateway_class_condition(&self, class: &ObjRef, want: &Cond) -> Result<(), String> {
+        self.object_condition("GatewayClass", class, want)
+    }
+
+    /// All GatewayClass conditions carry `observedGeneration == metadata.generation`
+    /// (upstream `GatewayClassMustHaveLatestConditions`).
+    pub fn gateway_class_latest(&self, class: &ObjRef) -> Result<(), String> {
+        self.object_latest("GatewayClass", class)
+    }
+
+    /// `status.conditions` of an object are all at its generation (upstream
+    /// `ConditionsHaveLatestObservedGeneration`).
+    fn object_latest(&self, k: &str, r: &ObjRef) -> Result<(), String> {
+        let o = self.get(k, r)?;
+        latest(&format!("{k} {r}"), o, conditions(&o["status"]))
+    }
+
+    /// Latest conditions, and one of them matches `want`.
+    fn object_condition(&self, k: &str, r: &ObjRef, want: &Cond) -> Result<(), String> {
+        self.object_latest(k, r)?;
+        let conds = conditions(&self.get(k, r)?["status"]);
+        if has_condition(conds, want) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{k} {r}: want {}, have {}",
+                show_want(want),
+                show_conditions(conds)
+            ))
+        }
+    }
+
+    /// The status file shows the object at `metadata.generation == generation`: the gateway has
+    /// read the spec change the harness wrote. (On a cluster the API server bumps the generation
+    /// as it stores the change, so every upstream read after the patch sees it.)
+    pub fn seen_generation(&self, k: &str, r: &ObjRef, generation: i64) -> Result<(), String> {
+        let o = self.get(k, r)?;
+        match o["metadata"]["generation"].as_i64() {
+            Some(g) if g == generation => Ok(()),
+            g => Err(format!(
+                "{k} {r}: the gateway reports metadata.generation {}, want {generation} \
+                 (the update was not read)",
+                g.map_or_else(|| "none".to_string(), |g| g.to_string())
+            )),
+        }
+    }
+
+    /// Upstream `NamespacesMustBeReady` (the Gateway half; the emulated echo pods are always
+    /// ready): every Gateway in `ns` not annotated `gateway-api/skip-this-for-readiness: "true"`
+    /// has all conditions at its generation, Accepted=True and Programmed=True.
+    pub fn namespace_ready(&self, ns: &str) -> Result<(), String> {
+        for g in self
+            .docs
+            .iter()
+            .filter(|d| kind(d) == "Gateway" && namespace(d) == ns)
+        {
+            if g["metadata"]["annotations"][SKIP_READINESS_ANNOTATION] == "true" {
+                continue;
+            }
+            let r = ObjRef::new(ns, name(g));
+            let conds = conditions(&g["status"]);
+            latest(&format!("Gateway {r}"), g, conds)?;
+            for t in ["Accepted", "Programmed"] {
+                if !has_condition(conds, &cond(t, "True", "")) {
+                    return Err(format!(
+                        "Gateway {r}: want {t}=True, have {}",
+                        show_conditions(conds)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Upstream `GatewayStatusMustHaveListeners`: Gateway conditions at its generation, then
+    /// same count, matched by name, expected kinds present (empty means none), exact
+    /// attachedRoutes, expected conditions present.
     pub fn gateway_listeners(&self, gw: &ObjRef, want: &[ListenerExpect]) -> Result<(), String> {
+        self.gateway_latest(gw)?;
         let g = self.get("Gateway", gw)?;
         let have = g["status"]["listeners"]
             .as_array()
@@ -256,11 +336,9 @@ impl Snapshot {
             for c in &w.conditions {
                 if !has_condition(conditions(l), c) {
                     return Err(format!(
-                        "Gateway {gw} listener {}: want {}={}{}, have {}",
+                        "Gateway {gw} listener {}: want {}, have {}",
                         w.name,
-                        c.type_,
-                        c.status,
-                        reason_suffix(c),
+                        show_want(c),
                         show_conditions(conditions(l))
                     ));
                 }
@@ -269,8 +347,10 @@ impl Snapshot {
         Ok(())
     }
 
-    /// Upstream `GatewayMustHaveZeroRoutes`: no listener statuses, or one with 0 attached.
+    /// Upstream `GatewayMustHaveZeroRoutes`: Gateway conditions at its generation, and no
+    /// listener statuses or one with 0 attached.
     pub fn gateway_zero_routes(&self, gw: &ObjRef) -> Result<(), String> {
+        self.gateway_latest(gw)?;
         let g = self.get("Gateway", gw)?;
         let have = g["status"]["listeners"]
             .as_array()
@@ -309,10 +389,8 @@ impl Snapshot {
             }
         }
         Err(format!(
-            "HTTPRoute {route} parent {gw}: want {}={}{}, have {}",
-            want.type_,
-            want.status,
-            reason_suffix(want),
+            "HTTPRoute {route} parent {gw}: want {}, have {}",
+            show_want(want),
             if seen.is_empty() {
                 "no parent entry".to_string()
             } else {
@@ -409,11 +487,16 @@ impl Snapshot {
     }
 }
 
-fn reason_suffix(c: &Cond) -> String {
+/// The annotation that exempts a Gateway from `NamespacesMustBeReady`.
+pub const SKIP_READINESS_ANNOTATION: &str = "gateway-api/skip-this-for-readiness";
+
+/// `Type=Status/Reason`, with `any` for an empty status and no `/Reason` for an empty reason.
+fn show_want(c: &Cond) -> String {
+    let status = if c.status.is_empty() { "any" } else { c.status };
     if c.reason.is_empty() {
-        String::new()
+        format!("{}={status}", c.type_)
     } else {
-        format!("/{}", c.reason)
+        format!("{}={status}/{}", c.type_, c.reason)
     }
 }
 
@@ -495,8 +578,14 @@ mod tests {
 
     #[test]
     fn gateway_checks() {
-        let s = snap();
+        let mut s = snap();
         let gw = ObjRef::infra("gw");
+        assert!(
+            s.gateway_latest(&gw).is_err(),
+            "Programmed is at generation 1"
+        );
+        s.docs[0]["status"]["conditions"][1]["observedGeneration"] = json!(2);
+        assert!(s.gateway_latest(&gw).is_ok());
         assert_eq!(s.gateway_address(&gw).as_deref(), Ok("127.20.1.1"));
         assert!(s.gateway_listeners_ready(&gw).is_ok());
         assert!(
@@ -506,10 +595,6 @@ mod tests {
         assert!(
             s.gateway_condition(&gw, &cond("Accepted", "False", ""))
                 .is_err()
-        );
-        assert!(
-            s.gateway_latest(&gw).is_err(),
-            "Programmed is at generation 1"
         );
         let l = |kinds: &'static [&'static str], attached, c: Vec<Cond>| ListenerExpect {
             name: "http",
@@ -538,6 +623,107 @@ mod tests {
         );
         assert!(s.gateway_zero_routes(&gw).is_err());
         assert!(s.get("Gateway", &ObjRef::infra("missing")).is_err());
+        assert!(s.seen_generation("Gateway", &gw, 2).is_ok());
+        assert!(s.seen_generation("Gateway", &gw, 3).is_err());
+    }
+
+    #[test]
+    fn latest_generation_gates_listener_and_condition_checks() {
+        let mut s = snap();
+        let gw = ObjRef::infra("gw");
+        let want = [ListenerExpect {
+            name: "http",
+            supported_kinds: &["HTTPRoute"],
+            conditions: vec![cond("Accepted", "True", "")],
+            attached_routes: 1,
+        }];
+        // Programmed is at generation 1 of 2: upstream helpers wait for the latest generation.
+        let err = s.gateway_listeners(&gw, &want).expect_err("stale");
+        assert!(err.contains("observedGeneration 1, want 2"), "{err}");
+        assert!(
+            s.gateway_condition(&gw, &cond("Accepted", "True", ""))
+                .is_err()
+        );
+        s.docs[0]["status"]["conditions"][1]["observedGeneration"] = json!(2);
+        assert!(s.gateway_listeners(&gw, &want).is_ok());
+        assert!(
+            s.gateway_condition(&gw, &cond("Accepted", "True", "Accepted"))
+                .is_ok()
+        );
+        let err = s
+            .gateway_condition(&gw, &cond("Accepted", "False", "InvalidParameters"))
+            .expect_err("wrong status");
+        assert!(
+            err.contains("want Accepted=False/InvalidParameters"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn empty_status_matches_any_status() {
+        let conds =
+            vec![json!({"type": "Accepted", "status": "False", "reason": "InvalidParameters"})];
+        assert!(has_condition(&conds, &cond("Accepted", "", "")));
+        assert!(has_condition(
+            &conds,
+            &cond("Accepted", "", "InvalidParameters")
+        ));
+        assert!(!has_condition(&conds, &cond("Accepted", "True", "")));
+        assert!(!has_condition(&conds, &cond("Programmed", "", "")));
+        assert_eq!(show_want(&cond("Accepted", "", "")), "Accepted=any");
+    }
+
+    #[test]
+    fn gateway_class_checks() {
+        let class = |generation: i64, observed: i64| {
+            Snapshot::from_docs(vec![json!({
+                "kind": "GatewayClass",
+                "metadata": {"name": "c", "generation": generation},
+                "spec": {"controllerName": "ctl"},
+                "status": {"conditions": [
+                    {"type": "Accepted", "status": "True", "reason": "Accepted", "observedGeneration": observed},
+                ]},
+            })])
+        };
+        let c = ObjRef::cluster("c");
+        assert_eq!(c.to_string(), "c");
+        let s = class(2, 2);
+        assert!(s.gateway_class_latest(&c).is_ok());
+        assert!(
+            s.gateway_class_condition(&c, &cond("Accepted", "", ""))
+                .is_ok()
+        );
+        assert!(s.seen_generation("GatewayClass", &c, 2).is_ok());
+        let s = class(2, 1);
+        assert!(s.gateway_class_latest(&c).is_err());
+        assert!(
+            s.gateway_class_condition(&c, &cond("Accepted", "", ""))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn namespace_readiness() {
+        let gw = |name: &str, programmed: &str, skip: bool| {
+            let mut g = json!({
+                "kind": "Gateway",
+                "metadata": {"name": name, "namespace": INFRA_NS, "generation": 1},
+                "status": {"conditions": [
+                    {"type": "Accepted", "status": "True", "reason": "Accepted", "observedGeneration": 1},
+                    {"type": "Programmed", "status": programmed, "reason": "X", "observedGeneration": 1},
+                ]},
+            });
+            if skip {
+                g["metadata"]["annotations"] = json!({SKIP_READINESS_ANNOTATION: "true"});
+            }
+            g
+        };
+        let s = Snapshot::from_docs(vec![gw("a", "True", false), gw("b", "False", true)]);
+        assert!(s.namespace_ready(INFRA_NS).is_ok(), "b is exempt");
+        let s = Snapshot::from_docs(vec![gw("a", "True", false), gw("b", "False", false)]);
+        let err = s.namespace_ready(INFRA_NS).expect_err("b not programmed");
+        assert!(err.contains("b: want Programmed=True"), "{err}");
+        assert!(s.namespace_ready("elsewhere").is_ok());
     }
 
     #[test]

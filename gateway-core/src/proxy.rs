@@ -23,6 +23,7 @@ use crate::config::{BackendProtocol, Protocol};
 use crate::filter::{DirectResponse, FilterAction, redirect_location, rewrite_path};
 use crate::routing::RequestParts;
 use crate::table::{CompiledFilters, CompiledHeaderModifier, CompiledRule, CompiledTarget, Table};
+use crate::tls::Sni;
 
 /// The [`ProxyHttp`] implementation behind every bind of a [`crate::Gateway`].
 pub struct GatewayProxy {
@@ -66,14 +67,10 @@ fn host_of(req: &RequestHeader) -> &str {
         .unwrap_or("")
 }
 
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.find(']').map_or(host, |i| &host[..=i]);
-    }
-    match host.rfind(':') {
-        Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
-        _ => host,
-    }
+/// The SNI the client sent on this connection's TLS handshake, if any.
+fn sni_of(session: &Session) -> Option<&str> {
+    let ssl = session.digest()?.ssl_digest.as_ref()?;
+    ssl.extension.get::<Sni>().map(|sni| sni.0.as_str())
 }
 
 impl GatewayProxy {
@@ -82,6 +79,15 @@ impl GatewayProxy {
         let Some(bind) = table.bind_for(session.server_addr().and_then(|a| a.as_inet())) else {
             return Decision::Status(404);
         };
+        if bind.protocol == Protocol::Https
+            && let Some(sni) = sni_of(session)
+            && bind.router.listener_for(sni)
+                != bind.router.listener_for(host_of(session.req_header()))
+        {
+            // The connection was made for another listener (HTTP/2 connection reuse, or a
+            // client sending one name in SNI and another in Host): RFC 9110 section 15.5.20.
+            return Decision::Status(421);
+        }
         let (hit, protocol) = {
             let req = session.req_header();
             let parts = RequestParts {
@@ -174,7 +180,7 @@ impl GatewayProxy {
                 redirect,
                 protocol,
                 listener_port,
-                strip_port(host_of(req)),
+                crate::routing::host::strip_port(host_of(req)),
                 req.uri.path(),
                 req.uri.query(),
                 matched_prefix,

@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pingora_core::apps::{HttpServerOptions, ServerApp};
-use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::Stream;
 use pingora_core::protocols::l4::listener::Listener as L4Listener;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
@@ -221,12 +220,8 @@ impl Gateway {
         listener: tokio::net::TcpListener,
     ) -> Socket {
         let (stop, mut stopped) = watch::channel(false);
-        let acceptor = (protocol == Protocol::Https).then(|| {
-            Arc::new(Acceptor::from_server_config(tls::server_config(
-                self.inner.table.clone(),
-                addr,
-            )))
-        });
+        let acceptor = (protocol == Protocol::Https)
+            .then(|| Arc::new(tls::acceptor(self.inner.table.clone(), addr)));
         let proxy = self.inner.proxy.clone();
         let proxy_h2c = self.inner.proxy_h2c.clone();
         let connections = self.inner.connections.clone();

@@ -4,12 +4,17 @@
 //! [`CertIndex`] from the current table on every handshake, so certificate changes apply without
 //! rebinding the socket. ALPN offers `h2` and `http/1.1`.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora_core::listeners::TlsAccept;
+use pingora_core::listeners::tls::{Acceptor, TlsSettings};
+use pingora_core::protocols::tls::TlsRef;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
@@ -107,17 +112,54 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The rustls server configuration of an HTTPS bind.
-pub(crate) fn server_config(
-    table: Arc<ArcSwap<Table>>,
-    address: SocketAddr,
-) -> Arc<rustls::ServerConfig> {
+/// The TLS acceptor of an HTTPS bind: TLS 1.2 and 1.3, a certificate resolver reading the
+/// bind's [`CertIndex`] from the live table, ALPN `h2` then `http/1.1`, and the client's SNI
+/// recorded on the connection (see [`Sni`]).
+pub(crate) fn acceptor(table: Arc<ArcSwap<Table>>, address: SocketAddr) -> Acceptor {
+    let resolver = Arc::new(SniResolver { table, address });
+    let mut settings = match TlsSettings::with_callbacks(Box::new(RecordSni)) {
+        Ok(settings) => settings,
+        Err(e) => {
+            // Pingora's constructor cannot fail today; should it, serve without the record
+            // (requests are then not checked for misdirection).
+            tracing::warn!(error = %e, "TLS callbacks unavailable; SNI is not recorded");
+            return Acceptor::from_server_config(server_config(resolver));
+        }
+    };
+    settings.set_cert_resolver(resolver);
+    settings.enable_h2();
+    settings.build()
+}
+
+/// A rustls server configuration equivalent to the one [`acceptor`] builds, without the SNI
+/// record.
+fn server_config(resolver: Arc<SniResolver>) -> Arc<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("the ring provider supports the default TLS versions")
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { table, address }));
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(config)
+}
+
+/// The server name (SNI) a TLS client asked for, lowercased. Attached to the connection's
+/// `SslDigest` extension after the handshake, so the proxy can tell a request whose `Host`
+/// belongs to another listener than the one the connection was made for (421).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Sni(pub(crate) String);
+
+/// Records [`Sni`] when a handshake completes.
+struct RecordSni;
+
+#[async_trait]
+impl TlsAccept for RecordSni {
+    async fn handshake_complete_callback(
+        &self,
+        ssl: &TlsRef,
+    ) -> Option<Arc<dyn Any + Send + Sync>> {
+        let name = ssl.server_name()?;
+        Some(Arc::new(Sni(name.to_ascii_lowercase())))
+    }
 }

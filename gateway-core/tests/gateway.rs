@@ -398,6 +398,21 @@ async fn tls_certificates_are_chosen_by_sni() {
     let (_, alpn, _) =
         tls_handshake(addr(port), "a.example.com", &trust, &[b"h2", b"http/1.1"]).await;
     assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+
+    // A Host that selects another listener than the SNI did is misdirected: 421.
+    for (sni, host, status) in [
+        ("a.example.com", "a.example.com", 200),
+        ("a.example.com", "A.Example.com:443", 200),
+        ("a.example.com", "default.example.com", 421),
+        ("default.example.com", "a.example.com", 421),
+        ("default.example.com", "other.example.com", 200),
+        ("x.wild.example.com", "y.wild.example.com", 200),
+        ("x.wild.example.com", "a.example.com", 421),
+    ] {
+        let (_, _, tls) = tls_handshake(addr(port), sni, &trust, &[b"http/1.1"]).await;
+        let r = get_over_tls(tls, host, "/").await;
+        assert_eq!(r.status, status, "SNI {sni}, Host {host}");
+    }
     gw.shutdown(Duration::from_secs(1)).await;
 }
 

@@ -724,3 +724,66 @@ fn transition_times_are_kept_while_status_holds() {
         }
     }
 }
+
+#[test]
+fn parameters_refs_this_controller_cannot_honour_are_refused() {
+    let yaml = format!(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: ours}}
+spec: {{controllerName: {CONTROLLER}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: tuned}}
+spec:
+  controllerName: {CONTROLLER}
+  parametersRef: {{group: example.net, kind: Tuning, name: fast}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: refused, namespace: n}}
+spec:
+  gatewayClassName: ours
+  infrastructure:
+    parametersRef: {{group: invalid.io, kind: InvalidParameters, name: invalid}}
+  listeners:
+  - {{name: http, port: 80, protocol: HTTP}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: of-refused-class, namespace: n}}
+spec:
+  gatewayClassName: tuned
+  listeners:
+  - {{name: http, port: 81, protocol: HTTP}}
+"#
+    );
+    let resources = Resources::parse_yaml(&yaml, "parameters");
+    assert!(
+        resources.diagnostics.is_empty(),
+        "{:?}",
+        resources.diagnostics
+    );
+    let t = translator().translate(&resources);
+
+    let gw = t.status.gateway("n", "refused").expect("status");
+    let conditions = gw.conditions.as_deref().unwrap_or_default();
+    assert_condition(conditions, "Accepted", "False", "InvalidParameters");
+    assert_condition(conditions, "Programmed", "False", "Invalid");
+    assert!(gw.addresses.is_none());
+    let listener = &gw.listeners.as_deref().unwrap_or_default()[0];
+    assert_condition(&listener.conditions, "Programmed", "False", "Invalid");
+
+    let class = t.status.gateway_class("tuned").expect("class status");
+    assert_condition(
+        class.conditions.as_deref().unwrap_or_default(),
+        "Accepted",
+        "False",
+        "InvalidParameters",
+    );
+    assert!(t.status.gateway("n", "of-refused-class").is_none());
+    // Nothing is served.
+    assert!(t.config.binds.is_empty(), "{:?}", t.config.binds);
+}

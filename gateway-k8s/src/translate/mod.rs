@@ -94,17 +94,35 @@ enum AddressOutcome {
 struct GatewayPlan {
     key: ObjectKey,
     generation: Option<i64>,
+    /// Why `spec.infrastructure.parametersRef` cannot be honoured: the Gateway is refused.
+    invalid_parameters: Option<String>,
     address: AddressOutcome,
     listeners: Vec<ListenerPlan>,
 }
 
 impl GatewayPlan {
+    /// The address to serve on; `None` for a refused Gateway.
     fn ip(&self) -> Option<IpAddr> {
         match self.address {
-            AddressOutcome::Bound(ip) => Some(ip),
+            AddressOutcome::Bound(ip) if self.invalid_parameters.is_none() => Some(ip),
             _ => None,
         }
     }
+}
+
+/// This controller reads no infrastructure parameters kind, so a Gateway naming one is refused
+/// (`Accepted=False`, `InvalidParameters`), as the spec asks for an unsupported referent.
+fn invalid_parameters(gateway: &Gateway) -> Option<String> {
+    let p = gateway
+        .spec
+        .infrastructure
+        .as_ref()?
+        .parameters_ref
+        .as_ref()?;
+    Some(format!(
+        "infrastructure.parametersRef {}/{} {} is not supported by this controller",
+        p.group, p.kind, p.name
+    ))
 }
 
 impl Translator {
@@ -139,15 +157,26 @@ impl Translator {
             if class.object.spec.controller_name != self.options.controller_name {
                 continue;
             }
-            classes.insert(key.name.clone());
             let generation = class.object.metadata.generation;
             let scope = format!("GatewayClass/{}", key.name);
-            let accepted = self.clock.build(
-                &scope,
-                Cond::new("Accepted", true, "Accepted", "handled by this controller"),
-                generation,
-                &now,
-            );
+            // This controller reads no parameters kind, so any parametersRef is one it cannot
+            // honour: the class is refused and its Gateways are left alone.
+            let accepted = match &class.object.spec.parameters_ref {
+                Some(p) => Cond::new(
+                    "Accepted",
+                    false,
+                    "InvalidParameters",
+                    format!(
+                        "parametersRef {}/{} {} is not supported by this controller",
+                        p.group, p.kind, p.name
+                    ),
+                ),
+                None => {
+                    classes.insert(key.name.clone());
+                    Cond::new("Accepted", true, "Accepted", "handled by this controller")
+                }
+            };
+            let accepted = self.clock.build(&scope, accepted, generation, &now);
             out.status.gateway_classes.insert(
                 key.name.clone(),
                 GatewayClassStatus {
@@ -179,6 +208,7 @@ impl Translator {
             .map(|((key, object), address)| GatewayPlan {
                 key: (*key).clone(),
                 generation: object.object.metadata.generation,
+                invalid_parameters: invalid_parameters(&object.object),
                 address,
                 listeners: listener::plan_listeners(resources, &key.namespace, &object.object),
             })
@@ -556,6 +586,13 @@ impl Translator {
             };
             let programmed = if !l.programmable() {
                 Cond::new("Programmed", false, "Invalid", "listener is not valid")
+            } else if plan.invalid_parameters.is_some() {
+                Cond::new(
+                    "Programmed",
+                    false,
+                    "Invalid",
+                    "the Gateway is not accepted",
+                )
             } else if ip.is_none() {
                 Cond::new("Programmed", false, "Invalid", "the Gateway has no address")
             } else {
@@ -590,6 +627,12 @@ impl Translator {
 
         let total = plan.listeners.len();
         let accepted = match &plan.address {
+            _ if plan.invalid_parameters.is_some() => Cond::new(
+                "Accepted",
+                false,
+                "InvalidParameters",
+                plan.invalid_parameters.clone().unwrap_or_default(),
+            ),
             AddressOutcome::Unsupported(message) => {
                 Cond::new("Accepted", false, "UnsupportedAddress", message.clone())
             }
@@ -608,6 +651,12 @@ impl Translator {
             _ => Cond::new("Accepted", true, "Accepted", "gateway accepted"),
         };
         let programmed = match &plan.address {
+            _ if plan.invalid_parameters.is_some() => Cond::new(
+                "Programmed",
+                false,
+                "Invalid",
+                "the gateway is not accepted",
+            ),
             AddressOutcome::Failed(reason, message) => {
                 Cond::new("Programmed", false, reason, message.clone())
             }
