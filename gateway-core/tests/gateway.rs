@@ -443,8 +443,8 @@ async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
     stopping.await.unwrap();
 }
 
-#[tokio::test]
-async fn upstream_connections_are_reused() {
+/// A gateway on a free port whose one route sends everything to backend `v1`.
+async fn one_route_to_v1() -> (TestBackend, u16, Gateway) {
     let v1 = backend("v1").await;
     let port = free_port();
     let gw = Gateway::new(FilterRegistry::new());
@@ -454,6 +454,12 @@ async fn upstream_connections_are_reused() {
     })
     .await
     .unwrap();
+    (v1, port, gw)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let (v1, port, gw) = one_route_to_v1().await;
     // Each request comes on a new downstream connection; upstream, one kept-alive connection
     // serves them in turn.
     for _ in 0..20 {
@@ -470,15 +476,7 @@ async fn upstream_connections_are_reused() {
 #[tokio::test]
 async fn malformed_requests_get_400_and_the_gateway_keeps_serving() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let v1 = backend("v1").await;
-    let port = free_port();
-    let gw = Gateway::new(FilterRegistry::new());
-    let route = Route::new("ns", "r").rule(Rule::prefix("/").backend(to(&v1, "v1")));
-    gw.apply(Config {
-        binds: vec![http_bind(port, vec![route])],
-    })
-    .await
-    .unwrap();
+    let (_v1, port, gw) = one_route_to_v1().await;
     for garbage in [
         &b"NOT HTTP AT ALL\r\n\r\n"[..],
         b"GET / HTTP/1.1\r\nHost: example.com\r\nBad Header\r\n\r\n",
