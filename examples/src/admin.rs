@@ -8,7 +8,6 @@
 //! | `/config` | the active `gateway-core` configuration as JSON (private keys left out) |
 //! | `/diagnostics` | JSON list of the problems of the last load (unparseable documents, failed binds...) |
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,11 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use gateway_core::Gateway;
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 
 /// What the admin endpoint shows; updated by the runner after every load.
 #[derive(Default)]
@@ -101,23 +97,8 @@ pub async fn serve(
     state: Arc<AdminState>,
     gateway: Gateway,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(address).await?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let state = state.clone();
-            let gateway = gateway.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let r = answer(req.uri().path(), &state, &gateway);
-                    async move { Ok::<_, Infallible>(r) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    }))
+    crate::serve::serve(address, move |req| {
+        answer(req.uri().path(), &state, &gateway)
+    })
+    .await
 }

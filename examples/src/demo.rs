@@ -1,15 +1,12 @@
 //! Demo backends for the quickstart: tiny HTTP servers that answer with who they are and what
 //! they received, so the effect of routing and filters is visible with curl.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 
 fn describe(name: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let headers: serde_json::Map<String, serde_json::Value> = req
@@ -44,21 +41,5 @@ pub async fn spawn(
     address: SocketAddr,
     name: &'static str,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(address).await?;
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let r = describe(name, &req);
-                    async move { Ok::<_, Infallible>(r) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    }))
+    crate::serve::serve(address, move |req| describe(name, req)).await
 }

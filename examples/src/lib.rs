@@ -7,6 +7,7 @@ pub mod admin;
 pub mod cli;
 pub mod demo;
 pub mod runner;
+mod serve;
 
 /// The GatewayClass `controllerName` the example gateways serve unless told otherwise.
 pub const DEFAULT_CONTROLLER_NAME: &str = "gateway.pingora.rs/controller";

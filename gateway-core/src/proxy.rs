@@ -332,35 +332,37 @@ impl ProxyHttp for GatewayProxy {
             if let Some(host) = &rewrite.hostname {
                 upstream.insert_header(http::header::HOST, host.as_str())?;
             }
-            if let Some(modifier) = &rewrite.path {
-                let path = rewrite_path(upstream.uri.path(), modifier, selected.matched_prefix);
-                let mut pq = path;
-                if let Some(q) = upstream.uri.query() {
-                    pq.push('?');
-                    pq.push_str(q);
-                }
+            // An absolute-form URI (HTTP/2 `:authority`) carries the host too.
+            let authority = rewrite
+                .hostname
+                .as_ref()
+                .filter(|_| upstream.uri.authority().is_some());
+            if rewrite.path.is_some() || authority.is_some() {
                 let mut parts = upstream.uri.clone().into_parts();
-                parts.path_and_query =
-                    Some(pq.parse().map_err(|_| {
+                if let Some(modifier) = &rewrite.path {
+                    let mut pq =
+                        rewrite_path(upstream.uri.path(), modifier, selected.matched_prefix);
+                    if let Some(q) = upstream.uri.query() {
+                        pq.push('?');
+                        pq.push_str(q);
+                    }
+                    parts.path_and_query = Some(pq.parse().map_err(|_| {
                         internal(format!("rewritten path {pq:?} is not a valid URI"))
                     })?);
-                if let (Some(host), Some(_)) = (&rewrite.hostname, &parts.authority) {
-                    parts.authority = host.parse().ok();
+                }
+                if let Some(host) = authority {
+                    parts.authority = Some(host.parse().map_err(|_| {
+                        internal(format!(
+                            "rewritten hostname {host:?} is not a valid authority"
+                        ))
+                    })?);
                 }
                 let uri = Uri::from_parts(parts)
                     .map_err(|e| internal(format!("rewritten URI invalid: {e}")))?;
                 upstream.set_uri(uri);
-            } else if let (Some(host), Some(_)) = (&rewrite.hostname, upstream.uri.authority()) {
-                let mut parts = upstream.uri.clone().into_parts();
-                parts.authority = host.parse().ok();
-                if let Ok(uri) = Uri::from_parts(parts) {
-                    upstream.set_uri(uri);
-                }
             }
         }
-        let rule = selected.rule.clone();
-        let backend = selected.backend;
-        for set in [&rule.filters, &rule.backends[backend].filters] {
+        for set in selected.filter_sets() {
             for ext in &set.extensions {
                 ext.upstream_request(session, upstream)
                     .await
@@ -384,9 +386,7 @@ impl ProxyHttp for GatewayProxy {
                 apply_response_headers(response, m)?;
             }
         }
-        let rule = selected.rule.clone();
-        let backend = selected.backend;
-        for set in [&rule.filters, &rule.backends[backend].filters] {
+        for set in selected.filter_sets() {
             for ext in &set.extensions {
                 ext.response(session, response)
                     .await

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pingora_core::apps::{HttpServerOptions, ServerApp};
+use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::Stream;
 use pingora_core::protocols::l4::listener::Listener as L4Listener;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
@@ -193,8 +194,19 @@ impl Gateway {
             if sockets.contains_key(addr) {
                 continue;
             }
+            let acceptor = match protocol {
+                Protocol::Https => match tls::acceptor(self.inner.table.clone(), *addr) {
+                    Ok(acceptor) => Some(Arc::new(acceptor)),
+                    Err(e) => {
+                        tracing::warn!(address = %addr, error = %e, "cannot set up TLS");
+                        report.failed.push((*addr, e.to_string()));
+                        continue;
+                    }
+                },
+                Protocol::Http => None,
+            };
             match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => fresh.push((*addr, *protocol, l)),
+                Ok(l) => fresh.push((*addr, *protocol, l, acceptor)),
                 Err(e) => {
                     tracing::warn!(address = %addr, error = %e, "cannot bind listener");
                     report.failed.push((*addr, e.to_string()));
@@ -203,8 +215,11 @@ impl Gateway {
         }
         self.inner.table.store(Arc::new(table));
         report.changed = !unchanged;
-        for (addr, protocol, listener) in fresh {
-            sockets.insert(addr, self.spawn_accept_loop(addr, protocol, listener));
+        for (addr, protocol, listener, acceptor) in fresh {
+            sockets.insert(
+                addr,
+                self.spawn_accept_loop(addr, protocol, listener, acceptor),
+            );
             report.bound.push(addr);
             tracing::info!(address = %addr, ?protocol, "listening");
         }
@@ -218,10 +233,9 @@ impl Gateway {
         addr: SocketAddr,
         protocol: Protocol,
         listener: tokio::net::TcpListener,
+        acceptor: Option<Arc<Acceptor>>,
     ) -> Socket {
         let (stop, mut stopped) = watch::channel(false);
-        let acceptor = (protocol == Protocol::Https)
-            .then(|| Arc::new(tls::acceptor(self.inner.table.clone(), addr)));
         let proxy = self.inner.proxy.clone();
         let proxy_h2c = self.inner.proxy_h2c.clone();
         let connections = self.inner.connections.clone();

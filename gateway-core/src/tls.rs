@@ -115,33 +115,14 @@ impl ResolvesServerCert for SniResolver {
 /// The TLS acceptor of an HTTPS bind: TLS 1.2 and 1.3, a certificate resolver reading the
 /// bind's [`CertIndex`] from the live table, ALPN `h2` then `http/1.1`, and the client's SNI
 /// recorded on the connection (see [`Sni`]).
-pub(crate) fn acceptor(table: Arc<ArcSwap<Table>>, address: SocketAddr) -> Acceptor {
-    let resolver = Arc::new(SniResolver { table, address });
-    let mut settings = match TlsSettings::with_callbacks(Box::new(RecordSni)) {
-        Ok(settings) => settings,
-        Err(e) => {
-            // Pingora's constructor cannot fail today; should it, serve without the record
-            // (requests are then not checked for misdirection).
-            tracing::warn!(error = %e, "TLS callbacks unavailable; SNI is not recorded");
-            return Acceptor::from_server_config(server_config(resolver));
-        }
-    };
-    settings.set_cert_resolver(resolver);
+pub(crate) fn acceptor(
+    table: Arc<ArcSwap<Table>>,
+    address: SocketAddr,
+) -> pingora_error::Result<Acceptor> {
+    let mut settings = TlsSettings::with_callbacks(Box::new(RecordSni))?;
+    settings.set_cert_resolver(Arc::new(SniResolver { table, address }));
     settings.enable_h2();
-    settings.build()
-}
-
-/// A rustls server configuration equivalent to the one [`acceptor`] builds, without the SNI
-/// record.
-fn server_config(resolver: Arc<SniResolver>) -> Arc<rustls::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("the ring provider supports the default TLS versions")
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Arc::new(config)
+    Ok(settings.build())
 }
 
 /// The server name (SNI) a TLS client asked for, lowercased. Attached to the connection's
