@@ -136,6 +136,64 @@ pub struct Rule {
     pub backends: Vec<BackendRef>,
     /// Timeouts of this rule.
     pub timeouts: Timeouts,
+    /// Retries of failed attempts (Gateway API `retry`). `None`: only connection failures, which
+    /// are always safe, are retried on another endpoint.
+    pub retry: Option<Retry>,
+    /// Sticky sessions for this rule (Gateway API `sessionPersistence`). Overrides the backend's.
+    pub session_persistence: Option<SessionPersistence>,
+}
+
+/// When and how often a failed attempt is retried (Gateway API HTTPRoute `retry`).
+///
+/// A retry goes to another endpoint of the same backend when there is one, after `backoff`
+/// (doubled each time, with jitter, capped at ten times the base). Connection failures are
+/// retried whether or not they are listed; responses are retried when their status is in
+/// `codes`. The request body is replayed from a bounded buffer; a larger body is never retried.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retry {
+    /// Response status codes that are retried (e.g. 500, 502, 503, 504).
+    pub codes: Vec<u16>,
+    /// Retries after the first attempt. Default 2 when the route does not say.
+    pub attempts: u32,
+    /// The minimum wait before each retry. `None`: 25 ms.
+    pub backoff: Option<Duration>,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            codes: Vec::new(),
+            attempts: 2,
+            backoff: None,
+        }
+    }
+}
+
+/// Sticky sessions: requests carrying the same session token go to the same endpoint
+/// (Gateway API `sessionPersistence`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionPersistence {
+    /// The name of the cookie or header carrying the token. `None`: `gw-session`.
+    pub name: Option<String>,
+    /// Cookie or header.
+    pub kind: SessionKind,
+    /// The session ends this long after it started. `None`: never (cookies: a session cookie).
+    pub absolute_timeout: Option<Duration>,
+    /// The session ends after this long without a request. `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// Cookies only: a permanent cookie (`Max-Age` = `absolute_timeout`) instead of a session one.
+    pub permanent: bool,
+    /// Cookies only: the cookie `Path`. `None`: `/`.
+    pub path: Option<String>,
+}
+
+/// Where a session token travels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionKind {
+    /// A cookie the gateway sets on the first response.
+    Cookie,
+    /// A header the gateway sets on the first response; the client sends it back.
+    Header,
 }
 
 /// Request and backend timeouts of a rule (Gateway API `timeouts`).
@@ -221,6 +279,10 @@ pub enum Filter {
     RequestRedirect(RequestRedirect),
     /// Rewrites the host and path sent to the backend.
     UrlRewrite(UrlRewrite),
+    /// Sends a copy of each request (or a share of them) to another backend, fire and forget.
+    RequestMirror(RequestMirror),
+    /// Cross-origin resource sharing: answers preflights, annotates responses.
+    Cors(Cors),
     /// A custom filter registered with [`crate::FilterRegistry`] under (group, kind).
     ExtensionRef(ExtensionRef),
     /// A filter the configuration could not express (e.g. an unresolvable reference).
@@ -290,7 +352,7 @@ pub struct UrlRewrite {
 }
 
 /// A reference to a custom filter.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExtensionRef {
     /// API group of the filter kind, e.g. `filters.example.com`.
     pub group: String,
@@ -298,6 +360,60 @@ pub struct ExtensionRef {
     pub kind: String,
     /// Name of the filter object; passed to the factory.
     pub name: String,
+    /// The referenced object's `spec` (or, for kinds without one, the whole object), as resolved
+    /// by the configuration source. `None` when the filter needs no settings or was built in Rust
+    /// without them.
+    pub config: Option<serde_json::Value>,
+}
+
+impl ExtensionRef {
+    /// A reference to the object `name` of `group`/`kind`, without settings.
+    pub fn new(group: impl Into<String>, kind: impl Into<String>, name: impl Into<String>) -> Self {
+        ExtensionRef {
+            group: group.into(),
+            kind: kind.into(),
+            name: name.into(),
+            config: None,
+        }
+    }
+
+    /// Attaches the referenced object's settings.
+    pub fn with_config(mut self, config: serde_json::Value) -> Self {
+        self.config = Some(config);
+        self
+    }
+}
+
+/// The `RequestMirror` filter: a copy of matching requests goes to `backend`; its response is
+/// discarded. The primary request never waits for, or fails because of, a mirror.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestMirror {
+    /// Where copies go. Its weight and filters are ignored.
+    pub backend: BackendRef,
+    /// The share of requests mirrored, as `numerator / denominator`. `None`: every request.
+    pub fraction: Option<(u32, u32)>,
+}
+
+/// The `CORS` filter (Gateway API `cors`).
+///
+/// A preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) is answered by the
+/// gateway; other requests with an allowed `Origin` get the `Access-Control-Allow-*` headers on
+/// their response.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cors {
+    /// Allowed origins: `*`, `scheme://host[:port]`, or with a `*.` wildcard host
+    /// (`https://*.example.com`).
+    pub allow_origins: Vec<String>,
+    /// Allowed methods, or `*`.
+    pub allow_methods: Vec<String>,
+    /// Allowed request headers, or `*`.
+    pub allow_headers: Vec<String>,
+    /// Response headers the browser may expose to scripts, or `*`.
+    pub expose_headers: Vec<String>,
+    /// Whether credentials are allowed (`Access-Control-Allow-Credentials: true`).
+    pub allow_credentials: bool,
+    /// How long a preflight may be cached, in seconds. `None`: 5.
+    pub max_age: Option<u32>,
 }
 
 /// A weighted backend of a rule.
@@ -316,8 +432,11 @@ pub struct BackendRef {
 /// What a backend reference resolves to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BackendTarget {
-    /// A set of endpoints, load-balanced round robin with keep-alive connection reuse.
+    /// A set of endpoints, load-balanced by the backend's picker with keep-alive connection reuse.
     Endpoints(Backend),
+    /// An external service by DNS name (`XBackend` of type `ExternalHostname`): the gateway
+    /// resolves `hostname` and re-resolves it when the answer's TTL runs out.
+    Dns(DnsBackend),
     /// The reference could not be resolved; its share of requests is answered with 500.
     Unresolved {
         /// Why (logged, not sent to clients).
@@ -332,6 +451,32 @@ pub struct Backend {
     pub endpoints: Vec<SocketAddr>,
     /// The upstream protocol.
     pub protocol: BackendProtocol,
+    /// Load balancing, health, retry budget and session persistence of this backend.
+    pub policy: BackendPolicy,
+}
+
+impl Backend {
+    /// HTTP/1.1 endpoints with the default policy.
+    pub fn new(endpoints: Vec<SocketAddr>) -> Self {
+        Backend {
+            endpoints,
+            protocol: BackendProtocol::Http1,
+            policy: BackendPolicy::default(),
+        }
+    }
+}
+
+/// An external backend reached by DNS name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsBackend {
+    /// The name to resolve (A and AAAA).
+    pub hostname: String,
+    /// The port to connect to.
+    pub port: u16,
+    /// The upstream protocol.
+    pub protocol: BackendProtocol,
+    /// Load balancing, health, retry budget and session persistence of this backend.
+    pub policy: BackendPolicy,
 }
 
 /// The protocol spoken to a backend.
@@ -342,6 +487,128 @@ pub enum BackendProtocol {
     Http1,
     /// HTTP/2 with prior knowledge over TCP (`kubernetes.io/h2c`).
     H2c,
+    /// HTTP/1.1 for WebSocket (`kubernetes.io/ws`): upgrades pass through, idle connections are
+    /// not cut by the backend request timeout once upgraded.
+    WebSocket,
+}
+
+/// How a backend's endpoints are chosen and kept healthy. The defaults: round robin, passive
+/// outlier ejection on, no active health checks, no retry budget, no session persistence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendPolicy {
+    /// The endpoint picker.
+    pub load_balancer: LoadBalancer,
+    /// Passive health: eject endpoints that fail in a row. `None`: never eject.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Active HTTP health checks. `None`: none.
+    pub health_check: Option<HealthCheck>,
+    /// Bounds retries to this backend. `None`: only the route's attempt count bounds them.
+    pub retry_budget: Option<RetryBudget>,
+    /// Sticky sessions for every rule using this backend that sets none of its own.
+    pub session_persistence: Option<SessionPersistence>,
+}
+
+impl Default for BackendPolicy {
+    fn default() -> Self {
+        BackendPolicy {
+            load_balancer: LoadBalancer::RoundRobin,
+            outlier_detection: Some(OutlierDetection::default()),
+            health_check: None,
+            retry_budget: None,
+            session_persistence: None,
+        }
+    }
+}
+
+/// The endpoint picker of a backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoadBalancer {
+    /// Each endpoint in turn.
+    #[default]
+    RoundRobin,
+    /// Power of two choices over in-flight request counts.
+    LeastRequest,
+    /// A picker registered with [`crate::Gateway::register_picker`] under this name.
+    Custom(String),
+}
+
+/// Passive outlier ejection: an endpoint that fails `consecutive_failures` times in a row
+/// (connection errors, resets, 5xx responses) is skipped for `base_ejection` times the number of
+/// times it was ejected before (capped at `max_ejection`). The last usable endpoint of a backend is
+/// never ejected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutlierDetection {
+    /// Failures in a row that eject an endpoint. Default 5.
+    pub consecutive_failures: u32,
+    /// The first ejection's length. Default 5 s.
+    pub base_ejection: Duration,
+    /// The longest ejection. Default 300 s.
+    pub max_ejection: Duration,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(5),
+            max_ejection: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Active HTTP health checks: every `interval`, each endpoint gets `GET path`; a 2xx or 3xx answer
+/// within `timeout` is a success. `unhealthy_threshold` failures in a row mark it unhealthy,
+/// `healthy_threshold` successes in a row mark it healthy again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// The path to request. Default `/`.
+    pub path: String,
+    /// The `Host` header to send. `None`: the endpoint address.
+    pub host: Option<String>,
+    /// Time between checks. Default 5 s.
+    pub interval: Duration,
+    /// Time a check may take. Default 1 s.
+    pub timeout: Duration,
+    /// Failures in a row that mark an endpoint unhealthy. Default 3.
+    pub unhealthy_threshold: u32,
+    /// Successes in a row that mark it healthy again. Default 2.
+    pub healthy_threshold: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            path: "/".into(),
+            host: None,
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            unhealthy_threshold: 3,
+            healthy_threshold: 2,
+        }
+    }
+}
+
+/// A retry budget (XBackendTrafficPolicy `retryConstraint`): retries to a backend may add at most
+/// `percent` % to its requests over the last `interval`, but `min_retries_per_second` are always
+/// allowed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryBudget {
+    /// Retries as a percentage of requests. Default 20.
+    pub percent: u32,
+    /// The window the percentage is computed over. Default 10 s.
+    pub interval: Duration,
+    /// Retries per second allowed whatever the percentage. Default 10.
+    pub min_retries_per_second: u32,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            percent: 20,
+            interval: Duration::from_secs(10),
+            min_retries_per_second: 10,
+        }
+    }
 }
 
 impl BackendRef {
@@ -350,10 +617,7 @@ impl BackendRef {
         BackendRef {
             name: name.into(),
             weight: 1,
-            target: BackendTarget::Endpoints(Backend {
-                endpoints,
-                protocol: BackendProtocol::Http1,
-            }),
+            target: BackendTarget::Endpoints(Backend::new(endpoints)),
             filters: Vec::new(),
         }
     }

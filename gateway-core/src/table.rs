@@ -214,6 +214,9 @@ impl From<&BackendTarget> for CompiledTarget {
                 next: AtomicUsize::new(0),
             },
             BackendTarget::Unresolved { reason } => CompiledTarget::Unresolved(reason.clone()),
+            BackendTarget::Dns(d) => {
+                CompiledTarget::Unresolved(format!("DNS backend {} is not served yet", d.hostname))
+            }
         }
     }
 }
@@ -306,6 +309,8 @@ impl CompiledFilters {
                     )),
                 },
                 Filter::Invalid { reason } => Some(reason.clone()),
+                Filter::RequestMirror(_) => Some("RequestMirror is not served yet".into()),
+                Filter::Cors(_) => Some("CORS is not served yet".into()),
             };
             if let Some(problem) = problem {
                 out.invalid.get_or_insert(problem);

@@ -196,13 +196,7 @@ async fn extension_filters_answer_or_pass_and_unknown_ones_answer_500() {
     let mut registry = FilterRegistry::new();
     registry.register_filter("example.com", "Deny", Arc::new(Deny));
     let gw = Gateway::new(registry);
-    let ext = |kind: &str| {
-        Filter::ExtensionRef(ExtensionRef {
-            group: "example.com".into(),
-            kind: kind.into(),
-            name: "x".into(),
-        })
-    };
+    let ext = |kind: &str| Filter::ExtensionRef(ExtensionRef::new("example.com", kind, "x"));
     let route = Route::new("ns", "r")
         .rule(
             Rule::prefix("/known")

@@ -167,11 +167,11 @@ fn basic_gateway_route_and_config() {
     );
     assert_eq!(
         rule.filters[3],
-        Filter::ExtensionRef(ExtensionRef {
-            group: "filters.example.net".into(),
-            kind: "RateLimit".into(),
-            name: "slow".into(),
-        })
+        Filter::ExtensionRef(ExtensionRef::new(
+            "filters.example.net",
+            "RateLimit",
+            "slow"
+        ))
     );
     assert!(
         matches!(&rule.filters[4], Filter::Invalid { reason } if reason.contains("RequestMirror"))
@@ -192,6 +192,7 @@ fn basic_gateway_route_and_config() {
         BackendTarget::Endpoints(Backend {
             endpoints: vec![addr("127.0.0.11:3000"), addr("127.0.0.12:3000")],
             protocol: BackendProtocol::Http1,
+            policy: Default::default(),
         })
     );
     assert_eq!(
@@ -208,6 +209,7 @@ fn basic_gateway_route_and_config() {
         BackendTarget::Endpoints(Backend {
             endpoints: vec![addr("127.0.0.11:3001"), addr("127.0.0.12:3001")],
             protocol: BackendProtocol::H2c,
+            policy: Default::default(),
         })
     );
 
@@ -589,6 +591,7 @@ fn route_backend_references_and_invalid_rules() {
         BackendTarget::Endpoints(Backend {
             endpoints: vec![addr("127.0.0.21:8080")],
             protocol: BackendProtocol::Http1,
+            policy: Default::default(),
         })
     );
     assert_eq!(backends[1].weight, 0);

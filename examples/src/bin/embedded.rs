@@ -71,11 +71,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 2. Build the routes in plain Rust.
     let api = Route::new("default", "api").rule(
         Rule::prefix("/api")
-            .filter(Filter::ExtensionRef(ExtensionRef {
-                group: "example.com".into(),
-                kind: "ApiKey".into(),
-                name: "demo-key".into(),
-            }))
+            .filter(Filter::ExtensionRef(ExtensionRef::new(
+                "example.com",
+                "ApiKey",
+                "demo-key",
+            )))
             .backend(BackendRef::endpoints("backend", vec![backend_addr])),
     );
     let docs = Route::new("default", "docs").rule(Rule::prefix("/docs").filter(

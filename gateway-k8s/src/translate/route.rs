@@ -90,6 +90,8 @@ pub(crate) fn translate_rules(
             filters,
             backends,
             timeouts,
+            retry: None,
+            session_persistence: None,
         });
     }
     out
@@ -311,6 +313,7 @@ pub(crate) fn translate_filter(f: &HttpRouteRulesFilters) -> Filter {
                 group: e.group.clone(),
                 kind: e.kind.clone(),
                 name: e.name.clone(),
+                config: None,
             }),
             None => invalid("ExtensionRef filter without extensionRef"),
         },
@@ -492,6 +495,7 @@ fn resolve_service(
     Ok(Backend {
         endpoints: endpoints.into_iter().collect(),
         protocol,
+        policy: Default::default(),
     })
 }
 
