@@ -280,7 +280,7 @@ pub enum Filter {
     /// Rewrites the host and path sent to the backend.
     UrlRewrite(UrlRewrite),
     /// Sends a copy of each request (or a share of them) to another backend, fire and forget.
-    RequestMirror(RequestMirror),
+    RequestMirror(Box<RequestMirror>),
     /// Cross-origin resource sharing: answers preflights, annotates responses.
     Cors(Cors),
     /// A custom filter registered with [`crate::FilterRegistry`] under (group, kind).

@@ -30,15 +30,29 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod config;
 pub mod error;
 pub mod filter;
+mod mirror;
 pub mod proxy;
 pub mod routing;
 pub mod server;
 mod table;
 mod tls;
 
+pub use backend::{Endpoint, EndpointPicker, PickRequest};
 pub use error::{Error, ErrorKind, Result};
-pub use filter::{DirectResponse, FilterAction, FilterFactory, FilterRegistry, HttpFilter};
-pub use server::{ApplyReport, Gateway, shutdown_signal};
+pub use filter::{
+    DirectResponse, DirectResponseFilter, FilterAction, FilterCtx, FilterFactory, FilterRegistry,
+    HttpFilter, RouteInfo,
+};
+pub use server::{ApplyReport, Gateway, MirrorStats, shutdown_signal};
+
+// What a filter or picker author needs, so `cargo add gateway-core` is enough.
+pub use async_trait::async_trait;
+pub use bytes::Bytes;
+pub use http;
+pub use pingora_error::Error as ProxyError;
+pub use pingora_http::{RequestHeader, ResponseHeader};
+pub use pingora_proxy::Session;

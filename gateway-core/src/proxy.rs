@@ -2,61 +2,136 @@
 //!
 //! | phase | what happens |
 //! |---|---|
-//! | `request_filter` | bind by local address, listener and rule by host/path/headers ([`crate::routing`]); rule filters: invalid -> 500, `RequestRedirect` -> 3xx, `ExtensionRef` request hooks; weighted backend choice; backend filters likewise; no match -> 404, no backend -> 500 |
-//! | `upstream_peer` | next endpoint of the chosen backend (round robin), h1 or h2c, backend timeouts |
-//! | `upstream_request_filter` | `RequestHeaderModifier`, `URLRewrite` (rule, then backend), `ExtensionRef` upstream hooks |
-//! | `response_filter` | `ResponseHeaderModifier` (rule, then backend), `ExtensionRef` response hooks |
-//! | `fail_to_proxy` | upstream timeouts -> 504, other upstream errors -> 502 |
+//! | `request_filter` | bind, listener, route and rule ([`crate::routing`]); the rule's filter chain in order (header edits, rewrites, redirects, CORS preflights, mirrors, custom request hooks); the backend (weighted, or the one a filter chose); the backend's chain; the whole body when a filter asked for it (over the bound: 413) and the body hooks |
+//! | `upstream_peer` | every attempt: deadline check (504), backoff before a retry, the endpoint (sticky session, filter hint, then the backend's picker, skipping ejected and already-tried endpoints), h1/h2c, per-attempt timeouts |
+//! | `fail_to_connect` | outlier accounting; a connection failure is retried on another endpoint (always safe), or under the route's retry policy |
+//! | `upstream_request_filter` | custom `upstream_request` hooks; `Content-Length` of a buffered, filtered body |
+//! | `request_body_filter` | replays the buffered body on every attempt; tees the body to mirrors; streaming body hooks |
+//! | `upstream_response_filter` | outlier accounting; a status in the retry policy's codes becomes a retry while attempts and the budget last |
+//! | `error_while_proxy` | outlier accounting; resets and timeouts retried under the retry policy (or, without one, a reused keep-alive connection that failed, as Pingora does) |
+//! | `response_filter` | response hooks of the steps reached, in order; the sticky-session token |
+//! | `response_body_filter` | custom response body hooks |
+//! | `fail_to_proxy` | timeouts and expired deadlines 504, refused connections 503, other upstream errors 502; the response hooks still run |
+//! | `logging` | custom logging hooks of the steps reached; a `tracing` debug event |
+//!
+//! Gateway-written responses (404, redirects, direct responses, preflights, errors) go through
+//! the same response hooks as proxied ones.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use http::Uri;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Uri};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error as PError, ErrorType, Result as PResult};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::config::{BackendProtocol, Protocol};
-use crate::filter::{DirectResponse, FilterAction, redirect_location, rewrite_path};
+use crate::backend::clock::now_ms;
+use crate::backend::outlier::InFlightGuard;
+use crate::backend::session::SessionCodec;
+use crate::backend::{PickRequest, least_request};
+use crate::config::{BackendProtocol, Protocol, UrlRewrite};
+use crate::filter::chain::{Chain, Step};
+use crate::filter::{DirectResponse, FilterAction, FilterCtx, redirect_location, rewrite_path};
+use crate::mirror::{MirrorBody, Mirrors};
 use crate::routing::RequestParts;
-use crate::table::{CompiledFilters, CompiledHeaderModifier, CompiledRule, CompiledTarget, Table};
+use crate::table::{CompiledEndpoints, CompiledRule, CompiledTarget, PickerKind, Table};
 use crate::tls::Sni;
+
+/// The largest request body the gateway holds for filters, endpoint pickers and retries: Pingora's
+/// replay buffer (64 KiB). A filter asking for a larger buffer gets this; a longer body is answered
+/// with 413 when buffered, and is not retried when streamed.
+pub const MAX_BUFFERED_BODY: usize = 64 * 1024;
+
+/// The default wait before a retry when the route's retry policy names none.
+const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
+
+/// Connection failures retried on other endpoints without a retry policy.
+const CONNECT_FAILOVERS: u32 = 3;
 
 /// The [`ProxyHttp`] implementation behind every bind of a [`crate::Gateway`].
 pub struct GatewayProxy {
     pub(crate) table: Arc<ArcSwap<Table>>,
+    pub(crate) mirrors: Arc<Mirrors>,
+    pub(crate) sessions: Arc<SessionCodec>,
 }
 
 /// Per-request state carried between phases.
 #[derive(Default)]
 pub struct RequestCtx {
-    selected: Option<Selected>,
+    routed: Option<Routed>,
+    filter: Option<FilterCtx>,
+    /// Attempts made so far (1 during the first).
+    attempt: u32,
+    /// Endpoint indices tried, as a bit set (index mod 64).
+    tried: u64,
+    /// The endpoint of the current attempt.
+    endpoint: Option<usize>,
+    in_flight: Option<InFlightGuard>,
+    deadline: Option<Instant>,
+    /// Retries spent under the route's retry policy.
+    retries: u32,
+    /// Connection failures failed over without a policy.
+    failovers: u32,
+    /// Wait before the next attempt.
+    backoff: Option<Duration>,
+    /// The current attempt's response is being turned into a retry.
+    status_retry: bool,
+    /// When the request's sticky session started, if it carried a valid one.
+    session_started: Option<u64>,
+    mirrors: Vec<MirrorBody>,
+    /// The attempt the buffered body was last replayed for.
+    body_sent: u32,
+    /// The request's `Origin`, for CORS.
+    origin: Option<HeaderValue>,
 }
 
-struct Selected {
+/// What the route match decided, and how far the chains got.
+struct Routed {
     rule: Arc<CompiledRule>,
-    backend: usize,
+    backend: Option<usize>,
     matched_prefix: Option<usize>,
+    protocol: Protocol,
+    listener_port: u16,
+    /// Steps of the rule's chain the request reached.
+    reached_rule: usize,
+    /// Steps of the backend's chain the request reached.
+    reached_backend: usize,
 }
 
-impl Selected {
-    fn filter_sets(&self) -> [&CompiledFilters; 2] {
-        [
-            &self.rule.filters,
-            &self.rule.backends[self.backend].filters,
-        ]
+impl Routed {
+    fn backend_chain(&self) -> Option<&Chain> {
+        self.backend.map(|b| &self.rule.backends[b].chain)
+    }
+
+    fn target(&self) -> Option<&Arc<CompiledEndpoints>> {
+        match &self.rule.backends.get(self.backend?)?.target {
+            CompiledTarget::Endpoints(t) => Some(t),
+            CompiledTarget::Unresolved(_) => None,
+        }
+    }
+
+    /// The reached steps: the rule's, then the backend's.
+    fn reached(&self) -> impl Iterator<Item = &Step> {
+        let backend = self
+            .backend_chain()
+            .map_or(&[][..], |c| &c.steps[..self.reached_backend]);
+        self.rule.chain.steps[..self.reached_rule]
+            .iter()
+            .chain(backend.iter())
     }
 }
 
-/// What `request_filter` decided.
-enum Decision {
-    Proxy(Selected),
-    Respond(DirectResponse),
-    Redirect(String, u16),
+/// A response the gateway writes itself.
+enum Reply {
     Status(u16),
+    Redirect(String, u16),
+    Direct(DirectResponse),
+    Header(Box<ResponseHeader>),
 }
 
 fn host_of(req: &RequestHeader) -> &str {
@@ -73,11 +148,75 @@ fn sni_of(session: &Session) -> Option<&str> {
     ssl.extension.get::<Sni>().map(|sni| sni.0.as_str())
 }
 
+fn internal(context: String) -> Box<PError> {
+    PError::explain(ErrorType::InternalError, context)
+}
+
+/// The error that turns a retriable response status into another attempt.
+const STATUS_RETRY: ErrorType = ErrorType::Custom("retriable response status");
+
+/// Applies a `URLRewrite` to the request the backend will see.
+fn apply_rewrite(
+    req: &mut RequestHeader,
+    rewrite: &UrlRewrite,
+    matched_prefix: Option<usize>,
+) -> PResult<()> {
+    if let Some(host) = &rewrite.hostname {
+        req.insert_header(http::header::HOST, host.as_str())?;
+    }
+    // An absolute-form URI (HTTP/2 `:authority`) carries the host too.
+    let authority = rewrite
+        .hostname
+        .as_ref()
+        .filter(|_| req.uri.authority().is_some());
+    if rewrite.path.is_none() && authority.is_none() {
+        return Ok(());
+    }
+    let mut parts = req.uri.clone().into_parts();
+    if let Some(modifier) = &rewrite.path {
+        let mut pq = rewrite_path(req.uri.path(), modifier, matched_prefix);
+        if let Some(q) = req.uri.query() {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        parts.path_and_query = Some(
+            pq.parse()
+                .map_err(|_| internal(format!("rewritten path {pq:?} is not a valid URI")))?,
+        );
+    }
+    if let Some(host) = authority {
+        parts.authority = Some(host.parse().map_err(|_| {
+            internal(format!(
+                "rewritten hostname {host:?} is not a valid authority"
+            ))
+        })?);
+    }
+    let uri =
+        Uri::from_parts(parts).map_err(|e| internal(format!("rewritten URI invalid: {e}")))?;
+    req.set_uri(uri);
+    Ok(())
+}
+
+/// The wait before retry number `n` (1-based): the base doubled each time, capped at ten times
+/// the base, plus up to a quarter of the base of jitter. Never less than the base.
+fn backoff(base: Duration, n: u32) -> Duration {
+    let doubled = base.saturating_mul(1 << n.saturating_sub(1).min(10));
+    let capped = doubled.min(base.saturating_mul(10));
+    let jitter_ms = (base.as_millis() / 4) as u64;
+    capped
+        + Duration::from_millis(if jitter_ms > 0 {
+            rand::random_range(0..=jitter_ms)
+        } else {
+            0
+        })
+}
+
 impl GatewayProxy {
-    async fn decide(&self, session: &mut Session) -> Decision {
-        let table = self.table.load_full();
+    /// Routes the request and runs the request side of the chains. `None`: proxy it.
+    async fn route(&self, session: &mut Session, ctx: &mut RequestCtx) -> PResult<Option<Reply>> {
+        let table = self.table.load();
         let Some(bind) = table.bind_for(session.server_addr().and_then(|a| a.as_inet())) else {
-            return Decision::Status(404);
+            return Ok(Some(Reply::Status(404)));
         };
         if bind.protocol == Protocol::Https
             && let Some(sni) = sni_of(session)
@@ -86,9 +225,9 @@ impl GatewayProxy {
         {
             // The connection was made for another listener (HTTP/2 connection reuse, or a
             // client sending one name in SNI and another in Host): RFC 9110 section 15.5.20.
-            return Decision::Status(421);
+            return Ok(Some(Reply::Status(421)));
         }
-        let (hit, protocol) = {
+        let hit = {
             let req = session.req_header();
             let parts = RequestParts {
                 host: host_of(req),
@@ -98,8 +237,8 @@ impl GatewayProxy {
                 headers: &req.headers,
             };
             match bind.router.lookup(&parts) {
-                Some(hit) => (hit, bind.protocol),
-                None => return Decision::Status(404),
+                Some(hit) => hit,
+                None => return Ok(Some(Reply::Status(404))),
             }
         };
         let listener = &bind.listeners[hit.listener];
@@ -109,140 +248,434 @@ impl GatewayProxy {
             .and_then(|r| r.get(hit.rule))
             .cloned()
         else {
-            return Decision::Status(500);
+            return Ok(Some(Reply::Status(500)));
         };
+        ctx.filter = Some(FilterCtx::new(rule.info.clone()));
+        ctx.origin = session
+            .req_header()
+            .headers
+            .get(http::header::ORIGIN)
+            .cloned();
+        ctx.routed = Some(Routed {
+            rule,
+            backend: None,
+            matched_prefix: hit.matched_prefix,
+            protocol: bind.protocol,
+            listener_port: listener.port,
+            reached_rule: 0,
+            reached_backend: 0,
+        });
+        drop(table);
 
-        if let Some(d) = self
-            .run_request_filters(
-                session,
-                &rule.filters,
-                &rule.name,
-                protocol,
-                listener.port,
-                hit.matched_prefix,
-            )
-            .await
-        {
-            return d;
+        if let Some(reply) = self.run_chain(session, ctx, false).await? {
+            return Ok(Some(reply));
         }
-        let Some(backend) = rule.pick_backend() else {
-            tracing::debug!(rule = %rule.name, "no backend to choose: 500");
-            return Decision::Status(500);
+        let (Some(routed), Some(filter)) = (ctx.routed.as_mut(), ctx.filter.as_mut()) else {
+            return Err(internal("request context lost its route".into()));
         };
-        let b = &rule.backends[backend];
-        if let Some(d) = self
-            .run_request_filters(
-                session,
-                &b.filters,
-                &rule.name,
-                protocol,
-                listener.port,
-                hit.matched_prefix,
-            )
-            .await
-        {
-            return d;
+        let rule = &routed.rule;
+        let chosen = filter
+            .wanted_backend()
+            .and_then(|name| rule.backends.iter().position(|b| &*b.name == name))
+            .or_else(|| rule.pick_backend());
+        let Some(backend) = chosen else {
+            tracing::debug!(rule = %rule.name, "no backend to choose: 500");
+            return Ok(Some(Reply::Status(500)));
+        };
+        routed.backend = Some(backend);
+        filter.set_backend(rule.backends[backend].name.clone());
+        if let Some(reply) = self.run_chain(session, ctx, true).await? {
+            return Ok(Some(reply));
         }
-        match &b.target {
+        let Some(routed) = ctx.routed.as_ref() else {
+            return Err(internal("request context lost its route".into()));
+        };
+        let b = &routed.rule.backends[backend];
+        let target = match &b.target {
             CompiledTarget::Unresolved(reason) => {
-                tracing::debug!(rule = %rule.name, backend = %b.name, %reason, "unresolved backend: 500");
-                Decision::Status(500)
+                tracing::debug!(rule = %routed.rule.name, backend = %b.name, %reason, "unresolved backend: 500");
+                return Ok(Some(Reply::Status(500)));
             }
-            CompiledTarget::Endpoints { endpoints, .. } if endpoints.is_empty() => {
-                tracing::debug!(rule = %rule.name, backend = %b.name, "no ready endpoint: 503");
-                Decision::Status(503)
+            CompiledTarget::Endpoints(t) if t.endpoints.is_empty() => {
+                tracing::debug!(rule = %routed.rule.name, backend = %b.name, "no ready endpoint: 503");
+                return Ok(Some(Reply::Status(503)));
             }
-            CompiledTarget::Endpoints { .. } => Decision::Proxy(Selected {
-                rule,
-                backend,
-                matched_prefix: hit.matched_prefix,
-            }),
+            CompiledTarget::Endpoints(t) => t.clone(),
+        };
+        if let Some(reply) = self.buffer_body(session, ctx).await? {
+            return Ok(Some(reply));
         }
+        if let Some(routed) = ctx.routed.as_ref() {
+            if let Some(limit) = routed.rule.timeouts.request {
+                ctx.deadline = Some(Instant::now() + limit);
+            }
+            if let Some(cfg) = routed
+                .rule
+                .session
+                .as_ref()
+                .or(target.policy.session_persistence.as_ref())
+            {
+                ctx.session_started = self.sessions.started(cfg, session.req_header(), unix_now());
+            }
+        }
+        if let Some(budget) = &target.budget {
+            budget.record_request(now_ms());
+        }
+        Ok(None)
     }
 
-    /// Runs the request-phase part of a filter set; `Some` ends the request.
-    async fn run_request_filters(
+    /// Runs the request side of the rule's chain (`backend` false) or the chosen backend's,
+    /// step by step, recording how far it got.
+    async fn run_chain(
         &self,
         session: &mut Session,
-        filters: &CompiledFilters,
-        rule: &str,
-        protocol: Protocol,
-        listener_port: u16,
-        matched_prefix: Option<usize>,
-    ) -> Option<Decision> {
-        if let Some(reason) = &filters.invalid {
-            tracing::debug!(%rule, %reason, "invalid filter: 500");
-            return Some(Decision::Status(500));
+        ctx: &mut RequestCtx,
+        backend: bool,
+    ) -> PResult<Option<Reply>> {
+        let RequestCtx {
+            routed,
+            filter,
+            mirrors,
+            ..
+        } = ctx;
+        let (Some(routed), Some(filter)) = (routed.as_mut(), filter.as_mut()) else {
+            return Ok(None);
+        };
+        let rule = routed.rule.clone();
+        let chain = if backend {
+            match routed.backend {
+                Some(b) => &rule.backends[b].chain,
+                None => return Ok(None),
+            }
+        } else {
+            &rule.chain
+        };
+        if let Some(reason) = &chain.invalid {
+            tracing::debug!(rule = %rule.name, %reason, "invalid filter: 500");
+            return Ok(Some(Reply::Status(500)));
         }
-        if let Some(redirect) = &filters.redirect {
-            let req = session.req_header();
-            let location = redirect_location(
-                redirect,
-                protocol,
-                listener_port,
-                crate::routing::host::strip_port(host_of(req)),
-                req.uri.path(),
-                req.uri.query(),
-                matched_prefix,
-            );
-            return Some(Decision::Redirect(location, redirect.status_code));
+        for (i, step) in chain.steps.iter().enumerate() {
+            if backend {
+                routed.reached_backend = i + 1;
+            } else {
+                routed.reached_rule = i + 1;
+            }
+            match step {
+                Step::RequestHeaders(m) => m.apply_request(session.req_header_mut())?,
+                Step::ResponseHeaders(_) => {}
+                Step::Rewrite(r) => {
+                    apply_rewrite(session.req_header_mut(), r, routed.matched_prefix)?
+                }
+                Step::Redirect(redirect) => {
+                    let req = session.req_header();
+                    let location = redirect_location(
+                        redirect,
+                        routed.protocol,
+                        routed.listener_port,
+                        crate::routing::host::strip_port(host_of(req)),
+                        req.uri.path(),
+                        req.uri.query(),
+                        routed.matched_prefix,
+                    );
+                    return Ok(Some(Reply::Redirect(location, redirect.status_code)));
+                }
+                Step::Cors(cors) => {
+                    if let Some(resp) = cors.preflight(session.req_header()) {
+                        return Ok(Some(Reply::Header(Box::new(resp))));
+                    }
+                }
+                Step::Mirror(m) => {
+                    if !m.sampled() {
+                        continue;
+                    }
+                    let Some((addr, protocol)) = m.endpoint() else {
+                        continue;
+                    };
+                    let has_body = !session.is_body_empty();
+                    if let Some(body) =
+                        self.mirrors
+                            .start(session.req_header().clone(), addr, protocol, has_body)
+                        && has_body
+                    {
+                        mirrors.push(body);
+                    }
+                }
+                Step::Custom(f) => match f.request_headers(session, filter).await {
+                    Ok(FilterAction::Continue) => {}
+                    Ok(FilterAction::Respond(r)) => return Ok(Some(Reply::Direct(r))),
+                    Err(e) => {
+                        tracing::warn!(rule = %rule.name, error = %e, "custom filter failed: 500");
+                        return Ok(Some(Reply::Status(500)));
+                    }
+                },
+            }
         }
-        for ext in &filters.extensions {
-            match ext.request(session).await {
-                Ok(FilterAction::Continue) => {}
-                Ok(FilterAction::Respond(r)) => return Some(Decision::Respond(r)),
-                Err(e) => {
-                    tracing::warn!(%rule, error = %e, "custom filter failed: 500");
-                    return Some(Decision::Status(500));
+        Ok(None)
+    }
+
+    /// Reads the whole request body when a filter asked for it, then runs the body hooks.
+    async fn buffer_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> PResult<Option<Reply>> {
+        let RequestCtx { routed, filter, .. } = ctx;
+        let (Some(routed), Some(filter)) = (routed.as_ref(), filter.as_mut()) else {
+            return Ok(None);
+        };
+        let Some(limit) = filter.body_limit() else {
+            return Ok(None);
+        };
+        let limit = limit.min(MAX_BUFFERED_BODY);
+        session.as_mut().enable_retry_buffering();
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            if buf.len() + chunk.len() > limit {
+                tracing::debug!(rule = %routed.rule.name, limit, "request body over the buffer bound: 413");
+                return Ok(Some(Reply::Status(413)));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let mut body = Some(buf.freeze());
+        for step in routed.reached() {
+            if let Step::Custom(f) = step {
+                match f.request_body(session, filter, &mut body, true).await {
+                    Ok(FilterAction::Continue) => {}
+                    Ok(FilterAction::Respond(r)) => return Ok(Some(Reply::Direct(r))),
+                    Err(e) => {
+                        tracing::warn!(rule = %routed.rule.name, error = %e, "custom body filter failed: 500");
+                        return Ok(Some(Reply::Status(500)));
+                    }
                 }
             }
         }
-        None
+        filter.set_body(body.unwrap_or_default());
+        Ok(None)
+    }
+
+    /// Runs the response side of the reached steps on `resp`, then sets the sticky-session token.
+    async fn response_steps(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        resp: &mut ResponseHeader,
+    ) -> PResult<()> {
+        let RequestCtx {
+            routed,
+            filter,
+            origin,
+            endpoint,
+            session_started,
+            ..
+        } = ctx;
+        let (Some(routed), Some(filter)) = (routed.as_ref(), filter.as_mut()) else {
+            return Ok(());
+        };
+        for step in routed.reached() {
+            match step {
+                Step::ResponseHeaders(m) => m.apply_response(resp)?,
+                Step::Cors(cors) => cors.annotate(origin.as_ref(), resp),
+                Step::Custom(f) => f
+                    .response_headers(session, filter, resp)
+                    .await
+                    .map_err(|e| internal(format!("custom filter: {e}")))?,
+                _ => {}
+            }
+        }
+        if let (Some(target), Some(index)) = (routed.target(), *endpoint)
+            && let Some(cfg) = routed
+                .rule
+                .session
+                .as_ref()
+                .or(target.policy.session_persistence.as_ref())
+        {
+            let now = unix_now();
+            let started = session_started.unwrap_or(now);
+            self.sessions
+                .set(cfg, resp, target.endpoints[index].address(), started, now);
+        }
+        Ok(())
+    }
+
+    /// Writes a gateway-made response, through the response hooks of the reached steps.
+    async fn respond(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        reply: Reply,
+    ) -> PResult<()> {
+        let (mut resp, body) = match reply {
+            Reply::Status(code) => {
+                let mut resp = ResponseHeader::build(code, Some(2))?;
+                resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
+                if code >= 400 {
+                    resp.insert_header(http::header::CACHE_CONTROL, "private, no-store")?;
+                }
+                (resp, Bytes::new())
+            }
+            Reply::Redirect(location, code) => {
+                let mut resp = ResponseHeader::build(code, Some(2))?;
+                resp.insert_header(http::header::LOCATION, location)?;
+                resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
+                (resp, Bytes::new())
+            }
+            Reply::Direct(r) => {
+                let mut resp = ResponseHeader::build(r.status, Some(r.headers.len() + 1))?;
+                for (name, value) in r.headers {
+                    resp.append_header(name, value)?;
+                }
+                resp.insert_header(http::header::CONTENT_LENGTH, r.body.len())?;
+                (resp, r.body)
+            }
+            Reply::Header(resp) => (*resp, Bytes::new()),
+        };
+        if let Err(e) = self.response_steps(session, ctx, &mut resp).await {
+            tracing::warn!(error = %e, "response filter failed on a gateway response");
+        }
+        let empty = body.is_empty();
+        session.write_response_header(Box::new(resp), empty).await?;
+        if !empty {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(())
+    }
+
+    /// Chooses the endpoint of this attempt: a valid sticky session's, the filters' hint, then the
+    /// picker's order, skipping ejected endpoints and those this request already tried.
+    async fn choose(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        target: &CompiledEndpoints,
+    ) -> PResult<usize> {
+        let endpoints = &target.endpoints;
+        let now = now_ms();
+        let tried = |i: usize| ctx.tried & (1u64 << (i % 64)) != 0;
+        let usable = |i: usize| !tried(i) && endpoints[i].health.available(now);
+        let by_addr = |addr: SocketAddr| endpoints.iter().position(|e| e.address() == addr);
+        if let Some(routed) = ctx.routed.as_ref()
+            && let Some(cfg) = routed
+                .rule
+                .session
+                .as_ref()
+                .or(target.policy.session_persistence.as_ref())
+            && let Some(i) = self
+                .sessions
+                .endpoint(cfg, session.req_header(), unix_now())
+                .and_then(by_addr)
+            && usable(i)
+        {
+            return Ok(i);
+        }
+        if let Some(filter) = ctx.filter.as_ref() {
+            if let Some(i) = filter.preferred_endpoint().and_then(by_addr)
+                && usable(i)
+            {
+                return Ok(i);
+            }
+            if let PickerKind::Custom(picker) = &target.picker {
+                let mut out = Vec::new();
+                let request = PickRequest {
+                    header: session.req_header(),
+                    body: filter.request_body(),
+                    ctx: filter,
+                    attempt: ctx.attempt,
+                };
+                picker
+                    .pick(&request, endpoints, &mut out)
+                    .await
+                    .map_err(|e| {
+                        PError::explain(ErrorType::HTTPStatus(503), format!("endpoint picker: {e}"))
+                    })?;
+                if let Some(&i) = out.iter().find(|&&i| i < endpoints.len() && usable(i)) {
+                    return Ok(i);
+                }
+            }
+        }
+        if matches!(target.picker, PickerKind::LeastRequest)
+            && let Some(i) = least_request(endpoints, now)
+            && !tried(i)
+        {
+            return Ok(i);
+        }
+        // Round robin over usable endpoints; then untried ones whatever their health (never
+        // leave a backend without endpoints); then anything.
+        let n = endpoints.len();
+        let start = target.state.next_index(n);
+        let scan = |ok: &dyn Fn(usize) -> bool| (0..n).map(|k| (start + k) % n).find(|&i| ok(i));
+        Ok(scan(&usable)
+            .or_else(|| scan(&|i| !tried(i)))
+            .or_else(|| scan(&|i| endpoints[i].health.available(now)))
+            .unwrap_or(start))
+    }
+
+    /// Counts a failure of the current endpoint for outlier detection.
+    fn endpoint_failed(&self, ctx: &RequestCtx) {
+        let (Some(target), Some(i)) = (ctx.routed.as_ref().and_then(Routed::target), ctx.endpoint)
+        else {
+            return;
+        };
+        let Some(cfg) = target.policy.outlier_detection.as_ref() else {
+            return;
+        };
+        let now = now_ms();
+        let others = target
+            .endpoints
+            .iter()
+            .enumerate()
+            .any(|(j, e)| j != i && e.health.available(now));
+        if target.endpoints[i].health.record_failure(cfg, now, others) {
+            tracing::info!(
+                endpoint = %target.endpoints[i].address(),
+                times = target.endpoints[i].health.times_ejected(),
+                "endpoint ejected"
+            );
+        }
+    }
+
+    /// Whether the route's retry policy allows one more retry now; spends it if so.
+    fn policy_retry(&self, session: &Session, ctx: &mut RequestCtx) -> bool {
+        let Some(routed) = ctx.routed.as_ref() else {
+            return false;
+        };
+        let Some(retry) = routed.rule.retry.as_ref() else {
+            return false;
+        };
+        if ctx.retries >= retry.attempts || !body_replayable(session, ctx) {
+            return false;
+        }
+        if ctx.deadline.is_some_and(|d| Instant::now() >= d) {
+            return false;
+        }
+        if let Some(target) = routed.target()
+            && let (Some(cfg), Some(budget)) = (target.policy.retry_budget.as_ref(), &target.budget)
+            && !budget.try_retry(cfg, now_ms())
+        {
+            tracing::debug!(rule = %routed.rule.name, "retry budget exhausted");
+            return false;
+        }
+        ctx.retries += 1;
+        ctx.backoff = Some(backoff(
+            retry.backoff.unwrap_or(DEFAULT_BACKOFF),
+            ctx.retries,
+        ));
+        true
     }
 }
 
-async fn write_direct(session: &mut Session, r: DirectResponse) -> PResult<()> {
-    let mut resp = ResponseHeader::build(r.status, Some(r.headers.len() + 1))?;
-    for (name, value) in r.headers {
-        resp.append_header(name, value)?;
-    }
-    resp.insert_header(http::header::CONTENT_LENGTH, r.body.len())?;
-    let empty = r.body.is_empty();
-    session.write_response_header(Box::new(resp), empty).await?;
-    if !empty {
-        session.write_response_body(Some(r.body), true).await?;
-    }
-    Ok(())
+/// Whether the request body can be sent again: buffered whole, or within Pingora's replay buffer.
+fn body_replayable(session: &Session, ctx: &RequestCtx) -> bool {
+    ctx.filter
+        .as_ref()
+        .is_some_and(|f| f.request_body().is_some())
+        || !session.as_ref().retry_buffer_truncated()
 }
 
-fn apply_request_headers(req: &mut RequestHeader, m: &CompiledHeaderModifier) -> PResult<()> {
-    for (n, v) in &m.set {
-        req.insert_header(n.clone(), v.clone())?;
-    }
-    for (n, v) in &m.add {
-        req.append_header(n.clone(), v.clone())?;
-    }
-    for n in &m.remove {
-        req.remove_header(n);
-    }
-    Ok(())
-}
-
-fn apply_response_headers(resp: &mut ResponseHeader, m: &CompiledHeaderModifier) -> PResult<()> {
-    for (n, v) in &m.set {
-        resp.insert_header(n.clone(), v.clone())?;
-    }
-    for (n, v) in &m.add {
-        resp.append_header(n.clone(), v.clone())?;
-    }
-    for n in &m.remove {
-        resp.remove_header(n);
-    }
-    Ok(())
-}
-
-fn internal(context: String) -> Box<PError> {
-    PError::explain(ErrorType::InternalError, context)
+/// Seconds since the UNIX epoch, for sticky-session tokens.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[async_trait]
@@ -254,24 +687,10 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> PResult<bool> {
-        match self.decide(session).await {
-            Decision::Proxy(selected) => {
-                ctx.selected = Some(selected);
-                Ok(false)
-            }
-            Decision::Status(code) => {
-                session.respond_error(code).await?;
-                Ok(true)
-            }
-            Decision::Redirect(location, code) => {
-                let mut resp = ResponseHeader::build(code, Some(2))?;
-                resp.insert_header(http::header::LOCATION, location)?;
-                resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
-                session.write_response_header(Box::new(resp), true).await?;
-                Ok(true)
-            }
-            Decision::Respond(r) => {
-                write_direct(session, r).await?;
+        match self.route(session, ctx).await? {
+            None => Ok(false),
+            Some(reply) => {
+                self.respond(session, ctx, reply).await?;
                 Ok(true)
             }
         }
@@ -279,35 +698,93 @@ impl ProxyHttp for GatewayProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> PResult<Box<HttpPeer>> {
-        let selected = ctx
-            .selected
-            .as_ref()
-            .ok_or_else(|| internal("upstream_peer without a routed request".into()))?;
-        let backend = &selected.rule.backends[selected.backend];
-        let (addr, protocol) = backend
-            .target
-            .next_endpoint()
-            .ok_or_else(|| PError::explain(ErrorType::HTTPStatus(503), "no ready endpoint"))?;
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        if protocol == BackendProtocol::H2c {
+        let Some(target) = ctx.routed.as_ref().and_then(Routed::target).cloned() else {
+            return Err(internal("upstream_peer without a routed request".into()));
+        };
+        ctx.attempt += 1;
+        ctx.status_retry = false;
+        let remaining = ctx
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        if let Some(wait) = ctx.backoff.take() {
+            tokio::time::sleep(remaining.map_or(wait, |r| wait.min(r))).await;
+        }
+        let remaining = ctx
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        if remaining == Some(Duration::ZERO) {
+            return Err(PError::explain(
+                ErrorType::HTTPStatus(504),
+                "request timeout",
+            ));
+        }
+        let index = self.choose(session, ctx, &target).await?;
+        let endpoint = &target.endpoints[index];
+        ctx.tried |= 1u64 << (index % 64);
+        ctx.endpoint = Some(index);
+        ctx.in_flight = Some(endpoint.health.begin());
+        if let Some(filter) = ctx.filter.as_mut() {
+            filter.set_endpoint(endpoint.address());
+        }
+        let mut peer = HttpPeer::new(endpoint.address(), false, String::new());
+        if target.protocol == BackendProtocol::H2c {
             peer.options.set_http_version(2, 2);
         }
-        let timeouts = selected.rule.timeouts;
-        let limit = match (timeouts.request, timeouts.backend_request) {
+        let backend_request = ctx
+            .routed
+            .as_ref()
+            .and_then(|r| r.rule.timeouts.backend_request);
+        let limit = match (remaining, backend_request) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        peer.options.connection_timeout = Some(Duration::from_secs(10));
         if let Some(limit) = limit {
             peer.options.total_connection_timeout = Some(limit);
-            peer.options.read_timeout = Some(limit);
-            peer.options.write_timeout = Some(limit);
-        } else {
-            peer.options.connection_timeout = Some(Duration::from_secs(10));
+            if target.protocol != BackendProtocol::WebSocket {
+                // Each read waits at most this long: the response headers must come within it,
+                // and a streaming body must not stall longer between chunks.
+                peer.options.read_timeout = Some(limit);
+                peer.options.write_timeout = Some(limit);
+            }
         }
         Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<PError>,
+    ) -> Box<PError> {
+        self.endpoint_failed(ctx);
+        ctx.in_flight = None;
+        let untried = ctx
+            .routed
+            .as_ref()
+            .and_then(Routed::target)
+            .is_some_and(|t| {
+                let now = now_ms();
+                (0..t.endpoints.len()).any(|i| {
+                    ctx.tried & (1u64 << (i % 64)) == 0 && t.endpoints[i].health.available(now)
+                })
+            });
+        let expired = ctx.deadline.is_some_and(|d| Instant::now() >= d);
+        // Nothing reached the backend: trying another endpoint is always safe.
+        let retry = !expired
+            && if untried && ctx.failovers < CONNECT_FAILOVERS {
+                ctx.failovers += 1;
+                true
+            } else {
+                self.policy_retry(session, ctx)
+            };
+        tracing::debug!(%peer, error = %e, retry, "connection to endpoint failed");
+        e.set_retry(retry);
+        e
     }
 
     async fn upstream_request_filter(
@@ -316,60 +793,130 @@ impl ProxyHttp for GatewayProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> PResult<()> {
-        let Some(selected) = ctx.selected.as_ref() else {
+        let RequestCtx { routed, filter, .. } = ctx;
+        let (Some(routed), Some(filter)) = (routed.as_ref(), filter.as_mut()) else {
             return Ok(());
         };
-        let mut rewrite = None;
-        for set in selected.filter_sets() {
-            for m in &set.request_headers {
-                apply_request_headers(upstream, m)?;
-            }
-            if set.rewrite.is_some() {
-                rewrite = set.rewrite.as_ref();
-            }
+        if let Some(body) = filter.request_body() {
+            upstream.remove_header(&http::header::TRANSFER_ENCODING);
+            upstream.insert_header(http::header::CONTENT_LENGTH, body.len())?;
         }
-        if let Some(rewrite) = rewrite {
-            if let Some(host) = &rewrite.hostname {
-                upstream.insert_header(http::header::HOST, host.as_str())?;
-            }
-            // An absolute-form URI (HTTP/2 `:authority`) carries the host too.
-            let authority = rewrite
-                .hostname
-                .as_ref()
-                .filter(|_| upstream.uri.authority().is_some());
-            if rewrite.path.is_some() || authority.is_some() {
-                let mut parts = upstream.uri.clone().into_parts();
-                if let Some(modifier) = &rewrite.path {
-                    let mut pq =
-                        rewrite_path(upstream.uri.path(), modifier, selected.matched_prefix);
-                    if let Some(q) = upstream.uri.query() {
-                        pq.push('?');
-                        pq.push_str(q);
-                    }
-                    parts.path_and_query = Some(pq.parse().map_err(|_| {
-                        internal(format!("rewritten path {pq:?} is not a valid URI"))
-                    })?);
-                }
-                if let Some(host) = authority {
-                    parts.authority = Some(host.parse().map_err(|_| {
-                        internal(format!(
-                            "rewritten hostname {host:?} is not a valid authority"
-                        ))
-                    })?);
-                }
-                let uri = Uri::from_parts(parts)
-                    .map_err(|e| internal(format!("rewritten URI invalid: {e}")))?;
-                upstream.set_uri(uri);
-            }
-        }
-        for set in selected.filter_sets() {
-            for ext in &set.extensions {
-                ext.upstream_request(session, upstream)
+        for step in routed.reached() {
+            if let Step::Custom(f) = step {
+                f.upstream_request(session, filter, upstream)
                     .await
                     .map_err(|e| internal(format!("custom filter: {e}")))?;
             }
         }
         Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> PResult<()> {
+        let buffered = ctx.filter.as_ref().and_then(|f| f.request_body().cloned());
+        if let Some(whole) = buffered {
+            // Every attempt sends the body the filters left, once.
+            *body = (ctx.body_sent != ctx.attempt).then_some(whole);
+            ctx.body_sent = ctx.attempt;
+        } else if ctx.attempt <= 1 {
+            let RequestCtx { routed, filter, .. } = ctx;
+            if let (Some(routed), Some(filter)) = (routed.as_ref(), filter.as_mut()) {
+                for step in routed.reached() {
+                    if let Step::Custom(f) = step {
+                        match f.request_body(session, filter, body, end_of_stream).await {
+                            Ok(FilterAction::Continue) => {}
+                            Ok(FilterAction::Respond(_)) => {
+                                return Err(internal(
+                                    "a streaming body filter cannot answer; ask for buffering"
+                                        .into(),
+                                ));
+                            }
+                            Err(e) => return Err(internal(format!("custom body filter: {e}"))),
+                        }
+                    }
+                }
+            }
+        }
+        if ctx.attempt <= 1 && !ctx.mirrors.is_empty() {
+            let done = end_of_stream || body.is_none();
+            if let Some(chunk) = body.as_ref().filter(|c| !c.is_empty()) {
+                // A mirror that cannot keep up is dropped, never the primary.
+                ctx.mirrors.retain_mut(|m| m.send(chunk.clone()));
+            }
+            if done {
+                for m in ctx.mirrors.drain(..) {
+                    m.finish();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> PResult<()> {
+        let status = upstream_response.status.as_u16();
+        if status >= 500 {
+            self.endpoint_failed(ctx);
+        } else if let (Some(target), Some(i)) =
+            (ctx.routed.as_ref().and_then(Routed::target), ctx.endpoint)
+        {
+            target.endpoints[i].health.record_success();
+        }
+        let listed = ctx
+            .routed
+            .as_ref()
+            .and_then(|r| r.rule.retry.as_ref())
+            .is_some_and(|r| r.codes.contains(&status));
+        if listed && session.response_written().is_none() && self.policy_retry(session, ctx) {
+            ctx.status_retry = true;
+            let mut e = PError::explain(STATUS_RETRY, format!("backend answered {status}"));
+            e.set_retry(true);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        mut e: Box<PError>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<PError> {
+        ctx.in_flight = None;
+        if ctx.status_retry {
+            e.set_retry(true);
+            return e;
+        }
+        if *e.esource() == pingora_error::ErrorSource::Upstream {
+            self.endpoint_failed(ctx);
+        }
+        let unanswered = session.response_written().is_none();
+        let retry = unanswered
+            && *e.esource() == pingora_error::ErrorSource::Upstream
+            && if ctx.routed.as_ref().is_some_and(|r| r.rule.retry.is_some()) {
+                self.policy_retry(session, ctx)
+            } else {
+                // No policy: as Pingora does, retry an idempotent request whose reused
+                // keep-alive connection turned out to be closed.
+                client_reused
+                    && session.req_header().method.is_idempotent()
+                    && body_replayable(session, ctx)
+                    && e.retry()
+            };
+        tracing::debug!(%peer, error = %e, retry, "upstream failed");
+        e.set_retry(retry);
+        e
     }
 
     async fn response_filter(
@@ -378,30 +925,35 @@ impl ProxyHttp for GatewayProxy {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> PResult<()> {
-        let Some(selected) = ctx.selected.as_ref() else {
-            return Ok(());
-        };
-        for set in selected.filter_sets() {
-            for m in &set.response_headers {
-                apply_response_headers(response, m)?;
+        self.response_steps(session, ctx, response).await
+    }
+
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> PResult<Option<Duration>> {
+        let RequestCtx { routed, filter, .. } = ctx;
+        if let (Some(routed), Some(filter)) = (routed.as_ref(), filter.as_mut()) {
+            for step in routed.reached() {
+                if let Step::Custom(f) = step {
+                    f.response_body(session, filter, body, end_of_stream)
+                        .map_err(|e| internal(format!("custom filter: {e}")))?;
+                }
             }
         }
-        for set in selected.filter_sets() {
-            for ext in &set.extensions {
-                ext.response(session, response)
-                    .await
-                    .map_err(|e| internal(format!("custom filter: {e}")))?;
-            }
-        }
-        Ok(())
+        Ok(None)
     }
 
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &PError,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        ctx.in_flight = None;
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
@@ -416,7 +968,8 @@ impl ProxyHttp for GatewayProxy {
             },
         };
         if code > 0
-            && let Err(err) = session.respond_error(code).await
+            && session.response_written().is_none()
+            && let Err(err) = self.respond(session, ctx, Reply::Status(code)).await
         {
             tracing::debug!(error = %err, "could not send the error response");
         }
@@ -427,18 +980,52 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&PError>, ctx: &mut RequestCtx) {
+        ctx.in_flight = None;
+        // A mirror whose body did not end with the primary's is abandoned, never sent cut short.
+        ctx.mirrors.clear();
+        let RequestCtx {
+            routed,
+            filter,
+            attempt,
+            ..
+        } = ctx;
+        if let (Some(routed), Some(filter)) = (routed.as_ref(), filter.as_mut()) {
+            for step in routed.reached() {
+                if let Step::Custom(f) = step {
+                    f.logging(session, filter, e).await;
+                }
+            }
+        }
         if tracing::enabled!(tracing::Level::DEBUG) {
             let status = session.response_written().map_or(0, |r| r.status.as_u16());
-            let rule = ctx.selected.as_ref().map_or("", |s| s.rule.name.as_str());
+            let rule = routed.as_ref().map_or("", |r| r.rule.name.as_str());
             let req = session.req_header();
             tracing::debug!(
                 method = %req.method,
                 path = %req.uri,
                 status,
                 rule,
+                attempts = *attempt,
                 error = e.map(|e| e.to_string()),
                 "request"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_millis(100);
+        for n in 1..20 {
+            let wait = backoff(base, n);
+            assert!(wait >= base, "retry {n}: {wait:?}");
+            assert!(wait <= base * 10 + base / 4, "retry {n}: {wait:?}");
+        }
+        assert!(backoff(base, 2) >= base * 2);
+        assert_eq!(backoff(Duration::ZERO, 3), Duration::ZERO);
     }
 }

@@ -32,12 +32,19 @@ use pingora_proxy::HttpProxy;
 use tokio::sync::{Mutex, Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, Protocol};
+use crate::backend::health::HealthChecker;
+use crate::backend::session::SessionCodec;
+use crate::backend::{EndpointPicker, PickerRegistry, StateStore};
+use crate::config::{Config, HealthCheck, Protocol};
 use crate::error::{Error, ErrorKind, Result};
 use crate::filter::FilterRegistry;
+use crate::mirror::Mirrors;
 use crate::proxy::GatewayProxy;
-use crate::table::Table;
+use crate::table::{CompileCtx, Table};
 use crate::tls;
+
+/// Mirrored requests in flight at once, across the gateway; more are dropped.
+const MAX_MIRRORS_IN_FLIGHT: usize = 1024;
 
 /// What [`Gateway::apply`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -51,6 +58,20 @@ pub struct ApplyReport {
     /// Sockets that could not be bound, with the reason. Their routes are compiled but unreachable;
     /// the next apply tries to bind them again.
     pub failed: Vec<(SocketAddr, String)>,
+    /// Listeners and routes left out because they were invalid, with the reason. Everything else
+    /// in the configuration serves.
+    pub rejected: Vec<String>,
+}
+
+/// Counts of mirrored requests, from [`Gateway::mirror_stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MirrorStats {
+    /// Mirrored requests in flight now.
+    pub in_flight: usize,
+    /// Mirrored requests dropped since start: over the in-flight bound, or too slow for the body.
+    pub dropped: u64,
+    /// Mirrored requests that failed since start (connect, protocol or timeout errors).
+    pub failed: u64,
 }
 
 /// An embeddable Gateway API data plane.
@@ -65,6 +86,11 @@ pub struct Gateway {
 struct Inner {
     table: Arc<ArcSwap<Table>>,
     registry: FilterRegistry,
+    pickers: std::sync::Mutex<PickerRegistry>,
+    state: StateStore,
+    /// Active health checks by backend name, with the settings they run with.
+    health: Mutex<HashMap<Arc<str>, RunningCheck>>,
+    mirrors: Arc<Mirrors>,
     /// Serves HTTP/1 and, after ALPN, HTTP/2 over TLS.
     proxy: Arc<HttpProxy<GatewayProxy>>,
     /// Serves connections that opened with the HTTP/2 preface on plain binds.
@@ -72,6 +98,14 @@ struct Inner {
     sockets: Mutex<HashMap<SocketAddr, Socket>>,
     shutdown: watch::Sender<bool>,
     connections: Arc<Connections>,
+}
+
+/// An active health check and what it was started with.
+struct RunningCheck {
+    cfg: HealthCheck,
+    addrs: Vec<SocketAddr>,
+    /// Stops the checks when dropped.
+    _checker: HealthChecker,
 }
 
 struct Socket {
@@ -108,10 +142,15 @@ impl Gateway {
     /// A gateway serving nothing yet. `registry` resolves `ExtensionRef` filters.
     pub fn new(registry: FilterRegistry) -> Self {
         let table = Arc::new(ArcSwap::from_pointee(Table::default()));
+        let mirrors = Arc::new(Mirrors::new(MAX_MIRRORS_IN_FLIGHT));
+        let mirror_counts = mirrors.clone();
+        let sessions = Arc::new(SessionCodec::new());
         let new_proxy = |h2c: bool| {
             let mut proxy = HttpProxy::new(
                 GatewayProxy {
                     table: table.clone(),
+                    mirrors: mirrors.clone(),
+                    sessions: sessions.clone(),
                 },
                 Arc::new(ServerConf::default()),
             );
@@ -128,12 +167,38 @@ impl Gateway {
             inner: Arc::new(Inner {
                 table,
                 registry,
+                pickers: std::sync::Mutex::new(PickerRegistry::default()),
+                state: StateStore::default(),
+                health: Mutex::new(HashMap::new()),
+                mirrors: mirror_counts,
                 proxy,
                 proxy_h2c,
                 sockets: Mutex::new(HashMap::new()),
                 shutdown,
                 connections: Arc::default(),
             }),
+        }
+    }
+
+    /// Registers an endpoint picker under `name`, for backends whose
+    /// [`crate::config::LoadBalancer`] is `Custom(name)`. Takes effect at the next
+    /// [`Gateway::apply`]; until a picker is registered, such backends answer 500.
+    pub fn register_picker(&self, name: impl Into<String>, picker: Arc<dyn EndpointPicker>) {
+        self.inner
+            .pickers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .register(name, picker);
+    }
+
+    /// Counts of mirrored requests: in flight now, dropped (over the in-flight bound, or a mirror
+    /// that could not keep up with the body) and failed (connect, protocol or timeout errors).
+    pub fn mirror_stats(&self) -> MirrorStats {
+        let m = &self.inner.mirrors;
+        MirrorStats {
+            in_flight: m.in_flight(),
+            dropped: m.dropped(),
+            failed: m.failed(),
         }
     }
 
@@ -170,7 +235,22 @@ impl Gateway {
         if unchanged && !missing {
             return Ok(report);
         }
-        let table = Table::compile(config, &self.inner.registry)?;
+        let pickers = self
+            .inner
+            .pickers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let table = Table::compile(
+            config,
+            &CompileCtx {
+                filters: &self.inner.registry,
+                pickers: &pickers,
+                state: &self.inner.state,
+            },
+        )?;
+        report.rejected = table.rejected.clone();
+        self.restart_health_checks(&table).await;
 
         // Sockets to close: gone, or their protocol changed.
         let stale: Vec<SocketAddr> = sockets
@@ -226,6 +306,46 @@ impl Gateway {
         report.bound.sort();
         report.closed.sort();
         Ok(report)
+    }
+
+    /// Starts, keeps or stops the active health checks so they match `table`'s backends. A
+    /// check whose backend, endpoints and settings are unchanged keeps running.
+    async fn restart_health_checks(&self, table: &Table) {
+        let wanted = table.health_checked();
+        let mut running = self.inner.health.lock().await;
+        running.retain(|name, check| {
+            wanted.get(name).is_some_and(|t| {
+                t.policy.health_check.as_ref() == Some(&check.cfg)
+                    && t.endpoints
+                        .iter()
+                        .map(|e| e.address())
+                        .eq(check.addrs.iter().copied())
+            })
+        });
+        for (name, target) in wanted {
+            if running.contains_key(&name) {
+                continue;
+            }
+            let Some(cfg) = target.policy.health_check.clone() else {
+                continue;
+            };
+            let targets: Vec<_> = target
+                .endpoints
+                .iter()
+                .map(|e| (e.address(), e.health.clone()))
+                .collect();
+            let addrs = targets.iter().map(|(a, _)| *a).collect();
+            let checker =
+                HealthChecker::start(name.to_string(), targets, target.protocol, cfg.clone());
+            running.insert(
+                name,
+                RunningCheck {
+                    cfg,
+                    addrs,
+                    _checker: checker,
+                },
+            );
+        }
     }
 
     fn spawn_accept_loop(

@@ -7,17 +7,20 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use http::{HeaderName, HeaderValue};
 use rustls::sign::CertifiedKey;
 
+use crate::backend::budget::RetryBudgetState;
+use crate::backend::session::SessionCodec;
+use crate::backend::{BackendState, Endpoint, EndpointPicker, PickerRegistry, StateStore};
 use crate::config::{
-    BackendProtocol, BackendTarget, Bind, Config, Filter, HeaderModifier, Protocol,
-    RequestRedirect, Timeouts, UrlRewrite,
+    BackendPolicy, BackendProtocol, BackendTarget, Bind, Config, Listener, LoadBalancer, Protocol,
+    RequestMirror, Retry, Route, Rule, SessionPersistence, Timeouts,
 };
 use crate::error::{Error, ErrorKind, Result};
-use crate::filter::{FilterRegistry, HttpFilter};
+use crate::filter::FilterRegistry;
+use crate::filter::RouteInfo;
+use crate::filter::chain::Chain;
 use crate::routing::BindRouter;
 use crate::tls::CertIndex;
 
@@ -28,15 +31,27 @@ pub(crate) struct Table {
     pub(crate) config: Config,
     /// Binds by local address.
     pub(crate) binds: HashMap<SocketAddr, Arc<CompiledBind>>,
+    /// Listeners and routes left out because they were invalid, with the reason.
+    pub(crate) rejected: Vec<String>,
+}
+
+/// What compiling needs besides the configuration.
+pub(crate) struct CompileCtx<'a> {
+    pub(crate) filters: &'a FilterRegistry,
+    pub(crate) pickers: &'a PickerRegistry,
+    pub(crate) state: &'a StateStore,
 }
 
 impl Table {
-    /// Compiles `config`, building custom filters through `registry`.
-    pub(crate) fn compile(config: Config, registry: &FilterRegistry) -> Result<Table> {
+    /// Compiles `config`, building custom filters and pickers through the registries and reusing
+    /// backend state from the store.
+    pub(crate) fn compile(config: Config, cx: &CompileCtx<'_>) -> Result<Table> {
         let mut binds = HashMap::with_capacity(config.binds.len());
+        let mut rejected = Vec::new();
         for bind in &config.binds {
-            let compiled = CompiledBind::compile(bind, registry)
+            let compiled = CompiledBind::compile(bind, cx)
                 .map_err(|e| e.more_context(format_args!("bind {}", bind.address)))?;
+            rejected.extend(compiled.router.rejected().iter().cloned());
             if binds.insert(bind.address, Arc::new(compiled)).is_some() {
                 return Err(Error::new(
                     ErrorKind::InvalidConfig,
@@ -44,7 +59,11 @@ impl Table {
                 ));
             }
         }
-        Ok(Table { config, binds })
+        Ok(Table {
+            config,
+            binds,
+            rejected,
+        })
     }
 
     /// The bind that accepted a connection on `local`. A socket bound to an unspecified address
@@ -59,6 +78,25 @@ impl Table {
             self.binds.get(&any)
         })
     }
+
+    /// Every resolved backend of this table with an active health check, by name.
+    pub(crate) fn health_checked(&self) -> HashMap<Arc<str>, Arc<CompiledEndpoints>> {
+        let mut out = HashMap::new();
+        for bind in self.binds.values() {
+            for listener in &bind.listeners {
+                for rule in listener.routes.iter().flatten() {
+                    for b in &rule.backends {
+                        if let CompiledTarget::Endpoints(t) = &b.target
+                            && t.policy.health_check.is_some()
+                        {
+                            out.entry(b.name.clone()).or_insert_with(|| t.clone());
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
 /// One bind, compiled.
@@ -70,7 +108,7 @@ pub(crate) struct CompiledBind {
 }
 
 impl CompiledBind {
-    fn compile(bind: &Bind, registry: &FilterRegistry) -> Result<Self> {
+    fn compile(bind: &Bind, cx: &CompileCtx<'_>) -> Result<Self> {
         let router = BindRouter::build(&bind.listeners)?;
         let listeners = bind
             .listeners
@@ -85,32 +123,7 @@ impl CompiledBind {
                             .rules
                             .iter()
                             .enumerate()
-                            .map(|(i, rule)| {
-                                let name = match &rule.name {
-                                    Some(n) => format!("{}/{}/{n}", route.namespace, route.name),
-                                    None => format!("{}/{}/{i}", route.namespace, route.name),
-                                };
-                                Arc::new(CompiledRule {
-                                    filters: CompiledFilters::compile(&rule.filters, registry),
-                                    backends: rule
-                                        .backends
-                                        .iter()
-                                        .map(|b| CompiledBackend {
-                                            name: b.name.clone(),
-                                            weight: b.weight,
-                                            target: CompiledTarget::from(&b.target),
-                                            filters: CompiledFilters::compile(&b.filters, registry),
-                                        })
-                                        .collect(),
-                                    total_weight: rule
-                                        .backends
-                                        .iter()
-                                        .map(|b| u64::from(b.weight))
-                                        .sum(),
-                                    timeouts: rule.timeouts,
-                                    name,
-                                })
-                            })
+                            .map(|(i, rule)| Arc::new(CompiledRule::compile(l, route, i, rule, cx)))
                             .collect()
                     })
                     .collect(),
@@ -140,13 +153,67 @@ pub(crate) struct CompiledListener {
 pub(crate) struct CompiledRule {
     /// `namespace/route/rule` for logs.
     pub(crate) name: String,
-    pub(crate) filters: CompiledFilters,
+    /// What filters see of the match.
+    pub(crate) info: Arc<RouteInfo>,
+    pub(crate) chain: Chain,
     pub(crate) backends: Vec<CompiledBackend>,
     pub(crate) total_weight: u64,
     pub(crate) timeouts: Timeouts,
+    pub(crate) retry: Option<Retry>,
+    pub(crate) session: Option<SessionPersistence>,
 }
 
 impl CompiledRule {
+    fn compile(
+        listener: &Listener,
+        route: &Route,
+        index: usize,
+        rule: &Rule,
+        cx: &CompileCtx<'_>,
+    ) -> Self {
+        let label = rule.name.clone().unwrap_or_else(|| index.to_string());
+        let mirror = |m: &RequestMirror| CompiledMirror::compile(m, cx);
+        let mut chain = Chain::compile(&rule.filters, cx.filters, mirror);
+        let sticky = rule
+            .session_persistence
+            .iter()
+            .chain(rule.backends.iter().filter_map(|b| match &b.target {
+                BackendTarget::Endpoints(e) => e.policy.session_persistence.as_ref(),
+                _ => None,
+            }));
+        for cfg in sticky {
+            if let Err(e) = SessionCodec::validate(cfg) {
+                chain
+                    .invalid
+                    .get_or_insert(format!("session persistence: {e}"));
+            }
+        }
+        CompiledRule {
+            name: format!("{}/{}/{label}", route.namespace, route.name),
+            info: Arc::new(RouteInfo {
+                listener: listener.name.clone(),
+                namespace: route.namespace.clone(),
+                route: route.name.clone(),
+                rule: label,
+            }),
+            chain,
+            backends: rule
+                .backends
+                .iter()
+                .map(|b| CompiledBackend {
+                    name: Arc::from(b.name.as_str()),
+                    weight: b.weight,
+                    target: CompiledTarget::compile(&b.name, &b.target, cx),
+                    chain: Chain::compile(&b.filters, cx.filters, mirror),
+                })
+                .collect(),
+            total_weight: rule.backends.iter().map(|b| u64::from(b.weight)).sum(),
+            timeouts: rule.timeouts,
+            retry: rule.retry.clone(),
+            session: rule.session_persistence.clone(),
+        }
+    }
+
     /// Picks a backend by weight; `None` when there is none or all weights are 0.
     pub(crate) fn pick_backend(&self) -> Option<usize> {
         match self.backends.len() {
@@ -171,152 +238,117 @@ impl CompiledRule {
 
 /// A weighted backend, compiled.
 pub(crate) struct CompiledBackend {
-    pub(crate) name: String,
-    #[allow(dead_code)]
+    pub(crate) name: Arc<str>,
     pub(crate) weight: u32,
     pub(crate) target: CompiledTarget,
-    pub(crate) filters: CompiledFilters,
+    pub(crate) chain: Chain,
 }
 
 /// Where a backend's requests go.
 pub(crate) enum CompiledTarget {
-    Endpoints {
-        endpoints: Vec<SocketAddr>,
-        protocol: BackendProtocol,
-        next: AtomicUsize,
-    },
+    Endpoints(Arc<CompiledEndpoints>),
     Unresolved(String),
 }
 
 impl CompiledTarget {
-    /// The next endpoint, round robin.
-    pub(crate) fn next_endpoint(&self) -> Option<(SocketAddr, BackendProtocol)> {
-        match self {
-            CompiledTarget::Endpoints {
-                endpoints,
-                protocol,
-                next,
-            } if !endpoints.is_empty() => {
-                let i = next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
-                Some((endpoints[i], *protocol))
-            }
-            _ => None,
-        }
-    }
-}
-
-impl From<&BackendTarget> for CompiledTarget {
-    fn from(target: &BackendTarget) -> Self {
+    fn compile(name: &str, target: &BackendTarget, cx: &CompileCtx<'_>) -> Self {
         match target {
-            BackendTarget::Endpoints(b) => CompiledTarget::Endpoints {
-                endpoints: b.endpoints.clone(),
-                protocol: b.protocol,
-                next: AtomicUsize::new(0),
-            },
+            BackendTarget::Endpoints(b) => {
+                let picker = match &b.policy.load_balancer {
+                    LoadBalancer::RoundRobin => PickerKind::RoundRobin,
+                    LoadBalancer::LeastRequest => PickerKind::LeastRequest,
+                    LoadBalancer::Custom(picker) => match cx.pickers.get(picker) {
+                        Some(p) => PickerKind::Custom(p.clone()),
+                        None => {
+                            return CompiledTarget::Unresolved(format!(
+                                "no endpoint picker registered as {picker:?}"
+                            ));
+                        }
+                    },
+                };
+                let state = cx.state.backend(name);
+                CompiledTarget::Endpoints(Arc::new(CompiledEndpoints {
+                    endpoints: state.endpoints(&b.endpoints),
+                    budget: b.policy.retry_budget.as_ref().map(|cfg| state.budget(cfg)),
+                    protocol: b.protocol,
+                    policy: b.policy.clone(),
+                    state,
+                    picker,
+                }))
+            }
             BackendTarget::Unresolved { reason } => CompiledTarget::Unresolved(reason.clone()),
-            BackendTarget::Dns(d) => {
-                CompiledTarget::Unresolved(format!("DNS backend {} is not served yet", d.hostname))
-            }
+            BackendTarget::Dns(d) => CompiledTarget::Unresolved(format!(
+                "DNS backend {}:{} is not served yet",
+                d.hostname, d.port
+            )),
         }
     }
 }
 
-/// Header edits with names and values validated up front.
-#[derive(Default)]
-pub(crate) struct CompiledHeaderModifier {
-    pub(crate) set: Vec<(HeaderName, HeaderValue)>,
-    pub(crate) add: Vec<(HeaderName, HeaderValue)>,
-    pub(crate) remove: Vec<HeaderName>,
+/// A backend's endpoints, how to talk to them, and their shared state.
+pub(crate) struct CompiledEndpoints {
+    pub(crate) endpoints: Vec<Endpoint>,
+    pub(crate) protocol: BackendProtocol,
+    pub(crate) policy: BackendPolicy,
+    pub(crate) state: Arc<BackendState>,
+    /// Retry budget counts, when the policy sets a budget.
+    pub(crate) budget: Option<Arc<RetryBudgetState>>,
+    pub(crate) picker: PickerKind,
 }
 
-impl CompiledHeaderModifier {
-    fn compile(m: &HeaderModifier) -> std::result::Result<Self, String> {
-        fn pair(
-            (name, value): &(String, String),
-        ) -> std::result::Result<(HeaderName, HeaderValue), String> {
-            let n = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("invalid header name {name:?}"))?;
-            let v = HeaderValue::from_str(value)
-                .map_err(|_| format!("invalid value for header {name:?}"))?;
-            Ok((n, v))
+/// The endpoint picker of a backend.
+pub(crate) enum PickerKind {
+    RoundRobin,
+    LeastRequest,
+    Custom(Arc<dyn EndpointPicker>),
+}
+
+/// A `RequestMirror` filter, compiled.
+pub(crate) struct CompiledMirror {
+    target: Arc<CompiledEndpoints>,
+    fraction: Option<(u32, u32)>,
+}
+
+impl CompiledMirror {
+    fn compile(m: &RequestMirror, cx: &CompileCtx<'_>) -> std::result::Result<Self, String> {
+        if let Some((num, den)) = m.fraction
+            && (den == 0 || num > den)
+        {
+            return Err(format!("mirror fraction {num}/{den} is not within 0..=1"));
         }
-        Ok(CompiledHeaderModifier {
-            set: m
-                .set
-                .iter()
-                .map(pair)
-                .collect::<std::result::Result<_, _>>()?,
-            add: m
-                .add
-                .iter()
-                .map(pair)
-                .collect::<std::result::Result<_, _>>()?,
-            remove: m
-                .remove
-                .iter()
-                .map(|n| {
-                    HeaderName::from_bytes(n.as_bytes())
-                        .map_err(|_| format!("invalid header name {n:?}"))
-                })
-                .collect::<std::result::Result<_, _>>()?,
-        })
-    }
-}
-
-/// The filters of a rule or backend, sorted by the phase they run in.
-#[derive(Default)]
-pub(crate) struct CompiledFilters {
-    /// Set when a filter cannot work: requests reaching it get 500.
-    pub(crate) invalid: Option<String>,
-    pub(crate) redirect: Option<RequestRedirect>,
-    pub(crate) rewrite: Option<UrlRewrite>,
-    pub(crate) request_headers: Vec<CompiledHeaderModifier>,
-    pub(crate) response_headers: Vec<CompiledHeaderModifier>,
-    pub(crate) extensions: Vec<Arc<dyn HttpFilter>>,
-}
-
-impl CompiledFilters {
-    fn compile(filters: &[Filter], registry: &FilterRegistry) -> Self {
-        let mut out = CompiledFilters::default();
-        for filter in filters {
-            let problem = match filter {
-                Filter::RequestHeaderModifier(m) => CompiledHeaderModifier::compile(m)
-                    .map(|m| out.request_headers.push(m))
-                    .err(),
-                Filter::ResponseHeaderModifier(m) => CompiledHeaderModifier::compile(m)
-                    .map(|m| out.response_headers.push(m))
-                    .err(),
-                Filter::RequestRedirect(r) => {
-                    out.redirect = Some(r.clone());
-                    None
-                }
-                Filter::UrlRewrite(r) => {
-                    out.rewrite = Some(r.clone());
-                    None
-                }
-                Filter::ExtensionRef(reference) => match registry.build(reference) {
-                    Some(Ok(f)) => {
-                        out.extensions.push(f);
-                        None
-                    }
-                    Some(Err(e)) => Some(format!(
-                        "filter {}/{} {:?}: {e}",
-                        reference.group, reference.kind, reference.name
-                    )),
-                    None => Some(format!(
-                        "no filter registered for group {:?} kind {:?}",
-                        reference.group, reference.kind
-                    )),
-                },
-                Filter::Invalid { reason } => Some(reason.clone()),
-                Filter::RequestMirror(_) => Some("RequestMirror is not served yet".into()),
-                Filter::Cors(_) => Some("CORS is not served yet".into()),
-            };
-            if let Some(problem) = problem {
-                out.invalid.get_or_insert(problem);
+        match CompiledTarget::compile(&m.backend.name, &m.backend.target, cx) {
+            CompiledTarget::Endpoints(target) => Ok(CompiledMirror {
+                target,
+                fraction: m.fraction,
+            }),
+            CompiledTarget::Unresolved(reason) => {
+                Err(format!("mirror backend {}: {reason}", m.backend.name))
             }
         }
-        out
+    }
+
+    /// Whether this request is mirrored (the configured share of requests).
+    pub(crate) fn sampled(&self) -> bool {
+        match self.fraction {
+            None => true,
+            Some((num, den)) => rand::random_range(0..den) < num,
+        }
+    }
+
+    /// The mirror endpoint for this request, round robin over available endpoints.
+    pub(crate) fn endpoint(&self) -> Option<(SocketAddr, BackendProtocol)> {
+        let endpoints = &self.target.endpoints;
+        let n = endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let now = crate::backend::clock::now_ms();
+        let start = self.target.state.next_index(n);
+        let i = (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| endpoints[i].health.available(now))
+            .unwrap_or(start);
+        Some((endpoints[i].address(), self.target.protocol))
     }
 }
 

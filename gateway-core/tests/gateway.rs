@@ -7,12 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use gateway_core::config::*;
-use gateway_core::filter::{DirectResponse, FilterAction, HttpFilter};
-use gateway_core::{FilterRegistry, Gateway};
-use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
+use gateway_core::{
+    DirectResponse, FilterAction, FilterCtx, FilterRegistry, Gateway, HttpFilter, ResponseHeader,
+    Session, async_trait,
+};
 use support::*;
 
 fn addr(port: u16) -> SocketAddr {
@@ -171,7 +170,11 @@ struct Deny;
 
 #[async_trait]
 impl HttpFilter for Deny {
-    async fn request(&self, session: &mut Session) -> gateway_core::Result<FilterAction> {
+    async fn request_headers(
+        &self,
+        session: &mut Session,
+        _ctx: &mut FilterCtx,
+    ) -> gateway_core::Result<FilterAction> {
         if session.req_header().headers.contains_key("x-allow") {
             Ok(FilterAction::Continue)
         } else {
@@ -179,9 +182,10 @@ impl HttpFilter for Deny {
         }
     }
 
-    async fn response(
+    async fn response_headers(
         &self,
         _session: &mut Session,
+        _ctx: &mut FilterCtx,
         response: &mut ResponseHeader,
     ) -> gateway_core::Result<()> {
         response.insert_header("x-filtered", "1").unwrap();
@@ -213,7 +217,10 @@ async fn extension_filters_answer_or_pass_and_unknown_ones_answer_500() {
     })
     .await
     .unwrap();
-    assert_eq!(get(addr(port), "a", "/known").await.status, 403);
+    let denied = get(addr(port), "a", "/known").await;
+    assert_eq!(denied.status, 403);
+    // The response hook runs on the filter's own answer too.
+    assert_eq!(denied.headers.get("x-filtered").unwrap(), "1");
     let r = get_with(addr(port), "a", "/known", &[("x-allow", "1")]).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.headers.get("x-filtered").unwrap(), "1");
@@ -284,18 +291,11 @@ async fn swaps_keep_in_flight_requests_and_listeners_change_at_run_time() {
 }
 
 #[tokio::test]
-async fn invalid_config_is_rejected_and_the_last_good_one_keeps_serving() {
+async fn an_invalid_route_is_rejected_alone_and_the_rest_keeps_serving() {
     let v1 = backend("v1").await;
     let port = free_port();
     let gw = Gateway::new(FilterRegistry::new());
-    gw.apply(Config {
-        binds: vec![http_bind(
-            port,
-            vec![Route::new("ns", "r").rule(Rule::prefix("/").backend(to(&v1, "v1")))],
-        )],
-    })
-    .await
-    .unwrap();
+    let good = Route::new("ns", "good").rule(Rule::prefix("/").backend(to(&v1, "v1")));
     let bad = Route::new("ns", "bad").rule(
         Rule::default()
             .matching(RouteMatch {
@@ -304,13 +304,34 @@ async fn invalid_config_is_rejected_and_the_last_good_one_keeps_serving() {
             })
             .backend(to(&v1, "v1")),
     );
-    let err = gw
+    let bad_header = Route::new("ns", "bad-header").rule(
+        Rule::default()
+            .matching(RouteMatch {
+                headers: vec![HeaderMatch {
+                    name: "not a header name".into(),
+                    value: StringMatch::Exact("x".into()),
+                }],
+                ..RouteMatch::default()
+            })
+            .backend(to(&v1, "v1")),
+    );
+    let report = gw
         .apply(Config {
-            binds: vec![http_bind(port, vec![bad])],
+            binds: vec![http_bind(port, vec![good, bad, bad_header])],
         })
         .await
-        .unwrap_err();
-    assert_eq!(err.kind, gateway_core::ErrorKind::InvalidConfig);
+        .unwrap();
+    assert_eq!(report.rejected.len(), 2, "{:?}", report.rejected);
+    assert!(
+        report.rejected[0].contains("ns/bad "),
+        "{:?}",
+        report.rejected
+    );
+    assert!(
+        report.rejected[1].contains("ns/bad-header"),
+        "{:?}",
+        report.rejected
+    );
     assert_eq!(get(addr(port), "a", "/").await.backend(), "v1");
     gw.shutdown(Duration::from_secs(1)).await;
 }

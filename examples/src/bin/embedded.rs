@@ -13,15 +13,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use gateway_core::config::{
     BackendRef, Bind, Config, ExtensionRef, Filter, Listener, Protocol, RequestRedirect, Route,
     Rule,
 };
-use gateway_core::filter::{DirectResponse, FilterAction, HttpFilter};
-use gateway_core::{FilterRegistry, Gateway};
-use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
+use gateway_core::{
+    DirectResponse, FilterAction, FilterCtx, FilterRegistry, Gateway, HttpFilter, ResponseHeader,
+    Session, async_trait,
+};
 
 /// A custom filter: requests without the right `x-api-key` get 401; proxied responses say that
 /// the key was checked.
@@ -31,7 +30,11 @@ struct ApiKey {
 
 #[async_trait]
 impl HttpFilter for ApiKey {
-    async fn request(&self, session: &mut Session) -> gateway_core::Result<FilterAction> {
+    async fn request_headers(
+        &self,
+        session: &mut Session,
+        _ctx: &mut FilterCtx,
+    ) -> gateway_core::Result<FilterAction> {
         let given = session.req_header().headers.get("x-api-key");
         if given.is_some_and(|v| v.as_bytes() == self.key.as_bytes()) {
             Ok(FilterAction::Continue)
@@ -43,9 +46,10 @@ impl HttpFilter for ApiKey {
         }
     }
 
-    async fn response(
+    async fn response_headers(
         &self,
         _session: &mut Session,
+        _ctx: &mut FilterCtx,
         response: &mut ResponseHeader,
     ) -> gateway_core::Result<()> {
         // Header names and values here are static and valid: insert_header cannot fail.
@@ -61,7 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     examples::demo::spawn(backend_addr, "embedded-backend").await?;
 
     // 1. Register the custom filter under the (group, kind) routes will reference.
-    let mut registry = FilterRegistry::new();
+    let mut registry = FilterRegistry::with_builtins();
     registry.register_filter(
         "example.com",
         "ApiKey",

@@ -61,7 +61,7 @@ async fn main() {
     let args = Args::parse();
     examples::init_logging();
 
-    let gateway = Gateway::new(FilterRegistry::new());
+    let gateway = Gateway::new(FilterRegistry::with_builtins());
     let state = Arc::new(AdminState::default());
     if let Err(e) = admin::serve(args.admin, state.clone(), gateway.clone()).await {
         eprintln!(

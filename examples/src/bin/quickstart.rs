@@ -47,7 +47,7 @@ async fn main() {
             std::process::exit(1);
         }
     }
-    let gateway = Gateway::new(FilterRegistry::new());
+    let gateway = Gateway::new(FilterRegistry::with_builtins());
     let state = Arc::new(AdminState::default());
     let admin_addr = "127.0.0.1:9901".parse().expect("a literal socket address");
     if let Err(e) = admin::serve(admin_addr, state.clone(), gateway.clone()).await {

@@ -1,17 +1,36 @@
 //! Filters: the Gateway API built-ins and the trait for custom `ExtensionRef` filters.
 //!
-//! Built-in filters are plain data applied by [`crate::proxy`] in the phase the spec puts them in:
-//! redirects answer in `request_filter`, request header edits and URL rewrites change the upstream
-//! request in `upstream_request_filter`, response header edits run in `response_filter`.
+//! Every filter of a rule, built-in or custom, is one step of an ordered chain, run in the order
+//! the rule lists them (the rule's chain, then the chosen backend's). Each step sees the request
+//! as the steps before it left it:
+//!
+//! | hook | runs in | built-ins that act here |
+//! |---|---|---|
+//! | [`HttpFilter::request_headers`] | `request_filter`, after the route matched | `RequestHeaderModifier`, `URLRewrite`, `RequestRedirect` (answers), `CORS` (answers preflights), `RequestMirror` (starts the copy) |
+//! | [`HttpFilter::request_body`] | once with the whole body when a step asked for it with [`FilterCtx::buffer_request_body`]; otherwise chunk by chunk as it streams to the backend | `RequestMirror` (tees the body) |
+//! | [`HttpFilter::upstream_request`] | `upstream_request_filter`, once per attempt | — |
+//! | [`HttpFilter::response_headers`] | `response_filter`, and for every response the gateway writes itself (redirects, direct responses, errors) | `ResponseHeaderModifier`, `CORS` (annotates) |
+//! | [`HttpFilter::response_body`] | `response_body_filter`, chunk by chunk | — |
+//! | [`HttpFilter::logging`] | at the end of every request, whatever happened | — |
+//!
+//! Only the steps a request reached take part in its response and logging hooks: when a step
+//! answers (a redirect, a direct response), the steps after it never saw the request.
 //!
 //! Custom filters implement [`HttpFilter`] and are registered in a [`FilterRegistry`] under the
 //! `(group, kind)` an HTTPRoute's `ExtensionRef` names. The registry is consulted when a
-//! configuration is applied, never on the request path. A reference to a kind nobody registered
-//! makes its rule answer 500, as the Gateway API requires.
+//! configuration is applied, never on the request path; the factory gets the referenced object's
+//! settings ([`ExtensionRef::config`]). A reference to a kind nobody registered makes its rule
+//! answer 500, as the Gateway API requires.
 
 mod builtin;
+pub(crate) mod chain;
+pub(crate) mod cors;
+mod ctx;
+mod direct;
 
 pub use builtin::{redirect_location, rewrite_path};
+pub use ctx::{FilterCtx, RouteInfo};
+pub use direct::{DIRECT_RESPONSE_GROUP, DIRECT_RESPONSE_KIND, DirectResponseFilter};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -25,17 +44,18 @@ use pingora_proxy::Session;
 use crate::config::ExtensionRef;
 use crate::error::Result;
 
-/// What a custom filter decides in the request phase.
+/// What a filter decides in a request hook.
 #[derive(Debug)]
 pub enum FilterAction {
-    /// Carry on: the next filter runs, then the request goes to a backend.
+    /// Carry on: the next step runs, then the request goes to a backend.
     Continue,
-    /// Answer the client now with this response; no backend is contacted.
+    /// Answer the client now with this response; no backend is contacted. The response hooks of
+    /// the steps the request reached still run on it.
     Respond(DirectResponse),
 }
 
 /// A response written by the gateway itself.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirectResponse {
     /// The status code.
     pub status: u16,
@@ -58,37 +78,86 @@ impl DirectResponse {
 
 /// A custom filter, referenced from an HTTPRoute rule or backendRef through `ExtensionRef`.
 ///
-/// One value serves every request of the rules that reference it, concurrently: keep per-request
-/// state on the stack or in the session, shared state behind atomics. Every hook has a default
-/// that does nothing, so implement only the phases you need.
+/// One value serves every request of the rules that reference it, concurrently: keep
+/// per-request state in [`FilterCtx::extensions_mut`], shared state behind atomics. Every hook has
+/// a default that does nothing, so implement only the phases you need. An `Err` from a request
+/// hook answers 500; from a later hook it ends the request with 500 if nothing was sent yet.
 #[async_trait]
 pub trait HttpFilter: Send + Sync + 'static {
-    /// Runs in Pingora's `request_filter` phase, after the route matched and before a backend is
-    /// chosen, in the order the rule lists its filters. Return [`FilterAction::Respond`] to answer
-    /// directly. An `Err` answers 500.
-    async fn request(&self, _session: &mut Session) -> Result<FilterAction> {
+    /// Runs after the route matched, in the order the rule lists its filters, before the backend
+    /// (rule filters) or the endpoint (backend filters) is chosen. The request headers can be
+    /// changed through `session.req_header_mut()`; the changes reach the backend. Return
+    /// [`FilterAction::Respond`] to answer directly. Call [`FilterCtx::buffer_request_body`] here
+    /// to get the whole body in [`HttpFilter::request_body`] before the endpoint is chosen.
+    async fn request_headers(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut FilterCtx,
+    ) -> Result<FilterAction> {
         Ok(FilterAction::Continue)
     }
 
-    /// Runs in `upstream_request_filter` on the request about to be sent to the backend, after
-    /// the built-in header modifiers and rewrites.
+    /// Sees the request body. When some step asked for buffering, runs once with the whole body
+    /// (`end_of_stream` true) before the endpoint is chosen, and may still answer; a changed body
+    /// is what every attempt sends. Otherwise runs for each chunk as it streams to the backend
+    /// (first attempt only), and [`FilterAction::Respond`] is an error there (500).
+    async fn request_body(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut FilterCtx,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+    ) -> Result<FilterAction> {
+        Ok(FilterAction::Continue)
+    }
+
+    /// Runs on the request about to be sent to the backend, once per attempt (retries included),
+    /// after every request hook.
     async fn upstream_request(
         &self,
         _session: &mut Session,
+        _ctx: &mut FilterCtx,
         _request: &mut RequestHeader,
     ) -> Result<()> {
         Ok(())
     }
 
-    /// Runs in `response_filter` on the response about to be sent to the client, for proxied
-    /// responses, after the built-in response header modifiers.
-    async fn response(&self, _session: &mut Session, _response: &mut ResponseHeader) -> Result<()> {
+    /// Runs on the response about to be sent to the client: the backend's, or one the gateway
+    /// writes itself (redirect, direct response, error). In the order the rule lists its filters.
+    async fn response_headers(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut FilterCtx,
+        _response: &mut ResponseHeader,
+    ) -> Result<()> {
         Ok(())
+    }
+
+    /// Runs for each chunk of a proxied response body. Synchronous, as Pingora's phase is: do no
+    /// blocking work here.
+    fn response_body(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut FilterCtx,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// Runs once when the request ends, for every request that reached this filter, whatever
+    /// happened to it: proxied, answered by a filter, redirected, or failed (`error`).
+    async fn logging(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut FilterCtx,
+        _error: Option<&pingora_error::Error>,
+    ) {
     }
 }
 
-/// Builds a filter instance for one `ExtensionRef` (for example, looks up the named object's
-/// settings). Called when a configuration is applied.
+/// Builds a filter instance for one `ExtensionRef`. Called when a configuration is applied, with
+/// the reference and the referenced object's settings ([`ExtensionRef::config`]).
 pub trait FilterFactory: Send + Sync + 'static {
     /// Creates the filter `reference` names. An error makes the rules using it answer 500.
     fn build(&self, reference: &ExtensionRef) -> Result<Arc<dyn HttpFilter>>;
@@ -105,7 +174,8 @@ where
 
 /// The custom filters a gateway knows, by `(group, kind)`.
 ///
-/// Empty by default: every `ExtensionRef` then answers 500.
+/// Empty by default: every `ExtensionRef` then answers 500. [`FilterRegistry::with_builtins`]
+/// starts with the project's own filters (`DirectResponse`).
 #[derive(Clone, Default)]
 pub struct FilterRegistry {
     factories: HashMap<(String, String), Arc<dyn FilterFactory>>,
@@ -115,6 +185,18 @@ impl FilterRegistry {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A registry with the built-in custom filters: [`DirectResponseFilter`] under
+    /// ([`DIRECT_RESPONSE_GROUP`], [`DIRECT_RESPONSE_KIND`]).
+    pub fn with_builtins() -> Self {
+        let mut registry = Self::new();
+        registry.register(
+            DIRECT_RESPONSE_GROUP,
+            DIRECT_RESPONSE_KIND,
+            DirectResponseFilter::factory,
+        );
+        registry
     }
 
     /// Registers `factory` for `ExtensionRef`s of `group` and `kind`, replacing an earlier one.

@@ -43,6 +43,7 @@ struct VirtualHost {
 pub(crate) struct ListenerRouter {
     vhosts: HostIndex<VirtualHost>,
     candidates: Vec<Candidate>,
+    rejected: Vec<String>,
 }
 
 /// The rule a listener chose: route index, rule index, covered prefix length.
@@ -50,16 +51,36 @@ pub(crate) type ListenerHit = (usize, usize, Option<usize>);
 
 impl ListenerRouter {
     /// Compiles the routes of `listener`. Routes whose hostnames do not intersect the listener's
-    /// are left out. Fails on a bad regular expression, header name or hostname, naming the route
-    /// and rule.
+    /// are left out. A route with a bad regular expression, header name or hostname is left out
+    /// alone and listed in [`ListenerRouter::rejected`]; the others are served.
     pub(crate) fn build(listener: &Listener) -> Result<Self> {
         let order = route_order(&listener.routes);
         let mut candidates = Vec::new();
         let mut vhosts = HostIndex::<VirtualHost>::default();
+        let mut rejected = Vec::new();
         for (route_index, route) in listener.routes.iter().enumerate() {
             let first = candidates.len();
-            compile_route(route, route_index, order[route_index], &mut candidates)?;
-            let patterns = route_patterns(listener.hostname.as_deref(), route)?;
+            // One bad route is left out alone; the others keep serving.
+            let patterns =
+                match compile_route(route, route_index, order[route_index], &mut candidates)
+                    .and_then(|()| route_patterns(listener.hostname.as_deref(), route))
+                {
+                    Ok(patterns) => patterns,
+                    Err(e) => {
+                        candidates.truncate(first);
+                        tracing::warn!(
+                            route = %format_args!("{}/{}", route.namespace, route.name),
+                            listener = %listener.name,
+                            error = %e,
+                            "route rejected"
+                        );
+                        rejected.push(format!(
+                            "route {}/{} on listener {}: {}",
+                            route.namespace, route.name, listener.name, e.context
+                        ));
+                        continue;
+                    }
+                };
             if patterns.is_empty() {
                 tracing::debug!(
                     route = %format_args!("{}/{}", route.namespace, route.name),
@@ -83,7 +104,16 @@ impl ListenerRouter {
         for vhost in vhosts.values_mut() {
             vhost.sort(&candidates);
         }
-        Ok(ListenerRouter { vhosts, candidates })
+        Ok(ListenerRouter {
+            vhosts,
+            candidates,
+            rejected,
+        })
+    }
+
+    /// The routes left out by [`ListenerRouter::build`], with the reason.
+    pub(crate) fn rejected(&self) -> &[String] {
+        &self.rejected
     }
 
     /// The greatest-ranked match holding for the request, within the most specific route

@@ -71,6 +71,8 @@ pub struct BindRouter {
     listeners: HostIndex<usize>,
     /// One compiled router per listener, in bind order.
     routers: Vec<ListenerRouter>,
+    /// What was left out, with the reason.
+    rejected: Vec<String>,
 }
 
 impl BindRouter {
@@ -82,11 +84,26 @@ impl BindRouter {
     pub fn build(listeners: &[Listener]) -> Result<Self> {
         let mut index = HostIndex::default();
         let mut routers = Vec::with_capacity(listeners.len());
+        let mut rejected = Vec::new();
         for (i, listener) in listeners.iter().enumerate() {
             let in_listener =
                 |e: crate::Error| e.more_context(format_args!("listener {}", listener.name));
-            let pattern = HostPattern::parse(listener.hostname.as_deref())
-                .map_err(|e| in_listener(crate::Error::new(crate::ErrorKind::InvalidConfig, e)))?;
+            let pattern = match HostPattern::parse(listener.hostname.as_deref()) {
+                Ok(p) => p,
+                Err(e) => {
+                    // A listener with a bad hostname serves nothing; the others still do.
+                    tracing::warn!(listener = %listener.name, error = %e, "listener rejected");
+                    rejected.push(format!("listener {}: {e}", listener.name));
+                    routers.push(
+                        ListenerRouter::build(&Listener {
+                            routes: Vec::new(),
+                            ..listener.clone()
+                        })
+                        .map_err(in_listener)?,
+                    );
+                    continue;
+                }
+            };
             if index.contains(&pattern) {
                 tracing::warn!(
                     listener = %listener.name,
@@ -96,12 +113,20 @@ impl BindRouter {
             } else {
                 index.entry(&pattern, || i);
             }
-            routers.push(ListenerRouter::build(listener).map_err(in_listener)?);
+            let router = ListenerRouter::build(listener).map_err(in_listener)?;
+            rejected.extend(router.rejected().iter().cloned());
+            routers.push(router);
         }
         Ok(BindRouter {
             listeners: index,
             routers,
+            rejected,
         })
+    }
+
+    /// Listeners and routes left out of this bind because they were invalid, with the reason.
+    pub fn rejected(&self) -> &[String] {
+        &self.rejected
     }
 
     /// Finds the rule that takes the request, or `None` (404). Runs once per request.

@@ -655,7 +655,7 @@ fn empty_and_missing_routes_are_404() {
 }
 
 #[test]
-fn invalid_regex_names_route_and_rule() {
+fn an_invalid_route_is_left_out_alone_naming_route_and_rule() {
     let bad = route(
         "bad",
         &[],
@@ -666,21 +666,31 @@ fn invalid_regex_names_route_and_rule() {
             ))),
         ],
     );
-    let err = BindRouter::build(&[listener(None, vec![bad])]).expect_err("invalid regex");
-    assert_eq!(err.kind, ErrorKind::InvalidConfig);
-    assert!(err.context.contains("ns/bad"), "{}", err.context);
-    assert!(err.context.contains("rule 1"), "{}", err.context);
+    let good = route("good", &[], vec![Rule::prefix("/")]);
+    let router = BindRouter::build(&[listener(None, vec![bad, good])]).expect("builds");
+    let rejected = router.rejected();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert!(rejected[0].contains("ns/bad"), "{}", rejected[0]);
+    assert!(rejected[0].contains("rule 1"), "{}", rejected[0]);
+    // The whole bad route is out (its valid rule too); the good one serves.
+    assert_eq!(get(&router, "a.com", "/"), Some((0, 1, 0)));
 }
 
 #[test]
-fn invalid_hostnames_are_config_errors() {
-    let err =
-        BindRouter::build(&[listener(Some("a.*.com"), vec![])]).expect_err("bad listener hostname");
-    assert_eq!(err.kind, ErrorKind::InvalidConfig);
-    let err = BindRouter::build(&[listener(None, vec![route("r", &["*"], vec![])])])
-        .expect_err("bad route hostname");
-    assert_eq!(err.kind, ErrorKind::InvalidConfig);
-    assert!(err.context.contains("ns/r"), "{}", err.context);
+fn invalid_hostnames_leave_out_their_listener_or_route() {
+    let router = BindRouter::build(&[
+        listener(
+            Some("a.*.com"),
+            vec![route("r0", &[], vec![Rule::prefix("/")])],
+        ),
+        listener(None, vec![route("r", &["*"], vec![Rule::prefix("/")])]),
+    ])
+    .expect("builds");
+    let rejected = router.rejected();
+    assert_eq!(rejected.len(), 2, "{rejected:?}");
+    assert!(rejected[0].starts_with("listener"), "{}", rejected[0]);
+    assert!(rejected[1].contains("ns/r "), "{}", rejected[1]);
+    assert_eq!(get(&router, "a.com", "/"), None);
 }
 
 #[test]

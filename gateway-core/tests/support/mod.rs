@@ -269,3 +269,107 @@ pub async fn get_over_tls(
         .unwrap();
     read(sender.send_request(req).await.unwrap()).await
 }
+
+/// A backend that answers every request with `status` and `x-backend: name`.
+pub async fn fixed(name: &'static str, status: u16) -> TestBackend {
+    serve(move |_req| async move {
+        let mut resp = Response::new(Full::new(Bytes::from(format!("{name} says {status}"))));
+        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        resp.headers_mut()
+            .insert("x-backend", name.parse().unwrap());
+        Ok(resp)
+    })
+    .await
+}
+
+/// A backend that reads the request, then closes the connection without answering.
+pub async fn resetter() -> TestBackend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = connections.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                drop(stream);
+            });
+        }
+    });
+    TestBackend {
+        addr,
+        connections,
+        task,
+    }
+}
+
+/// A backend whose answers come from `handler`; `connections` counts accepted connections.
+pub async fn serve<F, Fut, B>(handler: F) -> TestBackend
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = connections.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| handler.clone()(req));
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    TestBackend {
+        addr,
+        connections,
+        task,
+    }
+}
+
+/// Sends one request with a body on a fresh connection; returns status, headers and raw body.
+pub async fn send_body(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> (u16, http::HeaderMap, Bytes) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(body)).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, bytes)
+}

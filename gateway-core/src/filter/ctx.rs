@@ -1,0 +1,129 @@
+//! The per-request context every filter hook gets.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// Which listener, route and rule took a request. Built once per rule when a configuration is
+/// applied; requests share it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteInfo {
+    /// The listener's name, as in [`crate::config::Listener::name`].
+    pub listener: String,
+    /// The route's namespace.
+    pub namespace: String,
+    /// The route's name.
+    pub route: String,
+    /// The rule's name, or its index when it has none.
+    pub rule: String,
+}
+
+/// Per-request state shared by the filters of one request, from the route match to logging.
+///
+/// It carries typed values between hooks and filters ([`FilterCtx::extensions_mut`]), tells which
+/// listener, route, rule and backend took the request, and lets a filter ask for the request body
+/// or steer the backend and endpoint choice.
+pub struct FilterCtx {
+    route: Arc<RouteInfo>,
+    extensions: http::Extensions,
+    backend: Option<Arc<str>>,
+    wanted_backend: Option<String>,
+    preferred_endpoint: Option<SocketAddr>,
+    endpoint: Option<SocketAddr>,
+    body_limit: Option<usize>,
+    body: Option<Bytes>,
+}
+
+impl FilterCtx {
+    pub(crate) fn new(route: Arc<RouteInfo>) -> Self {
+        FilterCtx {
+            route,
+            extensions: http::Extensions::new(),
+            backend: None,
+            wanted_backend: None,
+            preferred_endpoint: None,
+            endpoint: None,
+            body_limit: None,
+            body: None,
+        }
+    }
+
+    /// The listener, route and rule that took the request.
+    pub fn route(&self) -> &RouteInfo {
+        &self.route
+    }
+
+    /// The chosen backend's name (e.g. `namespace/service:port`), once chosen: rule filters'
+    /// request hooks run before the choice and see `None`; backend filters and later hooks see it.
+    pub fn backend(&self) -> Option<&str> {
+        self.backend.as_deref()
+    }
+
+    /// The endpoint of the current attempt, once chosen (from `upstream_request` on).
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        self.endpoint
+    }
+
+    /// Typed per-request values, for sharing between hooks and filters.
+    pub fn extensions(&self) -> &http::Extensions {
+        &self.extensions
+    }
+
+    /// Typed per-request values, mutable.
+    pub fn extensions_mut(&mut self) -> &mut http::Extensions {
+        &mut self.extensions
+    }
+
+    /// Asks for the whole request body, up to `limit` bytes, before the endpoint is chosen: the
+    /// [`crate::HttpFilter::request_body`] hooks then run once with all of it, and endpoint pickers
+    /// see it. A larger body is answered with 413. Several calls keep the largest limit. Call it
+    /// from a request-headers hook.
+    pub fn buffer_request_body(&mut self, limit: usize) {
+        self.body_limit = Some(self.body_limit.map_or(limit, |l| l.max(limit)));
+    }
+
+    /// The limit asked for with [`FilterCtx::buffer_request_body`], if any.
+    pub fn body_limit(&self) -> Option<usize> {
+        self.body_limit
+    }
+
+    /// The buffered request body, once read (see [`FilterCtx::buffer_request_body`]).
+    pub fn request_body(&self) -> Option<&Bytes> {
+        self.body.as_ref()
+    }
+
+    /// Asks for the backend named `name` (a backendRef's name) instead of the weighted choice.
+    /// Effective from a rule filter's request-headers hook; an unknown name falls back to the
+    /// weighted choice.
+    pub fn choose_backend(&mut self, name: impl Into<String>) {
+        self.wanted_backend = Some(name.into());
+    }
+
+    /// Asks for `endpoint` first, if it is one of the chosen backend's endpoints and usable. The
+    /// backend's picker orders the rest as fallbacks.
+    pub fn prefer_endpoint(&mut self, endpoint: SocketAddr) {
+        self.preferred_endpoint = Some(endpoint);
+    }
+
+    /// The endpoint asked for with [`FilterCtx::prefer_endpoint`].
+    pub fn preferred_endpoint(&self) -> Option<SocketAddr> {
+        self.preferred_endpoint
+    }
+
+    pub(crate) fn wanted_backend(&self) -> Option<&str> {
+        self.wanted_backend.as_deref()
+    }
+
+    pub(crate) fn set_backend(&mut self, name: Arc<str>) {
+        self.backend = Some(name);
+    }
+
+    pub(crate) fn set_endpoint(&mut self, endpoint: SocketAddr) {
+        self.endpoint = Some(endpoint);
+    }
+
+    pub(crate) fn set_body(&mut self, body: Bytes) {
+        self.body = Some(body);
+    }
+}
