@@ -88,6 +88,20 @@ impl Backends {
             .iter()
             .any(|p| p.saw_request_containing(needle))
     }
+
+    /// How many requests the pods of `namespace/deployment` received whose RequestURI satisfies
+    /// `matches` (every request counts, as every log line does upstream).
+    pub fn count_requests(
+        &self,
+        namespace: &str,
+        deployment: &str,
+        matches: impl Fn(&str) -> bool,
+    ) -> usize {
+        self.pods(namespace, deployment)
+            .iter()
+            .map(|p| p.count_requests(&matches))
+            .sum()
+    }
 }
 
 #[cfg(test)]
@@ -127,5 +141,6 @@ spec:
         assert_ne!(eps[0].ip, eps[1].ip);
         assert!(b.pods("ns-a", "other").is_empty());
         assert!(!b.saw_request("ns-a", "svc-a", "/nothing"));
+        assert_eq!(b.count_requests("ns-a", "svc-a", |_| true), 0);
     }
 }

@@ -409,6 +409,8 @@ pub enum TestKind {
     Traffic,
     /// Status conditions only.
     Status,
+    /// A WebSocket through the gateway (HTTPRouteBackendProtocolWebSocket; no rows).
+    WebSocket,
 }
 
 /// One upstream test the harness can run.
@@ -451,10 +453,20 @@ const fn skip(name: &'static str, files: &'static [&'static str], why: &'static 
     }
 }
 
+const fn ws(name: &'static str, files: &'static [&'static str]) -> TestSpec {
+    TestSpec {
+        name,
+        files,
+        kind: TestKind::WebSocket,
+        unsupported: None,
+    }
+}
+
 const NO_TLS_BACKEND: &str = "needs a TLS echo backend on 8443 (not emulated)";
 const NO_CLIENT_CERT: &str = "needs frontend client-certificate material (not emulated)";
 
-/// Every HTTP/HTTPS test of `cases.tsv` plus the status-only Gateway/HTTPRoute tests.
+/// Every HTTP/HTTPS test of `cases.tsv`, the WebSocket test, and the status-only
+/// Gateway/HTTPRoute tests.
 pub const TESTS: &[TestSpec] = &[
     t("HTTPRoute303Redirect", &["httproute-303-redirect.yaml"]),
     t("HTTPRoute307Redirect", &["httproute-307-redirect.yaml"]),
@@ -462,6 +474,10 @@ pub const TESTS: &[TestSpec] = &[
     t(
         "HTTPRouteBackendProtocolH2C",
         &["httproute-backend-protocol-h2c.yaml"],
+    ),
+    ws(
+        "HTTPRouteBackendProtocolWebSocket",
+        &["httproute-backend-protocol-websocket.yaml"],
     ),
     t(
         "HTTPRouteBackendRequestRedirect",

@@ -3,8 +3,9 @@
 //! One [`EchoPod`] stands for one Kubernetes pod: it listens on a loopback address on every
 //! container port its Services target, serves HTTP/1.1 and h2c (prior knowledge) on each, and
 //! answers with a JSON echo of the request. Special paths: `/health`, `/status/NNN`, `?delay=`,
-//! and the `/retry/` simulator. Every request's RequestURI is recorded so mirror tests can ask
-//! whether a pod saw a request.
+//! the `/retry/` simulator and the `/ws` WebSocket echo (RFC 6455 over HTTP/1.1, as echo-basic's
+//! `golang.org/x/net/websocket` handler). Every request's RequestURI is recorded so mirror tests
+//! can ask whether, and how often, a pod saw a request.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -13,14 +14,20 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode};
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::error::{Error, Result};
 
@@ -109,12 +116,19 @@ impl EchoPod {
 
     /// Whether this pod has received a request whose RequestURI contains `needle`.
     pub fn saw_request_containing(&self, needle: &str) -> bool {
+        self.count_requests(|r| r.contains(needle)) > 0
+    }
+
+    /// How many received requests (every one counts, repeats included) have a RequestURI
+    /// for which `matches` holds: the number of matching log lines upstream would find.
+    pub fn count_requests(&self, matches: impl Fn(&str) -> bool) -> usize {
         self.state
             .requests
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .any(|r| r.contains(needle))
+            .filter(|r| matches(r))
+            .count()
     }
 }
 
@@ -155,7 +169,7 @@ async fn serve_connection(stream: TcpStream, port: u16, state: Arc<PodState>) {
         async move { Ok::<_, Infallible>(handle(state, port, abort, req).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let mut conn = Box::pin(builder.serve_connection(TokioIo::new(stream), service));
+    let mut conn = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(stream), service));
     let reset = tokio::select! {
         _ = conn.as_mut() => false,
         _ = abort.notified() => true,
@@ -284,6 +298,9 @@ async fn handle(
     if path == "/health" {
         return plain(StatusCode::OK, "OK");
     }
+    if path == "/ws" {
+        return websocket(req);
+    }
     if let Some(code) = path.strip_prefix("/status/") {
         return match code
             .parse::<u16>()
@@ -351,6 +368,87 @@ async fn retry_simulator(
             abort.notify_one();
             std::future::pending::<()>().await;
             None
+        }
+    }
+}
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 §4.2.2: base64 of the SHA-1 of
+/// the key followed by the protocol GUID).
+pub fn websocket_accept(key: &str) -> String {
+    derive_accept_key(key.as_bytes())
+}
+
+/// The `/ws` endpoint, as echo-basic's `websocket.Handler` (golang.org/x/net/websocket) serves
+/// it: the opening handshake is checked in the same order and with the same answers (405 for a
+/// method other than GET, 400 without `Upgrade: websocket` and `Connection: upgrade`, without a
+/// key, or for a version other than 13, 403 without an `Origin`), then 101 with
+/// `Sec-WebSocket-Accept`, and every text or binary message is echoed back until the client
+/// closes.
+fn websocket(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    if req.method() != Method::GET {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "");
+    }
+    if req.version() != http::Version::HTTP_11
+        || !header("upgrade").eq_ignore_ascii_case("websocket")
+        || !header("connection")
+            .to_ascii_lowercase()
+            .contains("upgrade")
+    {
+        return plain(StatusCode::BAD_REQUEST, "not a websocket handshake");
+    }
+    let key = header("sec-websocket-key");
+    if key.is_empty() {
+        return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    }
+    if header("sec-websocket-version") != "13" {
+        let mut resp = plain(StatusCode::BAD_REQUEST, "unsupported websocket version");
+        resp.headers_mut()
+            .insert("sec-websocket-version", HeaderValue::from_static("13"));
+        return resp;
+    }
+    let origin = header("origin");
+    if origin.is_empty() || origin.parse::<http::Uri>().is_err() {
+        return plain(StatusCode::FORBIDDEN, "");
+    }
+    let Ok(accept) = HeaderValue::from_str(&websocket_accept(&key)) else {
+        return plain(StatusCode::BAD_REQUEST, "invalid Sec-WebSocket-Key");
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let ws =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            echo_frames(ws).await;
+        }
+    });
+    let mut resp = plain(StatusCode::SWITCHING_PROTOCOLS, "");
+    let h = resp.headers_mut();
+    h.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
+    h.insert(http::header::SEC_WEBSOCKET_ACCEPT, accept);
+    resp
+}
+
+/// Echoes text and binary messages with their type. Pings are answered and a close is returned
+/// by tungstenite itself while reading; the loop ends when the connection does.
+async fn echo_frames<S>(mut ws: WebSocketStream<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    while let Some(Ok(msg)) = ws.next().await {
+        if matches!(msg, Message::Text(_) | Message::Binary(_)) && ws.send(msg).await.is_err() {
+            break;
         }
     }
 }
@@ -596,6 +694,131 @@ mod tests {
         assert_eq!(v["proto"], "HTTP/2.0");
         assert_eq!(v["host"], "h2.example");
         assert_eq!(v["path"], "/abc?q=1");
+    }
+
+    #[tokio::test]
+    async fn retry_simulator_delays_failing_attempts_only() {
+        let p = pod().await;
+        let path = "/retry/x?responseCode=500&succeedAfter=1&delayRetry=300ms&uuid=slow";
+        let start = std::time::Instant::now();
+        let (status, _, _) = get_h1(addr(&p), path, &[]).await.expect("req");
+        assert_eq!(status.as_u16(), 500);
+        assert!(start.elapsed() >= Duration::from_millis(300));
+        let start = std::time::Instant::now();
+        let (status, _, _) = get_h1(addr(&p), path, &[]).await.expect("req");
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            start.elapsed() < Duration::from_millis(300),
+            "success is not delayed"
+        );
+    }
+
+    #[tokio::test]
+    async fn counts_recorded_requests() {
+        let p = pod().await;
+        for path in ["/m?id=1", "/m?id=1", "/m?id=2", "/other"] {
+            get_h1(addr(&p), path, &[]).await.expect("req");
+        }
+        assert_eq!(p.count_requests(|r| r.starts_with("/m?")), 3);
+        assert_eq!(p.count_requests(|r| r.ends_with("id=1")), 2);
+        assert!(p.saw_request_containing("/other"));
+        assert!(!p.saw_request_containing("id=3"));
+    }
+
+    #[test]
+    fn websocket_accept_matches_rfc_6455() {
+        // The example of RFC 6455 §1.3.
+        assert_eq!(
+            websocket_accept("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    /// Writes `request` on a fresh connection and reads the response head.
+    async fn raw_exchange(addr: SocketAddr, request: &str) -> (TcpStream, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+                .await
+                .expect("response in time")
+                .expect("read");
+            assert_eq!(
+                n,
+                1,
+                "connection closed after {:?}",
+                String::from_utf8_lossy(&head)
+            );
+            head.push(byte[0]);
+        }
+        (stream, String::from_utf8_lossy(&head).to_ascii_lowercase())
+    }
+
+    fn upgrade_request(extra: &str) -> String {
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: gw.example:80\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn websocket_handshake_and_echo() {
+        let p = pod().await;
+        let (stream, head) = raw_exchange(
+            addr(&p),
+            &upgrade_request("Sec-WebSocket-Version: 13\r\nOrigin: ws://gateway/test\r\n"),
+        )
+        .await;
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(head.contains("upgrade: websocket\r\n"), "{head}");
+        assert!(
+            head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
+            "{head}"
+        );
+        let mut ws = WebSocketStream::from_raw_socket(stream, Role::Client, None).await;
+        ws.send(Message::text("Websocket Support!"))
+            .await
+            .expect("send text");
+        let reply = ws.next().await.expect("a reply").expect("a message");
+        assert_eq!(reply, Message::text("Websocket Support!"));
+        let bytes = Bytes::from_static(&[1, 2, 3, 4, 5, 6, 7]);
+        ws.send(Message::Binary(bytes.clone()))
+            .await
+            .expect("send binary");
+        let reply = ws.next().await.expect("a reply").expect("a message");
+        assert_eq!(reply, Message::Binary(bytes));
+        ws.close(None).await.expect("close");
+        assert!(p.saw_request_containing("/ws"));
+    }
+
+    #[tokio::test]
+    async fn websocket_rejects_bad_handshakes() {
+        let p = pod().await;
+        // No Origin: x/net/websocket's Handler refuses with 403.
+        let (_, head) =
+            raw_exchange(addr(&p), &upgrade_request("Sec-WebSocket-Version: 13\r\n")).await;
+        assert!(head.starts_with("http/1.1 403"), "{head}");
+        // An unsupported version: 400 naming the supported one.
+        let (_, head) = raw_exchange(
+            addr(&p),
+            &upgrade_request("Sec-WebSocket-Version: 8\r\nOrigin: http://o\r\n"),
+        )
+        .await;
+        assert!(head.starts_with("http/1.1 400"), "{head}");
+        assert!(head.contains("sec-websocket-version: 13\r\n"), "{head}");
+        // A plain request to /ws is not a handshake.
+        let (status, _, _) = get_h1(addr(&p), "/ws", &[]).await.expect("req");
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        // Only GET opens a websocket.
+        let (_, head) = raw_exchange(
+            addr(&p),
+            "POST /ws HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await;
+        assert!(head.starts_with("http/1.1 405"), "{head}");
     }
 
     #[test]

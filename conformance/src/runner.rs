@@ -1,6 +1,6 @@
 //! Runs tests: config directory, gateway process, preconditions, status checks, traffic.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::backends::Backends;
 use crate::cases::{Case, TestKind, TestSpec, find_test, parse_cases};
 use crate::certs::{INFRA_NS, SuiteCerts};
-use crate::client::{Client, RequestSpec};
+use crate::client::{Client, RequestSpec, websocket_echo};
 use crate::compare::{Expectation, Observed, compare};
 use crate::error::{Error, Result};
 use crate::gateway::{GatewayOptions, GatewayProcess};
@@ -198,6 +198,7 @@ impl Ctx<'_> {
         let result = match spec.kind {
             TestKind::Status => self.run_status(spec, &mut run).await,
             TestKind::Traffic => self.run_traffic(spec, rows, &mut run).await,
+            TestKind::WebSocket => self.run_websocket(spec, &run).await,
         };
         if !run.gw.is_running() {
             return fail(format!(
@@ -325,15 +326,15 @@ impl Ctx<'_> {
         Ok(format!("{n} status checks"))
     }
 
-    /// Waits until each Gateway of the test has an address and ready listeners, and its routes
-    /// (from the test manifests) are Accepted; returns where each Gateway is reachable.
+    /// Waits until each of `gateways` (infra namespace) has an address and ready listeners, and
+    /// its routes (from the test manifests) are Accepted, then for the test's other status checks
+    /// ([`traffic_checks`]); returns where each Gateway is reachable.
     async fn preconditions(
         &self,
         spec: &TestSpec,
-        rows: &[&Case],
+        gateways: BTreeSet<&str>,
         run: &Running,
     ) -> TestResultOf<BTreeMap<String, IpAddr>> {
-        let gateways: BTreeSet<&str> = rows.iter().map(|c| c.gateway.as_str()).collect();
         let rejected = rejected_routes(spec.name);
         let deadline = Instant::now() + self.opts.deadline.max(Duration::from_secs(5));
         let mut addrs = BTreeMap::new();
@@ -369,29 +370,43 @@ impl Ctx<'_> {
                 }
             }
         }
-        self.wait_checks(run, &traffic_checks(spec.name))
+        self.wait_checks(run, &traffic_checks(spec.name, &self.opts.controller))
             .await
             .map_err(|e| prefix(e, "status"))?;
         Ok(addrs)
     }
 
     fn target(&self, run: &Running, case: &Case, ip: IpAddr) -> TestResultOf<Target> {
+        self.target_for(
+            run,
+            &case.gateway,
+            case.listeners.first().map(String::as_str),
+            ip,
+        )
+    }
+
+    /// Where listener `section` (default: the first) of Gateway `gateway` is reachable.
+    fn target_for(
+        &self,
+        run: &Running,
+        gateway: &str,
+        section: Option<&str>,
+        ip: IpAddr,
+    ) -> TestResultOf<Target> {
         let gw = run
             .all_docs
             .iter()
-            .find(|d| kind(d) == "Gateway" && namespace(d) == INFRA_NS && name(d) == case.gateway)
-            .ok_or_else(|| {
-                TestError::Fail(format!("Gateway {} not in the manifests", case.gateway))
-            })?;
+            .find(|d| kind(d) == "Gateway" && namespace(d) == INFRA_NS && name(d) == gateway)
+            .ok_or_else(|| TestError::Fail(format!("Gateway {gateway} not in the manifests")))?;
         let listeners = gw["spec"]["listeners"]
             .as_array()
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        let listener = match case.listeners.first() {
-            Some(section) => listeners.iter().find(|l| l["name"] == section.as_str()),
+        let listener = match section {
+            Some(section) => listeners.iter().find(|l| l["name"] == section),
             None => listeners.first(),
         }
-        .ok_or_else(|| TestError::Fail(format!("Gateway {} has no such listener", case.gateway)))?;
+        .ok_or_else(|| TestError::Fail(format!("Gateway {gateway} has no such listener")))?;
         let listener_port = listener["port"]
             .as_u64()
             .and_then(|p| u16::try_from(p).ok())
@@ -457,17 +472,7 @@ impl Ctx<'_> {
             let uuid = random_id();
             let mut exp = Expectation::for_case(case, &uuid);
             if let Some(id) = mirror_id {
-                let sep = |p: &str| if p.contains('?') { '&' } else { '?' };
-                exp.request_path = format!(
-                    "{}{}{MIRROR_PARAM}={id}",
-                    exp.request_path,
-                    sep(&exp.request_path)
-                );
-                exp.backend_path = format!(
-                    "{}{}{MIRROR_PARAM}={id}",
-                    exp.backend_path,
-                    sep(&exp.backend_path)
-                );
+                exp = tagged(exp, id);
             }
             let req = self.request(case, target, &exp);
             match self.client.send(&req).await {
@@ -504,7 +509,8 @@ impl Ctx<'_> {
         if rows.iter().any(|c| c.gateway.is_empty()) {
             return Err(TestError::Skip("cases.tsv rows name no gateway".into()));
         }
-        let addrs = self.preconditions(spec, rows, run).await?;
+        let gateways = rows.iter().map(|c| c.gateway.as_str()).collect();
+        let addrs = self.preconditions(spec, gateways, run).await?;
         let (before, after): (Vec<&Case>, Vec<&Case>) = if spec.name == "HTTPRouteReferenceGrant" {
             rows.iter()
                 .partition(|c| !c.subtest.contains("after deleting"))
@@ -567,7 +573,9 @@ impl Ctx<'_> {
         for m in &case.mirrored_to {
             match m.percent {
                 None => {
-                    let end = Instant::now() + Duration::from_secs(5);
+                    // Upstream ExpectMirroredRequest: the mirror pods' logs must show the
+                    // request (polled every 100 ms).
+                    let end = Instant::now() + self.opts.deadline.max(Duration::from_secs(5));
                     while !self.backends.saw_request(&m.namespace, &m.name, &id) {
                         if Instant::now() > end {
                             return Err(format!(
@@ -586,6 +594,11 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// Upstream HTTPRouteRequestPercentageMirror: up to 5 times, send 500 requests, 10 at a
+    /// time, each repeated until it matches the row once; then the mirror pods must have
+    /// received between 95 % and 105 % of `500 × percent / 100` of them (every mirrored copy
+    /// counts, as every log line does upstream). The harness tells batches apart by the
+    /// request-id each request carries.
     async fn mirror_percentage(
         &self,
         case: &Case,
@@ -593,43 +606,78 @@ impl Ctx<'_> {
         m: &crate::cases::Mirror,
         percent: f64,
     ) -> std::result::Result<(), String> {
-        const N: usize = 200;
-        let mut ids = Vec::with_capacity(N);
-        for _ in 0..N {
-            let id = random_id();
-            let mut exp = Expectation::for_case(case, &id);
-            let sep = if exp.request_path.contains('?') {
-                '&'
-            } else {
-                '?'
-            };
-            exp.request_path = format!("{}{sep}{MIRROR_PARAM}={id}", exp.request_path);
-            let req = self.request(case, target, &exp);
-            let obs = self.client.send(&req).await?;
-            if obs.status != 200 {
-                return Err(format!(
-                    "{}: mirror run got {}",
-                    case.describe(),
-                    obs.summary()
-                ));
+        const TOTAL: usize = 500;
+        const CHECKS: usize = 5;
+        let (min, max) = mirror_bounds(TOTAL, percent);
+        let mut last = String::new();
+        for check in 1..=CHECKS {
+            let ids = self.mirror_batch(case, target, TOTAL).await?;
+            // Mirrored copies may trail the primary response a little.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mirrored = self.backends.count_requests(&m.namespace, &m.name, |uri| {
+                request_id(uri).is_some_and(|id| ids.contains(id))
+            });
+            if (min..=max).contains(&(mirrored as f64)) {
+                return Ok(());
             }
-            ids.push(id);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let seen = ids
-            .iter()
-            .filter(|id| self.backends.saw_request(&m.namespace, &m.name, id))
-            .count();
-        let share = 100.0 * seen as f64 / N as f64;
-        if (share - percent).abs() > 10.0 {
-            return Err(format!(
-                "{}: {share:.1}% of {N} requests mirrored to {}/{}, want {percent}% ±10",
+            last = format!(
+                "{}: {mirrored} of {TOTAL} requests mirrored to {}/{}, want {min:.2}..={max:.2} \
+                 ({percent}% of {TOTAL} ±{MIRROR_TOLERANCE}%; {check} tries)",
                 case.describe(),
                 m.namespace,
                 m.name
-            ));
+            );
+            if check < CHECKS {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
         }
-        Ok(())
+        Err(last)
+    }
+
+    /// Sends `total` tagged requests of `case`, 10 at a time, each until it matches once
+    /// (upstream `MakeRequestAndExpectEventuallyConsistentResponse` with one success required);
+    /// returns their request-ids.
+    async fn mirror_batch(
+        &self,
+        case: &Case,
+        target: &Target,
+        total: usize,
+    ) -> std::result::Result<HashSet<String>, String> {
+        let mut set = tokio::task::JoinSet::new();
+        let mut ids = HashSet::with_capacity(total);
+        let deadline = self.opts.deadline;
+        let mut sent = 0;
+        while sent < total || !set.is_empty() {
+            while sent < total && set.len() < 10 {
+                let id = random_id();
+                let exp = tagged(Expectation::for_case(case, &id), &id);
+                let req = self.request(case, target, &exp);
+                let client = self.client.clone();
+                let case = case.clone();
+                set.spawn(async move {
+                    let end = Instant::now() + deadline;
+                    loop {
+                        let last = match client.send(&req).await {
+                            Ok(obs) => match compare(&case, &exp, &obs) {
+                                Ok(()) => return Ok(()),
+                                Err(e) => format!("{e} (got {})", obs.summary()),
+                            },
+                            Err(e) => e,
+                        };
+                        if Instant::now() > end {
+                            return Err(format!("{}: mirror run: {last}", case.describe()));
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                });
+                ids.insert(id);
+                sent += 1;
+            }
+            if let Some(joined) = set.join_next().await {
+                joined.map_err(|e| e.to_string())??;
+            }
+        }
+        Ok(ids)
     }
 
     /// HTTPRouteWeight: 500 requests, 10 at a time; each backend's share within ±5 points of
@@ -724,43 +772,142 @@ impl Ctx<'_> {
         Ok(counts)
     }
 
-    /// HTTPRouteRequestHeaderModifierBackendWeights: each backendRef sets `Backend: <name>`;
-    /// every response must come from the pod that header names, and both backends must serve.
+    /// HTTPRouteRequestHeaderModifierBackendWeights, as upstream: after the row holds, 100 more
+    /// requests, and every response must be an echo that saw exactly one `Backend` header whose
+    /// value prefixes the serving pod's name (each backendRef's filter sets its own name). Beyond
+    /// upstream, both backends (weight 10 each) must have served some of the 100.
     async fn backend_weights(
         &self,
         run: &Running,
         case: &Case,
         addrs: &BTreeMap<String, IpAddr>,
     ) -> TestResultOf<()> {
+        const REQUESTS: usize = 100;
         let target = self.target(run, case, addrs[&case.gateway])?;
         let mut seen = BTreeSet::new();
-        for _ in 0..50 {
+        for i in 1..=REQUESTS {
             let exp = Expectation::for_case(case, &random_id());
             let req = self.request(case, &target, &exp);
-            let obs = self.client.send(&req).await.map_err(TestError::Fail)?;
-            let Some(echo) = obs.echo.as_ref().filter(|_| obs.status == 200) else {
-                return fail(format!("backend-weights request got {}", obs.summary()));
+            let obs = self
+                .client
+                .send(&req)
+                .await
+                .map_err(|e| TestError::Fail(format!("backend-weights request {i}: {e}")))?;
+            let Some(echo) = obs.echo.as_ref() else {
+                return fail(format!(
+                    "backend-weights request {i}: no echo body, got {}",
+                    obs.summary()
+                ));
             };
-            let header = echo
+            let values = echo
                 .headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("backend"))
-                .map(|(_, v)| v.join(","))
-                .unwrap_or_default();
-            if header.is_empty() || !echo.pod.starts_with(&format!("{header}-")) {
-                return fail(format!("pod {:?} saw Backend header {header:?}", echo.pod));
+                .get("Backend")
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let [backend] = values else {
+                return fail(format!(
+                    "backend-weights request {i}: want a single Backend header, backend saw \
+                     {values:?} (got {})",
+                    obs.summary()
+                ));
+            };
+            if !echo.pod.starts_with(backend.as_str()) {
+                return fail(format!(
+                    "backend-weights request {i}: served by pod {:?} but the Backend header \
+                     set for it is {backend:?}",
+                    echo.pod
+                ));
             }
-            seen.insert(header);
-            if seen.len() >= 2 {
-                return Ok(());
-            }
+            seen.insert(backend.clone());
         }
-        fail(format!("only backends {seen:?} served 50 requests"))
+        if seen.len() < 2 {
+            return fail(format!(
+                "only backends {seen:?} served {REQUESTS} requests (weights 10/10)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// HTTPRouteBackendProtocolWebSocket, as upstream: once `same-namespace` and the route are
+    /// accepted, a WebSocket to `ws://<address>:<port>/ws` (Host with the port, as x/net's
+    /// `Dial` sends it) must echo a text and a binary message, 3 times in a row (upstream
+    /// `AwaitConvergence`: 1 s between failed attempts) within the deadline.
+    async fn run_websocket(&self, spec: &TestSpec, run: &Running) -> TestResultOf<String> {
+        const GATEWAY: &str = "same-namespace";
+        let addrs = self
+            .preconditions(spec, [GATEWAY].into_iter().collect(), run)
+            .await?;
+        let target = self.target_for(run, GATEWAY, None, addrs[GATEWAY])?;
+        let host = SocketAddr::new(target.ip, target.listener_port).to_string();
+        let origin = format!(
+            "ws://gateway/{}/websocket_connection_should_reach_backend",
+            spec.name.to_ascii_lowercase()
+        );
+        let connect = SocketAddr::new(target.ip, target.local_port);
+        let end = Instant::now() + self.opts.deadline;
+        let mut streak = 0;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match websocket_echo(connect, &host, &origin, Duration::from_secs(10)).await {
+                Ok(()) => {
+                    streak += 1;
+                    if streak >= 3 {
+                        return Ok(format!(
+                            "websocket echoed 3 times in a row ({attempts} tries)"
+                        ));
+                    }
+                    continue;
+                }
+                Err(e) if Instant::now() > end => {
+                    return fail(format!(
+                        "GET /ws host={host} (websocket): {e} ({attempts} tries)"
+                    ));
+                }
+                Err(_) => streak = 0,
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 }
 
 /// Query parameter that tags mirrored requests.
 pub const MIRROR_PARAM: &str = "gateway-api-conformance-request-id";
+
+/// Relative tolerance of the mirrored count, in percent (upstream `tolerancePercentage`).
+const MIRROR_TOLERANCE: f64 = 5.0;
+
+/// The accepted range of mirrored requests out of `total` for a mirror `percent`: the
+/// expected count ± [`MIRROR_TOLERANCE`] % of it.
+fn mirror_bounds(total: usize, percent: f64) -> (f64, f64) {
+    let expected = total as f64 * percent / 100.0;
+    (
+        expected * (1.0 - MIRROR_TOLERANCE / 100.0),
+        expected * (1.0 + MIRROR_TOLERANCE / 100.0),
+    )
+}
+
+/// Appends `MIRROR_PARAM=<id>` to the request and expected backend paths (not to an empty
+/// expected path, which stands for a reply the backend never sees).
+fn tagged(mut exp: Expectation, id: &str) -> Expectation {
+    let tag = |p: &str| {
+        let sep = if p.contains('?') { '&' } else { '?' };
+        format!("{p}{sep}{MIRROR_PARAM}={id}")
+    };
+    exp.request_path = tag(&exp.request_path);
+    if !exp.backend_path.is_empty() {
+        exp.backend_path = tag(&exp.backend_path);
+    }
+    exp
+}
+
+/// The `MIRROR_PARAM` value of a RequestURI.
+fn request_id(uri: &str) -> Option<&str> {
+    let (_, query) = uri.split_once('?')?;
+    query
+        .split('&')
+        .find_map(|p| p.strip_prefix(MIRROR_PARAM)?.strip_prefix('='))
+}
 
 fn random_id() -> String {
     let mut rng = rand::rng();
@@ -842,6 +989,190 @@ mod tests {
             outcome,
             detail: "d\ne".into(),
         }
+    }
+
+    /// A stand-in gateway on 127.0.0.1: forwards every request to `primary` and, for every
+    /// `every`-th one, first sends a copy to `mirror`.
+    async fn mirroring_proxy(primary: SocketAddr, mirror: SocketAddr, every: usize) -> SocketAddr {
+        use bytes::Bytes;
+        use http_body_util::{BodyExt, Full};
+        use hyper_util::rt::TokioIo;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        async fn forward(
+            to: SocketAddr,
+            parts: &http::request::Parts,
+        ) -> Option<http::Response<Full<Bytes>>> {
+            let stream = tokio::net::TcpStream::connect(to).await.ok()?;
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .ok()?;
+            tokio::spawn(conn);
+            let mut req = http::Request::builder()
+                .method(parts.method.clone())
+                .uri(parts.uri.clone());
+            for (k, v) in &parts.headers {
+                req = req.header(k, v);
+            }
+            let resp = send
+                .send_request(req.body(Full::new(Bytes::new())).ok()?)
+                .await
+                .ok()?;
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await.ok()?.to_bytes();
+            Some(http::Response::from_parts(parts, Full::new(body)))
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let counter = std::sync::Arc::new(AtomicUsize::new(0));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let counter = counter.clone();
+                            async move {
+                                let (parts, _) = req.into_parts();
+                                if counter.fetch_add(1, Ordering::SeqCst).is_multiple_of(every) {
+                                    let _ = forward(mirror, &parts).await;
+                                }
+                                let resp = forward(primary, &parts).await.unwrap_or_else(|| {
+                                    let mut r = http::Response::new(Full::new(Bytes::new()));
+                                    *r.status_mut() = http::StatusCode::BAD_GATEWAY;
+                                    r
+                                });
+                                Ok::<_, std::convert::Infallible>(resp)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn percentage_mirror_counts_the_mirrored_share() {
+        let docs = crate::manifests::parse_docs(
+            r#"
+kind: Deployment
+metadata: {name: primary, namespace: ns}
+spec:
+  replicas: 1
+  template:
+    metadata: {labels: {app: primary}}
+    spec:
+      containers: [{name: c, image: echo-basic:v1}]
+---
+kind: Service
+metadata: {name: primary, namespace: ns}
+spec:
+  selector: {app: primary}
+  ports: [{port: 8080, targetPort: 0}]
+---
+kind: Deployment
+metadata: {name: mirror, namespace: ns}
+spec:
+  replicas: 1
+  template:
+    metadata: {labels: {app: mirror}}
+    spec:
+      containers: [{name: c, image: echo-basic:v1}]
+---
+kind: Service
+metadata: {name: mirror, namespace: ns}
+spec:
+  selector: {app: mirror}
+  ports: [{port: 8080, targetPort: 0}]
+"#,
+            "c",
+            "test",
+        )
+        .expect("docs");
+        let mut backends = Backends::new();
+        backends.ensure(&docs).await.expect("pods");
+        let at = |dep: &str| {
+            let p = &backends.pods("ns", dep)[0];
+            SocketAddr::new(p.ip(), p.ports()[0])
+        };
+        let gateway = mirroring_proxy(at("primary"), at("mirror"), 5).await;
+        let certs = SuiteCerts::generate().expect("certs");
+        let client = Client::new(certs.ca_pem()).expect("client");
+        let mut opts = RunnerOptions::new(PathBuf::from("/nonexistent"));
+        opts.deadline = Duration::from_secs(5);
+        let ctx = Ctx {
+            opts: &opts,
+            certs,
+            client,
+            backends,
+            base: Vec::new(),
+        };
+        let header = "test\tgateway[listeners]\tscheme\trequest_host\tmethod\trequest_path\t\
+            request_headers\texpected_status\texpected_backend\texpected_namespace\t\
+            backend_sees_host\tbackend_sees_path\tbackend_sees_headers\tbackend_absent_headers\t\
+            response_headers\tresponse_header_alternatives\tresponse_absent_headers\t\
+            redirect_location\tmirrored_to\techo_set_response_headers\tcase_name\tnotes\tsubtest";
+        let row = "T\tgw\thttp\th.example\tGET\t/percent\t\t200\tprimary\tns\t\t\t\t\t\t\t\t\t\
+            ns/mirror@20%\t\t\t\t";
+        let cases = crate::cases::parse_cases(&format!("{header}\n{row}\n")).expect("row");
+        let case = &cases[0];
+        let target = Target {
+            ip: gateway.ip(),
+            listener_port: 80,
+            local_port: gateway.port(),
+        };
+        let m = &case.mirrored_to[0];
+        // Every 5th request is mirrored: exactly 20 %.
+        ctx.mirror_percentage(case, &target, m, 20.0)
+            .await
+            .expect("20% mirrored");
+        // 20 % is far outside 50 % ± 5 % of it, on every try.
+        let err = ctx
+            .mirror_percentage(case, &target, m, 50.0)
+            .await
+            .expect_err("not 50%");
+        assert!(err.contains("mirrored to ns/mirror"), "{err}");
+        assert!(err.contains("5 tries"), "{err}");
+    }
+
+    #[test]
+    fn mirror_bounds_are_relative_like_upstream() {
+        let (min, max) = mirror_bounds(500, 20.0);
+        assert!((min - 95.0).abs() < 1e-9 && (max - 105.0).abs() < 1e-9);
+        let (min, max) = mirror_bounds(500, 50.0);
+        assert!((min - 237.5).abs() < 1e-9 && (max - 262.5).abs() < 1e-9);
+        let (min, max) = mirror_bounds(500, 35.0);
+        assert!(min > 166.0 && max < 184.0);
+    }
+
+    #[test]
+    fn request_ids_tag_and_parse() {
+        let exp = Expectation {
+            request_path: "/mirror".into(),
+            backend_path: "/mirror".into(),
+            ignore_whitespace: false,
+        };
+        let t = tagged(exp, "abc");
+        assert_eq!(t.request_path, format!("/mirror?{MIRROR_PARAM}=abc"));
+        assert_eq!(t.backend_path, t.request_path);
+        let t = tagged(
+            Expectation {
+                request_path: "/p?x=1".into(),
+                backend_path: String::new(),
+                ignore_whitespace: false,
+            },
+            "abc",
+        );
+        assert_eq!(t.request_path, format!("/p?x=1&{MIRROR_PARAM}=abc"));
+        assert_eq!(t.backend_path, "", "an empty expected path stays empty");
+        assert_eq!(request_id(&t.request_path), Some("abc"));
+        assert_eq!(request_id("/p?x=1"), None);
+        assert_eq!(request_id(&format!("/p?{MIRROR_PARAM}x=1")), None);
     }
 
     #[test]

@@ -53,6 +53,19 @@ pub struct ListenerExpect {
     pub attached_routes: i64,
 }
 
+/// An expected `status.parents` entry (upstream `RouteParentStatus` in `HTTPRouteMustHaveParents`):
+/// parentRef group `gateway.networking.k8s.io`, kind `Gateway`, the Gateway's name and namespace,
+/// our controllerName, and these conditions (an empty status or reason matches any).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParentExpect {
+    /// The parent Gateway.
+    pub gateway: ObjRef,
+    /// `controllerName` the entry must carry.
+    pub controller: String,
+    /// Conditions that must be present.
+    pub conditions: Vec<Cond>,
+}
+
 /// A reference to an object in the status file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjRef {
@@ -148,18 +161,21 @@ impl Snapshot {
             .ok_or_else(|| format!("{k} {r} not in the status file"))
     }
 
-    /// `status.addresses[0].value` of a Gateway, when its type is IPAddress or absent.
+    /// The address upstream `WaitForGatewayAddress` uses: once every Gateway condition is at
+    /// the Gateway's generation, the value of the first `status.addresses` entry that has a
+    /// `type`.
     pub fn gateway_address(&self, gw: &ObjRef) -> Result<String, String> {
+        self.gateway_latest(gw)?;
         let g = self.get("Gateway", gw)?;
         g["status"]["addresses"]
             .as_array()
             .into_iter()
             .flatten()
-            .find(|a| a["type"].is_null() || a["type"] == "IPAddress")
+            .find(|a| a["type"].as_str().is_some_and(|t| !t.is_empty()))
             .and_then(|a| a["value"].as_str())
             .filter(|v| !v.is_empty())
             .map(str::to_string)
-            .ok_or_else(|| format!("Gateway {gw} has no IPAddress in status.addresses"))
+            .ok_or_else(|| format!("Gateway {gw} has no typed address in status.addresses"))
     }
 
     /// Every listener has ResolvedRefs, Accepted and Programmed True (upstream
@@ -374,8 +390,30 @@ impl Snapshot {
             .unwrap_or(&[]))
     }
 
-    /// Upstream `HTTPRouteMustHaveCondition`: some parent entry for `gw` holds `want`.
+    /// Every condition of every parent entry of a route is at the route's generation (upstream
+    /// `ConditionsHaveLatestObservedGeneration` over `status.parents`).
+    fn route_parents_latest(&self, kind_: &str, route: &ObjRef) -> Result<(), String> {
+        let r = self.get(kind_, route)?;
+        for p in self.route_parents(kind_, route)? {
+            let conds = conditions(p);
+            if !conds.is_empty() {
+                latest(
+                    &format!(
+                        "{kind_} {route} parent {}",
+                        show_parent_ref(&p["parentRef"])
+                    ),
+                    r,
+                    conds,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Upstream `HTTPRouteMustHaveCondition`: every parent's conditions are at the route's
+    /// generation, and some parent entry for `gw` holds `want`.
     pub fn route_condition(&self, route: &ObjRef, gw: &ObjRef, want: &Cond) -> Result<(), String> {
+        self.route_parents_latest("HTTPRoute", route)?;
         let parents = self.route_parents("HTTPRoute", route)?;
         let mut seen = Vec::new();
         for p in parents {
@@ -399,43 +437,89 @@ impl Snapshot {
         ))
     }
 
-    /// The route is accepted by `gw` for each of its parentRefs that target `gw`: a parent
-    /// status entry with the same name/sectionName, our `controllerName` and Accepted=True
-    /// (reason Accepted). Upstream `GatewayAndHTTPRoutesMustBeAccepted`.
+    /// The route is accepted by `gw` for each of its parentRefs that target `gw` (upstream
+    /// `GatewayAndHTTPRoutesMustBeAccepted` → `RouteMustHaveParents`): every parent's conditions
+    /// are at the route's generation, and for each such parentRef there is a status entry with
+    /// the same name and sectionName whose parentRef is group `gateway.networking.k8s.io`, kind
+    /// `Gateway` (the CRD defaults when absent, as the API server fills them in), namespace the
+    /// Gateway's (required when the route lives elsewhere), with our `controllerName` and
+    /// Accepted=True (reason Accepted).
     pub fn route_accepted(
         &self,
         route_doc: &Value,
         gw: &ObjRef,
         controller: &str,
     ) -> Result<(), String> {
+        let k = kind(route_doc);
         let route = ObjRef::new(namespace(route_doc), name(route_doc));
-        let parents = self.route_parents(kind(route_doc), &route)?;
+        self.route_parents_latest(k, &route)?;
+        let parents = self.route_parents(k, &route)?;
+        let namespace_required = route.namespace != gw.namespace;
         for pref in parent_refs_to(route_doc, gw) {
             let section = pref["sectionName"].as_str();
-            let entry = parents.iter().find(|p| {
-                let pr = &p["parentRef"];
-                let ns_ok = pr["namespace"].is_null() || pr["namespace"] == gw.namespace.as_str();
-                pr["name"] == gw.name.as_str() && ns_ok && pr["sectionName"].as_str() == section
-            });
-            let Some(entry) = entry else {
-                return Err(format!(
-                    "{} {route}: no status.parents entry for {gw}{}",
-                    kind(route_doc),
+            let entries: Vec<&Value> = parents
+                .iter()
+                .filter(|p| {
+                    let pr = &p["parentRef"];
+                    pr["name"] == gw.name.as_str() && pr["sectionName"].as_str() == section
+                })
+                .collect();
+            let what = || {
+                format!(
+                    "{k} {route} parent {gw}{}",
                     section.map(|s| format!(" section {s}")).unwrap_or_default()
-                ));
+                )
             };
-            if entry["controllerName"] != controller {
-                return Err(format!(
-                    "{} {route}: parent {gw} controllerName {}, want {controller:?}",
-                    kind(route_doc),
-                    entry["controllerName"]
-                ));
+            if entries.is_empty() {
+                return Err(format!("{}: no status.parents entry", what()));
             }
-            if !has_condition(conditions(entry), &cond("Accepted", "True", "Accepted")) {
+            let want = ParentExpect {
+                gateway: gw.clone(),
+                controller: controller.to_string(),
+                conditions: vec![cond("Accepted", "True", "Accepted")],
+            };
+            let mut why = Vec::new();
+            let matched = entries.iter().any(|e| {
+                parent_matches(e, &want, namespace_required)
+                    .map_err(|w| why.push(w))
+                    .is_ok()
+            });
+            if !matched {
+                return Err(format!("{}: {}", what(), why.join("; ")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Upstream `HTTPRouteMustHaveParents`: every parent's conditions are at the route's
+    /// generation, and each expected parent has a matching `status.parents` entry: same
+    /// controllerName, parentRef group and kind (Gateway API defaults when absent), name,
+    /// namespace (compared when `namespace_required` or when the entry sets one), and the
+    /// expected conditions present.
+    pub fn route_must_have_parents(
+        &self,
+        route: &ObjRef,
+        want: &[ParentExpect],
+        namespace_required: bool,
+    ) -> Result<(), String> {
+        self.route_parents_latest("HTTPRoute", route)?;
+        let parents = self.route_parents("HTTPRoute", route)?;
+        for w in want {
+            let mut why = Vec::new();
+            let matched = parents.iter().any(|p| {
+                parent_matches(p, w, namespace_required)
+                    .map_err(|e| why.push(e))
+                    .is_ok()
+            });
+            if !matched {
                 return Err(format!(
-                    "{} {route}: parent {gw}: want Accepted=True/Accepted, have {}",
-                    kind(route_doc),
-                    show_conditions(conditions(entry))
+                    "HTTPRoute {route}: no status.parents entry for {} matches ({})",
+                    w.gateway,
+                    if why.is_empty() {
+                        "no parents".to_string()
+                    } else {
+                        why.join("; ")
+                    }
                 ));
             }
         }
@@ -451,6 +535,9 @@ impl Snapshot {
         empty_seen: bool,
     ) -> Result<(), String> {
         let parents = self.route_parents("HTTPRoute", route)?;
+        if let [_] = parents {
+            self.route_parents_latest("HTTPRoute", route)?;
+        }
         match parents {
             [] if empty_seen => Ok(()),
             [] => Err(format!("HTTPRoute {route}: empty parents (checking again)")),
@@ -485,6 +572,71 @@ impl Snapshot {
         }
         Ok(())
     }
+}
+
+/// Upstream `parentsForRouteMatch` for one entry: `Err` says what differs.
+fn parent_matches(p: &Value, want: &ParentExpect, namespace_required: bool) -> Result<(), String> {
+    let pr = &p["parentRef"];
+    let field = |k: &str, default: &'static str| -> Option<String> {
+        match &pr[k] {
+            Value::Null => Some(default.to_string()),
+            v => v.as_str().map(str::to_string),
+        }
+    };
+    let here = show_parent_ref(pr);
+    if p["controllerName"] != want.controller.as_str() {
+        return Err(format!(
+            "{here}: controllerName {}, want {:?}",
+            p["controllerName"], want.controller
+        ));
+    }
+    if field("group", GATEWAY_GROUP).as_deref() != Some(GATEWAY_GROUP) {
+        return Err(format!(
+            "{here}: group {}, want {GATEWAY_GROUP}",
+            pr["group"]
+        ));
+    }
+    if field("kind", "Gateway").as_deref() != Some("Gateway") {
+        return Err(format!("{here}: kind {}, want Gateway", pr["kind"]));
+    }
+    if pr["name"] != want.gateway.name.as_str() {
+        return Err(format!(
+            "{here}: name {}, want {}",
+            pr["name"], want.gateway.name
+        ));
+    }
+    if (namespace_required || !pr["namespace"].is_null())
+        && pr["namespace"] != want.gateway.namespace.as_str()
+    {
+        return Err(format!(
+            "{here}: namespace {}, want {:?}",
+            pr["namespace"], want.gateway.namespace
+        ));
+    }
+    let conds = conditions(p);
+    for c in &want.conditions {
+        if !has_condition(conds, c) {
+            return Err(format!(
+                "{here}: want {}, have {}",
+                show_want(c),
+                show_conditions(conds)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `namespace/name[/section]` of a status parentRef, for messages.
+fn show_parent_ref(pr: &Value) -> String {
+    let mut s = match pr["namespace"].as_str() {
+        Some(ns) => format!("{ns}/{}", pr["name"].as_str().unwrap_or("?")),
+        None => pr["name"].as_str().unwrap_or("?").to_string(),
+    };
+    if let Some(section) = pr["sectionName"].as_str() {
+        s.push('/');
+        s.push_str(section);
+    }
+    s
 }
 
 /// The annotation that exempts a Gateway from `NamespacesMustBeReady`.
@@ -744,5 +896,104 @@ mod tests {
         );
         assert!(s.route_no_accepted_parents(&r, true).is_err());
         assert!(s.route_latest(&r).is_ok());
+    }
+
+    #[test]
+    fn route_checks_need_latest_generations() {
+        let mut s = snap();
+        let gw = ObjRef::infra("gw");
+        let r = ObjRef::infra("r");
+        s.docs[1]["metadata"]["generation"] = json!(2);
+        let route_doc = s.docs[1].clone();
+        let err = s
+            .route_accepted(&route_doc, &gw, "ctl")
+            .expect_err("stale parent conditions");
+        assert!(err.contains("observedGeneration 1, want 2"), "{err}");
+        assert!(
+            s.route_condition(&r, &gw, &cond("ResolvedRefs", "False", "BackendNotFound"))
+                .is_err()
+        );
+        for c in s.docs[1]["status"]["parents"][0]["conditions"]
+            .as_array_mut()
+            .expect("conditions")
+        {
+            c["observedGeneration"] = json!(2);
+        }
+        assert!(s.route_accepted(&route_doc, &gw, "ctl").is_ok());
+    }
+
+    #[test]
+    fn route_parent_refs_are_compared_like_upstream() {
+        let mut s = snap();
+        let gw = ObjRef::infra("gw");
+        let r = ObjRef::infra("r");
+        let route_doc = s.docs[1].clone();
+        // The API server's defaults stand in for an absent group and kind.
+        let pr = &mut s.docs[1]["status"]["parents"][0]["parentRef"];
+        pr.as_object_mut().expect("ref").remove("group");
+        pr.as_object_mut().expect("ref").remove("kind");
+        assert!(s.route_accepted(&route_doc, &gw, "ctl").is_ok());
+        s.docs[1]["status"]["parents"][0]["parentRef"]["kind"] = json!("ListenerSet");
+        let err = s.route_accepted(&route_doc, &gw, "ctl").expect_err("kind");
+        assert!(err.contains("kind"), "{err}");
+        s.docs[1]["status"]["parents"][0]["parentRef"]["kind"] = json!("Gateway");
+        // A namespace, when set, must be the Gateway's; when the route lives elsewhere it must
+        // be set.
+        s.docs[1]["status"]["parents"][0]["parentRef"]["namespace"] = json!("elsewhere");
+        assert!(s.route_accepted(&route_doc, &gw, "ctl").is_err());
+        s.docs[1]["status"]["parents"][0]["parentRef"]
+            .as_object_mut()
+            .expect("ref")
+            .remove("namespace");
+        assert!(s.route_accepted(&route_doc, &gw, "ctl").is_ok());
+        let want = |conditions| {
+            vec![ParentExpect {
+                gateway: gw.clone(),
+                controller: "ctl".into(),
+                conditions,
+            }]
+        };
+        assert!(
+            s.route_must_have_parents(&r, &want(vec![cond("Accepted", "True", "")]), false)
+                .is_ok()
+        );
+        let err = s
+            .route_must_have_parents(&r, &want(vec![cond("Accepted", "True", "")]), true)
+            .expect_err("namespace required");
+        assert!(err.contains("namespace"), "{err}");
+        s.docs[1]["status"]["parents"][0]["parentRef"]["namespace"] = json!(INFRA_NS);
+        assert!(
+            s.route_must_have_parents(&r, &want(vec![cond("Accepted", "True", "")]), true)
+                .is_ok()
+        );
+        assert!(
+            s.route_must_have_parents(
+                &r,
+                &want(vec![cond(
+                    "Accepted",
+                    "False",
+                    "NoMatchingListenerHostname"
+                )]),
+                true
+            )
+            .is_err()
+        );
+        let mut other = want(vec![]);
+        other[0].controller = "other".into();
+        assert!(s.route_must_have_parents(&r, &other, true).is_err());
+    }
+
+    #[test]
+    fn gateway_address_needs_a_typed_address_and_latest_conditions() {
+        let mut s = snap();
+        let gw = ObjRef::infra("gw");
+        assert!(s.gateway_address(&gw).is_err(), "Programmed is stale");
+        s.docs[0]["status"]["conditions"][1]["observedGeneration"] = json!(2);
+        assert_eq!(s.gateway_address(&gw).as_deref(), Ok("127.20.1.1"));
+        s.docs[0]["status"]["addresses"] = json!([{"value": "127.20.1.1"}]);
+        assert!(s.gateway_address(&gw).is_err(), "no type");
+        s.docs[0]["status"]["addresses"] =
+            json!([{"value": "x"}, {"type": "IPAddress", "value": "127.20.1.2"}]);
+        assert_eq!(s.gateway_address(&gw).as_deref(), Ok("127.20.1.2"));
     }
 }
