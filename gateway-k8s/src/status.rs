@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use gateway_api::gatewayclasses::GatewayClassStatus;
 use gateway_api::gateways::GatewayStatus;
-use gateway_api::httproutes::HttpRouteStatus;
+use gateway_api::experimental::httproutes::HttpRouteStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::Value;
 

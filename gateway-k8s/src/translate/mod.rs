@@ -13,7 +13,7 @@ use gateway_api::gateways::{
     Gateway, GatewayStatus, GatewayStatusAddresses, GatewayStatusListeners,
     GatewayStatusListenersSupportedKinds,
 };
-use gateway_api::httproutes::{
+use gateway_api::experimental::httproutes::{
     HttpRouteStatus, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
 };
 use gateway_core::config::{Bind, Config, Listener, Protocol, Route};
@@ -385,7 +385,7 @@ impl Translator {
         &mut self,
         resources: &Resources,
         key: &ObjectKey,
-        route: &Object<gateway_api::httproutes::HttpRoute>,
+        route: &Object<gateway_api::experimental::httproutes::HttpRoute>,
         plans: &mut [GatewayPlan],
         now: &Time,
         out: &mut Translation,

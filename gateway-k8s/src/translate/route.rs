@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
-use gateway_api::httproutes::{
+use gateway_api::experimental::httproutes::{
     HttpRoute, HttpRouteRulesBackendRefs, HttpRouteRulesFilters,
     HttpRouteRulesFiltersRequestRedirectPathType, HttpRouteRulesFiltersRequestRedirectScheme,
     HttpRouteRulesFiltersType, HttpRouteRulesFiltersUrlRewritePathType, HttpRouteRulesMatches,
@@ -319,6 +319,7 @@ pub(crate) fn translate_filter(f: &HttpRouteRulesFilters) -> Filter {
         },
         HttpRouteRulesFiltersType::RequestMirror => invalid("RequestMirror is not supported yet"),
         HttpRouteRulesFiltersType::Cors => invalid("CORS is not supported yet"),
+        HttpRouteRulesFiltersType::ExternalAuth => invalid("ExternalAuth is not supported"),
     }
 }
 
