@@ -84,6 +84,72 @@ impl DirectResponseSpec {
     }
 }
 
+/// The kind of [`XBackend`].
+pub const XBACKEND_KIND: &str = "XBackend";
+
+/// An external backend (`gateway.networking.x-k8s.io/v1alpha1` `XBackend`, GEP-4488), usable as
+/// a `backendRef` (`group: gateway.networking.x-k8s.io`, `kind: XBackend`).
+///
+/// The gateway-api crate does not have this kind yet; this is the subset this project
+/// translates: type `ExternalHostname` with a DNS name, a port, the application protocol and a
+/// TLS mode (only plain connections are served: the configuration model has no upstream TLS).
+#[derive(CustomResource, Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "gateway.networking.x-k8s.io",
+    version = "v1alpha1",
+    kind = "XBackend",
+    plural = "xbackends",
+    namespaced,
+    derive = "PartialEq"
+)]
+pub struct XBackendSpec {
+    /// The backend type. Only `ExternalHostname`.
+    #[serde(rename = "type")]
+    pub type_: XBackendType,
+    /// The DNS name to resolve (type `ExternalHostname`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The port to connect to. A backendRef's own `port` takes precedence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The application protocol. Default `HTTP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<XBackendProtocol>,
+    /// TLS towards the backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<XBackendTls>,
+}
+
+/// The type of an [`XBackendSpec`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum XBackendType {
+    /// A backend reached by DNS name.
+    ExternalHostname,
+}
+
+/// The application protocol of an [`XBackendSpec`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum XBackendProtocol {
+    /// HTTP/1.1.
+    #[serde(rename = "HTTP")]
+    Http,
+    /// HTTP/2 with prior knowledge.
+    #[serde(rename = "H2C")]
+    H2c,
+    /// HTTP/1.1 carrying WebSocket upgrades.
+    #[serde(rename = "WebSocket")]
+    WebSocket,
+}
+
+/// TLS settings of an [`XBackendSpec`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct XBackendTls {
+    /// `None` (plain connections) or a TLS mode (e.g. `Simple`), which this project cannot serve
+    /// yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,7 +25,10 @@ mod status;
 mod translate;
 mod yaml;
 
-pub use crds::{DIRECT_RESPONSE_GROUP, DirectResponse, DirectResponseSpec, XBackendTrafficPolicy};
+pub use crds::{
+    DIRECT_RESPONSE_GROUP, DirectResponse, DirectResponseSpec, XBackend, XBackendSpec,
+    XBackendTrafficPolicy,
+};
 pub use diagnostic::Diagnostic;
 pub use resources::{
     DEFAULT_NAMESPACE, DocumentError, GenericKey, Kind, Object, ObjectKey, Resources,

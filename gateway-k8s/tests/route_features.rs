@@ -458,3 +458,34 @@ fn one_bad_route_never_takes_the_others_down() {
         t.diagnostics
     );
 }
+
+#[test]
+fn xbackend_external_hostname_is_a_dns_backend() {
+    let t = features();
+    let route = served_route(&t, "external");
+    let targets: Vec<_> = route.rules[0]
+        .backends
+        .iter()
+        .map(|b| b.target.clone())
+        .collect();
+    let dns = |port| {
+        BackendTarget::Dns(DnsBackend {
+            hostname: "api.example.com".into(),
+            port,
+            protocol: BackendProtocol::H2c,
+            policy: BackendPolicy::default(),
+        })
+    };
+    assert_eq!(targets, vec![dns(8443), dns(9000)]);
+    // TLS towards the backend is not in the model: the reference does not resolve.
+    assert!(matches!(
+        &route.rules[1].backends[0].target,
+        BackendTarget::Unresolved { reason } if reason.contains("TLS mode Simple")
+    ));
+    assert_condition(
+        parent_conditions(&t, "apps", "external"),
+        "ResolvedRefs",
+        "False",
+        "UnsupportedProtocol",
+    );
+}

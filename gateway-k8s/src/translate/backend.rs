@@ -4,12 +4,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
-use gateway_core::config::{Backend, BackendPolicy, BackendProtocol};
+use gateway_core::config::{Backend, BackendPolicy, BackendProtocol, BackendTarget, DnsBackend};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::listener::Problem;
 use super::refs::{self, RefFrom};
-use crate::resources::{GATEWAY_GROUP, ObjectKey, Resources};
+use super::validate;
+use crate::crds::{XBACKEND_KIND, XBackend, XBackendProtocol, XBackendType};
+use crate::resources::{GATEWAY_GROUP, GATEWAY_X_GROUP, ObjectKey, Resources};
 
 /// The appProtocol that selects HTTP/2 prior knowledge towards a backend.
 const H2C_APP_PROTOCOL: &str = "kubernetes.io/h2c";
@@ -55,26 +57,116 @@ impl BackendRefSpec<'_> {
     }
 }
 
-/// Resolves a backend reference from an HTTPRoute in `route_namespace` to its endpoints, or the
-/// `ResolvedRefs` problem: `InvalidKind`, `RefNotPermitted`, `BackendNotFound`.
+/// Resolves a backend reference from an HTTPRoute in `route_namespace` to what it targets
+/// (a Service's endpoints, or an XBackend's DNS name), or the `ResolvedRefs` problem:
+/// `InvalidKind`, `RefNotPermitted`, `BackendNotFound`, `UnsupportedProtocol`.
 pub(crate) fn resolve(
+    resources: &Resources,
+    policies: &BackendPolicies,
+    route_namespace: &str,
+    backend: BackendRefSpec<'_>,
+) -> Result<BackendTarget, Problem> {
+    let group = backend.group.unwrap_or("");
+    let kind = backend.kind.unwrap_or("Service");
+    match (group, kind) {
+        ("", "Service") => resolve_service(resources, policies, route_namespace, backend)
+            .map(BackendTarget::Endpoints),
+        (GATEWAY_X_GROUP, XBACKEND_KIND) => {
+            resolve_xbackend(resources, route_namespace, backend).map(BackendTarget::Dns)
+        }
+        _ => Err((
+            "InvalidKind",
+            format!(
+                "backendRef {group}/{kind} {} is neither a core Service nor an XBackend",
+                backend.name
+            ),
+        )),
+    }
+}
+
+/// Resolves a reference to an `XBackend` of type `ExternalHostname`.
+fn resolve_xbackend(
+    resources: &Resources,
+    route_namespace: &str,
+    backend: BackendRefSpec<'_>,
+) -> Result<DnsBackend, Problem> {
+    let namespace = backend.namespace(route_namespace);
+    let from = RefFrom {
+        group: GATEWAY_GROUP,
+        kind: "HTTPRoute",
+        namespace: route_namespace,
+    };
+    if !refs::permitted(
+        resources,
+        from,
+        GATEWAY_X_GROUP,
+        XBACKEND_KIND,
+        namespace,
+        backend.name,
+    ) {
+        return Err((
+            "RefNotPermitted",
+            format!(
+                "no ReferenceGrant in namespace {namespace} allows HTTPRoutes from {route_namespace} to use XBackend {}",
+                backend.name
+            ),
+        ));
+    }
+    let key = ObjectKey::new(namespace, backend.name);
+    let object = resources
+        .other(GATEWAY_X_GROUP, XBACKEND_KIND, namespace, backend.name)
+        .ok_or_else(|| ("BackendNotFound", format!("XBackend {key} does not exist")))?;
+    let invalid = |message: String| {
+        (
+            "BackendNotFound",
+            format!("XBackend {key} is invalid: {message}"),
+        )
+    };
+    let parsed: XBackend =
+        serde_json::from_value(object.clone()).map_err(|e| invalid(e.to_string()))?;
+    let spec = parsed.spec;
+    let XBackendType::ExternalHostname = spec.type_;
+    let hostname = spec
+        .hostname
+        .ok_or_else(|| invalid("type ExternalHostname needs a hostname".into()))?;
+    validate::precise_hostname(&hostname).map_err(invalid)?;
+    let port = match backend.port {
+        Some(p) => Some(
+            u16::try_from(p)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| invalid(format!("backendRef port {p} is out of range")))?,
+        ),
+        None => spec.port.filter(|p| *p != 0),
+    }
+    .ok_or_else(|| invalid("no port".into()))?;
+    if let Some(mode) = spec.tls.and_then(|t| t.mode).filter(|m| m != "None") {
+        return Err((
+            "UnsupportedProtocol",
+            format!("XBackend {key}: TLS mode {mode} towards backends is not supported"),
+        ));
+    }
+    let protocol = match spec.protocol.unwrap_or(XBackendProtocol::Http) {
+        XBackendProtocol::Http => BackendProtocol::Http1,
+        XBackendProtocol::H2c => BackendProtocol::H2c,
+        XBackendProtocol::WebSocket => BackendProtocol::WebSocket,
+    };
+    Ok(DnsBackend {
+        hostname,
+        port,
+        protocol,
+        policy: BackendPolicy::default(),
+    })
+}
+
+/// Resolves a reference to a core Service: its port, endpoints, protocol and policy.
+fn resolve_service(
     resources: &Resources,
     policies: &BackendPolicies,
     route_namespace: &str,
     backend: BackendRefSpec<'_>,
 ) -> Result<Backend, Problem> {
     let namespace = backend.namespace(route_namespace);
-    let group = backend.group.unwrap_or("");
-    let kind = backend.kind.unwrap_or("Service");
-    if !group.is_empty() || kind != "Service" {
-        return Err((
-            "InvalidKind",
-            format!(
-                "backendRef {group}/{kind} {} is not a core Service",
-                backend.name
-            ),
-        ));
-    }
     let from = RefFrom {
         group: GATEWAY_GROUP,
         kind: "HTTPRoute",

@@ -623,7 +623,7 @@ fn translate_mirror(
             backend: BackendRef {
                 name: spec.display_name(ctx.namespace),
                 weight: 1,
-                target: BackendTarget::Endpoints(target),
+                target,
                 filters: Vec::new(),
             },
             fraction,
@@ -744,7 +744,7 @@ fn translate_backend(
     refs.services.extend(spec.service_key(ctx.namespace));
     let weight = u32::try_from(backend.weight.unwrap_or(1)).unwrap_or(0);
     let target = match backend::resolve(ctx.resources, ctx.policies, ctx.namespace, spec) {
-        Ok(b) => BackendTarget::Endpoints(b),
+        Ok(target) => target,
         Err(problem) => {
             let reason = problem.1.clone();
             refs.problem(problem);
