@@ -11,7 +11,7 @@
 //! | `error_while_proxy` | outlier accounting; resets and timeouts retried under the retry policy (or, without one, a reused keep-alive connection that failed, as Pingora does) |
 //! | `response_filter` | response hooks of the steps reached, in order; the sticky-session token |
 //! | `response_body_filter` | custom response body hooks |
-//! | `fail_to_proxy` | timeouts and expired deadlines 504, refused connections 503, other upstream errors 502; the response hooks still run |
+//! | `fail_to_proxy` | timeouts and expired deadlines 504, refused or reset connections 503, invalid answers 502; the response hooks still run |
 //! | `logging` | custom logging hooks of the steps reached; a `tracing` debug event |
 //!
 //! Gateway-written responses (404, redirects, direct responses, preflights, errors) go through
@@ -958,7 +958,14 @@ impl ProxyHttp for GatewayProxy {
             ErrorType::HTTPStatus(code) => *code,
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
             ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => 503,
+            // The backend went away before answering (reset, closed): as Envoy does, 503.
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+                if *e.esource() == pingora_error::ErrorSource::Upstream =>
+            {
+                503
+            }
             _ => match e.esource() {
+                // An invalid answer from the backend.
                 pingora_error::ErrorSource::Upstream => 502,
                 pingora_error::ErrorSource::Downstream => match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,

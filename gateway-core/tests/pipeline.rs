@@ -586,11 +586,15 @@ async fn connection_resets_are_retried_under_a_policy_with_the_body_replayed() {
     let no_outliers = |b: BackendRef| with_policy(b, |p| p.outlier_detection = None);
     let mut rule = Rule::prefix("/").backend(no_outliers(to(&[&reset, &echo], "mixed")));
     rule.retry = retry(&[], 2);
+    let only_reset = Rule::prefix("/reset").backend(no_outliers(to(&[&reset], "reset")));
     let (gw, port) = start(
         FilterRegistry::new(),
-        vec![Route::new("ns", "r").rule(rule)],
+        vec![Route::new("ns", "r").rule(rule).rule(only_reset)],
     )
     .await;
+    // A backend that closes without answering is unavailable: 503, not 502.
+    let (status, _, _) = send_body(addr(port), "POST", "x", "/reset", &[], Bytes::new()).await;
+    assert_eq!(status, 503);
     for _ in 0..6 {
         let (status, _, body) = send_body(
             addr(port),

@@ -3,7 +3,8 @@
 //! The crate has two halves:
 //!
 //! * **Pure translation** (no I/O): [`Resources`] holds parsed objects (GatewayClass, Gateway,
-//!   HTTPRoute, ReferenceGrant, Namespace, Service, Secret, EndpointSlice);
+//!   HTTPRoute, ReferenceGrant, Namespace, Service, Secret, EndpointSlice,
+//!   XBackendTrafficPolicy, and every other object untyped, e.g. `ExtensionRef` filter objects);
 //!   [`Translator::translate`] turns them into a [`gateway_core::config::Config`] plus a
 //!   [`StatusReport`] with the `status` the Gateway API specification asks a controller to write
 //!   on GatewayClasses, Gateways and HTTPRoutes.
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod crds;
 mod diagnostic;
 mod resources;
 pub mod source;
@@ -23,7 +25,13 @@ mod status;
 mod translate;
 mod yaml;
 
+pub use crds::{
+    DIRECT_RESPONSE_GROUP, DirectResponse, DirectResponseSpec, XBackend, XBackendSpec,
+    XBackendTrafficPolicy,
+};
 pub use diagnostic::Diagnostic;
-pub use resources::{DEFAULT_NAMESPACE, DocumentError, Kind, Object, ObjectKey, Resources};
+pub use resources::{
+    DEFAULT_NAMESPACE, DocumentError, GenericKey, Kind, Object, ObjectKey, Resources,
+};
 pub use status::{SUPPORTED_FEATURES, StatusReport};
 pub use translate::{TranslateOptions, Translation, Translator};

@@ -3,12 +3,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use gateway_api::experimental::httproutes::HttpRoute;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
-use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::crds::XBackendTrafficPolicy;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -18,10 +20,14 @@ use crate::yaml;
 /// The Gateway API group.
 pub(crate) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
+/// The Gateway API experimental group (`X`-prefixed kinds).
+pub(crate) const GATEWAY_X_GROUP: &str = "gateway.networking.x-k8s.io";
+
 /// The namespace given to namespaced objects that name none (as `kubectl apply` would).
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// The kinds this crate reads. Everything else becomes a [`Diagnostic`].
+/// The kinds this crate reads into typed structs. Objects of every other kind are kept untyped
+/// (see [`Resources::others`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     /// `gateway.networking.k8s.io` GatewayClass (cluster-scoped).
@@ -40,6 +46,8 @@ pub enum Kind {
     Secret,
     /// `discovery.k8s.io/v1` EndpointSlice.
     EndpointSlice,
+    /// `gateway.networking.x-k8s.io/v1alpha1` XBackendTrafficPolicy.
+    XBackendTrafficPolicy,
 }
 
 impl Kind {
@@ -57,8 +65,26 @@ impl Kind {
             ("", "v1", "Service") => Some(Kind::Service),
             ("", "v1", "Secret") => Some(Kind::Secret),
             ("discovery.k8s.io", "v1", "EndpointSlice") => Some(Kind::EndpointSlice),
+            (GATEWAY_X_GROUP, "v1alpha1", "XBackendTrafficPolicy") => {
+                Some(Kind::XBackendTrafficPolicy)
+            }
             _ => None,
         }
+    }
+
+    /// The kind for an API group and kind, whatever the version, if this crate types it.
+    pub fn from_group_kind(group: &str, kind: &str) -> Option<Kind> {
+        let version = match group {
+            GATEWAY_X_GROUP => "v1alpha1",
+            GATEWAY_GROUP | "" | "discovery.k8s.io" => "v1",
+            _ => return None,
+        };
+        let api_version = if group.is_empty() {
+            version.to_string()
+        } else {
+            format!("{group}/{version}")
+        };
+        Kind::from_type(&api_version, kind)
     }
 
     /// Whether objects of this kind live in a namespace.
@@ -77,6 +103,7 @@ impl Kind {
             Kind::Service => "Service",
             Kind::Secret => "Secret",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::XBackendTrafficPolicy => "XBackendTrafficPolicy",
         }
     }
 
@@ -88,6 +115,7 @@ impl Kind {
             }
             Kind::Namespace | Kind::Service | Kind::Secret => "v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::XBackendTrafficPolicy => "gateway.networking.x-k8s.io/v1alpha1",
         }
     }
 }
@@ -124,6 +152,50 @@ impl fmt::Display for ObjectKey {
         } else {
             write!(f, "{}/{}", self.namespace, self.name)
         }
+    }
+}
+
+/// Identifies an object of a kind this crate does not type: API group (empty for core), kind,
+/// namespace and name. Such objects are kept as they were written, so that references to them
+/// (an `ExtensionRef` filter, for instance) resolve.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GenericKey {
+    /// The API group (the part of `apiVersion` before `/`; empty for core).
+    pub group: String,
+    /// The kind.
+    pub kind: String,
+    /// The namespace: `metadata.namespace`, else [`DEFAULT_NAMESPACE`] (the scope of an unknown
+    /// kind is unknown; references resolve within a namespace).
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+}
+
+impl GenericKey {
+    /// A key for `group`/`kind` `namespace`/`name`.
+    pub fn new(
+        group: impl Into<String>,
+        kind: impl Into<String>,
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+    ) -> Self {
+        GenericKey {
+            group: group.into(),
+            kind: kind.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for GenericKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let group = if self.group.is_empty() {
+            "core"
+        } else {
+            &self.group
+        };
+        write!(f, "{group}/{} {}/{}", self.kind, self.namespace, self.name)
     }
 }
 
@@ -167,16 +239,23 @@ pub struct Resources {
     pub secrets: BTreeMap<ObjectKey, Object<Secret>>,
     /// EndpointSlices.
     pub endpoint_slices: BTreeMap<ObjectKey, Object<EndpointSlice>>,
-    /// Problems found while parsing: unparseable documents, unknown kinds, duplicates.
+    /// XBackendTrafficPolicies.
+    pub backend_traffic_policies: BTreeMap<ObjectKey, Object<XBackendTrafficPolicy>>,
+    /// Objects of every kind without a typed map above (ConfigMaps, custom filter objects,
+    /// `DirectResponse`s, ...), as written (`object` and `raw` are the same document).
+    pub others: BTreeMap<GenericKey, Object<Value>>,
+    /// Problems found while parsing: unparseable documents, broken objects, duplicates.
     pub diagnostics: Vec<Diagnostic>,
     order: Vec<(Kind, ObjectKey)>,
+    other_order: Vec<GenericKey>,
 }
 
 /// Why a document was not added to a [`Resources`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DocumentError {
-    /// A kind this crate does not read (a Deployment, a ConfigMap, ...): ignored, not an error
-    /// in the input.
+    /// A document this crate does not read: not an error in the input. Documents of kinds
+    /// without a typed struct are kept untyped ([`Resources::others`]), so this is not produced
+    /// for them.
     #[error("{0}")]
     Unsupported(String),
     /// A broken document: not a mapping, no apiVersion, kind or name, or not matching the
@@ -264,11 +343,9 @@ impl Resources {
         let kind_name = meta
             .kind
             .ok_or_else(|| Invalid("document has no kind".into()))?;
-        let kind = Kind::from_type(&api_version, &kind_name).ok_or_else(|| {
-            DocumentError::Unsupported(format!(
-                "unsupported kind {kind_name} ({api_version}), ignored"
-            ))
-        })?;
+        let Some(kind) = Kind::from_type(&api_version, &kind_name) else {
+            return self.add_other(value, &api_version, kind_name, origin, document);
+        };
         let name = value
             .pointer("/metadata/name")
             .and_then(Value::as_str)
@@ -314,8 +391,78 @@ impl Resources {
             Kind::Service => self.put(kind, key, parse::<Service>(typed, kind, slot)?),
             Kind::Secret => self.put(kind, key, parse::<Secret>(typed, kind, slot)?),
             Kind::EndpointSlice => self.put(kind, key, parse::<EndpointSlice>(typed, kind, slot)?),
+            Kind::XBackendTrafficPolicy => self.put(
+                kind,
+                key,
+                parse::<XBackendTrafficPolicy>(typed, kind, slot)?,
+            ),
         }
         Ok(())
+    }
+
+    /// Keeps a document of a kind without a typed struct, as written.
+    fn add_other(
+        &mut self,
+        value: Value,
+        api_version: &str,
+        kind: String,
+        origin: &str,
+        document: usize,
+    ) -> Result<(), DocumentError> {
+        let name = value
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| DocumentError::Invalid(format!("{kind} has no metadata.name")))?
+            .to_string();
+        let namespace = value
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .unwrap_or(DEFAULT_NAMESPACE)
+            .to_string();
+        let group = api_version
+            .rsplit_once('/')
+            .map(|(g, _)| g)
+            .unwrap_or("")
+            .to_string();
+        let key = GenericKey::new(group, kind, namespace, name);
+        let object = Object {
+            object: value.clone(),
+            api_version: api_version.to_string(),
+            raw: value,
+            origin: origin.to_string(),
+            document,
+        };
+        self.put_other(key, object);
+        Ok(())
+    }
+
+    fn put_other(&mut self, key: GenericKey, object: Object<Value>) {
+        let (origin, document) = (object.origin.clone(), object.document);
+        match self.others.insert(key.clone(), object) {
+            Some(previous) => self.diagnostics.push(Diagnostic::document(
+                &origin,
+                document,
+                format!(
+                    "{key} is defined again; it replaces the one from {} (document {})",
+                    previous.origin, previous.document
+                ),
+            )),
+            None => self.other_order.push(key),
+        }
+    }
+
+    /// The untyped object `group`/`kind` `namespace`/`name`, if present.
+    pub fn other(&self, group: &str, kind: &str, namespace: &str, name: &str) -> Option<&Value> {
+        self.others
+            .get(&GenericKey::new(group, kind, namespace, name))
+            .map(|o| &o.object)
+    }
+
+    /// The keys of the untyped objects, in input order.
+    pub fn other_order(&self) -> &[GenericKey] {
+        &self.other_order
     }
 
     fn put<T>(&mut self, kind: Kind, key: ObjectKey, object: Object<T>)
@@ -348,8 +495,11 @@ impl Resources {
             mut services,
             mut secrets,
             mut endpoint_slices,
+            mut backend_traffic_policies,
+            mut others,
             diagnostics,
             order,
+            other_order,
         } = other;
         self.diagnostics.extend(diagnostics);
         for (kind, key) in order {
@@ -362,11 +512,20 @@ impl Resources {
                 Kind::Service => move_one(self, kind, key, &mut services),
                 Kind::Secret => move_one(self, kind, key, &mut secrets),
                 Kind::EndpointSlice => move_one(self, kind, key, &mut endpoint_slices),
+                Kind::XBackendTrafficPolicy => {
+                    move_one(self, kind, key, &mut backend_traffic_policies)
+                }
+            }
+        }
+        for key in other_order {
+            if let Some(object) = others.remove(&key) {
+                self.put_other(key, object);
             }
         }
     }
 
-    /// Every object's kind and key, in input order (first definition's position).
+    /// Every typed object's kind and key, in input order (first definition's position). Untyped
+    /// objects are in [`Resources::other_order`].
     pub fn order(&self) -> &[(Kind, ObjectKey)] {
         &self.order
     }
@@ -382,17 +541,18 @@ impl Resources {
             Kind::Service => self.services.get(key).map(|o| &o.raw),
             Kind::Secret => self.secrets.get(key).map(|o| &o.raw),
             Kind::EndpointSlice => self.endpoint_slices.get(key).map(|o| &o.raw),
+            Kind::XBackendTrafficPolicy => self.backend_traffic_policies.get(key).map(|o| &o.raw),
         }
     }
 
-    /// The number of objects in the store.
+    /// The number of objects in the store, typed and untyped.
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.order.len() + self.other_order.len()
     }
 
     /// Whether the store holds no object.
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.order.is_empty() && self.other_order.is_empty()
     }
 }
 
@@ -456,6 +616,7 @@ map_for!(Namespace, namespaces);
 map_for!(Service, services);
 map_for!(Secret, secrets);
 map_for!(EndpointSlice, endpoint_slices);
+map_for!(XBackendTrafficPolicy, backend_traffic_policies);
 
 #[cfg(test)]
 mod tests {
@@ -503,10 +664,12 @@ spec:
         assert_eq!(gw.raw["metadata"]["namespace"], "default");
         assert!(r.namespaces.contains_key(&ObjectKey::new("", "ns1")));
         assert!(r.services.contains_key(&ObjectKey::new("ns1", "svc")));
-        assert_eq!(r.diagnostics.len(), 1);
-        assert_eq!(r.diagnostics[0].document, Some(1));
-        assert!(r.diagnostics[0].message.contains("Deployment"));
-        assert_eq!(r.len(), 3);
+        assert!(r.diagnostics.is_empty(), "{:?}", r.diagnostics);
+        // Kinds without a typed struct are kept as written.
+        let d = r.other("apps", "Deployment", "default", "d").expect("kept");
+        assert_eq!(d["metadata"]["name"], "d");
+        assert!(d["metadata"].get("namespace").is_none());
+        assert_eq!(r.len(), 4);
     }
 
     #[test]

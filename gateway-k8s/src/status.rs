@@ -2,9 +2,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use gateway_api::experimental::httproutes::HttpRouteStatus;
+use gateway_api::experimental::xbackendtrafficpolicies::XBackendTrafficPolicyStatus;
 use gateway_api::gatewayclasses::GatewayClassStatus;
 use gateway_api::gateways::GatewayStatus;
-use gateway_api::httproutes::HttpRouteStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::Value;
 
@@ -22,9 +23,12 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRoute307RedirectStatusCode",
     "HTTPRoute308RedirectStatusCode",
     "HTTPRouteBackendProtocolH2C",
+    "HTTPRouteBackendProtocolWebSocket",
     "HTTPRouteBackendRequestHeaderModification",
     "HTTPRouteBackendRequestRedirect",
+    "HTTPRouteBackendTimeout",
     "HTTPRouteBackendURLRewrite",
+    "HTTPRouteCORS",
     "HTTPRouteHostRewrite",
     "HTTPRouteMethodMatching",
     "HTTPRouteNamedRouteRule",
@@ -33,13 +37,21 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRoutePathRewrite",
     "HTTPRoutePortRedirect",
     "HTTPRouteQueryParamMatching",
+    "HTTPRouteRequestMirror",
+    "HTTPRouteRequestMultipleMirrors",
+    "HTTPRouteRequestPercentageMirror",
+    "HTTPRouteRequestTimeout",
     "HTTPRouteResponseHeaderModification",
+    "HTTPRouteRetry",
+    "HTTPRouteRetryBackendTimeout",
+    "HTTPRouteRetryConnectionError",
     "HTTPRouteSchemeRedirect",
     "ReferenceGrant",
 ];
 
 /// The result of one translation for status purposes: the typed status of every GatewayClass,
-/// Gateway and HTTPRoute this controller manages, and every input object echoed with it.
+/// Gateway, HTTPRoute and XBackendTrafficPolicy this controller manages, and every input object
+/// echoed with it.
 ///
 /// Objects this controller does not manage (GatewayClasses of another controller, their Gateways,
 /// routes attached to none of our Gateways) have no typed status and are echoed without `status`.
@@ -48,11 +60,13 @@ pub struct StatusReport {
     pub(crate) gateway_classes: BTreeMap<String, GatewayClassStatus>,
     pub(crate) gateways: BTreeMap<ObjectKey, GatewayStatus>,
     pub(crate) http_routes: BTreeMap<ObjectKey, HttpRouteStatus>,
+    pub(crate) backend_traffic_policies: BTreeMap<ObjectKey, XBackendTrafficPolicyStatus>,
     pub(crate) documents: Vec<Value>,
 }
 
 impl StatusReport {
-    /// Builds the echoed documents from `resources` and the typed statuses already set.
+    /// Builds the echoed documents from `resources` and the typed statuses already set: the typed
+    /// objects in input order, then the untyped ones in input order (echoed as written).
     pub(crate) fn render(&mut self, resources: &Resources) {
         let mut documents = Vec::with_capacity(resources.len());
         for (kind, key) in resources.order() {
@@ -82,12 +96,21 @@ impl StatusReport {
                     .http_routes
                     .get(key)
                     .and_then(|s| serde_json::to_value(s).ok()),
+                Kind::XBackendTrafficPolicy => self
+                    .backend_traffic_policies
+                    .get(key)
+                    .and_then(|s| serde_json::to_value(s).ok()),
                 _ => None,
             };
             if let Some(status) = status {
                 map.insert("status".into(), status);
             }
             documents.push(doc);
+        }
+        for key in resources.other_order() {
+            if let Some(object) = resources.others.get(key) {
+                documents.push(object.raw.clone());
+            }
         }
         self.documents = documents;
     }
@@ -106,6 +129,17 @@ impl StatusReport {
     /// Gateways. `None` when the route names none.
     pub fn http_route(&self, namespace: &str, name: &str) -> Option<&HttpRouteStatus> {
         self.http_routes.get(&ObjectKey::new(namespace, name))
+    }
+
+    /// The status of XBackendTrafficPolicy `namespace/name`: one ancestor entry per Gateway of
+    /// ours serving a route that refers to one of its targets. `None` when there is none.
+    pub fn backend_traffic_policy(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<&XBackendTrafficPolicyStatus> {
+        self.backend_traffic_policies
+            .get(&ObjectKey::new(namespace, name))
     }
 
     /// Every input object (apiVersion, kind, metadata, spec, and `status` where computed), in

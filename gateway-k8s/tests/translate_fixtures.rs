@@ -136,7 +136,7 @@ fn basic_gateway_route_and_config() {
                 method: Some("POST".into()),
             },
             RouteMatch {
-                path: PathMatch::Exact("/exact".into()),
+                path: PathMatch::Prefix("/prefix".into()),
                 ..RouteMatch::default()
             },
             RouteMatch::default(),
@@ -167,14 +167,26 @@ fn basic_gateway_route_and_config() {
     );
     assert_eq!(
         rule.filters[3],
-        Filter::ExtensionRef(ExtensionRef::new(
-            "filters.example.net",
-            "RateLimit",
-            "slow"
-        ))
+        Filter::ExtensionRef(
+            ExtensionRef::new("filters.example.net", "RateLimit", "slow")
+                .with_config(serde_json::json!({"requestsPerSecond": 5}))
+        )
     );
-    assert!(
-        matches!(&rule.filters[4], Filter::Invalid { reason } if reason.contains("RequestMirror"))
+    assert_eq!(
+        rule.filters[4],
+        Filter::RequestMirror(Box::new(RequestMirror {
+            backend: BackendRef {
+                name: "shop/store:8080".into(),
+                weight: 1,
+                target: BackendTarget::Endpoints(Backend {
+                    endpoints: vec![addr("127.0.0.11:3000"), addr("127.0.0.12:3000")],
+                    protocol: BackendProtocol::Http1,
+                    policy: Default::default(),
+                }),
+                filters: Vec::new(),
+            },
+            fraction: None,
+        }))
     );
     assert_eq!(
         rule.timeouts,
@@ -560,18 +572,19 @@ fn route_backend_references_and_invalid_rules() {
         ("False".to_string(), "InvalidKind".to_string())
     );
 
+    // Some rules invalid: the valid ones are served, the route stays accepted.
     let bad = t.status.http_route("apps", "bad-regex").expect("status");
-    assert_condition(
-        &bad.parents[0].conditions,
-        "Accepted",
-        "False",
-        "UnsupportedValue",
-    );
+    assert_condition(&bad.parents[0].conditions, "Accepted", "True", "Accepted");
     assert_condition(
         &bad.parents[0].conditions,
         "PartiallyInvalid",
         "True",
         "UnsupportedValue",
+    );
+    assert!(
+        condition(&bad.parents[0].conditions, "PartiallyInvalid")
+            .message
+            .starts_with("Dropped Rule 0: ")
     );
     assert_eq!(t.diagnostics.len(), 1);
     assert!(t.diagnostics[0].message.contains("bad-regex"));

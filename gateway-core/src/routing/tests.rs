@@ -4,7 +4,6 @@
 use http::{HeaderMap, HeaderValue};
 
 use super::*;
-use crate::ErrorKind;
 use crate::config::{
     HeaderMatch, PathMatch, QueryParamMatch, Route, RouteMatch, Rule, StringMatch,
 };

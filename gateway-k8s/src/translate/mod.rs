@@ -1,20 +1,27 @@
 //! The translator: resources in, configuration and status out. No I/O.
 
+mod backend;
 mod hostname;
 mod listener;
+mod policy;
 mod refs;
 mod route;
+mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use gateway_api::experimental::httproutes::{
+    HttpRouteStatus, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
+};
+use gateway_api::experimental::xbackendtrafficpolicies::{
+    XBackendTrafficPolicyStatus, XBackendTrafficPolicyStatusAncestors,
+    XBackendTrafficPolicyStatusAncestorsAncestorRef,
+};
 use gateway_api::gatewayclasses::{GatewayClassStatus, GatewayClassStatusSupportedFeatures};
 use gateway_api::gateways::{
     Gateway, GatewayStatus, GatewayStatusAddresses, GatewayStatusListeners,
     GatewayStatusListenersSupportedKinds,
-};
-use gateway_api::httproutes::{
-    HttpRouteStatus, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
 };
 use gateway_core::config::{Bind, Config, Listener, Protocol, Route};
 use ipnet::IpNet;
@@ -24,6 +31,7 @@ use k8s_openapi::jiff::Timestamp;
 use crate::diagnostic::Diagnostic;
 use crate::resources::{GATEWAY_GROUP, Object, ObjectKey, Resources};
 use crate::status::{Cond, ConditionClock, SUPPORTED_FEATURES, StatusReport};
+use backend::BackendPolicies;
 use listener::{ListenerPlan, Problem};
 
 /// How the translator serves Gateways.
@@ -215,11 +223,28 @@ impl Translator {
             .collect();
         self.mark_bind_conflicts(&mut plans);
 
-        // HTTPRoutes.
+        // XBackendTrafficPolicies, then HTTPRoutes (whose backends carry the policies).
+        let (policy_plans, backend_policies) = policy::plan(resources);
+        let mut service_gateways = BTreeMap::new();
         let mut routes: Vec<_> = resources.http_routes.iter().collect();
         routes.sort_by_key(|(key, r)| (created_seconds(&r.object.metadata), (*key).clone()));
         for (key, route) in routes {
-            self.attach_route(resources, key, route, &mut plans, &now, &mut out);
+            let mut attach = RouteAttach {
+                resources,
+                policies: &backend_policies,
+                plans: &mut plans,
+                service_gateways: &mut service_gateways,
+                now: &now,
+                out: &mut out,
+            };
+            self.attach_route(&mut attach, key, route);
+        }
+        for plan in &policy_plans {
+            if let Some(status) = self.policy_status(plan, &service_gateways, &now) {
+                out.status
+                    .backend_traffic_policies
+                    .insert(plan.key.clone(), status);
+            }
         }
 
         // Config and Gateway status.
@@ -383,23 +408,43 @@ impl Translator {
     /// it to the listeners that accept it.
     fn attach_route(
         &mut self,
-        resources: &Resources,
+        attach: &mut RouteAttach<'_>,
         key: &ObjectKey,
-        route: &Object<gateway_api::httproutes::HttpRoute>,
-        plans: &mut [GatewayPlan],
-        now: &Time,
-        out: &mut Translation,
+        route: &Object<gateway_api::experimental::httproutes::HttpRoute>,
     ) {
+        let RouteAttach {
+            resources,
+            policies,
+            plans,
+            service_gateways,
+            now,
+            out,
+        } = attach;
+        let (resources, now) = (*resources, *now);
         let spec = &route.object.spec;
         let generation = route.object.metadata.generation;
-        let rules = route::translate_rules(resources, &key.namespace, &route.object);
-        for message in &rules.invalid {
+        let ctx = route::RouteCtx {
+            resources,
+            policies,
+            namespace: &key.namespace,
+        };
+        let rules = route::translate_rules(ctx, &route.object);
+        for (label, message) in &rules.invalid {
             out.diagnostics.push(Diagnostic::document(
                 &route.origin,
                 route.document,
-                format!("HTTPRoute {key}: {message}; the rule is dropped"),
+                format!("HTTPRoute {key}: rule {label}: {message}; the rule is dropped"),
             ));
         }
+        if let Some(message) = &rules.unsupported {
+            out.diagnostics.push(Diagnostic::document(
+                &route.origin,
+                route.document,
+                format!("HTTPRoute {key}: {message}; the route is not served"),
+            ));
+        }
+        let refusal = rules.refusal();
+        let partially_invalid = rules.partially_invalid();
         let hostnames = spec.hostnames.clone().unwrap_or_default();
         let config_route = Route {
             namespace: key.namespace.clone(),
@@ -481,20 +526,32 @@ impl Translator {
             let scope = format!("HTTPRoute/{key}/parent/{index}");
             let mut conditions: Vec<Condition> = Vec::new();
             match &accepted {
+                Ok(_) if refusal.is_some() => {
+                    let message = refusal.clone().unwrap_or_default();
+                    conditions.push(self.clock.build(
+                        &scope,
+                        Cond::new("Accepted", false, "UnsupportedValue", message),
+                        generation,
+                        now,
+                    ));
+                }
                 Ok(listeners) => {
                     for &i in listeners {
                         plan.listeners[i].routes.push(config_route.clone());
                     }
-                    let cond = match rules.invalid.first() {
-                        Some(message) => {
-                            Cond::new("Accepted", false, "UnsupportedValue", message.clone())
-                        }
-                        None => Cond::new("Accepted", true, "Accepted", "accepted"),
-                    };
-                    conditions.push(self.clock.build(&scope, cond, generation, now));
-                    if let Some(message) = rules.invalid.first()
-                        && !rules.rules.is_empty()
-                    {
+                    for service in &rules.services {
+                        service_gateways
+                            .entry(service.clone())
+                            .or_insert_with(BTreeSet::new)
+                            .insert(gateway_key.clone());
+                    }
+                    conditions.push(self.clock.build(
+                        &scope,
+                        Cond::new("Accepted", true, "Accepted", "accepted"),
+                        generation,
+                        now,
+                    ));
+                    if let Some(message) = &partially_invalid {
                         conditions.push(self.clock.build(
                             &scope,
                             Cond::new(
@@ -547,6 +604,43 @@ impl Translator {
                 .http_routes
                 .insert(key.clone(), HttpRouteStatus { parents });
         }
+    }
+
+    /// The status of an XBackendTrafficPolicy: one entry per Gateway it is relevant to. `None`
+    /// when no Gateway of ours serves a route referring to its targets.
+    fn policy_status(
+        &mut self,
+        plan: &policy::PolicyPlan,
+        service_gateways: &BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+        now: &Time,
+    ) -> Option<XBackendTrafficPolicyStatus> {
+        let gateways = policy::ancestors(plan, service_gateways);
+        if gateways.is_empty() {
+            return None;
+        }
+        let ancestors = gateways
+            .into_iter()
+            .map(|gateway| {
+                let scope = format!("XBackendTrafficPolicy/{}/ancestor/{gateway}", plan.key);
+                let cond = match &plan.outcome {
+                    Ok(()) => Cond::new("Accepted", true, "Accepted", "policy applied"),
+                    Err((reason, message)) => Cond::new("Accepted", false, reason, message.clone()),
+                };
+                XBackendTrafficPolicyStatusAncestors {
+                    ancestor_ref: XBackendTrafficPolicyStatusAncestorsAncestorRef {
+                        group: Some(GATEWAY_GROUP.to_string()),
+                        kind: Some("Gateway".to_string()),
+                        name: gateway.name.clone(),
+                        namespace: Some(gateway.namespace.clone()),
+                        port: None,
+                        section_name: None,
+                    },
+                    conditions: vec![self.clock.build(&scope, cond, plan.generation, now)],
+                    controller_name: self.options.controller_name.clone(),
+                }
+            })
+            .collect();
+        Some(XBackendTrafficPolicyStatus { ancestors })
     }
 
     fn gateway_status(&mut self, plan: &GatewayPlan, now: &Time) -> GatewayStatus {
@@ -686,6 +780,17 @@ impl Translator {
             listeners: Some(listener_statuses),
         }
     }
+}
+
+/// What attaching a route reads and updates.
+struct RouteAttach<'a> {
+    resources: &'a Resources,
+    policies: &'a BackendPolicies,
+    plans: &'a mut [GatewayPlan],
+    /// Service -> the Gateways serving a route that refers to it (policy ancestors).
+    service_gateways: &'a mut BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+    now: &'a Time,
+    out: &'a mut Translation,
 }
 
 /// The creation time of an object in Unix seconds; 0 when unknown.

@@ -1,100 +1,208 @@
-//! HTTPRoute rules: matches, filters, timeouts and backend references.
+//! HTTPRoute rules: matches, filters, timeouts, retries, session persistence and backend
+//! references, validated so that nothing the data plane would refuse reaches the configuration.
+//!
+//! Three outcomes, from the narrowest:
+//!
+//! * a reference that does not resolve (backend, mirror target, `ExtensionRef` object) gives
+//!   `ResolvedRefs=False`; the rule stays, with an unresolved backend (500), no mirror, or an
+//!   invalid filter (500);
+//! * an invalid value in a rule (header name, regex, path, hostname, duration, ...) drops that
+//!   rule (`PartiallyInvalid`, or `Accepted=False` when no rule is left);
+//! * an invalid route hostname or an unsupported filter type refuses the whole route
+//!   (`Accepted=False`, `UnsupportedValue`).
 
-use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
+use std::collections::{BTreeSet, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
-use gateway_api::httproutes::{
-    HttpRoute, HttpRouteRulesBackendRefs, HttpRouteRulesFilters,
-    HttpRouteRulesFiltersRequestRedirectPathType, HttpRouteRulesFiltersRequestRedirectScheme,
-    HttpRouteRulesFiltersType, HttpRouteRulesFiltersUrlRewritePathType, HttpRouteRulesMatches,
+use gateway_api::experimental::httproutes::{
+    HttpRoute, HttpRouteRulesBackendRefs, HttpRouteRulesFilters, HttpRouteRulesFiltersCors,
+    HttpRouteRulesFiltersRequestMirror, HttpRouteRulesFiltersRequestRedirectPathType,
+    HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersType,
+    HttpRouteRulesFiltersUrlRewritePathType, HttpRouteRulesMatches,
     HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesMethod, HttpRouteRulesMatchesPathType,
-    HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesTimeouts,
+    HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesRetry, HttpRouteRulesSessionPersistence,
+    HttpRouteRulesSessionPersistenceCookieConfigLifetimeType, HttpRouteRulesSessionPersistenceType,
+    HttpRouteRulesTimeouts,
 };
 use gateway_core::config::{
-    Backend, BackendProtocol, BackendRef, BackendTarget, ExtensionRef, Filter, HeaderMatch,
-    HeaderModifier, PathMatch, PathModifier, QueryParamMatch, RequestRedirect, RouteMatch, Rule,
-    StringMatch, Timeouts, UrlRewrite,
+    BackendRef, BackendTarget, Cors, ExtensionRef, Filter, HeaderMatch, HeaderModifier, PathMatch,
+    PathModifier, QueryParamMatch, RequestMirror, RequestRedirect, Retry, RouteMatch, Rule,
+    SessionKind, SessionPersistence, StringMatch, Timeouts, UrlRewrite,
 };
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::backend::{self, BackendPolicies, BackendRefSpec};
 use super::listener::Problem;
-use super::refs::{self, RefFrom};
-use crate::resources::{GATEWAY_GROUP, ObjectKey, Resources};
+use super::validate;
+use crate::crds::{DIRECT_RESPONSE_GROUP, DIRECT_RESPONSE_KIND, DirectResponse};
+use crate::resources::{Kind, ObjectKey, Resources};
 
-/// The appProtocol that selects HTTP/2 prior knowledge towards a backend.
-const H2C_APP_PROTOCOL: &str = "kubernetes.io/h2c";
+/// What a route's rules are translated against.
+#[derive(Clone, Copy)]
+pub(crate) struct RouteCtx<'a> {
+    pub resources: &'a Resources,
+    pub policies: &'a BackendPolicies,
+    /// The route's namespace.
+    pub namespace: &'a str,
+}
 
 /// The translated rules of one HTTPRoute.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct RouteRules {
     /// The valid rules, in order.
     pub rules: Vec<Rule>,
-    /// One message per dropped rule (`UnsupportedValue`).
-    pub invalid: Vec<String>,
-    /// The first unresolved backend reference (`ResolvedRefs=False`).
+    /// One `(rule label, message)` per dropped rule.
+    pub invalid: Vec<(String, String)>,
+    /// The first unresolved reference in a kept rule (`ResolvedRefs=False`).
     pub unresolved: Option<Problem>,
+    /// Why the whole route is refused (`Accepted=False`, `UnsupportedValue`).
+    pub unsupported: Option<String>,
+    /// The Services the kept rules refer to (backends and mirrors, resolved or not).
+    pub services: BTreeSet<ObjectKey>,
 }
 
-/// Translates the rules of `route` (in namespace `namespace`).
-pub(crate) fn translate_rules(
-    resources: &Resources,
-    namespace: &str,
-    route: &HttpRoute,
-) -> RouteRules {
+impl RouteRules {
+    /// Whether the route can be served: not refused, and not every rule dropped.
+    pub fn acceptable(&self) -> bool {
+        self.unsupported.is_none() && (!self.rules.is_empty() || self.invalid.is_empty())
+    }
+
+    /// The `PartiallyInvalid` message, when some rules were dropped and some kept. It starts with
+    /// "Dropped Rule", as the specification asks.
+    pub fn partially_invalid(&self) -> Option<String> {
+        (self.acceptable() && !self.invalid.is_empty()).then(|| {
+            self.invalid
+                .iter()
+                .map(|(label, message)| format!("Dropped Rule {label}: {message}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+
+    /// Why the route is not accepted (`UnsupportedValue`), if it is not.
+    pub fn refusal(&self) -> Option<String> {
+        if let Some(message) = &self.unsupported {
+            return Some(message.clone());
+        }
+        (!self.acceptable()).then(|| {
+            let all = self
+                .invalid
+                .iter()
+                .map(|(label, message)| format!("rule {label}: {message}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            format!("every rule is invalid: {all}")
+        })
+    }
+}
+
+/// Why a filter cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum FilterError {
+    /// An invalid value: the rule is dropped.
+    Invalid(String),
+    /// A filter type this implementation does not support: the route is refused.
+    Unsupported(String),
+}
+
+impl From<String> for FilterError {
+    fn from(message: String) -> Self {
+        FilterError::Invalid(message)
+    }
+}
+
+/// What translating one rule collects besides the rule.
+#[derive(Default)]
+struct RuleRefs {
+    unresolved: Option<Problem>,
+    services: BTreeSet<ObjectKey>,
+}
+
+impl RuleRefs {
+    fn problem(&mut self, problem: Problem) {
+        self.unresolved.get_or_insert(problem);
+    }
+}
+
+/// Translates the rules of `route`.
+pub(crate) fn translate_rules(ctx: RouteCtx<'_>, route: &HttpRoute) -> RouteRules {
     let mut out = RouteRules::default();
+    for hostname in route.spec.hostnames.iter().flatten() {
+        if let Err(message) = validate::hostname(hostname) {
+            out.unsupported = Some(format!("route hostname: {message}"));
+            return out;
+        }
+    }
     for (index, rule) in route.spec.rules.iter().flatten().enumerate() {
         let label = rule.name.clone().unwrap_or_else(|| index.to_string());
-        let mut matches = Vec::new();
-        let mut invalid = None;
-        for m in rule.matches.iter().flatten() {
-            match translate_match(m) {
-                Ok(m) => matches.push(m),
-                Err(msg) => {
-                    invalid = Some(msg);
-                    break;
+        let mut refs = RuleRefs::default();
+        match translate_rule(ctx, rule, &mut refs) {
+            Ok(rule) => {
+                out.rules.push(rule);
+                if let Some(problem) = refs.unresolved
+                    && out.unresolved.is_none()
+                {
+                    out.unresolved = Some(problem);
                 }
+                out.services.extend(refs.services);
+            }
+            Err(FilterError::Invalid(message)) => out.invalid.push((label, message)),
+            Err(FilterError::Unsupported(message)) => {
+                out.unsupported = Some(format!("rule {label}: {message}"));
+                out.rules.clear();
+                return out;
             }
         }
-        let timeouts = match rule.timeouts.as_ref().map(translate_timeouts).transpose() {
-            Ok(t) => t.unwrap_or_default(),
-            Err(msg) => {
-                invalid.get_or_insert(msg);
-                Timeouts::default()
-            }
-        };
-        if let Some(msg) = invalid {
-            out.invalid.push(format!("rule {label}: {msg}"));
-            continue;
-        }
-        let filters = rule
-            .filters
-            .iter()
-            .flatten()
-            .map(translate_filter)
-            .collect();
-        let mut backends = Vec::new();
-        for backend in rule.backend_refs.iter().flatten() {
-            let (backend, problem) = translate_backend(resources, namespace, backend);
-            if let Some(problem) = problem
-                && out.unresolved.is_none()
-            {
-                out.unresolved = Some(problem);
-            }
-            backends.push(backend);
-        }
-        out.rules.push(Rule {
-            name: rule.name.clone(),
-            matches,
-            filters,
-            backends,
-            timeouts,
-            retry: None,
-            session_persistence: None,
-        });
     }
     out
+}
+
+fn translate_rule(
+    ctx: RouteCtx<'_>,
+    rule: &gateway_api::experimental::httproutes::HttpRouteRules,
+    refs: &mut RuleRefs,
+) -> Result<Rule, FilterError> {
+    let matches = rule
+        .matches
+        .iter()
+        .flatten()
+        .map(translate_match)
+        .collect::<Result<Vec<_>, _>>()?;
+    // No match means one `PathPrefix /` match.
+    let prefix_only = matches
+        .iter()
+        .all(|m| matches!(m.path, PathMatch::Prefix(_)));
+    let timeouts = rule
+        .timeouts
+        .as_ref()
+        .map(translate_timeouts)
+        .transpose()?
+        .unwrap_or_default();
+    let retry = rule.retry.as_ref().map(translate_retry).transpose()?;
+    let session_persistence = rule
+        .session_persistence
+        .as_ref()
+        .map(route_session_persistence)
+        .transpose()?;
+    let mut filters = Vec::new();
+    for f in rule.filters.iter().flatten() {
+        if let Some(filter) = translate_filter(ctx, f, prefix_only, refs)? {
+            filters.push(filter);
+        }
+    }
+    let mut backends = Vec::new();
+    for b in rule.backend_refs.iter().flatten() {
+        backends.push(translate_backend(ctx, b, prefix_only, refs)?);
+    }
+    Ok(Rule {
+        name: rule.name.clone(),
+        matches,
+        filters,
+        backends,
+        timeouts,
+        retry,
+        session_persistence,
+    })
 }
 
 fn string_match(regex: bool, value: &str, what: &str) -> Result<StringMatch, String> {
@@ -121,8 +229,14 @@ fn translate_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
                 .clone()
                 .unwrap_or(HttpRouteRulesMatchesPathType::PathPrefix)
             {
-                HttpRouteRulesMatchesPathType::PathPrefix => PathMatch::Prefix(value),
-                HttpRouteRulesMatchesPathType::Exact => PathMatch::Exact(value),
+                HttpRouteRulesMatchesPathType::PathPrefix => {
+                    validate::path(&value)?;
+                    PathMatch::Prefix(value)
+                }
+                HttpRouteRulesMatchesPathType::Exact => {
+                    validate::path(&value)?;
+                    PathMatch::Exact(value)
+                }
                 HttpRouteRulesMatchesPathType::RegularExpression => {
                     check_regex(&value)
                         .map_err(|e| format!("invalid path regular expression {value:?}: {e}"))?;
@@ -131,16 +245,27 @@ fn translate_match(m: &HttpRouteRulesMatches) -> Result<RouteMatch, String> {
             }
         }
     };
+    // Of several matches on one header name (case-insensitive) only the first counts.
+    let mut header_names = HashSet::new();
     let mut headers = Vec::new();
     for h in m.headers.iter().flatten() {
+        validate::header_name(&h.name)?;
+        if !header_names.insert(h.name.to_ascii_lowercase()) {
+            continue;
+        }
         let regex = h.r#type == Some(HttpRouteRulesMatchesHeadersType::RegularExpression);
         headers.push(HeaderMatch {
             name: h.name.clone(),
             value: string_match(regex, &h.value, "header")?,
         });
     }
+    // Likewise for query parameters, whose names compare exactly.
+    let mut query_names = HashSet::new();
     let mut query_params = Vec::new();
     for q in m.query_params.iter().flatten() {
+        if !query_names.insert(q.name.as_str()) {
+            continue;
+        }
         let regex = q.r#type == Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression);
         query_params.push(QueryParamMatch {
             name: q.name.clone(),
@@ -169,7 +294,7 @@ fn method_name(m: &HttpRouteRulesMatchesMethod) -> &'static str {
     }
 }
 
-/// Parses a Gateway API duration (`500ms`, `1h2m`); `0s` means no timeout.
+/// Parses a Gateway API duration (`500ms`, `1h2m`); `0s` means none.
 pub(crate) fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
     let parsed = gateway_api::Duration::from_str(text)
         .map_err(|e| format!("invalid duration {text:?}: {e}"))?;
@@ -178,101 +303,207 @@ pub(crate) fn parse_duration(text: &str) -> Result<Option<Duration>, String> {
     Ok((millis > 0).then(|| Duration::from_millis(millis)))
 }
 
+fn optional_duration(text: Option<&str>) -> Result<Option<Duration>, String> {
+    Ok(text.map(parse_duration).transpose()?.flatten())
+}
+
 fn translate_timeouts(t: &HttpRouteRulesTimeouts) -> Result<Timeouts, String> {
     Ok(Timeouts {
-        request: t
-            .request
-            .as_deref()
-            .map(parse_duration)
-            .transpose()?
-            .flatten(),
-        backend_request: t
-            .backend_request
-            .as_deref()
-            .map(parse_duration)
-            .transpose()?
-            .flatten(),
+        request: optional_duration(t.request.as_deref())?,
+        backend_request: optional_duration(t.backend_request.as_deref())?,
     })
 }
 
-fn invalid(reason: impl Into<String>) -> Filter {
-    Filter::Invalid {
-        reason: reason.into(),
+fn translate_retry(r: &HttpRouteRulesRetry) -> Result<Retry, String> {
+    let mut codes = Vec::new();
+    for &code in r.codes.iter().flatten() {
+        match u16::try_from(code) {
+            Ok(c @ 400..=599) => codes.push(c),
+            _ => return Err(format!("retry code {code} is outside 400-599")),
+        }
     }
+    let attempts = match r.attempts {
+        None => Retry::default().attempts,
+        Some(a) => u32::try_from(a).map_err(|_| format!("retry attempts {a} is out of range"))?,
+    };
+    Ok(Retry {
+        codes,
+        attempts,
+        backoff: optional_duration(r.backoff.as_deref())
+            .map_err(|e| format!("retry backoff: {e}"))?,
+    })
 }
 
-fn header_modifier(
-    set: impl Iterator<Item = (String, String)>,
-    add: impl Iterator<Item = (String, String)>,
+fn route_session_persistence(
+    s: &HttpRouteRulesSessionPersistence,
+) -> Result<SessionPersistence, String> {
+    let kind = match s.r#type {
+        Some(HttpRouteRulesSessionPersistenceType::Header) => SessionKind::Header,
+        Some(HttpRouteRulesSessionPersistenceType::Cookie) | None => SessionKind::Cookie,
+    };
+    let permanent = s
+        .cookie_config
+        .as_ref()
+        .and_then(|c| c.lifetime_type.as_ref())
+        == Some(&HttpRouteRulesSessionPersistenceCookieConfigLifetimeType::Permanent);
+    session_persistence(
+        kind,
+        s.session_name.as_deref(),
+        s.absolute_timeout.as_deref(),
+        s.idle_timeout.as_deref(),
+        permanent,
+    )
+}
+
+/// Builds a [`SessionPersistence`] from the fields HTTPRoute and XBackendTrafficPolicy share.
+/// A permanent cookie needs `absoluteTimeout` (its `Max-Age`).
+pub(crate) fn session_persistence(
+    kind: SessionKind,
+    name: Option<&str>,
+    absolute_timeout: Option<&str>,
+    idle_timeout: Option<&str>,
+    permanent: bool,
+) -> Result<SessionPersistence, String> {
+    let name = name.filter(|n| !n.is_empty());
+    if let Some(name) = name {
+        match kind {
+            SessionKind::Cookie => validate::cookie_name(name),
+            SessionKind::Header => validate::header_name(name),
+        }
+        .map_err(|e| format!("sessionPersistence sessionName: {e}"))?;
+    }
+    let absolute_timeout = optional_duration(absolute_timeout)
+        .map_err(|e| format!("sessionPersistence absoluteTimeout: {e}"))?;
+    let idle_timeout = optional_duration(idle_timeout)
+        .map_err(|e| format!("sessionPersistence idleTimeout: {e}"))?;
+    let permanent = permanent && kind == SessionKind::Cookie;
+    if permanent && absolute_timeout.is_none() {
+        return Err(
+            "sessionPersistence: a Permanent cookie needs a non-zero absoluteTimeout".to_string(),
+        );
+    }
+    Ok(SessionPersistence {
+        name: name.map(str::to_string),
+        kind,
+        absolute_timeout,
+        idle_timeout,
+        permanent,
+        path: None,
+    })
+}
+
+fn header_modifier<'a>(
+    set: impl Iterator<Item = (&'a String, &'a String)>,
+    add: impl Iterator<Item = (&'a String, &'a String)>,
     remove: Option<&Vec<String>>,
-) -> HeaderModifier {
-    HeaderModifier {
-        set: set.collect(),
-        add: add.collect(),
-        remove: remove.cloned().unwrap_or_default(),
+) -> Result<HeaderModifier, String> {
+    let pair = |(name, value): (&String, &String)| -> Result<(String, String), String> {
+        validate::header_name(name)?;
+        validate::header_value(name, value)?;
+        Ok((name.clone(), value.clone()))
+    };
+    let remove = remove.cloned().unwrap_or_default();
+    for name in &remove {
+        validate::header_name(name)?;
+    }
+    Ok(HeaderModifier {
+        set: set.map(pair).collect::<Result<_, _>>()?,
+        add: add.map(pair).collect::<Result<_, _>>()?,
+        remove,
+    })
+}
+
+fn path_modifier(
+    full: Option<&String>,
+    prefix: Option<&String>,
+    replace_prefix: bool,
+    prefix_only: bool,
+    filter: &str,
+) -> Result<PathModifier, String> {
+    if replace_prefix {
+        let value = prefix.ok_or_else(|| format!("{filter} ReplacePrefixMatch without a value"))?;
+        if !prefix_only {
+            return Err(format!(
+                "{filter} ReplacePrefixMatch needs every match of the rule to be a PathPrefix"
+            ));
+        }
+        validate::path(value).map_err(|e| format!("{filter}: {e}"))?;
+        Ok(PathModifier::ReplacePrefixMatch(value.clone()))
+    } else {
+        let value = full.ok_or_else(|| format!("{filter} ReplaceFullPath without a value"))?;
+        validate::path(value).map_err(|e| format!("{filter}: {e}"))?;
+        Ok(PathModifier::ReplaceFullPath(value.clone()))
     }
 }
 
-/// Translates one filter. Filters the model cannot express become [`Filter::Invalid`].
-pub(crate) fn translate_filter(f: &HttpRouteRulesFilters) -> Filter {
-    match f.r#type {
-        HttpRouteRulesFiltersType::RequestHeaderModifier => match &f.request_header_modifier {
-            Some(m) => Filter::RequestHeaderModifier(header_modifier(
-                m.set
-                    .iter()
-                    .flatten()
-                    .map(|h| (h.name.clone(), h.value.clone())),
-                m.add
-                    .iter()
-                    .flatten()
-                    .map(|h| (h.name.clone(), h.value.clone())),
+/// Translates one filter. `Ok(None)`: the filter is left out (a mirror whose backend does not
+/// resolve; the reference problem is recorded in `refs`).
+fn translate_filter(
+    ctx: RouteCtx<'_>,
+    f: &HttpRouteRulesFilters,
+    prefix_only: bool,
+    refs: &mut RuleRefs,
+) -> Result<Option<Filter>, FilterError> {
+    let missing =
+        |field: &str| FilterError::Invalid(format!("{:?} filter without {field}", f.r#type));
+    let filter = match f.r#type {
+        HttpRouteRulesFiltersType::RequestHeaderModifier => {
+            let m = f
+                .request_header_modifier
+                .as_ref()
+                .ok_or_else(|| missing("requestHeaderModifier"))?;
+            Filter::RequestHeaderModifier(header_modifier(
+                m.set.iter().flatten().map(|h| (&h.name, &h.value)),
+                m.add.iter().flatten().map(|h| (&h.name, &h.value)),
                 m.remove.as_ref(),
-            )),
-            None => invalid("RequestHeaderModifier filter without requestHeaderModifier"),
-        },
-        HttpRouteRulesFiltersType::ResponseHeaderModifier => match &f.response_header_modifier {
-            Some(m) => Filter::ResponseHeaderModifier(header_modifier(
-                m.set
-                    .iter()
-                    .flatten()
-                    .map(|h| (h.name.clone(), h.value.clone())),
-                m.add
-                    .iter()
-                    .flatten()
-                    .map(|h| (h.name.clone(), h.value.clone())),
+            )?)
+        }
+        HttpRouteRulesFiltersType::ResponseHeaderModifier => {
+            let m = f
+                .response_header_modifier
+                .as_ref()
+                .ok_or_else(|| missing("responseHeaderModifier"))?;
+            Filter::ResponseHeaderModifier(header_modifier(
+                m.set.iter().flatten().map(|h| (&h.name, &h.value)),
+                m.add.iter().flatten().map(|h| (&h.name, &h.value)),
                 m.remove.as_ref(),
-            )),
-            None => invalid("ResponseHeaderModifier filter without responseHeaderModifier"),
-        },
+            )?)
+        }
         HttpRouteRulesFiltersType::RequestRedirect => {
-            let Some(r) = &f.request_redirect else {
-                return invalid("RequestRedirect filter without requestRedirect");
-            };
-            let path = match &r.path {
-                None => None,
-                Some(p) => match (&p.r#type, &p.replace_full_path, &p.replace_prefix_match) {
-                    (HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath, Some(v), _) => {
-                        Some(PathModifier::ReplaceFullPath(v.clone()))
-                    }
-                    (
-                        HttpRouteRulesFiltersRequestRedirectPathType::ReplacePrefixMatch,
-                        _,
-                        Some(v),
-                    ) => Some(PathModifier::ReplacePrefixMatch(v.clone())),
-                    _ => return invalid("RequestRedirect path modifier without its value"),
-                },
-            };
+            let r = f
+                .request_redirect
+                .as_ref()
+                .ok_or_else(|| missing("requestRedirect"))?;
+            let path = r
+                .path
+                .as_ref()
+                .map(|p| {
+                    path_modifier(
+                        p.replace_full_path.as_ref(),
+                        p.replace_prefix_match.as_ref(),
+                        p.r#type
+                            == HttpRouteRulesFiltersRequestRedirectPathType::ReplacePrefixMatch,
+                        prefix_only,
+                        "RequestRedirect",
+                    )
+                })
+                .transpose()?;
             let port = match r.port {
                 None => None,
                 Some(p) => match u16::try_from(p) {
                     Ok(p) if p != 0 => Some(p),
-                    _ => return invalid(format!("RequestRedirect port {p} is out of range")),
+                    _ => return Err(format!("RequestRedirect port {p} is out of range").into()),
                 },
             };
             let status_code = match r.status_code.unwrap_or(302) {
                 c @ (301 | 302 | 303 | 307 | 308) => c as u16,
-                c => return invalid(format!("RequestRedirect status code {c} is not supported")),
+                c => {
+                    return Err(format!("RequestRedirect status code {c} is not supported").into());
+                }
             };
+            if let Some(host) = &r.hostname {
+                validate::precise_hostname(host).map_err(|e| format!("RequestRedirect: {e}"))?;
+            }
             Filter::RequestRedirect(RequestRedirect {
                 scheme: r.scheme.as_ref().map(|s| {
                     match s {
@@ -288,214 +519,243 @@ pub(crate) fn translate_filter(f: &HttpRouteRulesFilters) -> Filter {
             })
         }
         HttpRouteRulesFiltersType::UrlRewrite => {
-            let Some(r) = &f.url_rewrite else {
-                return invalid("URLRewrite filter without urlRewrite");
-            };
-            let path = match &r.path {
-                None => None,
-                Some(p) => match (&p.r#type, &p.replace_full_path, &p.replace_prefix_match) {
-                    (HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath, Some(v), _) => {
-                        Some(PathModifier::ReplaceFullPath(v.clone()))
-                    }
-                    (HttpRouteRulesFiltersUrlRewritePathType::ReplacePrefixMatch, _, Some(v)) => {
-                        Some(PathModifier::ReplacePrefixMatch(v.clone()))
-                    }
-                    _ => return invalid("URLRewrite path modifier without its value"),
-                },
-            };
+            let r = f
+                .url_rewrite
+                .as_ref()
+                .ok_or_else(|| missing("urlRewrite"))?;
+            let path = r
+                .path
+                .as_ref()
+                .map(|p| {
+                    path_modifier(
+                        p.replace_full_path.as_ref(),
+                        p.replace_prefix_match.as_ref(),
+                        p.r#type == HttpRouteRulesFiltersUrlRewritePathType::ReplacePrefixMatch,
+                        prefix_only,
+                        "URLRewrite",
+                    )
+                })
+                .transpose()?;
+            if let Some(host) = &r.hostname {
+                validate::precise_hostname(host).map_err(|e| format!("URLRewrite: {e}"))?;
+            }
             Filter::UrlRewrite(UrlRewrite {
                 hostname: r.hostname.clone(),
                 path,
             })
         }
-        HttpRouteRulesFiltersType::ExtensionRef => match &f.extension_ref {
-            Some(e) => Filter::ExtensionRef(ExtensionRef {
-                group: e.group.clone(),
-                kind: e.kind.clone(),
-                name: e.name.clone(),
-                config: None,
-            }),
-            None => invalid("ExtensionRef filter without extensionRef"),
-        },
-        HttpRouteRulesFiltersType::RequestMirror => invalid("RequestMirror is not supported yet"),
-        HttpRouteRulesFiltersType::Cors => invalid("CORS is not supported yet"),
-    }
-}
-
-/// Translates a backend reference; returns the backend and, when unresolved, the problem.
-fn translate_backend(
-    resources: &Resources,
-    route_namespace: &str,
-    backend: &HttpRouteRulesBackendRefs,
-) -> (BackendRef, Option<Problem>) {
-    let namespace = backend
-        .namespace
-        .as_deref()
-        .filter(|n| !n.is_empty())
-        .unwrap_or(route_namespace);
-    let port = backend.port.and_then(|p| u16::try_from(p).ok());
-    let name = match port {
-        Some(p) => format!("{namespace}/{}:{p}", backend.name),
-        None => format!("{namespace}/{}", backend.name),
-    };
-    let filters = backend
-        .filters
-        .iter()
-        .flatten()
-        .map(|f| {
-            // Backend filters share the schema of rule filters.
-            serde_json::to_value(f)
-                .and_then(serde_json::from_value::<HttpRouteRulesFilters>)
-                .map(|f| translate_filter(&f))
-                .unwrap_or_else(|e| invalid(format!("unreadable backend filter: {e}")))
-        })
-        .collect();
-    let weight = u32::try_from(backend.weight.unwrap_or(1)).unwrap_or(0);
-    let (target, problem) =
-        match resolve_service(resources, route_namespace, namespace, backend, port) {
-            Ok(b) => (BackendTarget::Endpoints(b), None),
-            Err(problem) => (
-                BackendTarget::Unresolved {
-                    reason: problem.1.clone(),
-                },
-                Some(problem),
-            ),
-        };
-    (
-        BackendRef {
-            name,
-            weight,
-            target,
-            filters,
-        },
-        problem,
-    )
-}
-
-fn resolve_service(
-    resources: &Resources,
-    route_namespace: &str,
-    namespace: &str,
-    backend: &HttpRouteRulesBackendRefs,
-    port: Option<u16>,
-) -> Result<Backend, Problem> {
-    let group = backend.group.as_deref().unwrap_or("");
-    let kind = backend.kind.as_deref().unwrap_or("Service");
-    if !group.is_empty() || kind != "Service" {
-        return Err((
-            "InvalidKind",
-            format!(
-                "backendRef {group}/{kind} {} is not a core Service",
-                backend.name
-            ),
-        ));
-    }
-    let from = RefFrom {
-        group: GATEWAY_GROUP,
-        kind: "HTTPRoute",
-        namespace: route_namespace,
-    };
-    if !refs::permitted(resources, from, "", "Service", namespace, &backend.name) {
-        return Err((
-            "RefNotPermitted",
-            format!(
-                "no ReferenceGrant in namespace {namespace} allows HTTPRoutes from {route_namespace} to use Service {}",
-                backend.name
-            ),
-        ));
-    }
-    let key = ObjectKey::new(namespace, backend.name.clone());
-    let service = resources
-        .services
-        .get(&key)
-        .ok_or_else(|| ("BackendNotFound", format!("Service {key} does not exist")))?;
-    let port = port.ok_or_else(|| {
-        (
-            "BackendNotFound",
-            format!("backendRef to Service {key} has no port"),
-        )
-    })?;
-    let spec = service.object.spec.clone().unwrap_or_default();
-    let service_port = spec
-        .ports
-        .iter()
-        .flatten()
-        .find(|p| p.port == i32::from(port))
-        .ok_or_else(|| {
-            (
-                "BackendNotFound",
-                format!("Service {key} has no port {port}"),
-            )
-        })?;
-    let port_name = service_port.name.clone().unwrap_or_default();
-    let mut protocol = if service_port.app_protocol.as_deref() == Some(H2C_APP_PROTOCOL) {
-        BackendProtocol::H2c
-    } else {
-        BackendProtocol::Http1
-    };
-    let target_number = match &service_port.target_port {
-        Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
-        Some(IntOrString::String(_)) => None,
-        None => Some(port),
-    };
-
-    let mut endpoints = BTreeSet::new();
-    let mut any_slice = false;
-    for slice in resources.endpoint_slices.iter().filter_map(|(k, s)| {
-        (k.namespace == namespace
-            && s.object
-                .metadata
-                .labels
+        HttpRouteRulesFiltersType::ExtensionRef => {
+            let e = f
+                .extension_ref
                 .as_ref()
-                .and_then(|l| l.get("kubernetes.io/service-name"))
-                == Some(&backend.name))
-        .then_some(&s.object)
-    }) {
-        any_slice = true;
-        let slice_port = slice
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.clone().unwrap_or_default() == port_name);
-        let Some(slice_port) = slice_port else {
-            continue;
-        };
-        if slice_port.app_protocol.as_deref() == Some(H2C_APP_PROTOCOL) {
-            protocol = BackendProtocol::H2c;
-        }
-        let Some(number) = slice_port
-            .port
-            .and_then(|p| u16::try_from(p).ok())
-            .or(target_number)
-        else {
-            continue;
-        };
-        for endpoint in &slice.endpoints {
-            let ready = endpoint.conditions.as_ref().and_then(|c| c.ready) != Some(false);
-            if !ready {
-                continue;
-            }
-            for address in &endpoint.addresses {
-                if let Ok(ip) = address.parse::<IpAddr>() {
-                    endpoints.insert(SocketAddr::new(ip, number));
+                .ok_or_else(|| missing("extensionRef"))?;
+            match resolve_extension(ctx, &e.group, &e.kind, &e.name) {
+                Ok(filter) => filter,
+                Err(problem) => {
+                    let reason = problem.1.clone();
+                    refs.problem(problem);
+                    Filter::Invalid { reason }
                 }
             }
         }
-    }
-    if !any_slice {
-        // No EndpointSlice at all: a plain file may give the Service a reachable clusterIP.
-        if let Some(ip) = spec
-            .cluster_ip
-            .as_deref()
-            .and_then(|ip| ip.parse::<IpAddr>().ok())
-        {
-            endpoints.insert(SocketAddr::new(ip, port));
+        HttpRouteRulesFiltersType::RequestMirror => {
+            let m = f
+                .request_mirror
+                .as_ref()
+                .ok_or_else(|| missing("requestMirror"))?;
+            return translate_mirror(ctx, m, refs);
+        }
+        HttpRouteRulesFiltersType::Cors => {
+            let c = f.cors.as_ref().ok_or_else(|| missing("cors"))?;
+            Filter::Cors(translate_cors(c)?)
+        }
+        HttpRouteRulesFiltersType::ExternalAuth => {
+            return Err(FilterError::Unsupported(
+                "filter type ExternalAuth is not supported".to_string(),
+            ));
+        }
+    };
+    Ok(Some(filter))
+}
+
+fn translate_mirror(
+    ctx: RouteCtx<'_>,
+    m: &HttpRouteRulesFiltersRequestMirror,
+    refs: &mut RuleRefs,
+) -> Result<Option<Filter>, FilterError> {
+    let fraction = match (m.percent, &m.fraction) {
+        (Some(_), Some(_)) => {
+            return Err("RequestMirror sets both percent and fraction"
+                .to_string()
+                .into());
+        }
+        (Some(p), None) => match u32::try_from(p) {
+            Ok(p) if p <= 100 => Some((p, 100)),
+            _ => return Err(format!("RequestMirror percent {p} is outside 0-100").into()),
+        },
+        (None, Some(f)) => {
+            let denominator = f.denominator.unwrap_or(100);
+            match (u32::try_from(f.numerator), u32::try_from(denominator)) {
+                (Ok(n), Ok(d)) if d > 0 && n <= d => Some((n, d)),
+                _ => {
+                    return Err(format!(
+                        "RequestMirror fraction {}/{denominator} is not a fraction of at most 1",
+                        f.numerator
+                    )
+                    .into());
+                }
+            }
+        }
+        (None, None) => None,
+    };
+    let b = &m.backend_ref;
+    let spec = BackendRefSpec {
+        group: b.group.as_deref(),
+        kind: b.kind.as_deref(),
+        name: &b.name,
+        namespace: b.namespace.as_deref(),
+        port: b.port,
+    };
+    refs.services.extend(spec.service_key(ctx.namespace));
+    // A mirror whose backend does not resolve is dropped: requests are served unmirrored.
+    match backend::resolve(ctx.resources, ctx.policies, ctx.namespace, spec) {
+        Ok(target) => Ok(Some(Filter::RequestMirror(Box::new(RequestMirror {
+            backend: BackendRef {
+                name: spec.display_name(ctx.namespace),
+                weight: 1,
+                target,
+                filters: Vec::new(),
+            },
+            fraction,
+        })))),
+        Err((reason, message)) => {
+            refs.problem((reason, format!("RequestMirror: {message}")));
+            Ok(None)
         }
     }
-    Ok(Backend {
-        endpoints: endpoints.into_iter().collect(),
-        protocol,
-        policy: Default::default(),
+}
+
+fn translate_cors(c: &HttpRouteRulesFiltersCors) -> Result<Cors, String> {
+    let list = |v: &Option<Vec<String>>| v.clone().unwrap_or_default();
+    let allow_origins = list(&c.allow_origins);
+    for origin in &allow_origins {
+        validate::cors_origin(origin)?;
+    }
+    let allow_methods = list(&c.allow_methods);
+    for method in allow_methods.iter().filter(|m| *m != "*") {
+        validate::method(method).map_err(|e| format!("CORS allowMethods: {e}"))?;
+    }
+    let allow_headers = list(&c.allow_headers);
+    let expose_headers = list(&c.expose_headers);
+    for name in allow_headers
+        .iter()
+        .chain(&expose_headers)
+        .filter(|h| *h != "*")
+    {
+        validate::header_name(name).map_err(|e| format!("CORS: {e}"))?;
+    }
+    let max_age = c
+        .max_age
+        .map(|a| u32::try_from(a).map_err(|_| format!("CORS maxAge {a} is negative")))
+        .transpose()?;
+    Ok(Cors {
+        allow_origins,
+        allow_methods,
+        allow_headers,
+        expose_headers,
+        allow_credentials: c.allow_credentials.unwrap_or(false),
+        max_age,
+    })
+}
+
+/// Resolves an `ExtensionRef` filter to the object it names in the route's namespace. Its
+/// settings are the object's `spec`, or, for kinds without one, the object less `apiVersion`,
+/// `kind`, `metadata` and `status`. `DirectResponse` objects are checked here too.
+fn resolve_extension(
+    ctx: RouteCtx<'_>,
+    group: &str,
+    kind: &str,
+    name: &str,
+) -> Result<Filter, Problem> {
+    let what = format!("ExtensionRef {group}/{kind} {}/{name}", ctx.namespace);
+    if Kind::from_group_kind(group, kind).is_some() {
+        return Err((
+            "InvalidKind",
+            format!("{what}: {kind} is not a filter kind"),
+        ));
+    }
+    let object = ctx
+        .resources
+        .other(group, kind, ctx.namespace, name)
+        .ok_or_else(|| ("BackendNotFound", format!("{what} does not exist")))?;
+    if group == DIRECT_RESPONSE_GROUP && kind == DIRECT_RESPONSE_KIND {
+        let parsed: DirectResponse = serde_json::from_value(object.clone())
+            .map_err(|e| ("InvalidExtensionRef", format!("{what} is invalid: {e}")))?;
+        parsed
+            .spec
+            .validate()
+            .map_err(|e| ("InvalidExtensionRef", format!("{what} is invalid: {e}")))?;
+    }
+    let config = match object.get("spec") {
+        Some(spec) => spec.clone(),
+        None => {
+            let mut rest = object.clone();
+            if let Some(map) = rest.as_object_mut() {
+                for field in ["apiVersion", "kind", "metadata", "status"] {
+                    map.remove(field);
+                }
+            }
+            rest
+        }
+    };
+    Ok(Filter::ExtensionRef(ExtensionRef {
+        group: group.to_string(),
+        kind: kind.to_string(),
+        name: name.to_string(),
+        config: Some(config).filter(|c| !c.is_null()),
+    }))
+}
+
+/// Translates a backend reference. An unresolved one becomes [`BackendTarget::Unresolved`]
+/// (its problem recorded in `refs`); an invalid backend filter drops the rule.
+fn translate_backend(
+    ctx: RouteCtx<'_>,
+    backend: &HttpRouteRulesBackendRefs,
+    prefix_only: bool,
+    refs: &mut RuleRefs,
+) -> Result<BackendRef, FilterError> {
+    let spec = BackendRefSpec {
+        group: backend.group.as_deref(),
+        kind: backend.kind.as_deref(),
+        name: &backend.name,
+        namespace: backend.namespace.as_deref(),
+        port: backend.port,
+    };
+    let mut filters = Vec::new();
+    for f in backend.filters.iter().flatten() {
+        // Backend filters share the schema of rule filters.
+        let f = serde_json::to_value(f)
+            .and_then(serde_json::from_value::<HttpRouteRulesFilters>)
+            .map_err(|e| FilterError::Invalid(format!("unreadable backend filter: {e}")))?;
+        if let Some(filter) = translate_filter(ctx, &f, prefix_only, refs)? {
+            filters.push(filter);
+        }
+    }
+    refs.services.extend(spec.service_key(ctx.namespace));
+    let weight = u32::try_from(backend.weight.unwrap_or(1)).unwrap_or(0);
+    let target = match backend::resolve(ctx.resources, ctx.policies, ctx.namespace, spec) {
+        Ok(target) => target,
+        Err(problem) => {
+            let reason = problem.1.clone();
+            refs.problem(problem);
+            BackendTarget::Unresolved { reason }
+        }
+    };
+    Ok(BackendRef {
+        name: spec.display_name(ctx.namespace),
+        weight,
+        target,
+        filters,
     })
 }
 
@@ -519,5 +779,22 @@ mod tests {
     fn regex_check_is_anchored_syntax() {
         assert!(check_regex("/v[0-9]+").is_ok());
         assert!(check_regex("([a-z]").is_err());
+    }
+
+    #[test]
+    fn permanent_cookies_need_an_absolute_timeout() {
+        let ok = session_persistence(SessionKind::Cookie, Some("s"), Some("1h"), None, true)
+            .expect("valid");
+        assert!(ok.permanent);
+        assert_eq!(ok.absolute_timeout, Some(Duration::from_secs(3600)));
+        assert!(session_persistence(SessionKind::Cookie, None, None, Some("5m"), true).is_err());
+        assert!(session_persistence(SessionKind::Cookie, None, Some("0s"), None, true).is_err());
+        // Headers have no cookie lifetime.
+        let header = session_persistence(SessionKind::Header, Some("x-session"), None, None, true)
+            .expect("valid");
+        assert!(!header.permanent);
+        assert!(
+            session_persistence(SessionKind::Header, Some("bad name"), None, None, false).is_err()
+        );
     }
 }
