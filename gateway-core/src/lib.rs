@@ -38,6 +38,7 @@ mod mirror;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+mod syntax;
 mod table;
 mod tls;
 

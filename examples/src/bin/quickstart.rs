@@ -6,7 +6,8 @@
 //!
 //! It starts two demo backends, serves the Gateway and HTTPRoutes of `examples/quickstart.yaml`
 //! (bundled into the binary), and prints curl commands that show matching, header filters, a
-//! redirect and a weighted split. Ctrl-C drains and stops it.
+//! redirect, a weighted split, a `DirectResponse` filter, CORS, mirroring and retries. Ctrl-C
+//! drains and stops it.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -35,6 +36,14 @@ The quickstart gateway listens on http://127.0.0.1:8080 (admin: http://127.0.0.1
 
   # weighted split, 80/20 between demo-v1 and demo-v2
   for i in $(seq 20); do curl -s http://127.0.0.1:8080/split | grep backend; done | sort | uniq -c
+
+  # a DirectResponse filter: 503 with retry-after, answered by the gateway
+  curl -si http://127.0.0.1:8080/maintenance
+
+  # CORS preflight answered by the gateway; /api is also mirrored to demo-v2 and retried on 502/503
+  curl -si -X OPTIONS -H 'origin: https://app.example.com' \\
+       -H 'access-control-request-method: POST' http://127.0.0.1:8080/api/items
+  curl -si -H 'origin: https://app.example.com' http://127.0.0.1:8080/api/items
 ";
 
 #[tokio::main]

@@ -106,7 +106,7 @@ impl SessionCodec {
         let name = session_name(cfg);
         match cfg.kind {
             SessionKind::Cookie => {
-                if !is_token(name) {
+                if !crate::syntax::is_token(name) {
                     return Err(format!("invalid session cookie name {name:?}"));
                 }
                 let path = cookie_path(cfg);
@@ -383,31 +383,6 @@ fn trim_ows(s: &[u8]) -> &[u8] {
         .rposition(|b| !matches!(b, b' ' | b'\t'))
         .unwrap_or(start);
     &s[start..=end]
-}
-
-/// RFC 9110 `token` (also RFC 6265's `cookie-name`).
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -113,7 +113,7 @@ impl CompiledCors {
             Some(patterns.into_boxed_slice())
         };
         for m in &cfg.allow_methods {
-            if m != "*" && !is_token(m) {
+            if m != "*" && !crate::syntax::is_token(m) {
                 return Err(format!("invalid CORS method {m:?}"));
             }
         }
@@ -416,31 +416,6 @@ fn valid_host(host: &str) -> bool {
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-/// RFC 9110 `token`.
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
 }
 
 /// Strips optional whitespace (spaces and tabs) around a list element.

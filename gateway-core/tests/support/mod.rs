@@ -32,67 +32,46 @@ impl Drop for TestBackend {
 /// `{"backend", "method", "path", "host", "version", "headers": {name: [values]}}`; a query
 /// `delay=MS` delays the answer.
 pub async fn backend(name: &'static str) -> TestBackend {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let accepted = connections.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| async move {
-                    let delay = req
-                        .uri()
-                        .query()
-                        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("delay=")))
-                        .and_then(|ms| ms.parse::<u64>().ok());
-                    if let Some(ms) = delay {
-                        tokio::time::sleep(Duration::from_millis(ms)).await;
-                    }
-                    let mut headers = serde_json::Map::new();
-                    for (k, v) in req.headers() {
-                        let entry = headers
-                            .entry(k.as_str().to_owned())
-                            .or_insert_with(|| serde_json::Value::Array(vec![]));
-                        if let serde_json::Value::Array(a) = entry {
-                            a.push(String::from_utf8_lossy(v.as_bytes()).into_owned().into());
-                        }
-                    }
-                    let host = req
-                        .headers()
-                        .get("host")
-                        .map(|h| h.to_str().unwrap_or("").to_owned())
-                        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-                        .unwrap_or_default();
-                    let body = serde_json::json!({
-                        "backend": name,
-                        "method": req.method().as_str(),
-                        "path": req.uri().path_and_query().map_or("/".to_owned(), |p| p.to_string()),
-                        "host": host,
-                        "version": format!("{:?}", req.version()),
-                        "headers": headers,
-                    });
-                    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-                    resp.headers_mut()
-                        .insert("content-type", "application/json".parse().unwrap());
-                    resp.headers_mut()
-                        .insert("x-backend", name.parse().unwrap());
-                    Ok::<_, Infallible>(resp)
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    serve(move |req: Request<Incoming>| async move {
+        let delay = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("delay=")))
+            .and_then(|ms| ms.parse::<u64>().ok());
+        if let Some(ms) = delay {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
         }
-    });
-    TestBackend {
-        addr,
-        connections,
-        task,
-    }
+        let mut headers = serde_json::Map::new();
+        for (k, v) in req.headers() {
+            let entry = headers
+                .entry(k.as_str().to_owned())
+                .or_insert_with(|| serde_json::Value::Array(vec![]));
+            if let serde_json::Value::Array(a) = entry {
+                a.push(String::from_utf8_lossy(v.as_bytes()).into_owned().into());
+            }
+        }
+        let host = req
+            .headers()
+            .get("host")
+            .map(|h| h.to_str().unwrap_or("").to_owned())
+            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        let body = serde_json::json!({
+            "backend": name,
+            "method": req.method().as_str(),
+            "path": req.uri().path_and_query().map_or("/".to_owned(), |p| p.to_string()),
+            "host": host,
+            "version": format!("{:?}", req.version()),
+            "headers": headers,
+        });
+        let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+        resp.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        resp.headers_mut()
+            .insert("x-backend", name.parse().unwrap());
+        Ok::<_, Infallible>(resp)
+    })
+    .await
 }
 
 /// A response as the tests look at it.
