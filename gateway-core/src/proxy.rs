@@ -909,8 +909,8 @@ impl ProxyHttp for GatewayProxy {
             } else {
                 // No policy: as Pingora does, retry an idempotent request whose reused
                 // keep-alive connection turned out to be closed.
-                client_reused
-                    && session.req_header().method.is_idempotent()
+                e.retry.decide_reuse(client_reused);
+                session.req_header().method.is_idempotent()
                     && body_replayable(session, ctx)
                     && e.retry()
             };

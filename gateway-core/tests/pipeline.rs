@@ -945,3 +945,74 @@ async fn active_health_checks_take_a_failing_endpoint_out() {
     }
     gw.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn endpoint_state_survives_a_configuration_swap() {
+    let bad = fixed("bad", 500).await;
+    let good = backend("good").await;
+    let eject_after_one = |b: BackendRef| {
+        with_policy(b, |p| {
+            p.outlier_detection = Some(OutlierDetection {
+                consecutive_failures: 1,
+                base_ejection: Duration::from_secs(60),
+                ..OutlierDetection::default()
+            })
+        })
+    };
+    // The bad endpoint is listed first: a fresh round robin would try it first.
+    let rule = || Rule::prefix("/").backend(eject_after_one(to(&[&bad, &good], "ns/two:80")));
+    let port = free_port();
+    let gw = Gateway::new(FilterRegistry::new());
+    gw.apply(config(port, vec![Route::new("ns", "r").rule(rule())]))
+        .await
+        .unwrap();
+    assert_eq!(get(addr(port), "x", "/").await.status, 500);
+    assert_eq!(get(addr(port), "x", "/").await.status, 200);
+    // A different configuration (one more route) with the same backend: the ejection holds.
+    let other = Route::new("ns", "other").rule(Rule::prefix("/other").backend(to(&[&good], "g")));
+    let report = gw
+        .apply(config(
+            port,
+            vec![Route::new("ns", "r").rule(rule()), other],
+        ))
+        .await
+        .unwrap();
+    assert!(report.changed);
+    for _ in 0..6 {
+        assert_eq!(get(addr(port), "x", "/").await.backend(), "good");
+    }
+    gw.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_replay_bound_is_not_retried() {
+    let reset = resetter().await;
+    let echo = body_echo().await;
+    let mut rule = Rule::prefix("/").backend(with_policy(to(&[&reset, &echo], "mixed"), |p| {
+        p.outlier_detection = None
+    }));
+    rule.retry = retry(&[], 2);
+    let (gw, port) = start(
+        FilterRegistry::new(),
+        vec![Route::new("ns", "r").rule(rule)],
+    )
+    .await;
+    let small = Bytes::from(vec![b's'; 1024]);
+    let large = Bytes::from(vec![b'l'; gateway_core::proxy::MAX_BUFFERED_BODY + 1]);
+    let mut large_failed = 0;
+    for _ in 0..4 {
+        // Round robin alternates: every other attempt starts on the resetting endpoint.
+        let (status, _, _) = send_body(addr(port), "POST", "x", "/", &[], small.clone()).await;
+        assert_eq!(status, 200);
+        let (status, _, _) = send_body(addr(port), "POST", "x", "/", &[], large.clone()).await;
+        if status != 200 {
+            assert_eq!(status, 503);
+            large_failed += 1;
+        }
+    }
+    assert!(
+        large_failed >= 1,
+        "a large body that hit the reset was retried"
+    );
+    gw.shutdown(Duration::from_secs(1)).await;
+}
