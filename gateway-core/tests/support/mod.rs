@@ -32,7 +32,15 @@ impl Drop for TestBackend {
 /// `{"backend", "method", "path", "host", "version", "headers": {name: [values]}}`; a query
 /// `delay=MS` delays the answer.
 pub async fn backend(name: &'static str) -> TestBackend {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    backend_on(name, TcpListener::bind("127.0.0.1:0").await.unwrap())
+}
+
+/// Starts the same backend as [`backend`] at `addr` (any loopback address and port).
+pub async fn backend_at(name: &'static str, addr: SocketAddr) -> std::io::Result<TestBackend> {
+    Ok(backend_on(name, TcpListener::bind(addr).await?))
+}
+
+fn backend_on(name: &'static str, listener: TcpListener) -> TestBackend {
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let accepted = connections.clone();
