@@ -1,6 +1,8 @@
 //! Runs a [`Gateway`] from Gateway API YAML: load, translate, apply, publish status; again on
 //! every change of the watched files. Bad input is reported and the last good configuration
-//! keeps serving; nothing here exits the process because of configuration.
+//! keeps serving; nothing here exits the process because of configuration. When what the gateway
+//! knows about the names of XBackends changes ([`Gateway::dns_updates`]), the status is published
+//! again with the new resolution conditions.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,7 +10,8 @@ use std::time::Duration;
 
 use gateway_core::Gateway;
 use gateway_k8s::source::{self, FileSource};
-use gateway_k8s::{Resources, TranslateOptions, Translator};
+use gateway_k8s::{Resources, StatusReport, TranslateOptions, Translator};
+use tokio::sync::watch;
 
 use crate::admin::AdminState;
 
@@ -26,6 +29,8 @@ pub struct Runner {
     translator: Translator,
     admin: Arc<AdminState>,
     status_file: Option<PathBuf>,
+    /// The status of the last translation, republished when DNS results change.
+    status: Option<StatusReport>,
 }
 
 impl Runner {
@@ -41,6 +46,7 @@ impl Runner {
             translator: Translator::new(options),
             admin,
             status_file,
+            status: None,
         }
     }
 
@@ -69,7 +75,29 @@ impl Runner {
         for d in &diagnostics {
             tracing::warn!("{d}");
         }
-        let yaml = translation.status.to_yaml();
+        let mut status = translation.status;
+        self.translator
+            .resolution_status(&mut status, &self.gateway.dns_status());
+        self.publish(&status).await;
+        self.status = Some(status);
+        self.admin.set_diagnostics(diagnostics);
+        self.admin.set_ready();
+    }
+
+    /// Publishes the last status again with what the gateway now knows about XBackend names.
+    async fn refresh_dns_status(&mut self) {
+        let Some(mut status) = self.status.take() else {
+            return;
+        };
+        self.translator
+            .resolution_status(&mut status, &self.gateway.dns_status());
+        self.publish(&status).await;
+        self.status = Some(status);
+    }
+
+    /// Writes `status` to the status file (if any) and the admin endpoint.
+    async fn publish(&self, status: &StatusReport) {
+        let yaml = status.to_yaml();
         if let Some(path) = &self.status_file {
             // Write then rename, so readers never see half a file.
             let tmp = path.with_extension("tmp");
@@ -79,8 +107,6 @@ impl Runner {
             }
         }
         self.admin.set_status(yaml);
-        self.admin.set_diagnostics(diagnostics);
-        self.admin.set_ready();
     }
 
     async fn reload(&mut self, source: &mut FileSource) {
@@ -89,8 +115,10 @@ impl Runner {
         self.apply(&loaded.resources, diagnostics).await;
     }
 
-    /// Applies `input`, then re-applies on every change until the process ends.
+    /// Applies `input`. Files: then re-applies on every change, and republishes status on every
+    /// DNS change, until the process ends. A fixed input is applied once and this returns.
     pub async fn run(mut self, input: Input) {
+        let mut dns = self.gateway.dns_updates();
         match input {
             Input::Fixed(resources) => self.apply(&resources, Vec::new()).await,
             Input::Files(paths) => {
@@ -102,16 +130,33 @@ impl Runner {
                     Ok(w) => w,
                     Err(e) => {
                         tracing::error!(error = %e, "cannot watch the configuration; polling every 2s");
+                        let mut tick = tokio::time::interval(Duration::from_secs(2));
+                        tick.tick().await;
                         loop {
-                            tokio::time::sleep(Duration::from_secs(2)).await;
-                            self.reload(&mut source).await;
+                            tokio::select! {
+                                _ = tick.tick() => self.reload(&mut source).await,
+                                _ = dns_changed(&mut dns) => self.refresh_dns_status().await,
+                            }
                         }
                     }
                 };
-                while changes.recv().await.is_some() {
-                    self.reload(&mut source).await;
+                loop {
+                    tokio::select! {
+                        change = changes.recv() => match change {
+                            Some(()) => self.reload(&mut source).await,
+                            None => break,
+                        },
+                        _ = dns_changed(&mut dns) => self.refresh_dns_status().await,
+                    }
                 }
             }
         }
+    }
+}
+
+/// Resolves when `dns` changes; never, once the gateway is gone.
+async fn dns_changed(dns: &mut watch::Receiver<u64>) {
+    if dns.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }

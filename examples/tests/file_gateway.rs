@@ -312,3 +312,232 @@ fn bad_flags_exit_2_with_a_message() {
         assert!(!out.stderr.is_empty(), "{args:?}: no message");
     }
 }
+
+/// An authoritative DNS server for `gw.test.` on a loopback port (UDP and TCP), backed by
+/// hickory-server's in-memory zone; records change while it runs.
+struct TestDns {
+    addr: SocketAddr,
+    zone: std::sync::Arc<hickory_server::store::in_memory::InMemoryZoneHandler>,
+    _server: hickory_server::Server<hickory_server::zone_handler::Catalog>,
+}
+
+impl TestDns {
+    async fn start() -> TestDns {
+        use hickory_server::proto::rr::rdata::SOA;
+        use hickory_server::proto::rr::{LowerName, Name, RData, Record};
+        use hickory_server::store::in_memory::InMemoryZoneHandler;
+        use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
+        use std::str::FromStr;
+
+        let origin = Name::from_str("gw.test.").expect("zone name");
+        let mut zone =
+            InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
+        let soa = SOA::new(
+            Name::from_str("ns.gw.test.").expect("name"),
+            Name::from_str("admin.gw.test.").expect("name"),
+            1,
+            60,
+            60,
+            60,
+            1,
+        );
+        assert!(zone.upsert_mut(Record::from_rdata(origin.clone(), 1, RData::SOA(soa)), 1));
+        let zone = std::sync::Arc::new(zone);
+        let mut catalog = Catalog::new();
+        catalog.upsert(
+            LowerName::new(&origin),
+            vec![zone.clone() as std::sync::Arc<dyn ZoneHandler>],
+        );
+        let mut server = hickory_server::Server::new(catalog);
+        for _ in 0..20 {
+            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("udp");
+            let addr = udp.local_addr().expect("udp address");
+            if let Ok(tcp) = TcpListener::bind(addr).await {
+                server.register_socket(udp);
+                server.register_listener(tcp, Duration::from_secs(5), 4096);
+                return TestDns {
+                    addr,
+                    zone,
+                    _server: server,
+                };
+            }
+        }
+        panic!("no free UDP+TCP port pair");
+    }
+
+    /// Makes `name`.gw.test resolve to `ip` alone, with a TTL of one second.
+    async fn set_a(&self, name: &str, ip: std::net::Ipv4Addr) {
+        use hickory_server::proto::rr::rdata::A;
+        use hickory_server::proto::rr::{
+            LowerName, Name, RData, Record, RecordSet, RecordType, RrKey,
+        };
+        use std::str::FromStr;
+        let name = Name::from_str(&format!("{name}.gw.test.")).expect("name");
+        let set = RecordSet::from(Record::from_rdata(name.clone(), 1, RData::A(A(ip))));
+        self.zone.records_mut().await.insert(
+            RrKey::new(LowerName::new(&name), RecordType::A),
+            std::sync::Arc::new(set),
+        );
+    }
+}
+
+/// A backend at `addr` answering `body` to every request.
+async fn named_backend(
+    addr: SocketAddr,
+    body: &'static str,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr).await?;
+    Ok(tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    }))
+}
+
+/// Runs `check` up to `tries` times, 100 ms apart, until it holds; whether it did.
+async fn within<F, Fut>(tries: usize, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..tries {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_an_xbackend_by_dns_and_reports_its_resolution() {
+    let dns = TestDns::start().await;
+    // "one" on 127.0.0.1 and "two" on 127.0.0.2, same port.
+    let mut pair = None;
+    for _ in 0..20 {
+        let port = free_port();
+        let Ok(one) = named_backend(([127, 0, 0, 1], port).into(), "one").await else {
+            continue;
+        };
+        match named_backend(([127, 0, 0, 2], port).into(), "two").await {
+            Ok(two) => {
+                pair = Some((port, one, two));
+                break;
+            }
+            Err(_) => one.abort(),
+        }
+    }
+    let (backend_port, one, two) = pair.expect("a port free on 127.0.0.1 and 127.0.0.2");
+    dns.set_a("api", [127, 0, 0, 1].into()).await;
+
+    let dir = TempDir::new();
+    let config = dir.0.join("config");
+    write(
+        &config.join("xbackend.yaml"),
+        &format!(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: test}}
+spec: {{controllerName: gateway.pingora.rs/controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: test
+  listeners:
+  - {{name: http, port: 80, protocol: HTTP}}
+---
+apiVersion: gateway.networking.x-k8s.io/v1alpha1
+kind: XBackend
+metadata: {{name: api, namespace: default}}
+spec: {{type: ExternalHostname, hostname: api.gw.test, port: {backend_port}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: api, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - backendRefs: [{{group: gateway.networking.x-k8s.io, kind: XBackend, name: api}}]
+"#
+        ),
+    );
+    let status_file = dir.0.join("status.yaml");
+    let listener: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let _gateway = Process(
+        Command::new(env!("CARGO_BIN_EXE_file-gateway"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--listener-port-map")
+            .arg(format!("80={}", listener.port()))
+            .arg("--admin")
+            .arg(admin.to_string())
+            .arg("--status-file")
+            .arg(&status_file)
+            .arg("--dns-server")
+            .arg(dns.addr.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start file-gateway"),
+    );
+    let status = || std::fs::read_to_string(&status_file).unwrap_or_default();
+
+    assert!(
+        within(300, || async {
+            get(listener, "example.com", "/").await == Ok((200, "one".into()))
+        })
+        .await,
+        "the XBackend route never served from 127.0.0.1"
+    );
+    assert!(
+        within(100, || async {
+            status().contains("api.gw.test resolves to 127.0.0.1")
+        })
+        .await,
+        "{}",
+        status()
+    );
+    let text = status();
+    assert!(text.contains("kind: XBackend"), "{text}");
+    assert!(text.contains("reason: ResolvedRefs"), "{text}");
+
+    // The record moves: traffic and status follow without touching the files.
+    dns.set_a("api", [127, 0, 0, 2].into()).await;
+    assert!(
+        within(300, || async {
+            get(listener, "example.com", "/").await == Ok((200, "two".into()))
+        })
+        .await,
+        "traffic never moved to 127.0.0.2"
+    );
+    assert!(
+        within(100, || async {
+            status().contains("api.gw.test resolves to 127.0.0.2")
+        })
+        .await,
+        "{}",
+        status()
+    );
+    one.abort();
+    two.abort();
+}

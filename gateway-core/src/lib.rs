@@ -32,6 +32,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod dns;
 pub mod error;
 pub mod filter;
 mod mirror;
@@ -43,6 +44,7 @@ mod table;
 mod tls;
 
 pub use backend::{Endpoint, EndpointPicker, PickRequest};
+pub use dns::DnsStatus;
 pub use error::{Error, ErrorKind, Result};
 pub use filter::{
     DirectResponse, DirectResponseFilter, FilterAction, FilterCtx, FilterFactory, FilterRegistry,

@@ -14,11 +14,17 @@
 //! [`Gateway::apply`] compiles a [`Config`], binds the sockets it adds, swaps the routing table
 //! atomically and closes the sockets it drops. Connections on sockets that stay keep running;
 //! in-flight requests finish on the table they started with.
+//!
+//! DNS backends ([`crate::config::BackendTarget::Dns`]) get a watcher per (hostname, port)
+//! ([`crate::dns`]). `apply` starts the watchers a configuration needs (stopping the others),
+//! waits up to [`FIRST_RESOLUTION_WAIT`] for names it has not seen before, and compiles each
+//! DNS backend as the endpoints its watcher knows. When a watcher's addresses change, the table
+//! is recompiled from the active configuration and swapped, without a new `apply`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -36,6 +42,7 @@ use crate::backend::health::HealthChecker;
 use crate::backend::session::SessionCodec;
 use crate::backend::{EndpointPicker, PickerRegistry, StateStore};
 use crate::config::{Config, HealthCheck, Protocol};
+use crate::dns::{self, DnsKey, DnsStatus, DnsWatchers};
 use crate::error::{Error, ErrorKind, Result};
 use crate::filter::FilterRegistry;
 use crate::mirror::Mirrors;
@@ -45,6 +52,10 @@ use crate::tls;
 
 /// Mirrored requests in flight at once, across the gateway; more are dropped.
 const MAX_MIRRORS_IN_FLIGHT: usize = 1024;
+
+/// How long [`Gateway::apply`] waits for the first resolution of DNS backend names it has not
+/// seen before, so a freshly applied route to them works at once.
+pub const FIRST_RESOLUTION_WAIT: Duration = Duration::from_secs(2);
 
 /// What [`Gateway::apply`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -91,6 +102,10 @@ struct Inner {
     /// Active health checks by backend name, with the settings they run with.
     health: Mutex<HashMap<Arc<str>, RunningCheck>>,
     mirrors: Arc<Mirrors>,
+    /// One watcher per DNS backend (hostname, port) of the active configuration.
+    dns: DnsWatchers,
+    /// Whether the task recompiling the table on DNS changes runs.
+    dns_refresher: AtomicBool,
     /// Serves HTTP/1 and, after ALPN, HTTP/2 over TLS.
     proxy: Arc<HttpProxy<GatewayProxy>>,
     /// Serves connections that opened with the HTTP/2 preface on plain binds.
@@ -171,6 +186,8 @@ impl Gateway {
                 state: StateStore::default(),
                 health: Mutex::new(HashMap::new()),
                 mirrors: mirror_counts,
+                dns: DnsWatchers::default(),
+                dns_refresher: AtomicBool::new(false),
                 proxy,
                 proxy_h2c,
                 sockets: Mutex::new(HashMap::new()),
@@ -200,6 +217,29 @@ impl Gateway {
             dropped: m.dropped(),
             failed: m.failed(),
         }
+    }
+
+    /// Uses these name servers (UDP and TCP, in order) for DNS backends instead of the system's
+    /// `/etc/resolv.conf`; the hosts file and search domains are then not used. Names already
+    /// watched are resolved again at once through them (keeping their addresses until they
+    /// answer). Tests and embedders with their own DNS use this; call it before
+    /// [`Gateway::apply`] to have the first resolution go there too.
+    pub fn set_dns_servers(&self, servers: Vec<SocketAddr>) {
+        self.inner.dns.set_servers(Some(servers));
+    }
+
+    /// What the gateway knows about each DNS backend (XBackend) of the active configuration:
+    /// the addresses requests go to, the last resolution error and when the name last resolved.
+    /// Sorted by hostname and port.
+    pub fn dns_status(&self) -> Vec<DnsStatus> {
+        self.inner.dns.status()
+    }
+
+    /// A counter bumped whenever [`Gateway::dns_status`] changes in substance: a name's addresses
+    /// change, a resolution starts or stops failing, or a name stops being watched. Wait on it
+    /// (`changed().await`) to republish status.
+    pub fn dns_updates(&self) -> watch::Receiver<u64> {
+        self.inner.dns.signals.updates.subscribe()
     }
 
     /// The active configuration.
@@ -235,20 +275,23 @@ impl Gateway {
         if unchanged && !missing {
             return Ok(report);
         }
-        let pickers = self
-            .inner
-            .pickers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let table = Table::compile(
-            config,
-            &CompileCtx {
-                filters: &self.inner.registry,
-                pickers: &pickers,
-                state: &self.inner.state,
-            },
-        )?;
+        let dns_wanted = dns::targets(&config);
+        self.resolve_new_names(&dns_wanted).await;
+        let table = match self.compile(config, &dns_wanted) {
+            Ok(table) => table,
+            Err(e) => {
+                // Keep watching only what the active table uses.
+                let active = dns::targets(&self.inner.table.load().config);
+                self.inner.dns.retain(&active);
+                return Err(e);
+            }
+        };
+        self.inner.dns.retain(&dns_wanted);
+        for ((hostname, port), addrs) in &table.dns {
+            if addrs.is_empty() {
+                tracing::warn!(%hostname, port, "DNS backend has no address yet: its requests get 503");
+            }
+        }
         report.rejected = table.rejected.clone();
         self.restart_health_checks(&table).await;
 
@@ -306,6 +349,73 @@ impl Gateway {
         report.bound.sort();
         report.closed.sort();
         Ok(report)
+    }
+
+    /// Compiles `config` with the addresses the DNS watchers of `dns_keys` know now.
+    fn compile(&self, config: Config, dns_keys: &BTreeSet<DnsKey>) -> Result<Table> {
+        let pickers = self
+            .inner
+            .pickers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let dns = self.inner.dns.addresses(dns_keys);
+        Table::compile(
+            config,
+            &CompileCtx {
+                filters: &self.inner.registry,
+                pickers: &pickers,
+                state: &self.inner.state,
+                dns: &dns,
+            },
+        )
+    }
+
+    /// Starts a watcher for each DNS name in `wanted` not watched yet, and waits (at most
+    /// [`FIRST_RESOLUTION_WAIT`] in all) for their first resolution.
+    async fn resolve_new_names(&self, wanted: &BTreeSet<DnsKey>) {
+        if wanted.is_empty() {
+            return;
+        }
+        if !self.inner.dns_refresher.swap(true, Ordering::AcqRel) {
+            tokio::spawn(refresh_on_dns_changes(Arc::downgrade(&self.inner)));
+        }
+        let fresh = self.inner.dns.ensure(wanted);
+        let deadline = tokio::time::Instant::now() + FIRST_RESOLUTION_WAIT;
+        for mut first in fresh {
+            let done = tokio::time::timeout_at(deadline, first.wait_for(|done| *done));
+            if done.await.is_err() {
+                tracing::warn!(
+                    "DNS backends not resolved within {FIRST_RESOLUTION_WAIT:?}; applying without them"
+                );
+                break;
+            }
+        }
+    }
+
+    /// Recompiles the active configuration when a DNS backend's addresses changed since the
+    /// table was compiled, and swaps the new table in. Sockets are untouched.
+    async fn refresh_dns(&self) {
+        let _sockets = self.inner.sockets.lock().await;
+        let active = self.inner.table.load_full();
+        let keys = dns::targets(&active.config);
+        if self.inner.dns.addresses(&keys) == active.dns {
+            return;
+        }
+        match self.compile(active.config.clone(), &keys) {
+            Ok(table) => {
+                self.restart_health_checks(&table).await;
+                for ((hostname, port), addrs) in &table.dns {
+                    if active.dns.get(&(hostname.clone(), *port)) != Some(addrs) {
+                        tracing::info!(%hostname, port, addresses = ?addrs, "DNS backend changed; table recompiled");
+                    }
+                }
+                self.inner.table.store(Arc::new(table));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "recompiling after a DNS change failed; the table keeps its addresses");
+            }
+        }
     }
 
     /// Starts, keeps or stops the active health checks so they match `table`'s backends. A
@@ -426,6 +536,7 @@ impl Gateway {
     /// closed or `grace` has passed. Idle keep-alive connections are closed at once; busy ones
     /// are closed after their current request.
     pub async fn shutdown(&self, grace: Duration) {
+        self.inner.dns.clear();
         {
             let mut sockets = self.inner.sockets.lock().await;
             for (_, s) in sockets.drain() {
@@ -452,6 +563,22 @@ impl Gateway {
                 "shutdown grace period over; closing remaining connections"
             );
         }
+    }
+}
+
+/// Recompiles the table of the gateway behind `inner` whenever a DNS watcher's addresses change;
+/// ends when the gateway is dropped.
+async fn refresh_on_dns_changes(inner: Weak<Inner>) {
+    let signals = match inner.upgrade() {
+        Some(inner) => inner.dns.signals.clone(),
+        None => return,
+    };
+    loop {
+        signals.changed.notified().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        Gateway { inner }.refresh_dns().await;
     }
 }
 

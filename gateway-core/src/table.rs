@@ -17,6 +17,7 @@ use crate::config::{
     BackendPolicy, BackendProtocol, BackendTarget, Bind, Config, Listener, LoadBalancer, Protocol,
     RequestMirror, Retry, Route, Rule, SessionPersistence, Timeouts,
 };
+use crate::dns::{self, DnsAddresses};
 use crate::error::{Error, ErrorKind, Result};
 use crate::filter::FilterRegistry;
 use crate::filter::RouteInfo;
@@ -33,6 +34,8 @@ pub(crate) struct Table {
     pub(crate) binds: HashMap<SocketAddr, Arc<CompiledBind>>,
     /// Listeners and routes left out because they were invalid, with the reason.
     pub(crate) rejected: Vec<String>,
+    /// The addresses the DNS backends of `config` resolved to when this table was compiled.
+    pub(crate) dns: DnsAddresses,
 }
 
 /// What compiling needs besides the configuration.
@@ -40,6 +43,8 @@ pub(crate) struct CompileCtx<'a> {
     pub(crate) filters: &'a FilterRegistry,
     pub(crate) pickers: &'a PickerRegistry,
     pub(crate) state: &'a StateStore,
+    /// What each DNS backend resolves to now; a name missing here has no endpoints.
+    pub(crate) dns: &'a DnsAddresses,
 }
 
 impl Table {
@@ -63,6 +68,7 @@ impl Table {
             config,
             binds,
             rejected,
+            dns: cx.dns.clone(),
         })
     }
 
@@ -179,7 +185,8 @@ impl CompiledRule {
             .iter()
             .chain(rule.backends.iter().filter_map(|b| match &b.target {
                 BackendTarget::Endpoints(e) => e.policy.session_persistence.as_ref(),
-                _ => None,
+                BackendTarget::Dns(d) => d.policy.session_persistence.as_ref(),
+                BackendTarget::Unresolved { .. } => None,
             }));
         for cfg in sticky {
             if let Err(e) = SessionCodec::validate(cfg) {
@@ -254,34 +261,51 @@ impl CompiledTarget {
     fn compile(name: &str, target: &BackendTarget, cx: &CompileCtx<'_>) -> Self {
         match target {
             BackendTarget::Endpoints(b) => {
-                let picker = match &b.policy.load_balancer {
-                    LoadBalancer::RoundRobin => PickerKind::RoundRobin,
-                    LoadBalancer::LeastRequest => PickerKind::LeastRequest,
-                    LoadBalancer::Custom(picker) => match cx.pickers.get(picker) {
-                        Some(p) => PickerKind::Custom(p.clone()),
-                        None => {
-                            return CompiledTarget::Unresolved(format!(
-                                "no endpoint picker registered as {picker:?}"
-                            ));
-                        }
-                    },
-                };
-                let state = cx.state.backend(name);
-                CompiledTarget::Endpoints(Arc::new(CompiledEndpoints {
-                    endpoints: state.endpoints(&b.endpoints),
-                    budget: b.policy.retry_budget.as_ref().map(|cfg| state.budget(cfg)),
-                    protocol: b.protocol,
-                    policy: b.policy.clone(),
-                    state,
-                    picker,
-                }))
+                Self::endpoints(name, &b.endpoints, b.protocol, &b.policy, cx)
             }
             BackendTarget::Unresolved { reason } => CompiledTarget::Unresolved(reason.clone()),
-            BackendTarget::Dns(d) => CompiledTarget::Unresolved(format!(
-                "DNS backend {}:{} is not served yet",
-                d.hostname, d.port
-            )),
+            BackendTarget::Dns(d) => {
+                let endpoints: Vec<SocketAddr> = cx
+                    .dns
+                    .get(&dns::key(d))
+                    .into_iter()
+                    .flatten()
+                    .map(|ip| SocketAddr::new(*ip, d.port))
+                    .collect();
+                Self::endpoints(name, &endpoints, d.protocol, &d.policy, cx)
+            }
         }
+    }
+
+    /// A backend of `endpoints`, with the state kept for backend `name`.
+    fn endpoints(
+        name: &str,
+        endpoints: &[SocketAddr],
+        protocol: BackendProtocol,
+        policy: &BackendPolicy,
+        cx: &CompileCtx<'_>,
+    ) -> Self {
+        let picker = match &policy.load_balancer {
+            LoadBalancer::RoundRobin => PickerKind::RoundRobin,
+            LoadBalancer::LeastRequest => PickerKind::LeastRequest,
+            LoadBalancer::Custom(picker) => match cx.pickers.get(picker) {
+                Some(p) => PickerKind::Custom(p.clone()),
+                None => {
+                    return CompiledTarget::Unresolved(format!(
+                        "no endpoint picker registered as {picker:?}"
+                    ));
+                }
+            },
+        };
+        let state = cx.state.backend(name);
+        CompiledTarget::Endpoints(Arc::new(CompiledEndpoints {
+            endpoints: state.endpoints(endpoints),
+            budget: policy.retry_budget.as_ref().map(|cfg| state.budget(cfg)),
+            protocol,
+            policy: policy.clone(),
+            state,
+            picker,
+        }))
     }
 }
 

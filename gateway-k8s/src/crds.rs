@@ -120,6 +120,16 @@ pub struct XBackendSpec {
     pub tls: Option<XBackendTls>,
 }
 
+/// The status this controller writes on an XBackend that a route of one of its Gateways refers
+/// to: `Accepted` (whether the object can be served) and, once the data plane reports on its
+/// name, `ResolvedRefs` (whether the name resolved, with the addresses).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct XBackendStatus {
+    /// The conditions, `Accepted` first.
+    #[serde(default)]
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+}
+
 /// The type of an [`XBackendSpec`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum XBackendType {

@@ -27,7 +27,7 @@ mod yaml;
 
 pub use crds::{
     DIRECT_RESPONSE_GROUP, DirectResponse, DirectResponseSpec, XBackend, XBackendSpec,
-    XBackendTrafficPolicy,
+    XBackendStatus, XBackendTrafficPolicy,
 };
 pub use diagnostic::Diagnostic;
 pub use resources::{

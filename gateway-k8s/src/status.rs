@@ -9,7 +9,8 @@ use gateway_api::gateways::GatewayStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::Value;
 
-use crate::resources::{Kind, ObjectKey, Resources};
+use crate::crds::{XBACKEND_KIND, XBackendStatus};
+use crate::resources::{GATEWAY_X_GROUP, Kind, ObjectKey, Resources};
 
 /// The Gateway API features this implementation supports, as written into
 /// `GatewayClass.status.supportedFeatures` (sorted, as the specification asks).
@@ -61,7 +62,19 @@ pub struct StatusReport {
     pub(crate) gateways: BTreeMap<ObjectKey, GatewayStatus>,
     pub(crate) http_routes: BTreeMap<ObjectKey, HttpRouteStatus>,
     pub(crate) backend_traffic_policies: BTreeMap<ObjectKey, XBackendTrafficPolicyStatus>,
+    pub(crate) xbackends: BTreeMap<ObjectKey, XBackendEntry>,
     pub(crate) documents: Vec<Value>,
+    /// Where each XBackend with a status sits in `documents`.
+    pub(crate) xbackend_documents: BTreeMap<ObjectKey, usize>,
+}
+
+/// An XBackend this controller reports on.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct XBackendEntry {
+    pub status: XBackendStatus,
+    pub generation: Option<i64>,
+    /// The name the data plane resolves, when the object can be served.
+    pub hostname: Option<String>,
 }
 
 impl StatusReport {
@@ -107,12 +120,33 @@ impl StatusReport {
             }
             documents.push(doc);
         }
+        self.xbackend_documents.clear();
         for key in resources.other_order() {
             if let Some(object) = resources.others.get(key) {
-                documents.push(object.raw.clone());
+                let mut doc = object.raw.clone();
+                if key.group == GATEWAY_X_GROUP && key.kind == XBACKEND_KIND {
+                    let key = ObjectKey::new(key.namespace.clone(), key.name.clone());
+                    if let Some(entry) = self.xbackends.get(&key) {
+                        set_status(&mut doc, &entry.status);
+                        self.xbackend_documents.insert(key, documents.len());
+                    }
+                }
+                documents.push(doc);
             }
         }
         self.documents = documents;
+    }
+
+    /// Writes the XBackend statuses into their echoed documents again (after a change of their
+    /// resolution conditions).
+    pub(crate) fn rerender_xbackends(&mut self) {
+        for (key, &index) in &self.xbackend_documents {
+            if let (Some(entry), Some(doc)) =
+                (self.xbackends.get(key), self.documents.get_mut(index))
+            {
+                set_status(doc, &entry.status);
+            }
+        }
     }
 
     /// The status of GatewayClass `name`, if this controller manages it.
@@ -140,6 +174,14 @@ impl StatusReport {
     ) -> Option<&XBackendTrafficPolicyStatus> {
         self.backend_traffic_policies
             .get(&ObjectKey::new(namespace, name))
+    }
+
+    /// The status of XBackend `namespace/name`, if a route attached to one of our Gateways refers
+    /// to it.
+    pub fn xbackend(&self, namespace: &str, name: &str) -> Option<&XBackendStatus> {
+        self.xbackends
+            .get(&ObjectKey::new(namespace, name))
+            .map(|e| &e.status)
     }
 
     /// Every input object (apiVersion, kind, metadata, spec, and `status` where computed), in
@@ -173,6 +215,13 @@ impl StatusReport {
             "items": self.documents,
         });
         serde_json::to_string_pretty(&list).unwrap_or_default()
+    }
+}
+
+/// Replaces the `status` of an echoed document.
+fn set_status(doc: &mut Value, status: &XBackendStatus) {
+    if let (Some(map), Ok(status)) = (doc.as_object_mut(), serde_json::to_value(status)) {
+        map.insert("status".into(), status);
     }
 }
 

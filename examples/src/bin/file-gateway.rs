@@ -51,6 +51,11 @@ struct Args {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
     admin: SocketAddr,
 
+    /// A DNS server (IP:PORT, UDP and TCP) for the names of XBackends, instead of
+    /// /etc/resolv.conf. Repeatable; tried in order.
+    #[arg(long = "dns-server", value_name = "ADDR")]
+    dns_servers: Vec<SocketAddr>,
+
     /// How long SIGTERM waits for in-flight requests before closing connections.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     drain_seconds: u64,
@@ -62,6 +67,9 @@ async fn main() {
     examples::init_logging();
 
     let gateway = Gateway::new(FilterRegistry::with_builtins());
+    if !args.dns_servers.is_empty() {
+        gateway.set_dns_servers(args.dns_servers.clone());
+    }
     let state = Arc::new(AdminState::default());
     if let Err(e) = admin::serve(args.admin, state.clone(), gateway.clone()).await {
         eprintln!(

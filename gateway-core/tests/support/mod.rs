@@ -32,7 +32,16 @@ impl Drop for TestBackend {
 /// `{"backend", "method", "path", "host", "version", "headers": {name: [values]}}`; a query
 /// `delay=MS` delays the answer.
 pub async fn backend(name: &'static str) -> TestBackend {
-    serve(move |req: Request<Incoming>| async move {
+    backend_on(name, TcpListener::bind("127.0.0.1:0").await.unwrap())
+}
+
+/// Starts the same backend as [`backend`] at `addr` (any loopback address and port).
+pub async fn backend_at(name: &'static str, addr: SocketAddr) -> std::io::Result<TestBackend> {
+    Ok(backend_on(name, TcpListener::bind(addr).await?))
+}
+
+fn backend_on(name: &'static str, listener: TcpListener) -> TestBackend {
+    serve_on(listener, move |req: Request<Incoming>| async move {
         let delay = req
             .uri()
             .query()
@@ -71,7 +80,6 @@ pub async fn backend(name: &'static str) -> TestBackend {
             .insert("x-backend", name.parse().unwrap());
         Ok::<_, Infallible>(resp)
     })
-    .await
 }
 
 /// A response as the tests look at it.
@@ -296,7 +304,17 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), handler)
+}
+
+/// Like [`serve`], on an already bound listener.
+pub fn serve_on<F, Fut, B>(listener: TcpListener, handler: F) -> TestBackend
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let accepted = connections.clone();

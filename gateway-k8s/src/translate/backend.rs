@@ -48,6 +48,12 @@ impl BackendRefSpec<'_> {
         }
     }
 
+    /// The XBackend this reference names, if it names one (existing or not).
+    pub fn xbackend_key(&self, route_namespace: &str) -> Option<ObjectKey> {
+        (self.group == Some(GATEWAY_X_GROUP) && self.kind == Some(XBACKEND_KIND))
+            .then(|| ObjectKey::new(self.namespace(route_namespace), self.name))
+    }
+
     /// The Service this reference names, if it names a core Service (existing or not).
     pub fn service_key(&self, route_namespace: &str) -> Option<ObjectKey> {
         let group = self.group.unwrap_or("");
@@ -122,14 +128,13 @@ fn resolve_xbackend(
             format!("XBackend {key} is invalid: {message}"),
         )
     };
-    let parsed: XBackend =
-        serde_json::from_value(object.clone()).map_err(|e| invalid(e.to_string()))?;
-    let spec = parsed.spec;
-    let XBackendType::ExternalHostname = spec.type_;
-    let hostname = spec
-        .hostname
-        .ok_or_else(|| invalid("type ExternalHostname needs a hostname".into()))?;
-    validate::precise_hostname(&hostname).map_err(invalid)?;
+    let spec = match parse_xbackend(object) {
+        Ok(spec) => spec,
+        Err(XBackendProblem::Invalid(message)) => return Err(invalid(message)),
+        Err(XBackendProblem::Unsupported(message)) => {
+            return Err(("UnsupportedProtocol", format!("XBackend {key}: {message}")));
+        }
+    };
     let port = match backend.port {
         Some(p) => Some(
             u16::try_from(p)
@@ -137,25 +142,61 @@ fn resolve_xbackend(
                 .filter(|p| *p != 0)
                 .ok_or_else(|| invalid(format!("backendRef port {p} is out of range")))?,
         ),
-        None => spec.port.filter(|p| *p != 0),
+        None => spec.port,
     }
     .ok_or_else(|| invalid("no port".into()))?;
+    Ok(DnsBackend {
+        hostname: spec.hostname,
+        port,
+        protocol: spec.protocol,
+        policy: BackendPolicy::default(),
+    })
+}
+
+/// What this project can serve of an XBackend, port aside (a backendRef may set it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ServableXBackend {
+    pub hostname: String,
+    pub port: Option<u16>,
+    pub protocol: BackendProtocol,
+}
+
+/// Why an XBackend cannot be served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum XBackendProblem {
+    /// It does not fit the schema, or its hostname is not a precise DNS name.
+    Invalid(String),
+    /// It asks for what the data plane lacks (TLS towards the backend).
+    Unsupported(String),
+}
+
+/// Reads an untyped XBackend object and checks what the data plane needs: type
+/// `ExternalHostname` with a precise DNS name, and no TLS.
+pub(crate) fn parse_xbackend(
+    object: &serde_json::Value,
+) -> Result<ServableXBackend, XBackendProblem> {
+    let parsed: XBackend = serde_json::from_value(object.clone())
+        .map_err(|e| XBackendProblem::Invalid(e.to_string()))?;
+    let spec = parsed.spec;
+    let XBackendType::ExternalHostname = spec.type_;
+    let hostname = spec
+        .hostname
+        .ok_or_else(|| XBackendProblem::Invalid("type ExternalHostname needs a hostname".into()))?;
+    validate::precise_hostname(&hostname).map_err(XBackendProblem::Invalid)?;
     if let Some(mode) = spec.tls.and_then(|t| t.mode).filter(|m| m != "None") {
-        return Err((
-            "UnsupportedProtocol",
-            format!("XBackend {key}: TLS mode {mode} towards backends is not supported"),
-        ));
+        return Err(XBackendProblem::Unsupported(format!(
+            "TLS mode {mode} towards backends is not supported"
+        )));
     }
     let protocol = match spec.protocol.unwrap_or(XBackendProtocol::Http) {
         XBackendProtocol::Http => BackendProtocol::Http1,
         XBackendProtocol::H2c => BackendProtocol::H2c,
         XBackendProtocol::WebSocket => BackendProtocol::WebSocket,
     };
-    Ok(DnsBackend {
+    Ok(ServableXBackend {
         hostname,
-        port,
+        port: spec.port.filter(|p| *p != 0),
         protocol,
-        policy: BackendPolicy::default(),
     })
 }
 

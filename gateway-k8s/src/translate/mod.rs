@@ -23,14 +23,16 @@ use gateway_api::gateways::{
     Gateway, GatewayStatus, GatewayStatusAddresses, GatewayStatusListeners,
     GatewayStatusListenersSupportedKinds,
 };
+use gateway_core::DnsStatus;
 use gateway_core::config::{Bind, Config, Listener, Protocol, Route};
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
+use crate::crds::{XBACKEND_KIND, XBackendStatus};
 use crate::diagnostic::Diagnostic;
-use crate::resources::{GATEWAY_GROUP, Object, ObjectKey, Resources};
-use crate::status::{Cond, ConditionClock, SUPPORTED_FEATURES, StatusReport};
+use crate::resources::{GATEWAY_GROUP, GATEWAY_X_GROUP, Object, ObjectKey, Resources};
+use crate::status::{Cond, ConditionClock, SUPPORTED_FEATURES, StatusReport, XBackendEntry};
 use backend::BackendPolicies;
 use listener::{ListenerPlan, Problem};
 
@@ -86,6 +88,9 @@ pub struct Translator {
     options: TranslateOptions,
     pool_addresses: BTreeMap<ObjectKey, IpAddr>,
     clock: ConditionClock,
+    /// The clock of the XBackend `ResolvedRefs` conditions, built by
+    /// [`Translator::resolution_status`].
+    dns_clock: ConditionClock,
 }
 
 /// How a Gateway got (or did not get) its address.
@@ -140,6 +145,7 @@ impl Translator {
             options,
             pool_addresses: BTreeMap::new(),
             clock: ConditionClock::default(),
+            dns_clock: ConditionClock::default(),
         }
     }
 
@@ -226,6 +232,7 @@ impl Translator {
         // XBackendTrafficPolicies, then HTTPRoutes (whose backends carry the policies).
         let (policy_plans, backend_policies) = policy::plan(resources);
         let mut service_gateways = BTreeMap::new();
+        let mut xbackend_refs = BTreeSet::new();
         let mut routes: Vec<_> = resources.http_routes.iter().collect();
         routes.sort_by_key(|(key, r)| (created_seconds(&r.object.metadata), (*key).clone()));
         for (key, route) in routes {
@@ -234,10 +241,16 @@ impl Translator {
                 policies: &backend_policies,
                 plans: &mut plans,
                 service_gateways: &mut service_gateways,
+                xbackend_refs: &mut xbackend_refs,
                 now: &now,
                 out: &mut out,
             };
             self.attach_route(&mut attach, key, route);
+        }
+        for key in &xbackend_refs {
+            if let Some(entry) = self.xbackend_status(resources, key, &now) {
+                out.status.xbackends.insert(key.clone(), entry);
+            }
         }
         for plan in &policy_plans {
             if let Some(status) = self.policy_status(plan, &service_gateways, &now) {
@@ -277,6 +290,128 @@ impl Translator {
         out.status.render(resources);
         self.clock.finish();
         out
+    }
+
+    /// The `Accepted` condition of an XBackend a served route refers to; `None` when it does not
+    /// exist.
+    fn xbackend_status(
+        &mut self,
+        resources: &Resources,
+        key: &ObjectKey,
+        now: &Time,
+    ) -> Option<XBackendEntry> {
+        let object = resources.other(GATEWAY_X_GROUP, XBACKEND_KIND, &key.namespace, &key.name)?;
+        let generation = object
+            .pointer("/metadata/generation")
+            .and_then(serde_json::Value::as_i64);
+        let (accepted, hostname) = match backend::parse_xbackend(object) {
+            Ok(x) => (
+                Cond::new(
+                    "Accepted",
+                    true,
+                    "Accepted",
+                    format!("served by resolving {}", x.hostname),
+                ),
+                Some(x.hostname),
+            ),
+            Err(backend::XBackendProblem::Invalid(message)) => {
+                (Cond::new("Accepted", false, "Invalid", message), None)
+            }
+            Err(backend::XBackendProblem::Unsupported(message)) => (
+                Cond::new("Accepted", false, "UnsupportedValue", message),
+                None,
+            ),
+        };
+        let scope = format!("XBackend/{key}");
+        let accepted = self.clock.build(&scope, accepted, generation, now);
+        Some(XBackendEntry {
+            status: XBackendStatus {
+                conditions: vec![accepted],
+            },
+            generation,
+            hostname,
+        })
+    }
+
+    /// Adds to the XBackends of `report` a `ResolvedRefs` condition from what the data plane
+    /// reports on their names ([`gateway_core::Gateway::dns_status`]), stamping new transitions
+    /// with the current time. Call it after applying the translation's configuration, and again
+    /// whenever the report changes ([`gateway_core::Gateway::dns_updates`]).
+    pub fn resolution_status(&mut self, report: &mut StatusReport, dns: &[DnsStatus]) {
+        self.resolution_status_at(report, dns, Time(Timestamp::now()));
+    }
+
+    /// [`Translator::resolution_status`] stamping new transitions with `now`.
+    ///
+    /// For an XBackend that can be served (`Accepted=True`), `ResolvedRefs` is `True`
+    /// (`ResolvedRefs`) when its name has addresses, listed in the message (with the last error
+    /// when the latest resolution failed and the previous addresses are kept); `False`
+    /// `ResolutionFailed` when the name has no address and resolving failed; `False` `Pending`
+    /// when the data plane has no answer yet (or does not watch the name).
+    pub fn resolution_status_at(
+        &mut self,
+        report: &mut StatusReport,
+        dns: &[DnsStatus],
+        now: Time,
+    ) {
+        self.dns_clock.begin();
+        for (key, entry) in &mut report.xbackends {
+            entry
+                .status
+                .conditions
+                .retain(|c| c.type_ != "ResolvedRefs");
+            let Some(hostname) = &entry.hostname else {
+                continue;
+            };
+            let name = hostname.trim_end_matches('.').to_ascii_lowercase();
+            let watched: Vec<&DnsStatus> = dns.iter().filter(|d| d.hostname == name).collect();
+            let addresses: BTreeSet<IpAddr> = watched
+                .iter()
+                .flat_map(|d| d.addresses.iter().copied())
+                .collect();
+            let error = watched.iter().find_map(|d| d.last_error.as_deref());
+            let list = || {
+                addresses
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let cond = match (addresses.is_empty(), error) {
+                (false, None) => Cond::new(
+                    "ResolvedRefs",
+                    true,
+                    "ResolvedRefs",
+                    format!("{hostname} resolves to {}", list()),
+                ),
+                (false, Some(error)) => Cond::new(
+                    "ResolvedRefs",
+                    true,
+                    "ResolvedRefs",
+                    format!(
+                        "{hostname} resolved to {}; the latest resolution failed ({error}), so these addresses are kept",
+                        list()
+                    ),
+                ),
+                (true, Some(error)) => Cond::new(
+                    "ResolvedRefs",
+                    false,
+                    "ResolutionFailed",
+                    format!("{hostname} does not resolve: {error}"),
+                ),
+                (true, None) => Cond::new(
+                    "ResolvedRefs",
+                    false,
+                    "Pending",
+                    format!("{hostname} has not been resolved yet"),
+                ),
+            };
+            let scope = format!("XBackend/{key}");
+            let built = self.dns_clock.build(&scope, cond, entry.generation, &now);
+            entry.status.conditions.push(built);
+        }
+        self.dns_clock.finish();
+        report.rerender_xbackends();
     }
 
     /// Picks each Gateway's address: the first IPAddress in `spec.addresses`, else a sticky pool
@@ -417,6 +552,7 @@ impl Translator {
             policies,
             plans,
             service_gateways,
+            xbackend_refs,
             now,
             out,
         } = attach;
@@ -539,6 +675,7 @@ impl Translator {
                     for &i in listeners {
                         plan.listeners[i].routes.push(config_route.clone());
                     }
+                    xbackend_refs.extend(rules.xbackends.iter().cloned());
                     for service in &rules.services {
                         service_gateways
                             .entry(service.clone())
@@ -789,6 +926,8 @@ struct RouteAttach<'a> {
     plans: &'a mut [GatewayPlan],
     /// Service -> the Gateways serving a route that refers to it (policy ancestors).
     service_gateways: &'a mut BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// The XBackends that routes attached to our Gateways refer to.
+    xbackend_refs: &'a mut BTreeSet<ObjectKey>,
     now: &'a Time,
     out: &'a mut Translation,
 }

@@ -59,6 +59,8 @@ pub(crate) struct RouteRules {
     pub unsupported: Option<String>,
     /// The Services the kept rules refer to (backends and mirrors, resolved or not).
     pub services: BTreeSet<ObjectKey>,
+    /// The XBackends the kept rules refer to (backends and mirrors, resolved or not).
+    pub xbackends: BTreeSet<ObjectKey>,
 }
 
 impl RouteRules {
@@ -116,6 +118,7 @@ impl From<String> for FilterError {
 struct RuleRefs {
     unresolved: Option<Problem>,
     services: BTreeSet<ObjectKey>,
+    xbackends: BTreeSet<ObjectKey>,
 }
 
 impl RuleRefs {
@@ -145,6 +148,7 @@ pub(crate) fn translate_rules(ctx: RouteCtx<'_>, route: &HttpRoute) -> RouteRule
                     out.unresolved = Some(problem);
                 }
                 out.services.extend(refs.services);
+                out.xbackends.extend(refs.xbackends);
             }
             Err(FilterError::Invalid(message)) => out.invalid.push((label, message)),
             Err(FilterError::Unsupported(message)) => {
@@ -617,6 +621,7 @@ fn translate_mirror(
         port: b.port,
     };
     refs.services.extend(spec.service_key(ctx.namespace));
+    refs.xbackends.extend(spec.xbackend_key(ctx.namespace));
     // A mirror whose backend does not resolve is dropped: requests are served unmirrored.
     match backend::resolve(ctx.resources, ctx.policies, ctx.namespace, spec) {
         Ok(target) => Ok(Some(Filter::RequestMirror(Box::new(RequestMirror {
@@ -742,6 +747,7 @@ fn translate_backend(
         }
     }
     refs.services.extend(spec.service_key(ctx.namespace));
+    refs.xbackends.extend(spec.xbackend_key(ctx.namespace));
     let weight = u32::try_from(backend.weight.unwrap_or(1)).unwrap_or(0);
     let target = match backend::resolve(ctx.resources, ctx.policies, ctx.namespace, spec) {
         Ok(target) => target,
