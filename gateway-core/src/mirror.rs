@@ -172,6 +172,19 @@ impl Mirrors {
     pub(crate) fn in_flight(&self) -> usize {
         self.shared.in_flight.load(Ordering::Relaxed)
     }
+
+    /// Refuses a copy up front, counting a drop, when the bound is already reached: the request
+    /// path calls this before it clones the request for [`Mirrors::start`]. `start` checks again,
+    /// so a race only costs a clone.
+    pub(crate) fn refuse_if_full(&self) -> bool {
+        let shared = &self.shared;
+        if shared.in_flight.load(Ordering::Relaxed) >= shared.max_in_flight {
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// [`BodyState::phase`]: the body is still being fed.
@@ -682,8 +695,12 @@ mod tests {
         );
         assert_eq!(mirrors.dropped(), 1);
         assert_eq!(mirrors.in_flight(), 1);
+        // The request path's early check refuses too, counting the drop.
+        assert!(mirrors.refuse_if_full());
+        assert_eq!(mirrors.dropped(), 2);
         assert_eq!(next(&mut seen).await.target, "/1");
         assert!(wait_for(5, || mirrors.in_flight() == 0).await);
+        assert!(!mirrors.refuse_if_full());
         // Room again.
         assert!(
             mirrors
@@ -696,7 +713,7 @@ mod tests {
                 .is_some()
         );
         assert_eq!(next(&mut seen).await.target, "/3");
-        assert_eq!(mirrors.dropped(), 1);
+        assert_eq!(mirrors.dropped(), 2);
         assert!(
             Mirrors::new(0)
                 .start(

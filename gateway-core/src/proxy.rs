@@ -385,7 +385,7 @@ impl GatewayProxy {
                     }
                 }
                 Step::Mirror(m) => {
-                    if !m.sampled() {
+                    if !m.sampled() || self.mirrors.refuse_if_full() {
                         continue;
                     }
                     let Some((addr, protocol)) = m.endpoint() else {
