@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Uri};
+use http::Uri;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error as PError, ErrorType, Result as PResult};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -86,8 +86,6 @@ pub struct RequestCtx {
     mirrors: Vec<MirrorBody>,
     /// The attempt the buffered body was last replayed for.
     body_sent: u32,
-    /// The request's `Origin`, for CORS.
-    origin: Option<HeaderValue>,
 }
 
 /// What the route match decided, and how far the chains got.
@@ -251,11 +249,6 @@ impl GatewayProxy {
             return Ok(Some(Reply::Status(500)));
         };
         ctx.filter = Some(FilterCtx::new(rule.info.clone()));
-        ctx.origin = session
-            .req_header()
-            .headers
-            .get(http::header::ORIGIN)
-            .cloned();
         ctx.routed = Some(Routed {
             rule,
             backend: None,
@@ -341,6 +334,16 @@ impl GatewayProxy {
         let (Some(routed), Some(filter)) = (routed.as_mut(), filter.as_mut()) else {
             return Ok(None);
         };
+        let chain = if backend {
+            routed.backend_chain()
+        } else {
+            Some(&routed.rule.chain)
+        };
+        if chain.is_none_or(|c| c.steps.is_empty() && c.invalid.is_none()) {
+            // Most rules have no filters: nothing to run, nothing to record.
+            return Ok(None);
+        }
+        // The chain borrows the rule while `routed` records how far the request got.
         let rule = routed.rule.clone();
         let chain = if backend {
             match routed.backend {
@@ -463,7 +466,6 @@ impl GatewayProxy {
         let RequestCtx {
             routed,
             filter,
-            origin,
             endpoint,
             session_started,
             ..
@@ -474,7 +476,9 @@ impl GatewayProxy {
         for step in routed.reached() {
             match step {
                 Step::ResponseHeaders(m) => m.apply_response(resp)?,
-                Step::Cors(cors) => cors.annotate(origin.as_ref(), resp),
+                Step::Cors(cors) => {
+                    cors.annotate(session.req_header().headers.get(http::header::ORIGIN), resp)
+                }
                 Step::Custom(f) => f
                     .response_headers(session, filter, resp)
                     .await
