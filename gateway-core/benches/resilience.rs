@@ -8,7 +8,8 @@
 //!   takes 1 s. Reported: p50 / p99 / max of the primary.
 //!
 //! Run: `cargo bench -p gateway-core --bench resilience` (release). Optional arguments:
-//! `failover`, `mirror` (default: both). Results are written up in `docs/benchmarks.md`.
+//! `failover`, `mirror`, `mirror-paced` (the mirror run at a fixed 2,000 requests per second; default:
+//! all). Results are written up in `docs/benchmarks.md`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -101,8 +102,15 @@ struct Tally {
     latencies_us: Mutex<Vec<u32>>,
 }
 
-/// `CONCURRENCY` keep-alive connections sending GETs to `path` for `duration`.
-async fn load(port: u16, path: &'static str, duration: Duration) -> Arc<Tally> {
+/// `CONCURRENCY` keep-alive connections sending GETs to `path` for `duration`: each sends its next
+/// request as soon as the last is answered (`pace: None`, closed loop, as fast as the machine
+/// goes), or every `pace` (open loop at `CONCURRENCY / pace` requests per second).
+async fn load(
+    port: u16,
+    path: &'static str,
+    duration: Duration,
+    pace: Option<Duration>,
+) -> Arc<Tally> {
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = JoinSet::new();
@@ -110,6 +118,11 @@ async fn load(port: u16, path: &'static str, duration: Duration) -> Arc<Tally> {
         let (tally, stop) = (tally.clone(), stop.clone());
         workers.spawn(async move {
             let mut local = Vec::new();
+            let mut ticks = pace.map(|p| {
+                let mut t = tokio::time::interval(p);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
             'connect: while !stop.load(Ordering::Relaxed) {
                 let Ok(stream) = TcpStream::connect(("127.0.0.1", port)).await else {
                     tally.failed.fetch_add(1, Ordering::Relaxed);
@@ -123,6 +136,9 @@ async fn load(port: u16, path: &'static str, duration: Duration) -> Arc<Tally> {
                 };
                 tokio::spawn(conn);
                 while !stop.load(Ordering::Relaxed) {
+                    if let Some(ticks) = ticks.as_mut() {
+                        ticks.tick().await;
+                    }
                     let req = hyper::Request::get(path)
                         .header("host", "bench")
                         .body(Empty::<Bytes>::new())
@@ -197,7 +213,7 @@ async fn failover(with_retries: bool, clock: &EjectionClock) {
     let gw = Gateway::new(FilterRegistry::new());
     gw.apply(config(port, rule)).await.unwrap();
     clock.0.lock().unwrap().clear();
-    let run = tokio::spawn(load(port, "/", Duration::from_secs(9)));
+    let run = tokio::spawn(load(port, "/", Duration::from_secs(9), None));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let killed = Instant::now();
     backends[1].kill();
@@ -232,7 +248,9 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn mirror(with_mirror: bool) {
+/// `rate`: `None` for the closed loop, else requests per second across all connections.
+async fn mirror(with_mirror: bool, rate: Option<u32>) {
+    let pace = rate.map(|r| Duration::from_secs_f64(CONCURRENCY as f64 / f64::from(r)));
     let primary = Backend::start(Duration::ZERO).await;
     let slow_mirror = Backend::start(Duration::from_secs(1)).await;
     let mut rule = Rule::prefix("/").backend(BackendRef::endpoints(
@@ -249,14 +267,15 @@ async fn mirror(with_mirror: bool) {
     let gw = Gateway::new(FilterRegistry::new());
     gw.apply(config(port, rule)).await.unwrap();
     // Warm up connections and the mirror's in-flight bound.
-    load(port, "/", Duration::from_secs(1)).await;
-    let tally = load(port, "/", Duration::from_secs(6)).await;
+    load(port, "/", Duration::from_secs(1), pace).await;
+    let tally = load(port, "/", Duration::from_secs(6), pace).await;
     let mut lat = std::mem::take(&mut *tally.latencies_us.lock().unwrap());
     lat.sort_unstable();
     let stats = gw.mirror_stats();
     println!(
-        "mirror {:<13} requests={:>7} failed={} p50={} µs p99={} µs max={} µs mirrors_dropped={} mirrors_in_flight={}",
+        "mirror {:<13} load={:<9} requests={:>7} failed={} p50={} µs p99={} µs max={} µs mirrors_dropped={} mirrors_in_flight={}",
         if with_mirror { "slow (1 s)" } else { "none" },
+        rate.map_or("max".to_owned(), |r| format!("{r}/s")),
         lat.len(),
         tally.failed.load(Ordering::Relaxed),
         percentile(&lat, 0.50),
@@ -292,8 +311,12 @@ fn main() {
             failover(true, &clock).await;
         }
         if want("mirror") {
-            mirror(false).await;
-            mirror(true).await;
+            mirror(false, None).await;
+            mirror(true, None).await;
+        }
+        if want("mirror-paced") {
+            mirror(false, Some(2_000)).await;
+            mirror(true, Some(2_000)).await;
         }
     });
 }
