@@ -737,6 +737,9 @@ impl ProxyHttp for GatewayProxy {
         if target.protocol == BackendProtocol::H2c {
             peer.options.set_http_version(2, 2);
         }
+        if let Some(tls) = &target.tls {
+            tls.apply(&mut peer);
+        }
         let backend_request = ctx
             .routed
             .as_ref()

@@ -49,6 +49,7 @@ use crate::mirror::Mirrors;
 use crate::proxy::GatewayProxy;
 use crate::table::{CompileCtx, Table};
 use crate::tls;
+use crate::upstream_tls::ClientConfigs;
 
 /// Mirrored requests in flight at once, across the gateway; more are dropped.
 const MAX_MIRRORS_IN_FLIGHT: usize = 1024;
@@ -99,6 +100,8 @@ struct Inner {
     registry: FilterRegistry,
     pickers: std::sync::Mutex<PickerRegistry>,
     state: StateStore,
+    /// rustls client configs of TLS backends, kept across swaps so sessions resume.
+    tls: ClientConfigs,
     /// Active health checks by backend name, with the settings they run with.
     health: Mutex<HashMap<Arc<str>, RunningCheck>>,
     mirrors: Arc<Mirrors>,
@@ -184,6 +187,7 @@ impl Gateway {
                 registry,
                 pickers: std::sync::Mutex::new(PickerRegistry::default()),
                 state: StateStore::default(),
+                tls: ClientConfigs::default(),
                 health: Mutex::new(HashMap::new()),
                 mirrors: mirror_counts,
                 dns: DnsWatchers::default(),
@@ -367,6 +371,7 @@ impl Gateway {
                 pickers: &pickers,
                 state: &self.inner.state,
                 dns: &dns,
+                tls: &self.inner.tls,
             },
         )
     }

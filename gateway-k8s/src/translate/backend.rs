@@ -150,6 +150,7 @@ fn resolve_xbackend(
         port,
         protocol: spec.protocol,
         policy: BackendPolicy::default(),
+        tls: None,
     })
 }
 
@@ -322,6 +323,7 @@ fn resolve_service(
         endpoints: endpoints.into_iter().collect(),
         protocol,
         policy: policies.get(&key).cloned().unwrap_or_default(),
+        tls: None,
     })
 }
 

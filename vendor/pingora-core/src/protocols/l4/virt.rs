@@ -21,6 +21,15 @@ pub enum VirtualSockOpt {
 pub trait VirtualSocket: AsyncRead + AsyncWrite + Unpin + Send + Sync + std::fmt::Debug {
     /// Set a socket option.
     fn set_socket_option(&self, opt: VirtualSockOpt) -> std::io::Result<()>;
+
+    /// PATCH(pingora-gateway): the file descriptor of the OS socket this virtual socket runs
+    /// over, if any. The connection pool only hands out a pooled stream whose descriptor is
+    /// connected to the peer's address, so a virtual socket without one is never reused.
+    /// Default: none.
+    #[cfg(unix)]
+    fn raw_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        None
+    }
 }
 
 /// Wrapper around any type implementing  [`VirtualSocket`].
