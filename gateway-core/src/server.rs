@@ -122,6 +122,8 @@ struct Inner {
 struct RunningCheck {
     cfg: HealthCheck,
     addrs: Vec<SocketAddr>,
+    /// The pool key of the backend's TLS settings (0: plain TCP).
+    tls: u64,
     /// Stops the checks when dropped.
     _checker: HealthChecker,
 }
@@ -431,6 +433,7 @@ impl Gateway {
         running.retain(|name, check| {
             wanted.get(name).is_some_and(|t| {
                 t.policy.health_check.as_ref() == Some(&check.cfg)
+                    && t.tls.as_ref().map_or(0, |t| t.group_key()) == check.tls
                     && t.endpoints
                         .iter()
                         .map(|e| e.address())
@@ -450,13 +453,19 @@ impl Gateway {
                 .map(|e| (e.address(), e.health.clone()))
                 .collect();
             let addrs = targets.iter().map(|(a, _)| *a).collect();
-            let checker =
-                HealthChecker::start(name.to_string(), targets, target.protocol, cfg.clone());
+            let checker = HealthChecker::start_with(
+                name.to_string(),
+                targets,
+                target.protocol,
+                target.tls.clone(),
+                cfg.clone(),
+            );
             running.insert(
                 name,
                 RunningCheck {
                     cfg,
                     addrs,
+                    tls: target.tls.as_ref().map_or(0, |t| t.group_key()),
                     _checker: checker,
                 },
             );

@@ -378,8 +378,9 @@ impl CompiledMirror {
         }
     }
 
-    /// The mirror endpoint for this request, round robin over available endpoints.
-    pub(crate) fn endpoint(&self) -> Option<(SocketAddr, BackendProtocol)> {
+    /// The mirror endpoint for this request, round robin over available endpoints, with the
+    /// backend's protocol and TLS settings.
+    pub(crate) fn endpoint(&self) -> Option<(SocketAddr, BackendProtocol, Option<&CompiledTls>)> {
         let endpoints = &self.target.endpoints;
         let n = endpoints.len();
         if n == 0 {
@@ -391,7 +392,11 @@ impl CompiledMirror {
             .map(|k| (start + k) % n)
             .find(|&i| endpoints[i].health.available(now))
             .unwrap_or(start);
-        Some((endpoints[i].address(), self.target.protocol))
+        Some((
+            endpoints[i].address(),
+            self.target.protocol,
+            self.target.tls.as_ref(),
+        ))
     }
 }
 

@@ -114,7 +114,8 @@ impl ClientConfigs {
     }
 }
 
-/// A backend's TLS settings, ready for the request path.
+/// A backend's TLS settings, ready for the request path. Cloning is cheap (an `Arc`).
+#[derive(Clone)]
 pub(crate) struct CompiledTls {
     /// Pool key of the settings: connections are reused only by peers with the same settings.
     group_key: u64,
@@ -122,6 +123,11 @@ pub(crate) struct CompiledTls {
 }
 
 impl CompiledTls {
+    /// The pool key of these settings (never 0, the key of plain-text peers).
+    pub(crate) fn group_key(&self) -> u64 {
+        self.group_key
+    }
+
     /// Makes `peer` connect over TLS with these settings. Costs two word copies and an `Arc`
     /// clone: nothing is built per request.
     pub(crate) fn apply(&self, peer: &mut HttpPeer) {

@@ -589,3 +589,69 @@ async fn invalid_tls_settings_leave_that_backend_unresolved_and_the_rest_serving
     assert_eq!(be.counts.connections.load(Ordering::SeqCst), 1);
     gw.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn mirrored_copies_to_a_tls_backend_use_tls() {
+    let ca = Ca::new("ca");
+    let primary = tls_backend("primary", &ca.leaf(&["abc.example.com"], false), plain()).await;
+    let mirror = tls_backend("mirror", &ca.leaf(&["mirror.example.com"], false), plain()).await;
+    let port = free_port();
+    let mut cfg = config(
+        port,
+        vec![(
+            "/",
+            tls_to(&primary, UpstreamTls::new("abc.example.com", &ca.pem)),
+        )],
+    );
+    cfg.binds[0].listeners[0].routes[0].rules[0]
+        .filters
+        .push(Filter::RequestMirror(Box::new(RequestMirror {
+            backend: BackendRef {
+                name: "ns/mirror".into(),
+                weight: 1,
+                target: BackendTarget::Endpoints(tls_to(
+                    &mirror,
+                    UpstreamTls::new("mirror.example.com", &ca.pem),
+                )),
+                filters: Vec::new(),
+            },
+            fraction: None,
+        })));
+    let gw = start(cfg).await;
+    assert_eq!(get(addr(port), "h", "/").await.status, 200);
+    // The copy is sent in the background: wait (bounded) until the mirror has seen it.
+    for _ in 0..200 {
+        if mirror.counts.connections.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(mirror.counts.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(mirror.counts.failed.load(Ordering::SeqCst), 0);
+    gw.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn active_health_checks_of_a_tls_backend_use_tls() {
+    let ca = Ca::new("ca");
+    let be = tls_backend("tls", &ca.leaf(&["abc.example.com"], false), plain()).await;
+    let port = free_port();
+    let mut backend = tls_to(&be, UpstreamTls::new("abc.example.com", &ca.pem));
+    backend.policy.health_check = Some(HealthCheck {
+        interval: Duration::from_secs(60),
+        ..HealthCheck::default()
+    });
+    let gw = start(config(port, vec![("/", backend)])).await;
+    // The first round runs at once, before any request: wait (bounded) for its handshake.
+    for _ in 0..200 {
+        if be.counts.connections.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(be.counts.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(be.counts.failed.load(Ordering::SeqCst), 0);
+    // The check passed: the endpoint still takes requests.
+    assert_eq!(get(addr(port), "h", "/").await.status, 200);
+    gw.shutdown(Duration::from_secs(1)).await;
+}
