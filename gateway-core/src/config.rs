@@ -88,7 +88,7 @@ pub struct ListenerTls {
 }
 
 /// A PEM certificate chain and its private key.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Certificate {
     /// The PEM-encoded chain, leaf first.
     pub cert_pem: String,
@@ -453,17 +453,87 @@ pub struct Backend {
     pub protocol: BackendProtocol,
     /// Load balancing, health, retry budget and session persistence of this backend.
     pub policy: BackendPolicy,
+    /// TLS to the endpoints (Gateway API BackendTLSPolicy). `None`: plain TCP.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
 }
 
 impl Backend {
-    /// HTTP/1.1 endpoints with the default policy.
+    /// HTTP/1.1 endpoints with the default policy, over plain TCP.
     pub fn new(endpoints: Vec<SocketAddr>) -> Self {
         Backend {
             endpoints,
             protocol: BackendProtocol::Http1,
             policy: BackendPolicy::default(),
+            tls: None,
         }
     }
+
+    /// Talks TLS to the endpoints with these settings.
+    pub fn with_tls(mut self, tls: UpstreamTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+}
+
+/// TLS from the gateway to a backend: how the gateway verifies the backend's certificate and
+/// what it presents (Gateway API BackendTLSPolicy `validation`, and the Gateway's
+/// `spec.tls.backend.clientCertificateRef`).
+///
+/// Every connection to the backend is TLS 1.2 or 1.3 with full certificate verification: the
+/// chain must lead to one of the trust roots, be valid now, and name the expected identity.
+/// Connections are pooled (keep-alive) per endpoint and per settings, and new connections resume
+/// earlier TLS sessions (tickets or session ids) of the same settings. ALPN offers `h2` to
+/// [`BackendProtocol::H2c`] backends (HTTP/2 over TLS) and `http/1.1` otherwise.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct UpstreamTls {
+    /// The server name sent in SNI. When `subject_alt_names` is empty the certificate must be
+    /// valid for this name (a DNS name; wildcards in the certificate match as RFC 6125 says).
+    pub hostname: String,
+    /// When not empty, the certificate must carry one of these subject alternative names
+    /// instead of `hostname` (SNI stays `hostname`). Empty (the default): `hostname` is verified.
+    #[serde(default)]
+    pub subject_alt_names: Vec<SubjectAltName>,
+    /// The certificate authorities the backend's chain must lead to.
+    pub trust: UpstreamTrust,
+    /// A certificate and key presented when the backend asks for one (mutual TLS). `None` (the
+    /// default): none is presented, and a backend requiring one refuses the handshake.
+    #[serde(default)]
+    pub client_certificate: Option<Certificate>,
+}
+
+impl UpstreamTls {
+    /// TLS verifying `hostname` against the PEM CA certificates `ca_pem`, without client
+    /// certificate.
+    pub fn new(hostname: impl Into<String>, ca_pem: impl Into<String>) -> Self {
+        UpstreamTls {
+            hostname: hostname.into(),
+            subject_alt_names: Vec::new(),
+            trust: UpstreamTrust::Pem(vec![ca_pem.into()]),
+            client_certificate: None,
+        }
+    }
+}
+
+/// Trust roots for verifying a backend's certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum UpstreamTrust {
+    /// The operating system's trust store (BackendTLSPolicy `wellKnownCACertificates: System`),
+    /// read with `rustls-native-certs` (honouring `SSL_CERT_FILE` and `SSL_CERT_DIR`) when the
+    /// settings are first used.
+    System,
+    /// PEM bundles, each holding one or more CA certificates (BackendTLSPolicy
+    /// `caCertificateRefs`). A bundle without a usable certificate makes the backend unresolved.
+    Pem(Vec<String>),
+}
+
+/// A subject alternative name a backend's certificate may be verified against.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SubjectAltName {
+    /// A DNS name (`dNSName` SAN), matched like `hostname` (wildcards in the certificate apply).
+    Hostname(String),
+    /// A URI (`uniformResourceIdentifier` SAN), e.g. a SPIFFE ID, compared exactly.
+    Uri(String),
 }
 
 /// An external backend reached by DNS name.
@@ -477,15 +547,19 @@ pub struct DnsBackend {
     pub protocol: BackendProtocol,
     /// Load balancing, health, retry budget and session persistence of this backend.
     pub policy: BackendPolicy,
+    /// TLS to the resolved addresses. `None`: plain TCP.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
 }
 
 /// The protocol spoken to a backend.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BackendProtocol {
     /// HTTP/1.1 over TCP (WebSocket upgrades pass through).
     #[default]
     Http1,
-    /// HTTP/2 with prior knowledge over TCP (`kubernetes.io/h2c`).
+    /// HTTP/2 with prior knowledge over TCP (`kubernetes.io/h2c`); over TLS
+    /// ([`Backend::tls`]), HTTP/2 negotiated with ALPN `h2`.
     H2c,
     /// HTTP/1.1 for WebSocket (`kubernetes.io/ws`): upgrades pass through, idle connections are
     /// not cut by the backend request timeout once upgraded.

@@ -459,6 +459,7 @@ mod tests {
                 port,
                 protocol: BackendProtocol::Http1,
                 policy: BackendPolicy::default(),
+                tls: None,
             }),
             filters: Vec::new(),
         }

@@ -42,6 +42,7 @@ pub mod server;
 mod syntax;
 mod table;
 mod tls;
+mod upstream_tls;
 
 pub use backend::{Endpoint, EndpointPicker, PickRequest};
 pub use dns::DnsStatus;

@@ -31,6 +31,7 @@ use pingora_http::RequestHeader;
 use tokio::sync::{Notify, mpsc};
 
 use crate::config::BackendProtocol;
+use crate::upstream_tls::CompiledTls;
 
 /// Body chunks buffered between the proxy and a mirror task before the mirror is abandoned.
 pub(crate) const BODY_CHUNKS: usize = 16;
@@ -115,11 +116,25 @@ impl Mirrors {
     /// request-target is made origin-form, `Host` is set from the URI authority (or `addr`) if
     /// missing, and a body of unknown length is sent chunked; for h2c `Host` becomes
     /// `:authority`.
+    #[cfg(test)]
     pub(crate) fn start(
         &self,
         req: RequestHeader,
         addr: SocketAddr,
         protocol: BackendProtocol,
+        has_body: bool,
+    ) -> Option<MirrorBody> {
+        self.start_with(req, addr, protocol, None, has_body)
+    }
+
+    /// [`Self::start`] for a backend reached over TLS when `tls` is set (the same settings,
+    /// pooling and session resumption as the proxy's connections to it).
+    pub(crate) fn start_with(
+        &self,
+        req: RequestHeader,
+        addr: SocketAddr,
+        protocol: BackendProtocol,
+        tls: Option<CompiledTls>,
         has_body: bool,
     ) -> Option<MirrorBody> {
         let shared = &self.shared;
@@ -152,7 +167,7 @@ impl Mirrors {
             };
             (body, None)
         };
-        rt.spawn(run(slot, req, addr, protocol, has_body, feed));
+        rt.spawn(run(slot, req, addr, protocol, tls, has_body, feed));
         Some(body)
     }
 
@@ -298,6 +313,7 @@ async fn run(
     req: RequestHeader,
     addr: SocketAddr,
     protocol: BackendProtocol,
+    tls: Option<CompiledTls>,
     has_body: bool,
     feed: Option<Feed>,
 ) {
@@ -305,7 +321,7 @@ async fn run(
     let abandon = feed.as_ref().map(|f| Arc::clone(&f.state));
     let exchange = tokio::time::timeout(
         TOTAL_TIMEOUT,
-        exchange(&shared.connector, req, addr, protocol, has_body, feed),
+        exchange(&shared.connector, req, addr, protocol, tls, has_body, feed),
     );
     let outcome = match abandon {
         Some(state) => tokio::select! {
@@ -339,6 +355,7 @@ async fn exchange(
     mut req: RequestHeader,
     addr: SocketAddr,
     protocol: BackendProtocol,
+    tls: Option<CompiledTls>,
     has_body: bool,
     feed: Option<Feed>,
 ) -> Result<(), Failure> {
@@ -346,6 +363,9 @@ async fn exchange(
     let mut peer = HttpPeer::new(addr, false, String::new());
     if protocol == BackendProtocol::H2c {
         peer.options.set_http_version(2, 2);
+    }
+    if let Some(tls) = &tls {
+        tls.apply(&mut peer);
     }
     peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
     peer.options.total_connection_timeout = Some(CONNECT_TIMEOUT);

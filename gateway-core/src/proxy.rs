@@ -391,14 +391,17 @@ impl GatewayProxy {
                     if !m.sampled() || self.mirrors.refuse_if_full() {
                         continue;
                     }
-                    let Some((addr, protocol)) = m.endpoint() else {
+                    let Some((addr, protocol, tls)) = m.endpoint() else {
                         continue;
                     };
                     let has_body = !session.is_body_empty();
-                    if let Some(body) =
-                        self.mirrors
-                            .start(session.req_header().clone(), addr, protocol, has_body)
-                        && has_body
+                    if let Some(body) = self.mirrors.start_with(
+                        session.req_header().clone(),
+                        addr,
+                        protocol,
+                        tls.cloned(),
+                        has_body,
+                    ) && has_body
                     {
                         mirrors.push(body);
                     }
@@ -736,6 +739,9 @@ impl ProxyHttp for GatewayProxy {
         let mut peer = HttpPeer::new(endpoint.address(), false, String::new());
         if target.protocol == BackendProtocol::H2c {
             peer.options.set_http_version(2, 2);
+        }
+        if let Some(tls) = &target.tls {
+            tls.apply(&mut peer);
         }
         let backend_request = ctx
             .routed

@@ -49,6 +49,7 @@ use crate::mirror::Mirrors;
 use crate::proxy::GatewayProxy;
 use crate::table::{CompileCtx, Table};
 use crate::tls;
+use crate::upstream_tls::ClientConfigs;
 
 /// Mirrored requests in flight at once, across the gateway; more are dropped.
 const MAX_MIRRORS_IN_FLIGHT: usize = 1024;
@@ -99,6 +100,8 @@ struct Inner {
     registry: FilterRegistry,
     pickers: std::sync::Mutex<PickerRegistry>,
     state: StateStore,
+    /// rustls client configs of TLS backends, kept across swaps so sessions resume.
+    tls: ClientConfigs,
     /// Active health checks by backend name, with the settings they run with.
     health: Mutex<HashMap<Arc<str>, RunningCheck>>,
     mirrors: Arc<Mirrors>,
@@ -119,6 +122,8 @@ struct Inner {
 struct RunningCheck {
     cfg: HealthCheck,
     addrs: Vec<SocketAddr>,
+    /// The pool key of the backend's TLS settings (0: plain TCP).
+    tls: u64,
     /// Stops the checks when dropped.
     _checker: HealthChecker,
 }
@@ -184,6 +189,7 @@ impl Gateway {
                 registry,
                 pickers: std::sync::Mutex::new(PickerRegistry::default()),
                 state: StateStore::default(),
+                tls: ClientConfigs::default(),
                 health: Mutex::new(HashMap::new()),
                 mirrors: mirror_counts,
                 dns: DnsWatchers::default(),
@@ -367,6 +373,7 @@ impl Gateway {
                 pickers: &pickers,
                 state: &self.inner.state,
                 dns: &dns,
+                tls: &self.inner.tls,
             },
         )
     }
@@ -426,6 +433,7 @@ impl Gateway {
         running.retain(|name, check| {
             wanted.get(name).is_some_and(|t| {
                 t.policy.health_check.as_ref() == Some(&check.cfg)
+                    && t.tls.as_ref().map_or(0, |t| t.group_key()) == check.tls
                     && t.endpoints
                         .iter()
                         .map(|e| e.address())
@@ -445,13 +453,19 @@ impl Gateway {
                 .map(|e| (e.address(), e.health.clone()))
                 .collect();
             let addrs = targets.iter().map(|(a, _)| *a).collect();
-            let checker =
-                HealthChecker::start(name.to_string(), targets, target.protocol, cfg.clone());
+            let checker = HealthChecker::start_with(
+                name.to_string(),
+                targets,
+                target.protocol,
+                target.tls.clone(),
+                cfg.clone(),
+            );
             running.insert(
                 name,
                 RunningCheck {
                     cfg,
                     addrs,
+                    tls: target.tls.as_ref().map_or(0, |t| t.group_key()),
                     _checker: checker,
                 },
             );

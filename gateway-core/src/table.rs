@@ -15,7 +15,7 @@ use crate::backend::session::SessionCodec;
 use crate::backend::{BackendState, Endpoint, EndpointPicker, PickerRegistry, StateStore};
 use crate::config::{
     BackendPolicy, BackendProtocol, BackendTarget, Bind, Config, Listener, LoadBalancer, Protocol,
-    RequestMirror, Retry, Route, Rule, SessionPersistence, Timeouts,
+    RequestMirror, Retry, Route, Rule, SessionPersistence, Timeouts, UpstreamTls,
 };
 use crate::dns::{self, DnsAddresses};
 use crate::error::{Error, ErrorKind, Result};
@@ -24,6 +24,7 @@ use crate::filter::RouteInfo;
 use crate::filter::chain::Chain;
 use crate::routing::BindRouter;
 use crate::tls::CertIndex;
+use crate::upstream_tls::{ClientConfigs, CompiledTls};
 
 /// The active routing state of a gateway.
 #[derive(Default)]
@@ -45,6 +46,8 @@ pub(crate) struct CompileCtx<'a> {
     pub(crate) state: &'a StateStore,
     /// What each DNS backend resolves to now; a name missing here has no endpoints.
     pub(crate) dns: &'a DnsAddresses,
+    /// rustls client configs of TLS backends, shared across tables.
+    pub(crate) tls: &'a ClientConfigs,
 }
 
 impl Table {
@@ -260,9 +263,14 @@ pub(crate) enum CompiledTarget {
 impl CompiledTarget {
     fn compile(name: &str, target: &BackendTarget, cx: &CompileCtx<'_>) -> Self {
         match target {
-            BackendTarget::Endpoints(b) => {
-                Self::endpoints(name, &b.endpoints, b.protocol, &b.policy, cx)
-            }
+            BackendTarget::Endpoints(b) => Self::endpoints(
+                name,
+                &b.endpoints,
+                b.protocol,
+                &b.policy,
+                b.tls.as_ref(),
+                cx,
+            ),
             BackendTarget::Unresolved { reason } => CompiledTarget::Unresolved(reason.clone()),
             BackendTarget::Dns(d) => {
                 let endpoints: Vec<SocketAddr> = cx
@@ -272,7 +280,7 @@ impl CompiledTarget {
                     .flatten()
                     .map(|ip| SocketAddr::new(*ip, d.port))
                     .collect();
-                Self::endpoints(name, &endpoints, d.protocol, &d.policy, cx)
+                Self::endpoints(name, &endpoints, d.protocol, &d.policy, d.tls.as_ref(), cx)
             }
         }
     }
@@ -283,8 +291,16 @@ impl CompiledTarget {
         endpoints: &[SocketAddr],
         protocol: BackendProtocol,
         policy: &BackendPolicy,
+        tls: Option<&UpstreamTls>,
         cx: &CompileCtx<'_>,
     ) -> Self {
+        let tls = match tls.map(|t| cx.tls.compile(name, t, protocol)).transpose() {
+            Ok(tls) => tls,
+            Err(e) => {
+                tracing::warn!(backend = name, error = %e, "invalid backend TLS settings");
+                return CompiledTarget::Unresolved(format!("backend TLS: {e}"));
+            }
+        };
         let picker = match &policy.load_balancer {
             LoadBalancer::RoundRobin => PickerKind::RoundRobin,
             LoadBalancer::LeastRequest => PickerKind::LeastRequest,
@@ -305,6 +321,7 @@ impl CompiledTarget {
             policy: policy.clone(),
             state,
             picker,
+            tls,
         }))
     }
 }
@@ -318,6 +335,8 @@ pub(crate) struct CompiledEndpoints {
     /// Retry budget counts, when the policy sets a budget.
     pub(crate) budget: Option<Arc<RetryBudgetState>>,
     pub(crate) picker: PickerKind,
+    /// TLS to the endpoints; `None`: plain TCP.
+    pub(crate) tls: Option<CompiledTls>,
 }
 
 /// The endpoint picker of a backend.
@@ -359,8 +378,9 @@ impl CompiledMirror {
         }
     }
 
-    /// The mirror endpoint for this request, round robin over available endpoints.
-    pub(crate) fn endpoint(&self) -> Option<(SocketAddr, BackendProtocol)> {
+    /// The mirror endpoint for this request, round robin over available endpoints, with the
+    /// backend's protocol and TLS settings.
+    pub(crate) fn endpoint(&self) -> Option<(SocketAddr, BackendProtocol, Option<&CompiledTls>)> {
         let endpoints = &self.target.endpoints;
         let n = endpoints.len();
         if n == 0 {
@@ -372,7 +392,11 @@ impl CompiledMirror {
             .map(|k| (start + k) % n)
             .find(|&i| endpoints[i].health.available(now))
             .unwrap_or(start);
-        Some((endpoints[i].address(), self.target.protocol))
+        Some((
+            endpoints[i].address(),
+            self.target.protocol,
+            self.target.tls.as_ref(),
+        ))
     }
 }
 

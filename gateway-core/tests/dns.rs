@@ -108,6 +108,7 @@ fn dns_backend(name: &str, hostname: &str, port: u16) -> BackendRef {
             port,
             protocol: BackendProtocol::Http1,
             policy: BackendPolicy::default(),
+            tls: None,
         }),
         filters: Vec::new(),
     }

@@ -62,6 +62,8 @@ pub struct StatusReport {
     pub(crate) gateways: BTreeMap<ObjectKey, GatewayStatus>,
     pub(crate) http_routes: BTreeMap<ObjectKey, HttpRouteStatus>,
     pub(crate) backend_traffic_policies: BTreeMap<ObjectKey, XBackendTrafficPolicyStatus>,
+    pub(crate) backend_tls_policies:
+        BTreeMap<ObjectKey, gateway_api::backendtlspolicies::BackendTlsPolicyStatus>,
     pub(crate) xbackends: BTreeMap<ObjectKey, XBackendEntry>,
     pub(crate) documents: Vec<Value>,
     /// Where each XBackend with a status sits in `documents`.
@@ -124,6 +126,14 @@ impl StatusReport {
         for key in resources.other_order() {
             if let Some(object) = resources.others.get(key) {
                 let mut doc = object.raw.clone();
+                if key.group == crate::resources::GATEWAY_GROUP
+                    && key.kind == "BackendTLSPolicy"
+                    && let Some(status) = self
+                        .backend_tls_policies
+                        .get(&ObjectKey::new(key.namespace.clone(), key.name.clone()))
+                {
+                    set_status(&mut doc, status);
+                }
                 if key.group == GATEWAY_X_GROUP && key.kind == XBACKEND_KIND {
                     let key = ObjectKey::new(key.namespace.clone(), key.name.clone());
                     if let Some(entry) = self.xbackends.get(&key) {
@@ -219,7 +229,7 @@ impl StatusReport {
 }
 
 /// Replaces the `status` of an echoed document.
-fn set_status(doc: &mut Value, status: &XBackendStatus) {
+fn set_status<S: serde::Serialize>(doc: &mut Value, status: &S) {
     if let (Some(map), Ok(status)) = (doc.as_object_mut(), serde_json::to_value(status)) {
         map.insert("status".into(), status);
     }

@@ -474,6 +474,7 @@ fn xbackend_external_hostname_is_a_dns_backend() {
             port,
             protocol: BackendProtocol::H2c,
             policy: BackendPolicy::default(),
+            tls: None,
         })
     };
     assert_eq!(targets, vec![dns(8443), dns(9000)]);

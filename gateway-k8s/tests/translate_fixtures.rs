@@ -182,6 +182,7 @@ fn basic_gateway_route_and_config() {
                     endpoints: vec![addr("127.0.0.11:3000"), addr("127.0.0.12:3000")],
                     protocol: BackendProtocol::Http1,
                     policy: Default::default(),
+                    tls: None,
                 }),
                 filters: Vec::new(),
             },
@@ -205,6 +206,7 @@ fn basic_gateway_route_and_config() {
             endpoints: vec![addr("127.0.0.11:3000"), addr("127.0.0.12:3000")],
             protocol: BackendProtocol::Http1,
             policy: Default::default(),
+            tls: None,
         })
     );
     assert_eq!(
@@ -222,6 +224,7 @@ fn basic_gateway_route_and_config() {
             endpoints: vec![addr("127.0.0.11:3001"), addr("127.0.0.12:3001")],
             protocol: BackendProtocol::H2c,
             policy: Default::default(),
+            tls: None,
         })
     );
 
@@ -605,6 +608,7 @@ fn route_backend_references_and_invalid_rules() {
             endpoints: vec![addr("127.0.0.21:8080")],
             protocol: BackendProtocol::Http1,
             policy: Default::default(),
+            tls: None,
         })
     );
     assert_eq!(backends[1].weight, 0);

@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use pingora_core::connectors::http::Connector;
 use pingora_core::upstreams::peer::HttpPeer;
+
+use crate::upstream_tls::CompiledTls;
 use pingora_http::RequestHeader;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -53,10 +55,23 @@ impl HealthChecker {
     /// Must be called within a Tokio runtime; without one, no checks run and an error is logged.
     /// A `cfg.path` that is not an origin-form path (`/...`) is logged as an error and disables
     /// the checks rather than failing every endpoint. An empty path means `/`.
+    #[cfg(test)]
     pub(crate) fn start(
         backend_name: String,
         targets: Vec<(SocketAddr, Arc<EndpointHealth>)>,
         protocol: BackendProtocol,
+        cfg: HealthCheck,
+    ) -> HealthChecker {
+        Self::start_with(backend_name, targets, protocol, None, cfg)
+    }
+
+    /// [`Self::start`] for a backend reached over TLS when `tls` is set: each check is a fresh
+    /// TLS connection with the backend's settings (verification, SNI, client certificate).
+    pub(crate) fn start_with(
+        backend_name: String,
+        targets: Vec<(SocketAddr, Arc<EndpointHealth>)>,
+        protocol: BackendProtocol,
+        tls: Option<CompiledTls>,
         cfg: HealthCheck,
     ) -> HealthChecker {
         let stopped = Arc::new(AtomicBool::new(false));
@@ -66,6 +81,7 @@ impl HealthChecker {
                 backend_name,
                 targets,
                 protocol,
+                tls,
                 cfg,
                 Arc::clone(&stopped),
             ))),
@@ -141,6 +157,7 @@ async fn run(
     backend: String,
     targets: Vec<(SocketAddr, Arc<EndpointHealth>)>,
     protocol: BackendProtocol,
+    tls: Option<CompiledTls>,
     cfg: HealthCheck,
     stopped: Arc<AtomicBool>,
 ) {
@@ -162,6 +179,9 @@ async fn run(
         let mut peer = HttpPeer::new(addr, false, String::new());
         if protocol == BackendProtocol::H2c {
             peer.options.set_http_version(2, 2);
+        }
+        if let Some(tls) = &tls {
+            tls.apply(&mut peer);
         }
         peer.options.connection_timeout = Some(cfg.timeout);
         peer.options.total_connection_timeout = Some(cfg.timeout);

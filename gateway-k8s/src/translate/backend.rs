@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use gateway_core::config::{Backend, BackendPolicy, BackendProtocol, BackendTarget, DnsBackend};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::backend_tls::BackendTlsPolicies;
 use super::listener::Problem;
 use super::refs::{self, RefFrom};
 use super::validate;
@@ -69,14 +70,30 @@ impl BackendRefSpec<'_> {
 pub(crate) fn resolve(
     resources: &Resources,
     policies: &BackendPolicies,
+    tls: &BackendTlsPolicies,
     route_namespace: &str,
     backend: BackendRefSpec<'_>,
 ) -> Result<BackendTarget, Problem> {
     let group = backend.group.unwrap_or("");
     let kind = backend.kind.unwrap_or("Service");
     match (group, kind) {
-        ("", "Service") => resolve_service(resources, policies, route_namespace, backend)
-            .map(BackendTarget::Endpoints),
+        ("", "Service") => {
+            let (mut service, port_name) =
+                resolve_service(resources, policies, route_namespace, backend)?;
+            let key = ObjectKey::new(backend.namespace(route_namespace), backend.name);
+            match tls.lookup(&key, &port_name) {
+                None => Ok(BackendTarget::Endpoints(service)),
+                Some(Ok(settings)) => {
+                    service.tls = Some(settings.clone());
+                    Ok(BackendTarget::Endpoints(service))
+                }
+                // A policy asks for TLS the gateway cannot set up: fail closed (500), never
+                // plain text. The policy's status says why; the reference itself resolved.
+                Some(Err(reason)) => Ok(BackendTarget::Unresolved {
+                    reason: reason.clone(),
+                }),
+            }
+        }
         (GATEWAY_X_GROUP, XBACKEND_KIND) => {
             resolve_xbackend(resources, route_namespace, backend).map(BackendTarget::Dns)
         }
@@ -150,6 +167,7 @@ fn resolve_xbackend(
         port,
         protocol: spec.protocol,
         policy: BackendPolicy::default(),
+        tls: None,
     })
 }
 
@@ -200,13 +218,14 @@ pub(crate) fn parse_xbackend(
     })
 }
 
-/// Resolves a reference to a core Service: its port, endpoints, protocol and policy.
+/// Resolves a reference to a core Service: its port, endpoints, protocol and policy, with the
+/// name of the port.
 fn resolve_service(
     resources: &Resources,
     policies: &BackendPolicies,
     route_namespace: &str,
     backend: BackendRefSpec<'_>,
-) -> Result<Backend, Problem> {
+) -> Result<(Backend, String), Problem> {
     let namespace = backend.namespace(route_namespace);
     let from = RefFrom {
         group: GATEWAY_GROUP,
@@ -318,11 +337,15 @@ fn resolve_service(
             endpoints.insert(SocketAddr::new(ip, port));
         }
     }
-    Ok(Backend {
-        endpoints: endpoints.into_iter().collect(),
-        protocol,
-        policy: policies.get(&key).cloned().unwrap_or_default(),
-    })
+    Ok((
+        Backend {
+            endpoints: endpoints.into_iter().collect(),
+            protocol,
+            policy: policies.get(&key).cloned().unwrap_or_default(),
+            tls: None,
+        },
+        port_name,
+    ))
 }
 
 /// The backend protocol an `appProtocol` selects; anything unknown is HTTP/1.1.

@@ -234,7 +234,7 @@ fn allowed_from(listener: &GatewayListeners) -> AllowedFrom {
 }
 
 /// Resolves one certificate reference to a PEM chain and key.
-fn load_certificate(
+pub(crate) fn load_certificate(
     resources: &Resources,
     gateway_namespace: &str,
     cert_ref: &GatewayListenersTlsCertificateRefs,

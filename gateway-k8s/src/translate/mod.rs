@@ -1,6 +1,7 @@
 //! The translator: resources in, configuration and status out. No I/O.
 
 mod backend;
+mod backend_tls;
 mod hostname;
 mod listener;
 mod policy;
@@ -11,6 +12,10 @@ mod validate;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use gateway_api::backendtlspolicies::{
+    BackendTlsPolicyStatus, BackendTlsPolicyStatusAncestors,
+    BackendTlsPolicyStatusAncestorsAncestorRef,
+};
 use gateway_api::experimental::httproutes::{
     HttpRouteStatus, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
 };
@@ -111,6 +116,9 @@ struct GatewayPlan {
     invalid_parameters: Option<String>,
     address: AddressOutcome,
     listeners: Vec<ListenerPlan>,
+    /// `spec.tls.backend.clientCertificateRef`: the certificate presented to TLS backends, or
+    /// why it cannot be (`ResolvedRefs=False`).
+    backend_client_cert: Result<Option<gateway_core::config::Certificate>, Problem>,
 }
 
 impl GatewayPlan {
@@ -225,12 +233,18 @@ impl Translator {
                 invalid_parameters: invalid_parameters(&object.object),
                 address,
                 listeners: listener::plan_listeners(resources, &key.namespace, &object.object),
+                backend_client_cert: backend_tls::client_certificate(
+                    resources,
+                    &key.namespace,
+                    &object.object,
+                ),
             })
             .collect();
         self.mark_bind_conflicts(&mut plans);
 
         // XBackendTrafficPolicies, then HTTPRoutes (whose backends carry the policies).
         let (policy_plans, backend_policies) = policy::plan(resources);
+        let (tls_plans, backend_tls) = backend_tls::plan(resources);
         let mut service_gateways = BTreeMap::new();
         let mut xbackend_refs = BTreeSet::new();
         let mut routes: Vec<_> = resources.http_routes.iter().collect();
@@ -239,6 +253,7 @@ impl Translator {
             let mut attach = RouteAttach {
                 resources,
                 policies: &backend_policies,
+                tls: &backend_tls,
                 plans: &mut plans,
                 service_gateways: &mut service_gateways,
                 xbackend_refs: &mut xbackend_refs,
@@ -250,6 +265,13 @@ impl Translator {
         for key in &xbackend_refs {
             if let Some(entry) = self.xbackend_status(resources, key, &now) {
                 out.status.xbackends.insert(key.clone(), entry);
+            }
+        }
+        for plan in &tls_plans {
+            if let Some(status) = self.tls_policy_status(plan, &service_gateways, &now) {
+                out.status
+                    .backend_tls_policies
+                    .insert(plan.key.clone(), status);
             }
         }
         for plan in &policy_plans {
@@ -550,6 +572,7 @@ impl Translator {
         let RouteAttach {
             resources,
             policies,
+            tls,
             plans,
             service_gateways,
             xbackend_refs,
@@ -562,6 +585,7 @@ impl Translator {
         let ctx = route::RouteCtx {
             resources,
             policies,
+            tls,
             namespace: &key.namespace,
         };
         let rules = route::translate_rules(ctx, &route.object);
@@ -672,8 +696,12 @@ impl Translator {
                     ));
                 }
                 Ok(listeners) => {
+                    let served = match &plan.backend_client_cert {
+                        Ok(Some(cert)) => backend_tls::with_client_certificate(&config_route, cert),
+                        _ => config_route.clone(),
+                    };
                     for &i in listeners {
-                        plan.listeners[i].routes.push(config_route.clone());
+                        plan.listeners[i].routes.push(served.clone());
                     }
                     xbackend_refs.extend(rules.xbackends.iter().cloned());
                     for service in &rules.services {
@@ -778,6 +806,57 @@ impl Translator {
             })
             .collect();
         Some(XBackendTrafficPolicyStatus { ancestors })
+    }
+
+    /// The status of a BackendTLSPolicy: one entry per Gateway serving a route to one of its
+    /// Services, with `Accepted` and `ResolvedRefs`. `None` when there is no such Gateway.
+    fn tls_policy_status(
+        &mut self,
+        plan: &backend_tls::TlsPolicyPlan,
+        service_gateways: &BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+        now: &Time,
+    ) -> Option<BackendTlsPolicyStatus> {
+        let gateways = backend_tls::ancestors(plan, service_gateways);
+        if gateways.is_empty() {
+            return None;
+        }
+        let ancestors = gateways
+            .into_iter()
+            .map(|gateway| {
+                let scope = format!("BackendTLSPolicy/{}/ancestor/{gateway}", plan.key);
+                let accepted = match &plan.accepted {
+                    Ok(()) => Cond::new("Accepted", true, "Accepted", "policy applied"),
+                    Err((reason, message)) => Cond::new("Accepted", false, reason, message.clone()),
+                };
+                let resolved = match &plan.resolved {
+                    Ok(()) => Cond::new(
+                        "ResolvedRefs",
+                        true,
+                        "ResolvedRefs",
+                        "all CA certificate references resolved",
+                    ),
+                    Err((reason, message)) => {
+                        Cond::new("ResolvedRefs", false, reason, message.clone())
+                    }
+                };
+                BackendTlsPolicyStatusAncestors {
+                    ancestor_ref: BackendTlsPolicyStatusAncestorsAncestorRef {
+                        group: Some(GATEWAY_GROUP.to_string()),
+                        kind: Some("Gateway".to_string()),
+                        name: gateway.name.clone(),
+                        namespace: Some(gateway.namespace.clone()),
+                        port: None,
+                        section_name: None,
+                    },
+                    conditions: [accepted, resolved]
+                        .into_iter()
+                        .map(|c| self.clock.build(&scope, c, plan.generation, now))
+                        .collect(),
+                    controller_name: self.options.controller_name.clone(),
+                }
+            })
+            .collect();
+        Some(BackendTlsPolicyStatus { ancestors })
     }
 
     fn gateway_status(&mut self, plan: &GatewayPlan, now: &Time) -> GatewayStatus {
@@ -901,8 +980,21 @@ impl Translator {
                 Cond::new("Programmed", true, "Programmed", "gateway is served")
             }
         };
-        let conditions = [accepted, programmed]
+        let resolved = match &plan.backend_client_cert {
+            Ok(None) => None,
+            Ok(Some(_)) => Some(Cond::new(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "backend client certificate resolved",
+            )),
+            Err((reason, message)) => {
+                Some(Cond::new("ResolvedRefs", false, reason, message.clone()))
+            }
+        };
+        let conditions = [Some(accepted), Some(programmed), resolved]
             .into_iter()
+            .flatten()
             .map(|c| self.clock.build(&scope, c, generation, now))
             .collect();
         GatewayStatus {
@@ -923,6 +1015,7 @@ impl Translator {
 struct RouteAttach<'a> {
     resources: &'a Resources,
     policies: &'a BackendPolicies,
+    tls: &'a backend_tls::BackendTlsPolicies,
     plans: &'a mut [GatewayPlan],
     /// Service -> the Gateways serving a route that refers to it (policy ancestors).
     service_gateways: &'a mut BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,

@@ -42,6 +42,8 @@ use crate::resources::{Kind, ObjectKey, Resources};
 pub(crate) struct RouteCtx<'a> {
     pub resources: &'a Resources,
     pub policies: &'a BackendPolicies,
+    /// BackendTLSPolicy effects by Service (and port name).
+    pub tls: &'a super::backend_tls::BackendTlsPolicies,
     /// The route's namespace.
     pub namespace: &'a str,
 }
@@ -623,7 +625,7 @@ fn translate_mirror(
     refs.services.extend(spec.service_key(ctx.namespace));
     refs.xbackends.extend(spec.xbackend_key(ctx.namespace));
     // A mirror whose backend does not resolve is dropped: requests are served unmirrored.
-    match backend::resolve(ctx.resources, ctx.policies, ctx.namespace, spec) {
+    match backend::resolve(ctx.resources, ctx.policies, ctx.tls, ctx.namespace, spec) {
         Ok(target) => Ok(Some(Filter::RequestMirror(Box::new(RequestMirror {
             backend: BackendRef {
                 name: spec.display_name(ctx.namespace),
@@ -749,7 +751,7 @@ fn translate_backend(
     refs.services.extend(spec.service_key(ctx.namespace));
     refs.xbackends.extend(spec.xbackend_key(ctx.namespace));
     let weight = u32::try_from(backend.weight.unwrap_or(1)).unwrap_or(0);
-    let target = match backend::resolve(ctx.resources, ctx.policies, ctx.namespace, spec) {
+    let target = match backend::resolve(ctx.resources, ctx.policies, ctx.tls, ctx.namespace, spec) {
         Ok(target) => target,
         Err(problem) => {
             let reason = problem.1.clone();
