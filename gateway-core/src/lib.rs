@@ -38,6 +38,7 @@ pub mod filter;
 mod mirror;
 pub mod proxy;
 pub mod routing;
+mod sample;
 pub mod server;
 mod syntax;
 mod table;

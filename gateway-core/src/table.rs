@@ -23,6 +23,7 @@ use crate::filter::FilterRegistry;
 use crate::filter::RouteInfo;
 use crate::filter::chain::Chain;
 use crate::routing::BindRouter;
+use crate::sample::Share;
 use crate::tls::CertIndex;
 use crate::upstream_tls::{ClientConfigs, CompiledTls};
 
@@ -349,7 +350,8 @@ pub(crate) enum PickerKind {
 /// A `RequestMirror` filter, compiled.
 pub(crate) struct CompiledMirror {
     target: Arc<CompiledEndpoints>,
-    fraction: Option<(u32, u32)>,
+    /// The share of requests mirrored; `None`: every request.
+    share: Option<Share>,
 }
 
 impl CompiledMirror {
@@ -362,7 +364,7 @@ impl CompiledMirror {
         match CompiledTarget::compile(&m.backend.name, &m.backend.target, cx) {
             CompiledTarget::Endpoints(target) => Ok(CompiledMirror {
                 target,
-                fraction: m.fraction,
+                share: m.fraction.map(|(num, den)| Share::new(num, den)),
             }),
             CompiledTarget::Unresolved(reason) => {
                 Err(format!("mirror backend {}: {reason}", m.backend.name))
@@ -370,12 +372,10 @@ impl CompiledMirror {
         }
     }
 
-    /// Whether this request is mirrored (the configured share of requests).
+    /// Whether this request is mirrored: the configured share of requests, chosen at random
+    /// with the count kept within one request of the exact share ([`Share`]).
     pub(crate) fn sampled(&self) -> bool {
-        match self.fraction {
-            None => true,
-            Some((num, den)) => rand::random_range(0..den) < num,
-        }
+        self.share.as_ref().is_none_or(Share::take)
     }
 
     /// The mirror endpoint for this request, round robin over available endpoints, with the
