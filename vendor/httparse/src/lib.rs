@@ -1324,12 +1324,18 @@ pub fn parse_chunk_size(buf: &[u8])
             b'\t' | b' ' if !in_ext && !in_chunk_size => {}
             // LWS can follow the chunk size, but no more digits can come
             b'\t' | b' ' if in_chunk_size => in_chunk_size = false,
-            // We allow any arbitrary octet once we are in the extension, since
-            // they all get ignored anyway. According to the HTTP spec, valid
-            // extensions would have a more strict syntax:
+            // We allow any visible octet (and HTAB, SP, obs-text) once we are in
+            // the extension, since they all get ignored anyway. According to the
+            // HTTP spec, valid extensions would have a more strict syntax:
             //     (token ["=" (token | quoted-string)])
             // but we gain nothing by rejecting an otherwise valid chunk size.
-            _ if in_ext => {}
+            //
+            // Control characters are rejected, though: a bare LF (or NUL, or any
+            // other CTL) would let a peer that ends chunk lines at LF and this
+            // parser disagree on where the chunk data starts (request smuggling).
+            // A CR is handled above: it must be followed by LF and ends the line.
+            // (Local patch, see PATCHES.md.)
+            b'\t' | b' ' ..= b'~' | 0x80 ..= 0xff if in_ext => {}
             // Finally, if we aren't in the extension and we're reading any
             // other octet, the chunk size line is invalid!
             _ => return Err(InvalidChunkSize),
@@ -1996,6 +2002,21 @@ mod tests {
         assert_eq!(response.headers.len(), 1);
         assert_eq!(response.headers[0].name, "Line-Folded-Header");
         assert_eq!(response.headers[0].value, &b""[..]);
+    }
+
+    #[test]
+    fn test_chunk_size_ext_rejects_control_characters() {
+        // Local patch (PATCHES.md): control characters in a chunk extension.
+        assert_eq!(parse_chunk_size(b"2;\nxx\r\n"), Err(crate::InvalidChunkSize));
+        assert_eq!(parse_chunk_size(b"2;a\nb=c\r\n"), Err(crate::InvalidChunkSize));
+        assert_eq!(parse_chunk_size(b"2;a\0\r\n"), Err(crate::InvalidChunkSize));
+        assert_eq!(parse_chunk_size(b"2;a\rb\r\n"), Err(crate::InvalidChunkSize));
+        assert_eq!(parse_chunk_size(b"2;a\x7f\r\n"), Err(crate::InvalidChunkSize));
+        assert_eq!(parse_chunk_size(b"2;a\x1b\r\n"), Err(crate::InvalidChunkSize));
+        // Still accepted: visible ASCII, HTAB, SP and obs-text.
+        assert_eq!(parse_chunk_size(b"2;a=\"b c\"\t\r\n"), Ok(Status::Complete((12, 2))));
+        assert_eq!(parse_chunk_size(b"2;a=\x80\xff\r\n"), Ok(Status::Complete((8, 2))));
+        assert_eq!(parse_chunk_size(b"2;a=b"), Ok(Status::Partial));
     }
 
     #[test]
