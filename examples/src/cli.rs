@@ -1,6 +1,59 @@
 //! Parsers for command-line values shared by the example gateways.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+use gateway_core::config::Limits;
+
+/// Overload and HTTP/1 timeout flags ([`Limits`]); each defaults to the gateway-core default.
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
+pub struct LimitArgs {
+    /// Open downstream connections across all listeners; more are closed at accept
+    /// (default 50000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+
+    /// Open downstream connections on each bound socket (default 20000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_bind: Option<u64>,
+
+    /// Seconds a client may take to send a whole request head, or a TLS handshake (default 10).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout: Option<u64>,
+
+    /// Seconds a keep-alive connection may stay idle between requests (default 60).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub keepalive_idle_timeout: Option<u64>,
+
+    /// Bytes of request bodies held in memory across all requests (replay buffers, filter
+    /// buffers, mirror queues); requests past it get 503 (default 268435456, 256 MiB).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_buffered_body_bytes: Option<u64>,
+}
+
+impl LimitArgs {
+    /// The [`Limits`] these flags ask for: gateway-core's defaults where a flag is absent.
+    pub fn limits(&self) -> Limits {
+        let d = Limits::default();
+        let count = |v: Option<u64>, default: usize| {
+            v.map_or(default, |v| usize::try_from(v).unwrap_or(usize::MAX))
+        };
+        Limits {
+            max_connections: count(self.max_connections, d.max_connections),
+            max_connections_per_bind: count(
+                self.max_connections_per_bind,
+                d.max_connections_per_bind,
+            ),
+            header_read_timeout: self
+                .header_read_timeout
+                .map_or(d.header_read_timeout, Duration::from_secs),
+            keepalive_idle_timeout: self
+                .keepalive_idle_timeout
+                .map_or(d.keepalive_idle_timeout, Duration::from_secs),
+            max_buffered_body_bytes: count(self.max_buffered_body_bytes, d.max_buffered_body_bytes),
+        }
+    }
+}
 
 /// Parses a listener port map such as `80=18080,443=18443`: Gateway listener port -> local port.
 pub fn parse_port_map(text: &str) -> Result<BTreeMap<u16, u16>, String> {
@@ -41,5 +94,36 @@ mod tests {
         assert!(parse_port_map("80=1,80=2").is_err());
         assert!(parse_port_map("0=1").is_err());
         assert!(parse_port_map("").unwrap().is_empty());
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        limits: LimitArgs,
+    }
+
+    #[test]
+    fn limit_flags() {
+        use clap::Parser;
+        let none = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(none.limits.limits(), Limits::default());
+        let set = Cli::try_parse_from([
+            "x",
+            "--max-connections=10",
+            "--max-connections-per-bind=5",
+            "--header-read-timeout=3",
+            "--keepalive-idle-timeout=7",
+            "--max-buffered-body-bytes=1024",
+        ])
+        .unwrap()
+        .limits
+        .limits();
+        assert_eq!(set.max_connections, 10);
+        assert_eq!(set.max_connections_per_bind, 5);
+        assert_eq!(set.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(set.keepalive_idle_timeout, Duration::from_secs(7));
+        assert_eq!(set.max_buffered_body_bytes, 1024);
+        assert!(Cli::try_parse_from(["x", "--header-read-timeout=0"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--max-connections=-1"]).is_err());
     }
 }

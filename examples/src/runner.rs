@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_core::Gateway;
+use gateway_core::config::Limits;
 use gateway_k8s::source::{self, FileSource};
 use gateway_k8s::{Resources, StatusReport, TranslateOptions, Translator};
 use tokio::sync::watch;
@@ -31,6 +32,8 @@ pub struct Runner {
     status_file: Option<PathBuf>,
     /// The status of the last translation, republished when DNS results change.
     status: Option<StatusReport>,
+    /// Overload limits and HTTP/1 timeouts applied with every configuration.
+    limits: Limits,
 }
 
 impl Runner {
@@ -47,14 +50,24 @@ impl Runner {
             admin,
             status_file,
             status: None,
+            limits: Limits::default(),
         }
+    }
+
+    /// Applies `limits` (connection limits, HTTP/1 timeouts, the body buffering cap) with every
+    /// configuration instead of the defaults.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Translates and applies one snapshot of the resources.
     pub async fn apply(&mut self, resources: &Resources, mut diagnostics: Vec<String>) {
         let translation = self.translator.translate(resources);
         diagnostics.extend(translation.diagnostics.iter().map(|d| d.to_string()));
-        match self.gateway.apply(translation.config).await {
+        let mut config = translation.config;
+        config.limits = self.limits;
+        match self.gateway.apply(config).await {
             Ok(report) => {
                 if report.changed {
                     tracing::info!(

@@ -189,6 +189,7 @@ fn config(port: u16, rule: Rule) -> Config {
             protocol: Protocol::Http,
             listeners: vec![listener],
         }],
+        ..Default::default()
     }
 }
 

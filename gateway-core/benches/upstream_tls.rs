@@ -233,6 +233,7 @@ fn main() {
                 protocol: Protocol::Http,
                 listeners: vec![Listener::new("bench/gw/http", 80).route(route)],
             }],
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -19,6 +19,94 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// The sockets to listen on. Two binds must not share an address.
     pub binds: Vec<Bind>,
+    /// Downstream connection limits, HTTP/1 timeouts and the request-body buffering cap. The
+    /// defaults ([`Limits::default`]) suit a public-facing gateway; see `docs/security.md`.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Overload protection and HTTP/1 timeouts: how many downstream connections the gateway holds,
+/// how long a client may take to send a request head or stay idle between requests, and how
+/// many bytes of request bodies it keeps in memory across all requests.
+///
+/// Every value must be above zero ([`crate::Gateway::apply`] rejects the configuration
+/// otherwise). Changes apply to connections accepted after the apply (timeouts, connection
+/// limits) and to requests that start after it (the buffering cap).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    /// Open downstream connections across all binds. A connection accepted past it is closed at
+    /// once (a rate-limited warning is logged). Default [`Limits::DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// Open downstream connections on each bind (socket). Default
+    /// [`Limits::DEFAULT_MAX_CONNECTIONS_PER_BIND`].
+    pub max_connections_per_bind: usize,
+    /// How long a client may take to send a whole HTTP/1 request head, from its first byte to the
+    /// blank line (slowloris). Also bounds the TLS handshake. Past it the connection is closed.
+    /// Default [`Limits::DEFAULT_HEADER_READ_TIMEOUT`].
+    pub header_read_timeout: Duration,
+    /// How long a keep-alive connection may stay idle before its next request starts (and a new
+    /// connection before its first byte). Past it the connection is closed. Pingora rounds it
+    /// down to whole seconds (at least one). Default [`Limits::DEFAULT_KEEPALIVE_IDLE_TIMEOUT`].
+    pub keepalive_idle_timeout: Duration,
+    /// Bytes of request bodies held in memory across all requests: Pingora's retry replay buffer
+    /// (the first 64 KiB of every proxied request body), bodies buffered for filters
+    /// ([`crate::FilterCtx::buffer_request_body`]) and body chunks queued for mirrors. A request
+    /// with a body that would go past it is answered 503; a mirror copy that would go past it is
+    /// dropped. Default [`Limits::DEFAULT_MAX_BUFFERED_BODY_BYTES`].
+    pub max_buffered_body_bytes: usize,
+}
+
+impl Limits {
+    /// Default of [`Limits::max_connections`]: 50,000, well under the 1,048,576 file
+    /// descriptors a container usually gets and at about 64 KiB of memory per idle connection
+    /// (socket buffers, Pingora's session) some 3 GiB, so the process fails soft before the
+    /// kernel or the allocator does. Envoy Gateway sets no default; nginx's `worker_connections`
+    /// is 512 per worker.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
+    /// Default of [`Limits::max_connections_per_bind`]: 20,000, so one busy or attacked
+    /// listener cannot take every connection slot from the others.
+    pub const DEFAULT_MAX_CONNECTIONS_PER_BIND: usize = 20_000;
+    /// Default of [`Limits::header_read_timeout`]: 10 seconds (Envoy's `request_headers_timeout`
+    /// is unset by default; nginx's `client_header_timeout` is 60 s).
+    pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default of [`Limits::keepalive_idle_timeout`]: 60 seconds (nginx's `keepalive_timeout` is
+    /// 75 s, Envoy's HTTP/1 idle timeout 1 h).
+    pub const DEFAULT_KEEPALIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Default of [`Limits::max_buffered_body_bytes`]: 256 MiB, room for 4,096 requests holding
+    /// a full 64 KiB replay buffer at once.
+    pub const DEFAULT_MAX_BUFFERED_BODY_BYTES: usize = 256 * 1024 * 1024;
+
+    /// The first value that is not allowed (zero), by field name.
+    pub fn invalid(&self) -> Option<&'static str> {
+        [
+            ("max_connections", self.max_connections == 0),
+            (
+                "max_connections_per_bind",
+                self.max_connections_per_bind == 0,
+            ),
+            ("header_read_timeout", self.header_read_timeout.is_zero()),
+            (
+                "keepalive_idle_timeout",
+                self.keepalive_idle_timeout.is_zero(),
+            ),
+            ("max_buffered_body_bytes", self.max_buffered_body_bytes == 0),
+        ]
+        .into_iter()
+        .find_map(|(name, bad)| bad.then_some(name))
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_bind: Self::DEFAULT_MAX_CONNECTIONS_PER_BIND,
+            header_read_timeout: Self::DEFAULT_HEADER_READ_TIMEOUT,
+            keepalive_idle_timeout: Self::DEFAULT_KEEPALIVE_IDLE_TIMEOUT,
+            max_buffered_body_bytes: Self::DEFAULT_MAX_BUFFERED_BODY_BYTES,
+        }
+    }
 }
 
 /// One listening socket and the Gateway API listeners that share it.

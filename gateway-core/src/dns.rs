@@ -488,6 +488,7 @@ mod tests {
                 protocol: Protocol::Http,
                 listeners: vec![Listener::new("l", 80).route(Route::new("n", "r").rule(rule))],
             }],
+            ..Default::default()
         };
         let keys: Vec<DnsKey> = targets(&config).into_iter().collect();
         assert_eq!(

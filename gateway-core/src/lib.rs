@@ -21,6 +21,7 @@
 //!             protocol: Protocol::Http,
 //!             listeners: vec![Listener::new("http", 8080).route(route)],
 //!         }],
+//!         ..Default::default()
 //!     })
 //!     .await?;
 //! gateway_core::shutdown_signal().await?;
@@ -33,8 +34,10 @@
 pub mod backend;
 pub mod config;
 pub mod dns;
+mod downstream;
 pub mod error;
 pub mod filter;
+mod limits;
 mod mirror;
 pub mod proxy;
 pub mod routing;
@@ -52,7 +55,7 @@ pub use filter::{
     DirectResponse, DirectResponseFilter, FilterAction, FilterCtx, FilterFactory, FilterRegistry,
     HttpFilter, RouteInfo,
 };
-pub use server::{ApplyReport, Gateway, MirrorStats, shutdown_signal};
+pub use server::{ApplyReport, Gateway, MirrorStats, OverloadStats, shutdown_signal};
 
 // What a filter or picker author needs, so `cargo add gateway-core` is enough.
 pub use async_trait::async_trait;

@@ -31,6 +31,7 @@ use pingora_http::RequestHeader;
 use tokio::sync::{Notify, mpsc};
 
 use crate::config::BackendProtocol;
+use crate::limits::{BodyBudget, BodyPermit};
 use crate::upstream_tls::CompiledTls;
 
 /// Body chunks buffered between the proxy and a mirror task before the mirror is abandoned.
@@ -76,6 +77,8 @@ struct Shared {
     dropped: AtomicU64,
     /// Copies that failed: connection, protocol or timeout errors.
     failed: AtomicU64,
+    /// Body chunks queued for mirrors count against the gateway's buffering cap.
+    budget: Arc<BodyBudget>,
 }
 
 /// Holds one in-flight slot; frees it when the mirror task ends (or never starts).
@@ -90,7 +93,15 @@ impl Drop for Slot {
 impl Mirrors {
     /// Mirroring with at most `max_in_flight` copies on their way at once (0 refuses every
     /// copy). Built once per gateway.
+    #[cfg(test)]
     pub(crate) fn new(max_in_flight: usize) -> Self {
+        Self::with_budget(max_in_flight, BodyBudget::new(usize::MAX))
+    }
+
+    /// Like [`Mirrors::new`], with queued body chunks counted against `budget`: a chunk that
+    /// would go past it abandons the copy (counted as dropped), as a mirror that cannot keep up
+    /// does.
+    pub(crate) fn with_budget(max_in_flight: usize, budget: Arc<BodyBudget>) -> Self {
         Mirrors {
             shared: Arc::new(Shared {
                 connector: Connector::new(None),
@@ -98,6 +109,7 @@ impl Mirrors {
                 in_flight: AtomicUsize::new(0),
                 dropped: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
+                budget,
             }),
         }
     }
@@ -158,12 +170,14 @@ impl Mirrors {
             let body = MirrorBody {
                 tx: Some(tx),
                 state: Some(Arc::clone(&state)),
+                budget: Some(shared.budget.clone()),
             };
             (body, Some(Feed { rx, state }))
         } else {
             let body = MirrorBody {
                 tx: None,
                 state: None,
+                budget: None,
             };
             (body, None)
         };
@@ -236,8 +250,10 @@ impl BodyState {
 /// if it were complete).
 pub(crate) struct MirrorBody {
     /// `None` when the request has no body, or once the copy was abandoned.
-    tx: Option<mpsc::Sender<Bytes>>,
+    tx: Option<mpsc::Sender<(Bytes, BodyPermit)>>,
     state: Option<Arc<BodyState>>,
+    /// What queued chunks count against; `None` without a body.
+    budget: Option<Arc<BodyBudget>>,
 }
 
 impl MirrorBody {
@@ -255,7 +271,14 @@ impl MirrorBody {
         if chunk.is_empty() {
             return true;
         }
-        if tx.try_send(chunk).is_ok() {
+        // The chunk's bytes are held until the mirror task has written them.
+        let permit = self
+            .budget
+            .as_ref()
+            .and_then(|b| b.try_reserve(chunk.len(), "mirror body"));
+        if let Some(permit) = permit
+            && tx.try_send((chunk, permit)).is_ok()
+        {
             return true;
         }
         self.tx = None;
@@ -289,7 +312,7 @@ impl Drop for MirrorBody {
 
 /// The mirror task's end of the body.
 struct Feed {
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<(Bytes, BodyPermit)>,
     state: Arc<BodyState>,
 }
 
@@ -372,7 +395,7 @@ async fn exchange(
     let (mut session, _reused) = connector.get_http_session(&peer).await?;
     session.write_request_header(Box::new(req)).await?;
     if let Some(mut feed) = feed {
-        while let Some(chunk) = feed.rx.recv().await {
+        while let Some((chunk, _permit)) = feed.rx.recv().await {
             session.write_request_body(chunk, false).await?;
         }
         if feed.state.phase.load(Ordering::Acquire) != FINISHED {

@@ -37,6 +37,7 @@ use crate::backend::{PickRequest, least_request};
 use crate::config::{BackendProtocol, Protocol, UrlRewrite};
 use crate::filter::chain::{Chain, Step};
 use crate::filter::{DirectResponse, FilterAction, FilterCtx, redirect_location, rewrite_path};
+use crate::limits::{BodyBudget, BodyPermit};
 use crate::mirror::{MirrorBody, Mirrors};
 use crate::routing::RequestParts;
 use crate::table::{CompiledEndpoints, CompiledRule, CompiledTarget, PickerKind, Table};
@@ -46,6 +47,10 @@ use crate::tls::Sni;
 /// replay buffer (64 KiB). A filter asking for a larger buffer gets this; a longer body is answered
 /// with 413 when buffered, and is not retried when streamed.
 pub const MAX_BUFFERED_BODY: usize = 64 * 1024;
+
+/// The request-body bytes Pingora keeps to replay on a retry (its fixed replay buffer). Once a
+/// body is longer, Pingora drops the buffer and the request is no longer retried.
+const REPLAY_BUFFER: usize = 64 * 1024;
 
 /// The default wait before a retry when the route's retry policy names none.
 const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
@@ -58,6 +63,9 @@ pub struct GatewayProxy {
     pub(crate) table: Arc<ArcSwap<Table>>,
     pub(crate) mirrors: Arc<Mirrors>,
     pub(crate) sessions: Arc<SessionCodec>,
+    /// Request-body bytes held in memory across all requests
+    /// ([`crate::config::Limits::max_buffered_body_bytes`]).
+    pub(crate) body_budget: Arc<BodyBudget>,
 }
 
 /// Per-request state carried between phases.
@@ -86,6 +94,13 @@ pub struct RequestCtx {
     mirrors: Vec<MirrorBody>,
     /// The attempt the buffered body was last replayed for.
     body_sent: u32,
+    /// Budget held for Pingora's replay buffer of this request's body; given back once the
+    /// body outgrows the buffer, or with the request.
+    replay_permit: Option<BodyPermit>,
+    /// Budget held for the body buffered for filters.
+    buffer_permit: Option<BodyPermit>,
+    /// Body bytes read from the client so far (first attempt).
+    body_seen: usize,
 }
 
 /// What the route match decided, and how far the chains got.
@@ -295,6 +310,20 @@ impl GatewayProxy {
             }
             CompiledTarget::Endpoints(t) => t.clone(),
         };
+        if !session.is_body_empty() {
+            // Pingora keeps the first 64 KiB of every proxied body to replay it on a retry; it
+            // counts against the buffering cap. Past the cap the request is refused, not sent
+            // without a replay buffer: Pingora fills that buffer whatever the gateway decides.
+            let expected = content_length(session.req_header())
+                .map_or(REPLAY_BUFFER, |n| n.min(REPLAY_BUFFER));
+            match self
+                .body_budget
+                .try_reserve(expected, "retry replay buffer")
+            {
+                Some(permit) => ctx.replay_permit = Some(permit),
+                None => return Ok(Some(overloaded(session))),
+            }
+        }
         if let Some(reply) = self.buffer_body(session, ctx).await? {
             return Ok(Some(reply));
         }
@@ -425,7 +454,12 @@ impl GatewayProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> PResult<Option<Reply>> {
-        let RequestCtx { routed, filter, .. } = ctx;
+        let RequestCtx {
+            routed,
+            filter,
+            buffer_permit,
+            ..
+        } = ctx;
         let (Some(routed), Some(filter)) = (routed.as_ref(), filter.as_mut()) else {
             return Ok(None);
         };
@@ -433,6 +467,10 @@ impl GatewayProxy {
             return Ok(None);
         };
         let limit = limit.min(MAX_BUFFERED_BODY);
+        let expected = content_length(session.req_header()).map_or(limit, |n| n.min(limit));
+        let Some(permit) = buffer_permit.insert_with_budget(&self.body_budget, expected) else {
+            return Ok(Some(overloaded(session)));
+        };
         session.as_mut().enable_retry_buffering();
         let mut buf = BytesMut::new();
         while let Some(chunk) = session.read_request_body().await? {
@@ -442,6 +480,7 @@ impl GatewayProxy {
             }
             buf.extend_from_slice(&chunk);
         }
+        permit.shrink_to(buf.len());
         let mut body = Some(buf.freeze());
         for step in routed.reached() {
             if let Step::Custom(f) = step {
@@ -678,6 +717,46 @@ fn body_replayable(session: &Session, ctx: &RequestCtx) -> bool {
         || !session.as_ref().retry_buffer_truncated()
 }
 
+/// The request's `Content-Length`, when it has one (Pingora has validated it; chunked requests
+/// have none).
+fn content_length(req: &RequestHeader) -> Option<usize> {
+    req.headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The answer to a request whose body would go past the buffering cap: 503, and the connection
+/// is closed rather than drained of the body.
+fn overloaded(session: &mut Session) -> Reply {
+    session.set_keepalive(None);
+    Reply::Status(503)
+}
+
+/// Reserving a [`BodyPermit`] into a context slot.
+trait PermitSlot {
+    /// Reserves `bytes` from `budget` into this slot; `None` past the cap.
+    fn insert_with_budget(
+        &mut self,
+        budget: &Arc<BodyBudget>,
+        bytes: usize,
+    ) -> Option<&mut BodyPermit>;
+}
+
+impl PermitSlot for Option<BodyPermit> {
+    fn insert_with_budget(
+        &mut self,
+        budget: &Arc<BodyBudget>,
+        bytes: usize,
+    ) -> Option<&mut BodyPermit> {
+        let permit = budget.try_reserve(bytes, "filter body buffer")?;
+        Some(self.insert(permit))
+    }
+}
+
 /// Seconds since the UNIX epoch, for sticky-session tokens.
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -691,6 +770,24 @@ impl ProxyHttp for GatewayProxy {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx::default()
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> PResult<()> {
+        // The head is in: stop its deadline (Limits::header_read_timeout).
+        crate::downstream::head_done(session.stream());
+        let req = session.req_header();
+        if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
+            // RFC 9112 section 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host.
+            return Err(PError::explain(
+                ErrorType::HTTPStatus(400),
+                "HTTP/1.1 request without Host",
+            ));
+        }
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> PResult<bool> {
@@ -803,10 +900,23 @@ impl ProxyHttp for GatewayProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> PResult<()> {
-        let RequestCtx { routed, filter, .. } = ctx;
+        let RequestCtx {
+            routed,
+            filter,
+            endpoint,
+            ..
+        } = ctx;
         let (Some(routed), Some(filter)) = (routed.as_ref(), filter.as_mut()) else {
             return Ok(());
         };
+        if session.req_header().version <= http::Version::HTTP_10
+            && !upstream.headers.contains_key(http::header::HOST)
+            && let (Some(target), Some(i)) = (routed.target(), *endpoint)
+        {
+            // An HTTP/1.0 request may come without Host; the backend gets its own authority.
+            let authority = target.endpoints[i].address().to_string();
+            upstream.insert_header(http::header::HOST, authority)?;
+        }
         if let Some(body) = filter.request_body() {
             upstream.remove_header(&http::header::TRANSFER_ENCODING);
             upstream.insert_header(http::header::CONTENT_LENGTH, body.len())?;
@@ -828,6 +938,17 @@ impl ProxyHttp for GatewayProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> PResult<()> {
+        if ctx.attempt <= 1 {
+            ctx.body_seen += body.as_ref().map_or(0, Bytes::len);
+            if let Some(permit) = ctx.replay_permit.as_mut() {
+                if session.as_ref().retry_buffer_truncated() {
+                    // The body outgrew Pingora's replay buffer, which Pingora then dropped.
+                    ctx.replay_permit = None;
+                } else if end_of_stream {
+                    permit.shrink_to(ctx.body_seen);
+                }
+            }
+        }
         let buffered = ctx.filter.as_ref().and_then(|f| f.request_body().cloned());
         if let Some(whole) = buffered {
             // Every attempt sends the body the filters left, once.

@@ -23,16 +23,16 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pingora_core::apps::{HttpServerOptions, ServerApp};
 use pingora_core::listeners::tls::Acceptor;
-use pingora_core::protocols::Stream;
 use pingora_core::protocols::l4::listener::Listener as L4Listener;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::{ALPN, Stream};
 use pingora_core::server::configuration::ServerConf;
 use pingora_proxy::HttpProxy;
 use tokio::sync::{Mutex, Notify, watch};
@@ -41,10 +41,12 @@ use tokio::task::JoinHandle;
 use crate::backend::health::HealthChecker;
 use crate::backend::session::SessionCodec;
 use crate::backend::{EndpointPicker, PickerRegistry, StateStore};
-use crate::config::{Config, HealthCheck, Protocol};
+use crate::config::{Config, HealthCheck, Limits, Protocol};
 use crate::dns::{self, DnsKey, DnsStatus, DnsWatchers};
+use crate::downstream::{GuardedStream, serve_h1};
 use crate::error::{Error, ErrorKind, Result};
 use crate::filter::FilterRegistry;
+use crate::limits::{BodyBudget, Gauge, Slot, Throttle};
 use crate::mirror::Mirrors;
 use crate::proxy::GatewayProxy;
 use crate::table::{CompileCtx, Table};
@@ -86,6 +88,21 @@ pub struct MirrorStats {
     pub failed: u64,
 }
 
+/// Overload counters, from [`Gateway::overload_stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OverloadStats {
+    /// Downstream connections open now, across all binds.
+    pub open_connections: usize,
+    /// Connections closed at accept since start because a connection limit
+    /// ([`Limits::max_connections`] or [`Limits::max_connections_per_bind`]) was reached.
+    pub refused_connections: u64,
+    /// Request-body bytes held now against [`Limits::max_buffered_body_bytes`].
+    pub buffered_body_bytes: usize,
+    /// Buffering reservations refused since start (requests answered 503, mirror copies
+    /// dropped) because the cap was reached.
+    pub refused_body_reservations: u64,
+}
+
 /// An embeddable Gateway API data plane.
 ///
 /// Create it with [`Gateway::new`] inside a Tokio runtime, feed it configurations with
@@ -116,6 +133,8 @@ struct Inner {
     sockets: Mutex<HashMap<SocketAddr, Socket>>,
     shutdown: watch::Sender<bool>,
     connections: Arc<Connections>,
+    /// The request-body buffering budget shared by every request and mirror.
+    body_budget: Arc<BodyBudget>,
 }
 
 /// An active health check and what it was started with.
@@ -134,19 +153,44 @@ struct Socket {
     task: JoinHandle<()>,
 }
 
-/// Counts open downstream connections so shutdown can wait for them.
+/// Counts open downstream connections so shutdown can wait for them, and refuses those past
+/// [`Limits::max_connections`].
 #[derive(Default)]
 struct Connections {
     open: AtomicUsize,
     idle: Notify,
+    /// Connections refused at accept for a connection limit.
+    refused: AtomicU64,
+    /// Rate-limits the warning about refused connections.
+    refused_log: Throttle,
 }
 
 struct ConnectionGuard(Arc<Connections>);
 
 impl Connections {
-    fn enter(self: &Arc<Self>) -> ConnectionGuard {
-        self.open.fetch_add(1, Ordering::AcqRel);
-        ConnectionGuard(self.clone())
+    /// Takes a slot when fewer than `max` connections are open.
+    fn try_enter(self: &Arc<Self>, max: usize) -> Option<ConnectionGuard> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| ConnectionGuard(self.clone()))
+    }
+
+    /// Counts a connection refused at accept on `addr` and logs it (at most once a second).
+    fn refuse(&self, addr: SocketAddr, which: &str, max: usize) {
+        let total = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(suppressed) = self.refused_log.allow() {
+            tracing::warn!(
+                address = %addr,
+                limit = which,
+                max,
+                refused_total = total,
+                suppressed,
+                "connection limit reached: closing new connections"
+            );
+        }
     }
 }
 
@@ -162,7 +206,11 @@ impl Gateway {
     /// A gateway serving nothing yet. `registry` resolves `ExtensionRef` filters.
     pub fn new(registry: FilterRegistry) -> Self {
         let table = Arc::new(ArcSwap::from_pointee(Table::default()));
-        let mirrors = Arc::new(Mirrors::new(MAX_MIRRORS_IN_FLIGHT));
+        let body_budget = BodyBudget::new(Limits::default().max_buffered_body_bytes);
+        let mirrors = Arc::new(Mirrors::with_budget(
+            MAX_MIRRORS_IN_FLIGHT,
+            body_budget.clone(),
+        ));
         let mirror_counts = mirrors.clone();
         let sessions = Arc::new(SessionCodec::new());
         let new_proxy = |h2c: bool| {
@@ -171,11 +219,15 @@ impl Gateway {
                     table: table.clone(),
                     mirrors: mirrors.clone(),
                     sessions: sessions.clone(),
+                    body_budget: body_budget.clone(),
                 },
                 Arc::new(ServerConf::default()),
             );
             let mut options = HttpServerOptions::default();
             options.h2c = h2c;
+            // Pingora reads these options from the proxy built here, so the HTTP/2 idle timeout
+            // is the default keep-alive idle timeout and does not follow `Limits`.
+            options.h2_idle_timeout = Some(Limits::DEFAULT_KEEPALIVE_IDLE_TIMEOUT);
             proxy.server_options = Some(options);
             proxy.handle_init_modules();
             Arc::new(proxy)
@@ -199,6 +251,7 @@ impl Gateway {
                 sockets: Mutex::new(HashMap::new()),
                 shutdown,
                 connections: Arc::default(),
+                body_budget,
             }),
         }
     }
@@ -222,6 +275,18 @@ impl Gateway {
             in_flight: m.in_flight(),
             dropped: m.dropped(),
             failed: m.failed(),
+        }
+    }
+
+    /// Overload counters: open and refused connections, request-body bytes buffered now and
+    /// buffering reservations refused (see [`Limits`]).
+    pub fn overload_stats(&self) -> OverloadStats {
+        let c = &self.inner.connections;
+        OverloadStats {
+            open_connections: c.open.load(Ordering::Acquire),
+            refused_connections: c.refused.load(Ordering::Relaxed),
+            buffered_body_bytes: self.inner.body_budget.used(),
+            refused_body_reservations: self.inner.body_budget.refused(),
         }
     }
 
@@ -342,6 +407,9 @@ impl Gateway {
                 }
             }
         }
+        self.inner
+            .body_budget
+            .set_cap(table.config.limits.max_buffered_body_bytes);
         self.inner.table.store(Arc::new(table));
         report.changed = !unchanged;
         for (addr, protocol, listener, acceptor) in fresh {
@@ -483,52 +551,35 @@ impl Gateway {
         let proxy = self.inner.proxy.clone();
         let proxy_h2c = self.inner.proxy_h2c.clone();
         let connections = self.inner.connections.clone();
+        let table = self.inner.table.clone();
         let shutdown = self.inner.shutdown.subscribe();
         let listener = L4Listener::from(listener);
+        // Connections open on this socket, against `Limits::max_connections_per_bind`.
+        let on_bind = Arc::new(Gauge::default());
         let task = tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = stopped.changed() => break,
                     accepted = listener.accept() => match accepted {
-                        Ok(mut stream) => {
-                            let guard = connections.enter();
+                        Ok(stream) => {
+                            let limits = table.load().config.limits;
+                            let Some(bind_slot) = Slot::try_take(&on_bind, limits.max_connections_per_bind) else {
+                                connections.refuse(addr, "max_connections_per_bind", limits.max_connections_per_bind);
+                                drop(stream);
+                                continue;
+                            };
+                            let Some(guard) = connections.try_enter(limits.max_connections) else {
+                                connections.refuse(addr, "max_connections", limits.max_connections);
+                                drop(stream);
+                                continue;
+                            };
                             let proxy = proxy.clone();
                             let proxy_h2c = proxy_h2c.clone();
                             let acceptor = acceptor.clone();
                             let shutdown = shutdown.clone();
                             tokio::spawn(async move {
-                                let _guard = guard;
-                                if let Err(e) = stream.set_nodelay() {
-                                    tracing::debug!(error = %e, "set_nodelay failed");
-                                }
-                                let (stream, proxy): (Stream, _) = match acceptor {
-                                    Some(acceptor) => match acceptor.tls_handshake(stream).await {
-                                        Ok(tls) => (Box::new(tls), proxy),
-                                        Err(e) => {
-                                            tracing::debug!(error = %e, "TLS handshake failed");
-                                            return;
-                                        }
-                                    },
-                                    None => {
-                                        let first = tokio::time::timeout(
-                                            FIRST_BYTES_TIMEOUT,
-                                            starts_with_h2_preface(&mut stream),
-                                        );
-                                        match first.await {
-                                            Ok(Ok(true)) => (Box::new(stream), proxy_h2c),
-                                            Ok(Ok(false)) => (Box::new(stream), proxy),
-                                            Ok(Err(e)) => {
-                                                tracing::debug!(error = %e, "read failed");
-                                                return;
-                                            }
-                                            Err(_) => {
-                                                tracing::debug!("no request within the timeout");
-                                                return;
-                                            }
-                                        }
-                                    }
-                                };
-                                proxy.process_new(stream, &shutdown).await;
+                                let _slots = (guard, bind_slot);
+                                serve_connection(stream, acceptor, proxy, proxy_h2c, &shutdown, &limits).await;
                             });
                         }
                         Err(e) => {
@@ -613,26 +664,107 @@ pub async fn shutdown_signal() -> Result<()> {
 /// The HTTP/2 connection preface (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// How long a new plain connection may stay silent before it is closed.
-const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(60);
+/// Serves one accepted connection: the TLS handshake (HTTPS binds) or the h2c preface check
+/// (plain binds), then HTTP/2 through Pingora or HTTP/1 through [`serve_h1`], with the
+/// request-head deadline and keep-alive idle timeout of `limits`.
+async fn serve_connection(
+    mut stream: L4Stream,
+    acceptor: Option<Arc<Acceptor>>,
+    proxy: Arc<HttpProxy<GatewayProxy>>,
+    proxy_h2c: Arc<HttpProxy<GatewayProxy>>,
+    shutdown: &watch::Receiver<bool>,
+    limits: &Limits,
+) {
+    if let Err(e) = stream.set_nodelay() {
+        tracing::debug!(error = %e, "set_nodelay failed");
+    }
+    let (stream, started, h2c): (Stream, _, _) = match acceptor {
+        Some(acceptor) => {
+            // The handshake is bounded like a request head: a client trickling its
+            // ClientHello must not hold the connection.
+            let handshake =
+                tokio::time::timeout(limits.header_read_timeout, acceptor.tls_handshake(stream));
+            match handshake.await {
+                Ok(Ok(tls)) => (Box::new(tls), None, false),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("TLS handshake not complete within the header read timeout");
+                    return;
+                }
+            }
+        }
+        None => {
+            let first = tokio::time::timeout(
+                limits.keepalive_idle_timeout,
+                starts_with_h2_preface(&mut stream, limits.header_read_timeout),
+            );
+            match first.await {
+                Ok(Ok((h2c, started))) => (Box::new(stream), started, h2c),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "read failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("no request within the keep-alive idle timeout");
+                    return;
+                }
+            }
+        }
+    };
+    let h2 = h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+    let stream: Stream = Box::new(GuardedStream::new(
+        stream,
+        limits.header_read_timeout,
+        started,
+    ));
+    if h2c {
+        proxy_h2c.process_new(stream, shutdown).await;
+    } else if h2 {
+        proxy.process_new(stream, shutdown).await;
+    } else {
+        serve_h1(&proxy, stream, shutdown, limits.keepalive_idle_timeout).await;
+    }
+}
 
 /// Reads from a new plain connection until its bytes either leave the HTTP/2 preface (HTTP/1)
 /// or complete it (h2c with prior knowledge), then puts them back for the proxy to read.
-/// A connection closed before that counts as HTTP/1.
-async fn starts_with_h2_preface(stream: &mut L4Stream) -> std::io::Result<bool> {
+/// A connection closed before that counts as HTTP/1. Returns whether it is h2c and when the
+/// first byte came (the request head's deadline counts from it); once a byte came, the rest of
+/// the check must finish within `head_limit`.
+async fn starts_with_h2_preface(
+    stream: &mut L4Stream,
+    head_limit: Duration,
+) -> std::io::Result<(bool, Option<tokio::time::Instant>)> {
     use tokio::io::AsyncReadExt;
     let mut buf = [0u8; H2_PREFACE.len()];
     let mut filled = 0;
+    let mut started = None;
     while filled < buf.len() {
-        let n = stream.read(&mut buf[filled..]).await?;
+        let read = stream.read(&mut buf[filled..]);
+        let n = match started {
+            None => read.await?,
+            Some(at) => match tokio::time::timeout_at(at + head_limit, read).await {
+                Ok(n) => n?,
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "request head not complete within the header read timeout",
+                    ));
+                }
+            },
+        };
         if n == 0 {
             break;
         }
+        started.get_or_insert_with(tokio::time::Instant::now);
         filled += n;
         if buf[..filled] != H2_PREFACE[..filled] {
             break;
         }
     }
     stream.rewind(&buf[..filled]);
-    Ok(&buf[..filled] == H2_PREFACE)
+    Ok((&buf[..filled] == H2_PREFACE, started))
 }

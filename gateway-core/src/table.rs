@@ -55,6 +55,12 @@ impl Table {
     /// Compiles `config`, building custom filters and pickers through the registries and reusing
     /// backend state from the store.
     pub(crate) fn compile(config: Config, cx: &CompileCtx<'_>) -> Result<Table> {
+        if let Some(field) = config.limits.invalid() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("limits: {field} must be above zero"),
+            ));
+        }
         let mut binds = HashMap::with_capacity(config.binds.len());
         let mut rejected = Vec::new();
         for bind in &config.binds {

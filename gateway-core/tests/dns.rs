@@ -156,6 +156,7 @@ async fn dns_backend_serves_at_once_and_follows_the_zone_without_reapply() {
     )));
     let config = Config {
         binds: vec![http_bind(port, vec![route])],
+        ..Default::default()
     };
     gw.apply(config.clone()).await.unwrap();
 
@@ -189,6 +190,7 @@ async fn dns_backend_serves_at_once_and_follows_the_zone_without_reapply() {
     // A configuration without the name stops its watcher.
     gw.apply(Config {
         binds: vec![http_bind(port, vec![])],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -213,6 +215,7 @@ async fn unresolvable_name_answers_503_while_the_rest_serves_then_recovers() {
         .rule(Rule::prefix("/ok").backend(BackendRef::endpoints("ns/ok", vec![one.addr])));
     gw.apply(Config {
         binds: vec![http_bind(port, vec![route])],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -257,6 +260,7 @@ async fn a_failing_resolution_keeps_the_last_good_addresses() {
     )));
     gw.apply(Config {
         binds: vec![http_bind(port, vec![route])],
+        ..Default::default()
     })
     .await
     .unwrap();

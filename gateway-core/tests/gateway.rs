@@ -44,6 +44,7 @@ async fn routes_by_path_and_answers_404_when_nothing_matches() {
     let report = gw
         .apply(Config {
             binds: vec![http_bind(port, vec![route])],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -97,6 +98,7 @@ async fn header_modifiers_rewrite_and_redirect() {
         );
     gw.apply(Config {
         binds: vec![http_bind(port, vec![route])],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -153,6 +155,7 @@ async fn weights_unresolved_backends_and_rules_without_backends() {
         .rule(Rule::prefix("/empty").backend(BackendRef::endpoints("empty", vec![])));
     gw.apply(Config {
         binds: vec![http_bind(port, vec![route])],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -214,6 +217,7 @@ async fn extension_filters_answer_or_pass_and_unknown_ones_answer_500() {
         );
     gw.apply(Config {
         binds: vec![http_bind(port, vec![route])],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -239,6 +243,7 @@ async fn swaps_keep_in_flight_requests_and_listeners_change_at_run_time() {
             p1,
             vec![Route::new("ns", "r").rule(Rule::prefix("/").backend(to(&v1, "v1")))],
         )],
+        ..Default::default()
     };
     gw.apply(first.clone()).await.unwrap();
     assert!(
@@ -264,6 +269,7 @@ async fn swaps_keep_in_flight_requests_and_listeners_change_at_run_time() {
                 vec![Route::new("ns", "r").rule(Rule::prefix("/").backend(to(&v1, "v1")))],
             ),
         ],
+        ..Default::default()
     };
     let report = gw.apply(second).await.unwrap();
     assert_eq!(report.bound, vec![addr(p2)]);
@@ -282,6 +288,7 @@ async fn swaps_keep_in_flight_requests_and_listeners_change_at_run_time() {
             p1,
             vec![Route::new("ns", "r").rule(Rule::prefix("/").backend(to(&v2, "v2")))],
         )],
+        ..Default::default()
     };
     let report = gw.apply(third).await.unwrap();
     assert_eq!(report.closed, vec![addr(p2)]);
@@ -318,6 +325,7 @@ async fn an_invalid_route_is_rejected_alone_and_the_rest_keeps_serving() {
     let report = gw
         .apply(Config {
             binds: vec![http_bind(port, vec![good, bad, bad_header])],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -350,6 +358,7 @@ async fn h2c_prior_knowledge_and_h2c_backends() {
         .rule(Rule::prefix("/").backend(to(&v1, "v1")));
     gw.apply(Config {
         binds: vec![http_bind(port, vec![route])],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -396,6 +405,7 @@ async fn tls_certificates_are_chosen_by_sni() {
                 listener("d", None, &d_cert, &d_key),
             ],
         }],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -441,6 +451,7 @@ async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
             port,
             vec![Route::new("ns", "r").rule(Rule::prefix("/").backend(to(&v1, "v1")))],
         )],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -466,6 +477,7 @@ async fn one_route_to_v1() -> (TestBackend, u16, Gateway) {
     let route = Route::new("ns", "r").rule(Rule::prefix("/").backend(to(&v1, "v1")));
     gw.apply(Config {
         binds: vec![http_bind(port, vec![route])],
+        ..Default::default()
     })
     .await
     .unwrap();

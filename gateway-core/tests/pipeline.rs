@@ -33,6 +33,7 @@ fn config(port: u16, routes: Vec<Route>) -> Config {
             protocol: Protocol::Http,
             listeners: vec![listener],
         }],
+        ..Default::default()
     }
 }
 

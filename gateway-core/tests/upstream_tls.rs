@@ -228,6 +228,7 @@ fn config(port: u16, backends: Vec<(&str, Backend)>) -> Config {
             protocol: Protocol::Http,
             listeners: vec![Listener::new("ns/gw/http", 80).route(route)],
         }],
+        ..Default::default()
     }
 }
 

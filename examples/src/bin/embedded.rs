@@ -95,6 +95,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             protocol: Protocol::Http,
             listeners: vec![Listener::new("http", 8090).route(api).route(docs)],
         }],
+        ..Default::default()
     };
 
     // 3. Serve, and drain on SIGTERM / Ctrl-C.

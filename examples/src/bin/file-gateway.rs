@@ -59,6 +59,9 @@ struct Args {
     /// How long SIGTERM waits for in-flight requests before closing connections.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     drain_seconds: u64,
+
+    #[command(flatten)]
+    limits: examples::cli::LimitArgs,
 }
 
 #[tokio::main]
@@ -84,7 +87,8 @@ async fn main() {
         address_pool: args.address_pool,
         default_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
     };
-    let runner = Runner::new(gateway.clone(), options, state, args.status_file);
+    let runner = Runner::new(gateway.clone(), options, state, args.status_file)
+        .with_limits(args.limits.limits());
     let running = tokio::spawn(runner.run(Input::Files(args.config)));
 
     if let Err(e) = gateway_core::shutdown_signal().await {

@@ -308,6 +308,7 @@ impl Translator {
         }
         out.config = Config {
             binds: binds.into_values().collect(),
+            ..Default::default()
         };
         out.status.render(resources);
         self.clock.finish();
