@@ -154,7 +154,10 @@ pub(crate) fn plan_listener(
                 }
             }
             if cert_problem.is_none() {
-                tls = Some(ListenerTls { certificates });
+                tls = Some(ListenerTls {
+                    certificates,
+                    client_validation: None,
+                });
             }
         }
     }
