@@ -112,6 +112,16 @@ pub struct ClientValidation {
     pub mode: ClientValidationMode,
 }
 
+impl ClientValidation {
+    /// Checks that the CA bundles can verify client certificates, exactly as applying the
+    /// configuration would: every bundle parses as PEM, each certificate is a usable trust
+    /// anchor, and there is at least one. A configuration source can use it to report a bad
+    /// reference instead of having the bind refuse every handshake.
+    pub fn check(&self) -> crate::Result<()> {
+        crate::tls::check_validation(self)
+    }
+}
+
 /// What a TLS bind with [`ClientValidation`] does with clients that present no certificate, or
 /// one that does not verify.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -292,6 +292,11 @@ impl ClientAuth {
     }
 }
 
+/// See [`ClientValidation::check`].
+pub(crate) fn check_validation(validation: &ClientValidation) -> Result<()> {
+    ClientAuth::verify(validation).map(drop)
+}
+
 /// The crypto provider of every TLS bind (ring, as Pingora's rustls backend uses).
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
