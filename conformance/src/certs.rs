@@ -273,7 +273,6 @@ impl SuiteCerts {
 mod tests {
     use super::*;
     use rustls::client::danger::ServerCertVerifier;
-    use rustls::server::danger::ClientCertVerifier;
 
     #[test]
     fn generates_all_secrets_signed_by_the_ca() {
