@@ -223,7 +223,7 @@ impl GatewayProxy {
         let Some(bind) = table.bind_for(session.server_addr().and_then(|a| a.as_inet())) else {
             return Ok(Some(Reply::Status(404)));
         };
-        if bind.protocol == Protocol::Https && !bind.client_auth.admits(tls_info(session)) {
+        if bind.protocol == Protocol::Https && !bind.client_auth.admits(|| tls_info(session)) {
             // The connection's client certificate was judged under other client validation
             // settings (a CA or mode change since): the client must reconnect and be judged anew.
             session.set_keepalive(None);

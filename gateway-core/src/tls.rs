@@ -261,14 +261,16 @@ impl ClientAuth {
     /// With `AllowValidOnly`, a connection is admitted only if its certificate verified under
     /// these very settings: a connection (or a resumed session) from before a change of CA or mode
     /// is not, so a configuration change also applies to open connections.
-    pub(crate) fn admits(&self, info: Option<&TlsInfo>) -> bool {
+    ///
+    /// `info` is only looked up when the answer depends on it.
+    pub(crate) fn admits<'a>(&self, info: impl FnOnce() -> Option<&'a TlsInfo>) -> bool {
         match self {
             ClientAuth::Off => true,
             ClientAuth::Verify {
                 insecure_fallback: true,
                 ..
             } => true,
-            ClientAuth::Verify { tag, .. } => info.is_some_and(|i| {
+            ClientAuth::Verify { tag, .. } => info().is_some_and(|i| {
                 i.client_auth_tag == *tag && i.client_cert == ClientCertStatus::Verified
             }),
             ClientAuth::Refuse => false,
