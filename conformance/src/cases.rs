@@ -411,6 +411,9 @@ pub enum TestKind {
     Status,
     /// A WebSocket through the gateway (HTTPRouteBackendProtocolWebSocket; no rows).
     WebSocket,
+    /// Frontend client-certificate validation: probes with and without client certificates,
+    /// transcribed in `frontend.rs` (the rows name neither the Gateway nor the certificate).
+    ClientCert,
 }
 
 /// One upstream test the harness can run.
@@ -462,8 +465,16 @@ const fn ws(name: &'static str, files: &'static [&'static str]) -> TestSpec {
     }
 }
 
+const fn cc(name: &'static str, files: &'static [&'static str]) -> TestSpec {
+    TestSpec {
+        name,
+        files,
+        kind: TestKind::ClientCert,
+        unsupported: None,
+    }
+}
+
 const NO_TLS_BACKEND: &str = "needs a TLS echo backend on 8443 (not emulated)";
-const NO_CLIENT_CERT: &str = "needs frontend client-certificate material (not emulated)";
 
 /// Every HTTP/HTTPS test of `cases.tsv`, the WebSocket test, and the status-only
 /// Gateway/HTTPRoute tests.
@@ -631,20 +642,21 @@ pub const TESTS: &[TestSpec] = &[
         &["backendtlspolicy-san.yaml"],
         NO_TLS_BACKEND,
     ),
-    skip(
+    cc(
         "GatewayFrontendClientCertificateValidation",
         &["gateway-with-clientcertificate-validation.yaml"],
-        NO_CLIENT_CERT,
     ),
-    skip(
+    cc(
         "GatewayFrontendClientCertificateValidationInsecureFallback",
         &["gateway-with-clientcertificate-validation-insecure-fallback.yaml"],
-        NO_CLIENT_CERT,
     ),
-    skip(
+    s(
+        "GatewayInvalidFrontendClientCertificateValidation",
+        &["gateway-with-invalid-clientcertificate-validation.yaml"],
+    ),
+    cc(
         "GatewayFrontendInvalidDefaultClientCertificateValidation",
         &["gateway-invalid-default-frontend-client-certificate-validation.yaml"],
-        NO_CLIENT_CERT,
     ),
     skip(
         "ListenerSetAllowedRoutesNamespaces",

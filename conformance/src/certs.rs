@@ -56,6 +56,51 @@ pub struct SuiteCerts {
     ca_pem: String,
     mismatch_ca_pem: String,
     secrets: Vec<GeneratedSecret>,
+    /// The frontend client-certificate CAs: (ConfigMap name, PEM).
+    client_cas: Vec<(&'static str, String)>,
+}
+
+/// The frontend mTLS material upstream generates: `(CA ConfigMap, client certificate Secret)`.
+/// Each client certificate is signed by the CA of its pair, and by no other.
+pub const CLIENT_CERT_PAIRS: &[(&str, &str)] = &[
+    (
+        "tls-validity-checks-ca-certificate",
+        "tls-validity-checks-client-certificate",
+    ),
+    (
+        "tls-validity-checks-per-port-ca-certificate",
+        "tls-validity-checks-per-port-client-certificate",
+    ),
+];
+
+/// A client certificate (`clientAuth` key usage) for `name`, signed by a fresh CA: (CA PEM,
+/// client Secret).
+fn client_pair(ca_name: &str, secret: &str) -> Result<(String, GeneratedSecret)> {
+    let ca_key = KeyPair::generate().map_err(|e| cert_err(ca_name, e))?;
+    let ca = ca_params(ca_name);
+    let ca_pem = ca
+        .self_signed(&ca_key)
+        .map_err(|e| cert_err(ca_name, e))?
+        .pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().map_err(|e| cert_err(secret, e))?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, secret);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(|e| cert_err(secret, e))?;
+    Ok((
+        ca_pem,
+        GeneratedSecret {
+            name: secret.to_string(),
+            namespace: INFRA_NS.to_string(),
+            sans: Vec::new(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        },
+    ))
 }
 
 /// `(name, namespaces, SANs)` of every serving certificate the suite generates.
@@ -173,10 +218,17 @@ impl SuiteCerts {
                 });
             }
         }
+        let mut client_cas = Vec::new();
+        for (ca_name, secret) in CLIENT_CERT_PAIRS {
+            let (pem, client) = client_pair(ca_name, secret)?;
+            client_cas.push((*ca_name, pem));
+            secrets.push(client);
+        }
         Ok(SuiteCerts {
             ca_pem,
             mismatch_ca_pem,
             secrets,
+            client_cas,
         })
     }
 
@@ -190,14 +242,22 @@ impl SuiteCerts {
         &self.secrets
     }
 
+    /// The generated Secret `name` (infra namespace first), if any.
+    pub fn secret(&self, name: &str) -> Option<&GeneratedSecret> {
+        self.secrets.iter().find(|s| s.name == name)
+    }
+
     /// The Secrets plus the CA ConfigMaps (`tls-checks-ca-certificate`,
-    /// `mismatch-ca-certificate`), ready to write into a config directory.
+    /// `mismatch-ca-certificate` and the client-certificate CAs of [`CLIENT_CERT_PAIRS`]), ready
+    /// to write into a config directory.
     pub fn documents(&self) -> Vec<Value> {
         let mut docs: Vec<Value> = self.secrets.iter().map(|s| s.to_document()).collect();
-        for (name, pem) in [
+        let fixed = [
             ("tls-checks-ca-certificate", &self.ca_pem),
             ("mismatch-ca-certificate", &self.mismatch_ca_pem),
-        ] {
+        ];
+        let clients = self.client_cas.iter().map(|(n, pem)| (*n, pem));
+        for (name, pem) in fixed.into_iter().chain(clients) {
             docs.push(json!({
                 "apiVersion": "v1",
                 "kind": "ConfigMap",
@@ -262,6 +322,45 @@ mod tests {
         verifier
             .verify_server_cert(&leaf, &[], &name, &[], rustls::pki_types::UnixTime::now())
             .expect("leaf verifies");
-        assert_eq!(certs.documents().len(), certs.secrets().len() + 2);
+        assert_eq!(
+            certs.documents().len(),
+            certs.secrets().len() + 2 + CLIENT_CERT_PAIRS.len()
+        );
+
+        // Each client certificate verifies against its own CA only.
+        let docs = certs.documents();
+        let ca_of = |name: &str| -> String {
+            docs.iter()
+                .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == name)
+                .and_then(|d| d["data"]["ca.crt"].as_str())
+                .expect("CA ConfigMap")
+                .to_string()
+        };
+        let verifier = |ca: &str| {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pemfile::certs(&mut ca.as_bytes()) {
+                roots.add(c.expect("pem")).expect("root");
+            }
+            rustls::server::WebPkiClientVerifier::builder_with_provider(
+                std::sync::Arc::new(roots),
+                std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+            )
+            .build()
+            .expect("client verifier")
+        };
+        for (i, (ca, _)) in CLIENT_CERT_PAIRS.iter().enumerate() {
+            let v = verifier(&ca_of(ca));
+            for (j, (_, secret)) in CLIENT_CERT_PAIRS.iter().enumerate() {
+                let s = certs.secret(secret).expect("client secret");
+                let leaf = rustls_pemfile::certs(&mut s.cert_pem.as_bytes())
+                    .next()
+                    .expect("leaf")
+                    .expect("pem");
+                let ok = v
+                    .verify_client_cert(&leaf, &[], rustls::pki_types::UnixTime::now())
+                    .is_ok();
+                assert_eq!(ok, i == j, "{secret} against {ca}");
+            }
+        }
     }
 }

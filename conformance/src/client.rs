@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -57,9 +58,65 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// Presents a client certificate (or none) when a server asks for one, and counts the asks
+/// (upstream `GetClientCertificateHook`).
+#[derive(Debug)]
+struct ClientCertHook {
+    key: Option<Arc<rustls::sign::CertifiedKey>>,
+    asked: Arc<AtomicUsize>,
+}
+
+impl rustls::client::ResolvesClientCert for ClientCertHook {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        self.key.clone()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.key.is_some()
+    }
+}
+
 impl Client {
-    /// A client trusting only `ca_pem`.
+    /// A client trusting only `ca_pem`, presenting no client certificate.
     pub fn new(ca_pem: &str) -> Result<Self> {
+        Ok(Self::with_client_cert(ca_pem, None)?.0)
+    }
+
+    /// A client trusting only `ca_pem` that presents `identity` (PEM certificate chain, PEM
+    /// key) when the server asks for a client certificate. The counter tells how many times a
+    /// server asked.
+    pub fn with_client_cert(
+        ca_pem: &str,
+        identity: Option<(&str, &str)>,
+    ) -> Result<(Self, Arc<AtomicUsize>)> {
+        let key = match identity {
+            None => None,
+            Some((cert_pem, key_pem)) => {
+                let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| Error::Tls(format!("client certificate PEM: {e}")))?;
+                let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+                    .map_err(|e| Error::Tls(format!("client key PEM: {e}")))?
+                    .ok_or_else(|| Error::Tls("no client key in PEM".into()))?;
+                let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+                    .map_err(|e| Error::Tls(format!("client key: {e}")))?;
+                Some(Arc::new(rustls::sign::CertifiedKey::new(certs, signer)))
+            }
+        };
+        let asked = Arc::new(AtomicUsize::new(0));
+        let hook = Arc::new(ClientCertHook {
+            key,
+            asked: asked.clone(),
+        });
+        Ok((Self::build(ca_pem, hook)?, asked))
+    }
+
+    fn build(ca_pem: &str, hook: Arc<ClientCertHook>) -> Result<Self> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
             let cert = cert.map_err(|e| Error::Tls(format!("CA PEM: {e}")))?;
@@ -81,7 +138,7 @@ impl Client {
             .map_err(|e| Error::Tls(e.to_string()))?
             .dangerous()
             .with_custom_certificate_verifier(verifier.clone())
-            .with_no_client_auth();
+            .with_client_cert_resolver(hook.clone());
             cfg.alpn_protocols = vec![alpn.to_vec()];
             Ok(Arc::new(cfg))
         };

@@ -14,6 +14,7 @@ pub mod client;
 pub mod compare;
 pub mod echo;
 pub mod error;
+pub mod frontend;
 pub mod gateway;
 pub mod manifests;
 pub mod plan;

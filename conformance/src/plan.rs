@@ -15,6 +15,8 @@ pub enum Check {
     GatewayListeners(ObjRef, Vec<ListenerExpect>),
     /// `GatewayMustHaveCondition`.
     GatewayCondition(ObjRef, Cond),
+    /// `GatewayListenerMustHaveConditions` (gateway, listener name, conditions).
+    ListenerConditions(ObjRef, &'static str, Vec<Cond>),
     /// `GatewayMustHaveLatestConditions`.
     GatewayLatest(ObjRef),
     /// `GWCMustHaveAcceptedCondition*`: a GatewayClass condition (an empty status is any).
@@ -45,6 +47,7 @@ impl Check {
         match self {
             Check::GatewayListeners(gw, want) => s.gateway_listeners(gw, want),
             Check::GatewayCondition(gw, c) => s.gateway_condition(gw, c),
+            Check::ListenerConditions(gw, l, c) => s.listener_conditions(gw, l, c),
             Check::GatewayLatest(gw) => s.gateway_latest(gw),
             Check::GatewayClassCondition(c, want) => s.gateway_class_condition(c, want),
             Check::GatewayClassLatest(c) => s.gateway_class_latest(c),
@@ -443,6 +446,38 @@ pub fn status_plan(test: &str) -> Vec<Phase> {
                     checks: checks(),
                 },
             ]
+        }
+        "GatewayInvalidFrontendClientCertificateValidation" => {
+            let g = gw("gateway-with-invalid-client-cert-validation");
+            let invalid = |reason: &'static str| {
+                vec![
+                    cond("ResolvedRefs", "False", reason),
+                    cond("Accepted", "False", "NoValidCACertificate"),
+                    cond("Programmed", "False", ""),
+                ]
+            };
+            one(vec![
+                Check::ListenerConditions(
+                    g.clone(),
+                    "https",
+                    vec![
+                        cond("ResolvedRefs", "True", ""),
+                        cond("Accepted", "True", ""),
+                        cond("Programmed", "True", ""),
+                    ],
+                ),
+                Check::ListenerConditions(
+                    g.clone(),
+                    "https-unresolved",
+                    invalid("InvalidCACertificateRef"),
+                ),
+                Check::ListenerConditions(
+                    g.clone(),
+                    "https-invalid-kind",
+                    invalid("InvalidCACertificateKind"),
+                ),
+                Check::ListenerConditions(g, "https-grant-missing", invalid("RefNotPermitted")),
+            ])
         }
         "GatewayModifyListeners" => {
             let add = gw("gateway-add-listener");

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -14,6 +15,7 @@ use crate::certs::{INFRA_NS, SuiteCerts};
 use crate::client::{Client, RequestSpec, websocket_echo};
 use crate::compare::{Expectation, Observed, compare};
 use crate::error::{Error, Result};
+use crate::frontend;
 use crate::gateway::{GatewayOptions, GatewayProcess};
 use crate::manifests::{
     endpoint_slices, fill_controller_name, gateway_class, kind, listener_ports, load_docs, name,
@@ -199,6 +201,7 @@ impl Ctx<'_> {
             TestKind::Status => self.run_status(spec, &mut run).await,
             TestKind::Traffic => self.run_traffic(spec, rows, &mut run).await,
             TestKind::WebSocket => self.run_websocket(spec, &run).await,
+            TestKind::ClientCert => self.run_client_cert(spec, rows, &run).await,
         };
         if !run.gw.is_running() {
             return fail(format!(
@@ -465,6 +468,19 @@ impl Ctx<'_> {
         deadline: Duration,
         mirror_id: Option<&str>,
     ) -> std::result::Result<(), String> {
+        self.eventually_with(&self.client, case, target, deadline, mirror_id)
+            .await
+    }
+
+    /// [`Ctx::eventually`] with another client (e.g. one presenting a client certificate).
+    async fn eventually_with(
+        &self,
+        client: &Client,
+        case: &Case,
+        target: &Target,
+        deadline: Duration,
+        mirror_id: Option<&str>,
+    ) -> std::result::Result<(), String> {
         let end = Instant::now() + deadline;
         let mut streak = 0;
         let mut last = String::from("no attempt");
@@ -475,7 +491,7 @@ impl Ctx<'_> {
                 exp = tagged(exp, id);
             }
             let req = self.request(case, target, &exp);
-            match self.client.send(&req).await {
+            match client.send(&req).await {
                 Ok(obs) => match compare(case, &exp, &obs) {
                     Ok(()) => {
                         streak += 1;
@@ -832,6 +848,114 @@ impl Ctx<'_> {
     /// accepted, a WebSocket to `ws://<address>:<port>/ws` (Host with the port, as x/net's
     /// `Dial` sends it) must echo a text and a binary message, 3 times in a row (upstream
     /// `AwaitConvergence`: 1 s between failed attempts) within the deadline.
+    /// Waits for the Gateway's address only (upstream `WaitForGatewayAddress`).
+    async fn wait_address(&self, run: &Running, gateway: &str) -> TestResultOf<IpAddr> {
+        let gref = ObjRef::infra(gateway);
+        let deadline = Instant::now() + self.opts.deadline.max(Duration::from_secs(5));
+        loop {
+            let r = Snapshot::load(&run.gw.status_file)
+                .map_err(|e| format!("status file: {e}"))
+                .and_then(|s| s.gateway_address(&gref))
+                .and_then(|ip| {
+                    ip.parse::<IpAddr>()
+                        .map_err(|e| format!("Gateway {gref} address {ip:?}: {e}"))
+                });
+            match r {
+                Ok(ip) => return Ok(ip),
+                Err(e) if Instant::now() > deadline => return fail(format!("precondition: {e}")),
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+    }
+
+    /// The frontend client-certificate tests ([`crate::frontend`]).
+    async fn run_client_cert(
+        &self,
+        spec: &TestSpec,
+        rows: &[&Case],
+        run: &Running,
+    ) -> TestResultOf<String> {
+        let Some(plan) = frontend::plan(spec.name) else {
+            return Err(TestError::Skip("no client-certificate plan".into()));
+        };
+        let ip = if plan.accepted {
+            self.preconditions(spec, [plan.gateway].into_iter().collect(), run)
+                .await?[plan.gateway]
+        } else {
+            self.wait_address(run, plan.gateway).await?
+        };
+        self.wait_checks(run, &plan.checks)
+            .await
+            .map_err(|e| prefix(e, "status"))?;
+        let mut failures = Vec::new();
+        let mut deadline = self.opts.deadline;
+        for probe in &plan.probes {
+            let target = self.target_for(run, plan.gateway, Some(probe.listener), ip)?;
+            let identity = match probe.cert.secret() {
+                None => None,
+                Some(name) => Some(self.certs.secret(name).ok_or_else(|| {
+                    TestError::Fail(format!("harness: no generated Secret {name}"))
+                })?),
+            };
+            let (client, asked) = Client::with_client_cert(
+                self.certs.ca_pem(),
+                identity.map(|s| (s.cert_pem.as_str(), s.key_pem.as_str())),
+            )?;
+            let result = if probe.succeeds {
+                let case = rows
+                    .iter()
+                    .find(|c| {
+                        c.scheme == probe.scheme && c.host == probe.host && c.status.accepts(200)
+                    })
+                    .ok_or_else(|| {
+                        TestError::Fail(format!(
+                            "harness: no 200 row in cases.tsv for {}",
+                            probe.describe()
+                        ))
+                    })?;
+                self.eventually_with(&client, case, &target, deadline, None)
+                    .await
+            } else {
+                let req = RequestSpec {
+                    scheme: probe.scheme,
+                    connect: SocketAddr::new(target.ip, target.local_port),
+                    host: probe.host.to_string(),
+                    sni: probe.host.to_string(),
+                    method: "GET".into(),
+                    path: "/".into(),
+                    headers: Vec::new(),
+                    timeout: Duration::from_secs(10),
+                };
+                match client.send(&req).await {
+                    Ok(obs) => Err(format!("got a response: {}", obs.summary())),
+                    Err(_) if identity.is_some() && asked.load(Ordering::SeqCst) == 0 => {
+                        Err("failed, but the gateway never asked for the client certificate".into())
+                    }
+                    Err(_) => Ok(()),
+                }
+            };
+            if let Err(e) = result {
+                failures.push(format!("{}: {e}", probe.describe()));
+                // The gateway had its chance to converge; spend less time on the rest.
+                deadline = Duration::from_secs(3);
+            }
+        }
+        if failures.is_empty() {
+            Ok(format!(
+                "{} probes, {} status checks",
+                plan.probes.len(),
+                plan.checks.len()
+            ))
+        } else {
+            fail(format!(
+                "{} of {} probes failed: {}",
+                failures.len(),
+                plan.probes.len(),
+                failures.join(" | ")
+            ))
+        }
+    }
+
     async fn run_websocket(&self, spec: &TestSpec, run: &Running) -> TestResultOf<String> {
         const GATEWAY: &str = "same-namespace";
         let addrs = self

@@ -296,6 +296,33 @@ impl Snapshot {
         Ok(())
     }
 
+    /// Upstream `GatewayListenerMustHaveConditions`: the listener named `listener` has every
+    /// condition of `want` (an empty reason matches any).
+    pub fn listener_conditions(
+        &self,
+        gw: &ObjRef,
+        listener: &str,
+        want: &[Cond],
+    ) -> Result<(), String> {
+        let g = self.get("Gateway", gw)?;
+        let l = g["status"]["listeners"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["name"] == listener)
+            .ok_or_else(|| format!("Gateway {gw}: no status for listener {listener}"))?;
+        for c in want {
+            if !has_condition(conditions(l), c) {
+                return Err(format!(
+                    "Gateway {gw} listener {listener}: want {}, have {}",
+                    show_want(c),
+                    show_conditions(conditions(l))
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Upstream `GatewayStatusMustHaveListeners`: Gateway conditions at its generation, then
     /// same count, matched by name, expected kinds present (empty means none), exact
     /// attachedRoutes, expected conditions present.

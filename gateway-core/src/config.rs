@@ -173,6 +173,56 @@ pub struct Listener {
 pub struct ListenerTls {
     /// Certificates with their keys, in the order the Gateway lists them.
     pub certificates: Vec<Certificate>,
+    /// Client certificate validation (mutual TLS) on this listener's port (Gateway API
+    /// `spec.tls.frontend`). `None` (the default): no client certificate is asked for.
+    ///
+    /// Client certificates are checked during the TLS handshake, before the request (and so the
+    /// listener) is known, which makes this a setting of the whole bind: the first TLS listener
+    /// of a bind decides it, and a later listener of the bind that states a different value is
+    /// rejected (it serves nothing; see [`crate::ApplyReport::rejected`]).
+    #[serde(default)]
+    pub client_validation: Option<ClientValidation>,
+}
+
+/// How client certificates are checked on a TLS bind (Gateway API `FrontendTLSValidation`).
+///
+/// The gateway asks every client for a certificate and verifies the chain against `ca_pem`
+/// (signatures, validity dates, the `clientAuth` extended key usage when present). With an unusable
+/// `ca_pem` (no certificate, bad PEM) the bind refuses every handshake rather than serve without
+/// the validation it was asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ClientValidation {
+    /// Trusted CA certificates, PEM. Each entry is one bundle (e.g. one `caCertificateRefs`
+    /// entry) and may hold several certificates; all of them are trusted.
+    pub ca_pem: Vec<String>,
+    /// What happens to a client without a valid certificate. Default: refused.
+    #[serde(default)]
+    pub mode: ClientValidationMode,
+}
+
+impl ClientValidation {
+    /// Checks that the CA bundles can verify client certificates, exactly as applying the
+    /// configuration would: every bundle parses as PEM, each certificate is a usable trust
+    /// anchor, and there is at least one. A configuration source can use it to report a bad
+    /// reference instead of having the bind refuse every handshake.
+    pub fn check(&self) -> crate::Result<()> {
+        crate::tls::check_validation(self)
+    }
+}
+
+/// What a TLS bind with [`ClientValidation`] does with clients that present no certificate, or
+/// one that does not verify.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ClientValidationMode {
+    /// The handshake fails unless the client presents a certificate that verifies
+    /// (Gateway API `AllowValidOnly`, the default).
+    #[default]
+    AllowValidOnly,
+    /// The handshake succeeds without a certificate or with one that does not verify; requests
+    /// are routed as usual and filters see the outcome in
+    /// [`crate::FilterCtx::client_cert`] (Gateway API `AllowInsecureFallback`). A certificate whose
+    /// handshake signature is wrong (the client does not hold its key) still fails the handshake.
+    AllowInsecureFallback,
 }
 
 /// A PEM certificate chain and its private key.

@@ -52,8 +52,8 @@ pub use backend::{Endpoint, EndpointPicker, PickRequest};
 pub use dns::DnsStatus;
 pub use error::{Error, ErrorKind, Result};
 pub use filter::{
-    DirectResponse, DirectResponseFilter, FilterAction, FilterCtx, FilterFactory, FilterRegistry,
-    HttpFilter, RouteInfo,
+    ClientCertStatus, DirectResponse, DirectResponseFilter, FilterAction, FilterCtx, FilterFactory,
+    FilterRegistry, HttpFilter, RouteInfo,
 };
 pub use server::{ApplyReport, Gateway, MirrorStats, OverloadStats, shutdown_signal};
 

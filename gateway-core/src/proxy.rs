@@ -36,12 +36,14 @@ use crate::backend::session::SessionCodec;
 use crate::backend::{PickRequest, least_request};
 use crate::config::{BackendProtocol, Protocol, UrlRewrite};
 use crate::filter::chain::{Chain, Step};
-use crate::filter::{DirectResponse, FilterAction, FilterCtx, redirect_location, rewrite_path};
+use crate::filter::{
+    ClientCertStatus, DirectResponse, FilterAction, FilterCtx, redirect_location, rewrite_path,
+};
 use crate::limits::{BodyBudget, BodyPermit};
 use crate::mirror::{MirrorBody, Mirrors};
 use crate::routing::RequestParts;
 use crate::table::{CompiledEndpoints, CompiledRule, CompiledTarget, PickerKind, Table};
-use crate::tls::Sni;
+use crate::tls::TlsInfo;
 
 /// The largest request body the gateway holds for filters, endpoint pickers and retries: Pingora's
 /// replay buffer (64 KiB). A filter asking for a larger buffer gets this; a longer body is answered
@@ -157,8 +159,13 @@ fn host_of(req: &RequestHeader) -> &str {
 
 /// The SNI the client sent on this connection's TLS handshake, if any.
 fn sni_of(session: &Session) -> Option<&str> {
+    tls_info(session)?.sni.as_deref()
+}
+
+/// What this connection's TLS handshake recorded (TLS binds only).
+fn tls_info(session: &Session) -> Option<&TlsInfo> {
     let ssl = session.digest()?.ssl_digest.as_ref()?;
-    ssl.extension.get::<Sni>().map(|sni| sni.0.as_str())
+    ssl.extension.get::<TlsInfo>()
 }
 
 fn internal(context: String) -> Box<PError> {
@@ -231,6 +238,12 @@ impl GatewayProxy {
         let Some(bind) = table.bind_for(session.server_addr().and_then(|a| a.as_inet())) else {
             return Ok(Some(Reply::Status(404)));
         };
+        if bind.protocol == Protocol::Https && !bind.client_auth.admits(|| tls_info(session)) {
+            // The connection's client certificate was judged under other client validation
+            // settings (a CA or mode change since): the client must reconnect and be judged anew.
+            session.set_keepalive(None);
+            return Ok(Some(Reply::Status(421)));
+        }
         if bind.protocol == Protocol::Https
             && let Some(sni) = sni_of(session)
             && bind.router.listener_for(sni)
@@ -263,7 +276,8 @@ impl GatewayProxy {
         else {
             return Ok(Some(Reply::Status(500)));
         };
-        ctx.filter = Some(FilterCtx::new(rule.info.clone()));
+        let client_cert = tls_info(session).map_or(ClientCertStatus::Absent, |t| t.client_cert);
+        ctx.filter = Some(FilterCtx::new(rule.info.clone()).with_client_cert(client_cert));
         ctx.routed = Some(Routed {
             rule,
             backend: None,
@@ -1138,11 +1152,13 @@ impl ProxyHttp for GatewayProxy {
             let status = session.response_written().map_or(0, |r| r.status.as_u16());
             let rule = routed.as_ref().map_or("", |r| r.rule.name.as_str());
             let req = session.req_header();
+            let client_cert = filter.as_ref().map(FilterCtx::client_cert);
             tracing::debug!(
                 method = %req.method,
                 path = %req.uri,
                 status,
                 rule,
+                client_cert = ?client_cert,
                 attempts = *attempt,
                 error = e.map(|e| e.to_string()),
                 "request"

@@ -4,6 +4,7 @@
 //! through an `ArcSwap`. Everything a request needs is precomputed here: routers, validated header
 //! names and values, filter instances, cumulative backend weights, TLS certificates by SNI.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use crate::filter::RouteInfo;
 use crate::filter::chain::Chain;
 use crate::routing::BindRouter;
 use crate::sample::Share;
-use crate::tls::CertIndex;
+use crate::tls::{CertIndex, ClientAuth};
 use crate::upstream_tls::{ClientConfigs, CompiledTls};
 
 /// The active routing state of a gateway.
@@ -67,6 +68,7 @@ impl Table {
             let compiled = CompiledBind::compile(bind, cx)
                 .map_err(|e| e.more_context(format_args!("bind {}", bind.address)))?;
             rejected.extend(compiled.router.rejected().iter().cloned());
+            rejected.extend(compiled.tls_rejected.iter().cloned());
             if binds.insert(bind.address, Arc::new(compiled)).is_some() {
                 return Err(Error::new(
                     ErrorKind::InvalidConfig,
@@ -121,13 +123,44 @@ pub(crate) struct CompiledBind {
     pub(crate) router: BindRouter,
     pub(crate) listeners: Vec<CompiledListener>,
     pub(crate) certs: CertIndex,
+    /// Client certificate validation (TLS binds; `Off` on plain HTTP).
+    pub(crate) client_auth: ClientAuth,
+    /// TLS settings left out, with the reason (see [`ClientAuth::compile`]).
+    pub(crate) tls_rejected: Vec<String>,
 }
 
 impl CompiledBind {
     fn compile(bind: &Bind, cx: &CompileCtx<'_>) -> Result<Self> {
-        let router = BindRouter::build(&bind.listeners)?;
-        let listeners = bind
-            .listeners
+        let (client_auth, listeners, tls_rejected) = if bind.protocol == Protocol::Https {
+            let compiled = ClientAuth::compile(&bind.listeners, bind.address);
+            let listeners: Cow<'_, [Listener]> = if compiled.refused_listeners.is_empty() {
+                Cow::Borrowed(&bind.listeners)
+            } else {
+                // A listener whose validation differs from the bind's serves nothing.
+                Cow::Owned(
+                    bind.listeners
+                        .iter()
+                        .enumerate()
+                        .map(|(i, l)| {
+                            let mut l = l.clone();
+                            if compiled.refused_listeners.contains(&i) {
+                                l.routes.clear();
+                            }
+                            l
+                        })
+                        .collect(),
+                )
+            };
+            (compiled.auth, listeners, compiled.rejected)
+        } else {
+            (
+                ClientAuth::Off,
+                Cow::Borrowed(&bind.listeners[..]),
+                Vec::new(),
+            )
+        };
+        let router = BindRouter::build(&listeners)?;
+        let compiled_listeners = listeners
             .iter()
             .map(|l| CompiledListener {
                 port: l.port,
@@ -146,15 +179,17 @@ impl CompiledBind {
             })
             .collect();
         let certs = if bind.protocol == Protocol::Https {
-            CertIndex::build(&bind.listeners)?
+            CertIndex::build(&listeners)?
         } else {
             CertIndex::default()
         };
         Ok(CompiledBind {
             protocol: bind.protocol,
             router,
-            listeners,
+            listeners: compiled_listeners,
             certs,
+            client_auth,
+            tls_rejected,
         })
     }
 }

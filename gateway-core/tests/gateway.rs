@@ -391,6 +391,7 @@ async fn tls_certificates_are_chosen_by_sni() {
                 cert_pem: cert.into(),
                 key_pem: key.into(),
             }],
+            ..ListenerTls::default()
         });
         l
     };

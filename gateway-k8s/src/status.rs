@@ -16,6 +16,8 @@ use crate::resources::{GATEWAY_X_GROUP, Kind, ObjectKey, Resources};
 /// `GatewayClass.status.supportedFeatures` (sorted, as the specification asks).
 pub const SUPPORTED_FEATURES: &[&str] = &[
     "Gateway",
+    "GatewayFrontendClientCertificateValidation",
+    "GatewayFrontendClientCertificateValidationInsecureFallback",
     "GatewayHTTPListenerIsolation",
     "GatewayHTTPSListenerDetectMisdirectedRequests",
     "GatewayPort8080",

@@ -19,6 +19,25 @@ pub struct RouteInfo {
     pub rule: String,
 }
 
+/// What the client of a request showed of itself in the TLS handshake (see
+/// [`FilterCtx::client_cert`]).
+///
+/// Client certificates are asked for only on TLS binds with client certificate validation
+/// ([`crate::config::ClientValidation`]); elsewhere every request is `Absent`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ClientCertStatus {
+    /// No client certificate: plain HTTP, no validation on the bind, or the client sent none
+    /// (possible only with `AllowInsecureFallback`).
+    #[default]
+    Absent,
+    /// A certificate that verified against the bind's trusted CAs, as they were when the
+    /// connection was set up.
+    Verified,
+    /// A certificate that did not verify (possible only with `AllowInsecureFallback`), or one
+    /// presented while the bind had no validation any more. Nothing vouches for it.
+    Unverified,
+}
+
 /// Per-request state shared by the filters of one request, from the route match to logging.
 ///
 /// It carries typed values between hooks and filters ([`FilterCtx::extensions_mut`]), tells which
@@ -33,6 +52,7 @@ pub struct FilterCtx {
     endpoint: Option<SocketAddr>,
     body_limit: Option<usize>,
     body: Option<Bytes>,
+    client_cert: ClientCertStatus,
 }
 
 impl FilterCtx {
@@ -46,7 +66,21 @@ impl FilterCtx {
             endpoint: None,
             body_limit: None,
             body: None,
+            client_cert: ClientCertStatus::Absent,
         }
+    }
+
+    /// Sets what the connection's handshake established about the client certificate.
+    pub(crate) fn with_client_cert(mut self, status: ClientCertStatus) -> Self {
+        self.client_cert = status;
+        self
+    }
+
+    /// Whether the client presented a certificate in the TLS handshake of this request's
+    /// connection, and whether it verified. With `AllowInsecureFallback` validation, this is how
+    /// a filter tells verified clients from others (e.g. to refuse some routes to them).
+    pub fn client_cert(&self) -> ClientCertStatus {
+        self.client_cert
     }
 
     /// The listener, route and rule that took the request.

@@ -29,7 +29,7 @@ mod ctx;
 mod direct;
 
 pub use builtin::{redirect_location, rewrite_path};
-pub use ctx::{FilterCtx, RouteInfo};
+pub use ctx::{ClientCertStatus, FilterCtx, RouteInfo};
 pub use direct::{DIRECT_RESPONSE_GROUP, DIRECT_RESPONSE_KIND, DirectResponseFilter};
 
 use std::collections::HashMap;

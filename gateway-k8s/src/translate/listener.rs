@@ -46,6 +46,8 @@ pub(crate) struct ListenerPlan {
     pub http_route_allowed: bool,
     /// A certificate reference problem (`ResolvedRefs=False`).
     pub cert_problem: Option<Problem>,
+    /// A client validation CA reference problem (`ResolvedRefs=False`; see `frontend`).
+    pub ca_problem: Option<Problem>,
     /// A conflict with another listener (`Conflicted=True`).
     pub conflicted: Option<Problem>,
     /// The namespaces allowed to attach routes.
@@ -154,7 +156,10 @@ pub(crate) fn plan_listener(
                 }
             }
             if cert_problem.is_none() {
-                tls = Some(ListenerTls { certificates });
+                tls = Some(ListenerTls {
+                    certificates,
+                    client_validation: None,
+                });
             }
         }
     }
@@ -168,6 +173,7 @@ pub(crate) fn plan_listener(
         invalid_kinds,
         http_route_allowed,
         cert_problem,
+        ca_problem: None,
         conflicted: None,
         allowed_from,
         tls,
@@ -376,20 +382,23 @@ pub(crate) fn mark_conflicts(listeners: &mut [ListenerPlan]) {
     }
 }
 
-/// Plans every listener of `gateway` and marks conflicts among them.
+/// Plans every listener of `gateway`, applies its client certificate validation
+/// (`spec.tls.frontend`) and marks conflicts among them. The flag tells whether some HTTPS
+/// listener validates in `AllowInsecureFallback` mode.
 pub(crate) fn plan_listeners(
     resources: &Resources,
     gateway_namespace: &str,
     gateway: &Gateway,
-) -> Vec<ListenerPlan> {
+) -> (Vec<ListenerPlan>, bool) {
     let mut plans: Vec<ListenerPlan> = gateway
         .spec
         .listeners
         .iter()
         .map(|l| plan_listener(resources, gateway_namespace, l))
         .collect();
+    let insecure = super::frontend::apply(resources, gateway_namespace, gateway, &mut plans);
     mark_conflicts(&mut plans);
-    plans
+    (plans, insecure)
 }
 
 #[cfg(test)]
@@ -424,6 +433,7 @@ mod tests {
             invalid_kinds: None,
             http_route_allowed: true,
             cert_problem: None,
+            ca_problem: None,
             conflicted: None,
             allowed_from: AllowedFrom::Same,
             tls: None,

@@ -2,6 +2,7 @@
 
 mod backend;
 mod backend_tls;
+mod frontend;
 mod hostname;
 mod listener;
 mod policy;
@@ -29,7 +30,7 @@ use gateway_api::gateways::{
     GatewayStatusListenersSupportedKinds,
 };
 use gateway_core::DnsStatus;
-use gateway_core::config::{Bind, Config, Listener, Protocol, Route};
+use gateway_core::config::{Bind, ClientValidation, Config, Listener, Protocol, Route};
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -119,6 +120,8 @@ struct GatewayPlan {
     /// `spec.tls.backend.clientCertificateRef`: the certificate presented to TLS backends, or
     /// why it cannot be (`ResolvedRefs=False`).
     backend_client_cert: Result<Option<gateway_core::config::Certificate>, Problem>,
+    /// Some HTTPS listener validates client certificates in `AllowInsecureFallback` mode.
+    insecure_frontend: bool,
 }
 
 impl GatewayPlan {
@@ -227,17 +230,22 @@ impl Translator {
         let mut plans: Vec<GatewayPlan> = gateways
             .iter()
             .zip(addresses)
-            .map(|((key, object), address)| GatewayPlan {
-                key: (*key).clone(),
-                generation: object.object.metadata.generation,
-                invalid_parameters: invalid_parameters(&object.object),
-                address,
-                listeners: listener::plan_listeners(resources, &key.namespace, &object.object),
-                backend_client_cert: backend_tls::client_certificate(
-                    resources,
-                    &key.namespace,
-                    &object.object,
-                ),
+            .map(|((key, object), address)| {
+                let (listeners, insecure_frontend) =
+                    listener::plan_listeners(resources, &key.namespace, &object.object);
+                GatewayPlan {
+                    key: (*key).clone(),
+                    generation: object.object.metadata.generation,
+                    invalid_parameters: invalid_parameters(&object.object),
+                    address,
+                    listeners,
+                    insecure_frontend,
+                    backend_client_cert: backend_tls::client_certificate(
+                        resources,
+                        &key.namespace,
+                        &object.object,
+                    ),
+                }
             })
             .collect();
         self.mark_bind_conflicts(&mut plans);
@@ -535,6 +543,10 @@ impl Translator {
     fn mark_bind_conflicts(&self, plans: &mut [GatewayPlan]) {
         let mut claimed: BTreeMap<SocketAddr, (Protocol, BTreeSet<Option<String>>)> =
             BTreeMap::new();
+        // Client certificates are validated per socket: the first HTTPS listener on a socket sets
+        // the validation, and one that asks for another cannot be served there.
+        let mut validation: BTreeMap<SocketAddr, (String, Option<ClientValidation>)> =
+            BTreeMap::new();
         for plan in plans.iter_mut() {
             let Some(ip) = plan.ip() else { continue };
             for l in plan.listeners.iter_mut().filter(|l| l.programmable()) {
@@ -548,6 +560,22 @@ impl Translator {
                     l.conflicted = Some((
                         "ProtocolConflict",
                         format!("{address} is already served with another protocol"),
+                    ));
+                } else if let Some((owner, first)) = l.tls.as_ref().and_then(|tls| {
+                    let (owner, first) = validation.entry(address).or_insert_with(|| {
+                        (
+                            format!("{}/{}", plan.key, l.name),
+                            tls.client_validation.clone(),
+                        )
+                    });
+                    (*first != tls.client_validation).then(|| (owner.clone(), first.is_some()))
+                }) {
+                    l.accepted = Err((
+                        "PortUnavailable",
+                        format!(
+                            "{address} is served by listener {owner} with {} client certificate validation",
+                            if first { "other" } else { "no" }
+                        ),
                     ));
                 } else if !entry.1.insert(host) {
                     l.conflicted = Some((
@@ -881,7 +909,10 @@ impl Translator {
             if accepted.ok {
                 valid += 1;
             }
-            let resolved = match (&l.invalid_kinds, &l.cert_problem) {
+            let resolved = match (
+                &l.invalid_kinds,
+                l.cert_problem.as_ref().or(l.ca_problem.as_ref()),
+            ) {
                 (Some(message), _) => {
                     Cond::new("ResolvedRefs", false, "InvalidRouteKinds", message.clone())
                 }
@@ -993,7 +1024,15 @@ impl Translator {
                 Some(Cond::new("ResolvedRefs", false, reason, message.clone()))
             }
         };
-        let conditions = [Some(accepted), Some(programmed), resolved]
+        let insecure = plan.insecure_frontend.then(|| {
+            Cond::new(
+                "InsecureFrontendValidationMode",
+                true,
+                "ConfigurationChanged",
+                "client certificate validation runs in AllowInsecureFallback mode on some HTTPS listener: clients without a valid certificate are admitted",
+            )
+        });
+        let conditions = [Some(accepted), Some(programmed), resolved, insecure]
             .into_iter()
             .flatten()
             .map(|c| self.clock.build(&scope, c, generation, now))
