@@ -36,6 +36,7 @@ pub mod dns;
 pub mod error;
 pub mod filter;
 mod mirror;
+pub mod path;
 pub mod proxy;
 pub mod routing;
 pub mod server;

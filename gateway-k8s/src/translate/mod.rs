@@ -279,6 +279,7 @@ impl Translator {
                         port: l.port,
                         tls: l.tls.clone(),
                         routes: l.routes.clone(),
+                        path_normalization: Default::default(),
                     });
                 }
             }
