@@ -9,7 +9,10 @@ use gateway_api::gateways::GatewayStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::Value;
 
-use crate::crds::{XBACKEND_KIND, XBackendStatus};
+use crate::crds::{
+    CLIENT_TRAFFIC_POLICY_KIND, ClientTrafficPolicyStatus, DIRECT_RESPONSE_GROUP, XBACKEND_KIND,
+    XBackendStatus,
+};
 use crate::resources::{GATEWAY_X_GROUP, Kind, ObjectKey, Resources};
 
 /// The Gateway API features this implementation supports, as written into
@@ -51,7 +54,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
 ];
 
 /// The result of one translation for status purposes: the typed status of every GatewayClass,
-/// Gateway, HTTPRoute and XBackendTrafficPolicy this controller manages, and every input object
+/// Gateway, HTTPRoute, XBackendTrafficPolicy and ClientTrafficPolicy this controller manages, and every input object
 /// echoed with it.
 ///
 /// Objects this controller does not manage (GatewayClasses of another controller, their Gateways,
@@ -63,6 +66,7 @@ pub struct StatusReport {
     pub(crate) http_routes: BTreeMap<ObjectKey, HttpRouteStatus>,
     pub(crate) backend_traffic_policies: BTreeMap<ObjectKey, XBackendTrafficPolicyStatus>,
     pub(crate) xbackends: BTreeMap<ObjectKey, XBackendEntry>,
+    pub(crate) client_traffic_policies: BTreeMap<ObjectKey, ClientTrafficPolicyStatus>,
     pub(crate) documents: Vec<Value>,
     /// Where each XBackend with a status sits in `documents`.
     pub(crate) xbackend_documents: BTreeMap<ObjectKey, usize>,
@@ -124,6 +128,12 @@ impl StatusReport {
         for key in resources.other_order() {
             if let Some(object) = resources.others.get(key) {
                 let mut doc = object.raw.clone();
+                if key.group == DIRECT_RESPONSE_GROUP && key.kind == CLIENT_TRAFFIC_POLICY_KIND {
+                    let key = ObjectKey::new(key.namespace.clone(), key.name.clone());
+                    if let Some(status) = self.client_traffic_policies.get(&key) {
+                        set_status(&mut doc, status);
+                    }
+                }
                 if key.group == GATEWAY_X_GROUP && key.kind == XBACKEND_KIND {
                     let key = ObjectKey::new(key.namespace.clone(), key.name.clone());
                     if let Some(entry) = self.xbackends.get(&key) {
@@ -176,6 +186,17 @@ impl StatusReport {
             .get(&ObjectKey::new(namespace, name))
     }
 
+    /// The status of ClientTrafficPolicy `namespace/name`: one ancestor entry per target on a
+    /// Gateway of ours (or on a Gateway that does not exist). `None` when there is none.
+    pub fn client_traffic_policy(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<&ClientTrafficPolicyStatus> {
+        self.client_traffic_policies
+            .get(&ObjectKey::new(namespace, name))
+    }
+
     /// The status of XBackend `namespace/name`, if a route attached to one of our Gateways refers
     /// to it.
     pub fn xbackend(&self, namespace: &str, name: &str) -> Option<&XBackendStatus> {
@@ -219,7 +240,7 @@ impl StatusReport {
 }
 
 /// Replaces the `status` of an echoed document.
-fn set_status(doc: &mut Value, status: &XBackendStatus) {
+fn set_status(doc: &mut Value, status: &impl serde::Serialize) {
     if let (Some(map), Ok(status)) = (doc.as_object_mut(), serde_json::to_value(status)) {
         map.insert("status".into(), status);
     }
