@@ -541,3 +541,135 @@ spec:
     one.abort();
     two.abort();
 }
+
+/// A backend answering with the request target it received, as the body.
+async fn path_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    let addr = listener.local_addr().expect("backend address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head);
+                let target = head.split(' ').nth(1).unwrap_or("").to_string();
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{target}",
+                    target.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+const PUBLIC_ROUTE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: public, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [app.example.com]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /public}}]
+    backendRefs: [{name: app, port: 8080}]
+"#;
+
+fn client_policy(action: &str) -> String {
+    format!(
+        r#"
+apiVersion: gateway.pingora-gateway.dev/v1alpha1
+kind: ClientTrafficPolicy
+metadata: {{name: paths, namespace: default}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: gw, sectionName: http}}]
+  path: {{escapedSlashesAction: {action}}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn normalises_paths_under_a_client_traffic_policy_from_yaml() {
+    let backend = path_echo().await;
+    let dir = TempDir::new();
+    let config = dir.0.join("config");
+    write(&config.join("base.yaml"), &resources(backend));
+    write(&config.join("route.yaml"), PUBLIC_ROUTE);
+    write(&config.join("policy.yaml"), &client_policy("KeepUnchanged"));
+    let status_file = dir.0.join("status.yaml");
+    let listener: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let _gateway = Process(
+        Command::new(env!("CARGO_BIN_EXE_file-gateway"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--listener-port-map")
+            .arg(format!("80={}", listener.port()))
+            .arg("--status-file")
+            .arg(&status_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start file-gateway"),
+    );
+    let host = "app.example.com";
+    eventually("the route to serve", || async {
+        get(listener, host, "/public/x").await == Ok((200, "/public/x".into()))
+    })
+    .await;
+
+    // Traversal out of /public is routed as what it resolves to: no route for /admin.
+    for attack in [
+        "/public/../admin",
+        "/public/%2e%2E/admin",
+        "//public/../admin",
+    ] {
+        assert!(
+            matches!(get(listener, host, attack).await, Ok((404, _))),
+            "{attack}"
+        );
+    }
+    assert_eq!(
+        get(listener, host, "/x/../public/%7ea?q=/../").await,
+        Ok((200, "/public/~a?q=/../".into()))
+    );
+    // KeepUnchanged: the escaped slash reaches the backend, hex upper-cased.
+    assert_eq!(
+        get(listener, host, "/public/a%2fb").await,
+        Ok((200, "/public/a%2Fb".into()))
+    );
+    let status = std::fs::read_to_string(&status_file).expect("status file");
+    assert!(status.contains("kind: ClientTrafficPolicy"), "{status}");
+    assert!(status.contains("sectionName: http"), "{status}");
+
+    // Another action applies on the fly.
+    write(&config.join("policy.yaml"), &client_policy("RejectRequest"));
+    eventually("RejectRequest", || async {
+        matches!(get(listener, host, "/public/a%2fb").await, Ok((400, _)))
+    })
+    .await;
+    // An invalid policy is refused alone: the listener keeps serving, with the defaults.
+    write(&config.join("policy.yaml"), &client_policy("Sometimes"));
+    eventually("the default action (redirect)", || async {
+        get(listener, host, "/public/a%2fb")
+            .await
+            .is_ok_and(|(code, _)| code == 307)
+    })
+    .await;
+    assert_eq!(
+        get(listener, host, "/public/x").await,
+        Ok((200, "/public/x".into()))
+    );
+    eventually("the Invalid status", || async {
+        std::fs::read_to_string(&status_file).is_ok_and(|s| s.contains("reason: Invalid"))
+    })
+    .await;
+}

@@ -166,6 +166,63 @@ pub struct Listener {
     pub tls: Option<ListenerTls>,
     /// The routes attached to this listener.
     pub routes: Vec<Route>,
+    /// How request paths are normalised before routing: matching, filters and the backend all
+    /// see the normalised path. Default: [`PathNormalization::default`] (dot segments removed,
+    /// unreserved escapes decoded, slashes merged, escaped slashes redirected).
+    #[serde(default)]
+    pub path_normalization: PathNormalization,
+}
+
+/// How a listener normalises the path of every request before routing
+/// ([`crate::path::normalize`] runs in `request_filter`, before the route is looked up).
+///
+/// Always done, whatever the settings: percent-encoded unreserved characters
+/// (`A-Z a-z 0-9 - . _ ~`) are decoded and the remaining escapes get upper-case hex digits; a
+/// literal backslash becomes `/`; dot segments (`.`, `..`, also when written `%2e`) are removed as
+/// in RFC 3986 section 5.2.4, never above the root; invalid escapes (`%zz`, a truncated `%2`),
+/// control characters and an encoded NUL (`%00`) are answered with 400.
+///
+/// The default is as strict as Envoy Gateway's: slashes merged and escaped slashes answered with
+/// a redirect to the unescaped path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PathNormalization {
+    /// Merge runs of slashes into one (`/a//b` -> `/a/b`), before dot segments are removed.
+    /// Default `true`. Not part of RFC 3986, but what most backends do when they resolve a path.
+    pub merge_slashes: bool,
+    /// What to do with an escaped slash or backslash (`%2F`, `%2f`, `%5C`, `%5c`).
+    /// Default [`EscapedSlashesAction::UnescapeAndRedirect`].
+    pub escaped_slashes: EscapedSlashesAction,
+}
+
+impl Default for PathNormalization {
+    fn default() -> Self {
+        PathNormalization {
+            merge_slashes: true,
+            escaped_slashes: EscapedSlashesAction::default(),
+        }
+    }
+}
+
+/// What a listener does with `%2F` / `%5C` in a request path (the values of Envoy Gateway's
+/// `ClientTrafficPolicy` `path.escapedSlashesAction`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EscapedSlashesAction {
+    /// Keep the escape (hex digits upper-cased); it is not a segment separator for routing. Use
+    /// it for backends that give `%2F` a meaning (e.g. names with slashes in REST APIs), and only
+    /// when no backend decodes it before resolving the path.
+    KeepUnchanged,
+    /// Answer 400.
+    RejectRequest,
+    /// Decode to `/` (both `%2F` and `%5C`), then normalise, route and forward. Path-based access
+    /// control of anything in front of the gateway may disagree with what is served.
+    UnescapeAndForward,
+    /// Decode to `/` and normalise as [`EscapedSlashesAction::UnescapeAndForward`] does, but
+    /// answer `307` with the normalised path (and the query) in `Location` instead of serving, so
+    /// that every party sees the same path on the retried request. Requests without escaped
+    /// slashes are served. The default.
+    #[default]
+    UnescapeAndRedirect,
 }
 
 /// TLS material of a listener.
@@ -917,6 +974,7 @@ impl Listener {
             port,
             tls: None,
             routes: Vec::new(),
+            path_normalization: PathNormalization::default(),
         }
     }
 
@@ -929,6 +987,12 @@ impl Listener {
     /// Adds a route.
     pub fn route(mut self, route: Route) -> Self {
         self.routes.push(route);
+        self
+    }
+
+    /// Sets how request paths are normalised ([`PathNormalization`]).
+    pub fn path_normalization(mut self, path_normalization: PathNormalization) -> Self {
+        self.path_normalization = path_normalization;
         self
     }
 }

@@ -39,6 +39,7 @@ pub mod error;
 pub mod filter;
 mod limits;
 mod mirror;
+pub mod path;
 pub mod proxy;
 pub mod routing;
 mod sample;

@@ -2,7 +2,7 @@
 //!
 //! | phase | what happens |
 //! |---|---|
-//! | `request_filter` | bind, listener, route and rule ([`crate::routing`]); the rule's filter chain in order (header edits, rewrites, redirects, CORS preflights, mirrors, custom request hooks); the backend (weighted, or the one a filter chose); the backend's chain; the whole body when a filter asked for it (over the bound: 413) and the body hooks |
+//! | `request_filter` | bind and listener (by host); the path normalised under the listener's settings ([`crate::path`]: 400 for an invalid path, 307 for an escaped slash when so configured), the URI replaced when it changed; route and rule ([`crate::routing`]); the rule's filter chain in order (header edits, rewrites, redirects, CORS preflights, mirrors, custom request hooks); the backend (weighted, or the one a filter chose); the backend's chain; the whole body when a filter asked for it (over the bound: 413) and the body hooks |
 //! | `upstream_peer` | every attempt: deadline check (504), backoff before a retry, the endpoint (sticky session, filter hint, then the backend's picker, skipping ejected and already-tried endpoints), h1/h2c, per-attempt timeouts |
 //! | `fail_to_connect` | outlier accounting; a connection failure is retried on another endpoint (always safe), or under the route's retry policy |
 //! | `upstream_request_filter` | custom `upstream_request` hooks; `Content-Length` of a buffered, filtered body |
@@ -17,6 +17,7 @@
 //! Gateway-written responses (404, redirects, direct responses, preflights, errors) go through
 //! the same response hooks as proxied ones.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,13 +35,14 @@ use crate::backend::clock::now_ms;
 use crate::backend::outlier::InFlightGuard;
 use crate::backend::session::SessionCodec;
 use crate::backend::{PickRequest, least_request};
-use crate::config::{BackendProtocol, Protocol, UrlRewrite};
+use crate::config::{BackendProtocol, PathNormalization, Protocol, UrlRewrite};
 use crate::filter::chain::{Chain, Step};
 use crate::filter::{
     ClientCertStatus, DirectResponse, FilterAction, FilterCtx, redirect_location, rewrite_path,
 };
 use crate::limits::{BodyBudget, BodyPermit};
 use crate::mirror::{MirrorBody, Mirrors};
+use crate::path::{self, Normalized};
 use crate::routing::RequestParts;
 use crate::table::{CompiledEndpoints, CompiledRule, CompiledTarget, PickerKind, Table};
 use crate::tls::TlsInfo;
@@ -217,6 +219,57 @@ fn apply_rewrite(
     Ok(())
 }
 
+/// Normalises the request path under the listener's settings ([`crate::path`]) before routing,
+/// replacing the URI when the path changes so that filters and the backend see what routing saw.
+/// `Some`: the gateway answers (400 for a refused path, 307 for an escaped slash under
+/// `UnescapeAndRedirect`).
+fn normalize_path(session: &mut Session, opts: &PathNormalization) -> PResult<Option<Reply>> {
+    let req = session.req_header();
+    if !req.raw_path_is_utf8() {
+        // Pingora would forward the original bytes, not the path routing saw.
+        tracing::debug!("request target is not UTF-8: 400");
+        return Ok(Some(Reply::Status(400)));
+    }
+    let path = req.uri.path();
+    let normalized = match path::normalize(path, opts) {
+        Ok(Normalized::Forward(Cow::Borrowed(p))) if p.len() == path.len() => return Ok(None),
+        Ok(Normalized::Forward(p)) => p.into_owned(),
+        Ok(Normalized::Redirect(mut location)) => {
+            if let Some(q) = req.uri.query() {
+                location.push('?');
+                location.push_str(q);
+            }
+            tracing::debug!(path, %location, "escaped slash in the path: 307");
+            return Ok(Some(Reply::Redirect(location, 307)));
+        }
+        Err(e) => {
+            tracing::debug!(path, error = %e, "invalid request path: 400");
+            return Ok(Some(Reply::Status(400)));
+        }
+    };
+    tracing::trace!(path, normalized, "path normalised");
+    set_path(session.req_header_mut(), normalized)?;
+    Ok(None)
+}
+
+/// Replaces the path of the request's URI, keeping the query (and an absolute-form URI's scheme
+/// and authority).
+fn set_path(req: &mut RequestHeader, mut path: String) -> PResult<()> {
+    if let Some(q) = req.uri.query() {
+        path.push('?');
+        path.push_str(q);
+    }
+    let mut parts = req.uri.clone().into_parts();
+    parts.path_and_query = Some(
+        path.parse()
+            .map_err(|_| internal(format!("normalised path {path:?} is not a valid URI")))?,
+    );
+    let uri =
+        Uri::from_parts(parts).map_err(|e| internal(format!("normalised URI invalid: {e}")))?;
+    req.set_uri(uri);
+    Ok(())
+}
+
 /// The wait before retry number `n` (1-based): the base doubled each time, capped at ten times
 /// the base, plus up to a quarter of the base of jitter. Never less than the base.
 fn backoff(base: Duration, n: u32) -> Duration {
@@ -253,6 +306,12 @@ impl GatewayProxy {
             // client sending one name in SNI and another in Host): RFC 9110 section 15.5.20.
             return Ok(Some(Reply::Status(421)));
         }
+        let Some(listener) = bind.router.listener_for(host_of(session.req_header())) else {
+            return Ok(Some(Reply::Status(404)));
+        };
+        if let Some(reply) = normalize_path(session, &bind.listeners[listener].path)? {
+            return Ok(Some(reply));
+        }
         let hit = {
             let req = session.req_header();
             let parts = RequestParts {
@@ -262,7 +321,7 @@ impl GatewayProxy {
                 method: req.method.as_str(),
                 headers: &req.headers,
             };
-            match bind.router.lookup(&parts) {
+            match bind.router.lookup_in(listener, &parts) {
                 Some(hit) => hit,
                 None => return Ok(Some(Reply::Status(404))),
             }

@@ -15,8 +15,9 @@ use crate::backend::budget::RetryBudgetState;
 use crate::backend::session::SessionCodec;
 use crate::backend::{BackendState, Endpoint, EndpointPicker, PickerRegistry, StateStore};
 use crate::config::{
-    BackendPolicy, BackendProtocol, BackendTarget, Bind, Config, Listener, LoadBalancer, Protocol,
-    RequestMirror, Retry, Route, Rule, SessionPersistence, Timeouts, UpstreamTls,
+    BackendPolicy, BackendProtocol, BackendTarget, Bind, Config, Listener, LoadBalancer,
+    PathNormalization, Protocol, RequestMirror, Retry, Route, Rule, SessionPersistence, Timeouts,
+    UpstreamTls,
 };
 use crate::dns::{self, DnsAddresses};
 use crate::error::{Error, ErrorKind, Result};
@@ -164,6 +165,7 @@ impl CompiledBind {
             .iter()
             .map(|l| CompiledListener {
                 port: l.port,
+                path: l.path_normalization,
                 routes: l
                     .routes
                     .iter()
@@ -197,6 +199,8 @@ impl CompiledBind {
 /// One listener, compiled: its routes' rules by `[route][rule]`, matching [`crate::routing::RouteHit`].
 pub(crate) struct CompiledListener {
     pub(crate) port: u16,
+    /// How request paths are normalised before routing.
+    pub(crate) path: PathNormalization,
     pub(crate) routes: Vec<Vec<Arc<CompiledRule>>>,
 }
 

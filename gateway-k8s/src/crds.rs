@@ -1,5 +1,5 @@
-//! Custom resources the gateway-api crate lacks: this project's `DirectResponse`, and the
-//! experimental kinds translated here.
+//! Custom resources the gateway-api crate lacks: this project's `DirectResponse` and
+//! `ClientTrafficPolicy`, and the experimental kinds translated here.
 //!
 //! `XBackendTrafficPolicy` is re-exported from the gateway-api crate's experimental channel,
 //! which already defines it.
@@ -13,7 +13,7 @@ pub use gateway_api::experimental::xbackendtrafficpolicies::{
     self, XBackendTrafficPolicy, XBackendTrafficPolicySpec, XBackendTrafficPolicyStatus,
 };
 
-/// The API group of this project's own resources (`DirectResponse`).
+/// The API group of this project's own resources (`DirectResponse`, `ClientTrafficPolicy`).
 pub const DIRECT_RESPONSE_GROUP: &str = "gateway.pingora-gateway.dev";
 
 /// The kind of [`DirectResponse`].
@@ -82,6 +82,124 @@ impl DirectResponseSpec {
         }
         Ok(())
     }
+}
+
+/// The kind of [`ClientTrafficPolicy`] (API group [`DIRECT_RESPONSE_GROUP`]).
+pub const CLIENT_TRAFFIC_POLICY_KIND: &str = "ClientTrafficPolicy";
+
+/// How a Gateway's listeners treat their clients' requests, attached to a Gateway (all its
+/// listeners) or to one listener (`sectionName`), as a Gateway API direct policy (GEP-713).
+///
+/// Only request path normalisation (`path`) for now; further client-side settings belong here.
+/// Field names and values follow Envoy Gateway's `ClientTrafficPolicy`, so a policy written for
+/// it keeps its meaning.
+///
+/// A listener without a policy gets the defaults of [`ClientTrafficPolicyPath`]. A policy naming
+/// a listener overrides one naming the whole Gateway; between two policies naming the same
+/// target, the older one (creation time, then namespace/name) applies and the newer one is
+/// `Accepted=False`, reason `Conflicted`.
+#[derive(
+    CustomResource, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema,
+)]
+#[kube(
+    group = "gateway.pingora-gateway.dev",
+    version = "v1alpha1",
+    kind = "ClientTrafficPolicy",
+    plural = "clienttrafficpolicies",
+    namespaced,
+    derive = "PartialEq"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientTrafficPolicySpec {
+    /// The Gateways (in the policy's namespace) the policy applies to; `sectionName` narrows a
+    /// target to one listener.
+    #[schemars(length(min = 1, max = 16))]
+    pub target_refs: Vec<PolicyTargetRef>,
+    /// How request paths are normalised before routing. Unset: the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<ClientTrafficPolicyPath>,
+}
+
+/// A target of a [`ClientTrafficPolicy`]: a Gateway in the policy's namespace
+/// (`LocalPolicyTargetReferenceWithSectionName`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyTargetRef {
+    /// `gateway.networking.k8s.io`.
+    pub group: String,
+    /// `Gateway`.
+    pub kind: String,
+    /// The Gateway's name.
+    pub name: String,
+    /// A listener name: the policy applies to that listener only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+}
+
+/// Request path normalisation settings of a [`ClientTrafficPolicy`]. Dot segments are always
+/// removed, escaped unreserved characters decoded and invalid escapes answered with 400; these
+/// fields choose the rest. See `gateway_core::config::PathNormalization`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientTrafficPolicyPath {
+    /// What to do with `%2F` / `%5C` in a path. Default `UnescapeAndRedirect`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escaped_slashes_action: Option<EscapedSlashesAction>,
+    /// `true` keeps runs of slashes (`//`) as they are. Default `false`: they are merged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable_merge_slashes: Option<bool>,
+}
+
+/// `path.escapedSlashesAction` of a [`ClientTrafficPolicy`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum EscapedSlashesAction {
+    /// Keep `%2F` / `%5C` escaped (not a separator for routing).
+    KeepUnchanged,
+    /// Answer 400.
+    RejectRequest,
+    /// Decode to `/`, then route and forward.
+    UnescapeAndForward,
+    /// Answer 307 with the decoded, normalised path.
+    UnescapeAndRedirect,
+}
+
+/// The status this controller writes on a [`ClientTrafficPolicy`]: one entry per target
+/// (`PolicyAncestorStatus` of GEP-713), with an `Accepted` condition: `True` (`Accepted`), or
+/// `False` with reason `Invalid`, `TargetNotFound` or `Conflicted`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClientTrafficPolicyStatus {
+    /// One entry per target, in `targetRefs` order; at most 16.
+    #[serde(default)]
+    pub ancestors: Vec<PolicyAncestorStatus>,
+}
+
+/// The status of a policy for one ancestor (the targeted Gateway, or one of its listeners).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyAncestorStatus {
+    /// The Gateway (and listener, when the target names one).
+    pub ancestor_ref: PolicyAncestorRef,
+    /// This controller's name.
+    pub controller_name: String,
+    /// The conditions: `Accepted`.
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+}
+
+/// A parent reference in a [`PolicyAncestorStatus`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyAncestorRef {
+    /// `gateway.networking.k8s.io`.
+    pub group: String,
+    /// `Gateway`.
+    pub kind: String,
+    /// The Gateway's namespace.
+    pub namespace: String,
+    /// The Gateway's name.
+    pub name: String,
+    /// The listener, when the target names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
 }
 
 /// The kind of [`XBackend`].
@@ -200,6 +318,47 @@ mod tests {
             bad.validate(),
             Err(DirectResponseError::HeaderValue(_))
         ));
+    }
+
+    #[test]
+    fn client_traffic_policy_parses_and_has_a_crd() {
+        let value = serde_json::json!({
+            "apiVersion": "gateway.pingora-gateway.dev/v1alpha1",
+            "kind": "ClientTrafficPolicy",
+            "metadata": {"name": "p", "namespace": "n"},
+            "spec": {
+                "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw", "sectionName": "http"}],
+                "path": {"escapedSlashesAction": "KeepUnchanged", "disableMergeSlashes": true}
+            }
+        });
+        let p: ClientTrafficPolicy = serde_json::from_value(value).expect("parses");
+        assert_eq!(p.spec.target_refs[0].section_name.as_deref(), Some("http"));
+        let path = p.spec.path.expect("path");
+        assert_eq!(
+            path.escaped_slashes_action,
+            Some(EscapedSlashesAction::KeepUnchanged)
+        );
+        assert_eq!(path.disable_merge_slashes, Some(true));
+        let bad = serde_json::json!({
+            "apiVersion": "gateway.pingora-gateway.dev/v1alpha1",
+            "kind": "ClientTrafficPolicy",
+            "metadata": {"name": "p"},
+            "spec": {"targetRefs": [], "path": {"escapedSlashesAction": "Sometimes"}}
+        });
+        assert!(serde_json::from_value::<ClientTrafficPolicy>(bad).is_err());
+
+        let crd = ClientTrafficPolicy::crd();
+        assert_eq!(crd.spec.group, DIRECT_RESPONSE_GROUP);
+        assert_eq!(crd.spec.names.kind, CLIENT_TRAFFIC_POLICY_KIND);
+        assert_eq!(crd.spec.scope, "Namespaced");
+        let schema = serde_json::to_value(&crd.spec.versions[0].schema).expect("schema");
+        let spec = &schema["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(spec["required"], serde_json::json!(["targetRefs"]));
+        let action = &spec["properties"]["path"]["properties"]["escapedSlashesAction"];
+        assert!(
+            action.to_string().contains("UnescapeAndRedirect"),
+            "{action}"
+        );
     }
 
     #[test]

@@ -26,8 +26,9 @@ mod translate;
 mod yaml;
 
 pub use crds::{
-    DIRECT_RESPONSE_GROUP, DirectResponse, DirectResponseSpec, XBackend, XBackendSpec,
-    XBackendStatus, XBackendTrafficPolicy,
+    ClientTrafficPolicy, ClientTrafficPolicySpec, ClientTrafficPolicyStatus, DIRECT_RESPONSE_GROUP,
+    DirectResponse, DirectResponseSpec, XBackend, XBackendSpec, XBackendStatus,
+    XBackendTrafficPolicy,
 };
 pub use diagnostic::Diagnostic;
 pub use resources::{

@@ -9,7 +9,10 @@ use gateway_api::gateways::GatewayStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::Value;
 
-use crate::crds::{XBACKEND_KIND, XBackendStatus};
+use crate::crds::{
+    CLIENT_TRAFFIC_POLICY_KIND, ClientTrafficPolicyStatus, DIRECT_RESPONSE_GROUP, XBACKEND_KIND,
+    XBackendStatus,
+};
 use crate::resources::{GATEWAY_X_GROUP, Kind, ObjectKey, Resources};
 
 /// The Gateway API features this implementation supports, as written into
@@ -53,7 +56,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
 ];
 
 /// The result of one translation for status purposes: the typed status of every GatewayClass,
-/// Gateway, HTTPRoute and XBackendTrafficPolicy this controller manages, and every input object
+/// Gateway, HTTPRoute, XBackendTrafficPolicy and ClientTrafficPolicy this controller manages, and every input object
 /// echoed with it.
 ///
 /// Objects this controller does not manage (GatewayClasses of another controller, their Gateways,
@@ -67,6 +70,7 @@ pub struct StatusReport {
     pub(crate) backend_tls_policies:
         BTreeMap<ObjectKey, gateway_api::backendtlspolicies::BackendTlsPolicyStatus>,
     pub(crate) xbackends: BTreeMap<ObjectKey, XBackendEntry>,
+    pub(crate) client_traffic_policies: BTreeMap<ObjectKey, ClientTrafficPolicyStatus>,
     pub(crate) documents: Vec<Value>,
     /// Where each XBackend with a status sits in `documents`.
     pub(crate) xbackend_documents: BTreeMap<ObjectKey, usize>,
@@ -136,6 +140,12 @@ impl StatusReport {
                 {
                     set_status(&mut doc, status);
                 }
+                if key.group == DIRECT_RESPONSE_GROUP && key.kind == CLIENT_TRAFFIC_POLICY_KIND {
+                    let key = ObjectKey::new(key.namespace.clone(), key.name.clone());
+                    if let Some(status) = self.client_traffic_policies.get(&key) {
+                        set_status(&mut doc, status);
+                    }
+                }
                 if key.group == GATEWAY_X_GROUP && key.kind == XBACKEND_KIND {
                     let key = ObjectKey::new(key.namespace.clone(), key.name.clone());
                     if let Some(entry) = self.xbackends.get(&key) {
@@ -185,6 +195,17 @@ impl StatusReport {
         name: &str,
     ) -> Option<&XBackendTrafficPolicyStatus> {
         self.backend_traffic_policies
+            .get(&ObjectKey::new(namespace, name))
+    }
+
+    /// The status of ClientTrafficPolicy `namespace/name`: one ancestor entry per target on a
+    /// Gateway of ours (or on a Gateway that does not exist). `None` when there is none.
+    pub fn client_traffic_policy(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<&ClientTrafficPolicyStatus> {
+        self.client_traffic_policies
             .get(&ObjectKey::new(namespace, name))
     }
 

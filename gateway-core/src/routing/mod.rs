@@ -38,7 +38,7 @@ pub use rank::{MatchRank, PathRank};
 pub struct RequestParts<'a> {
     /// The `Host` header or `:authority`, possibly with a port.
     pub host: &'a str,
-    /// The path, without the query.
+    /// The path, without the query, as the listener normalised it ([`crate::path`]).
     pub path: &'a str,
     /// The raw query string without `?`, if any.
     pub query: Option<&'a str>,
@@ -133,6 +133,21 @@ impl BindRouter {
     pub fn lookup(&self, req: &RequestParts<'_>) -> Option<RouteHit> {
         host::with_request_host(req.host, |host| {
             let listener = *self.listeners.find(host)?;
+            let (route, rule, matched_prefix) = self.routers.get(listener)?.lookup(host, req)?;
+            Some(RouteHit {
+                listener,
+                route,
+                rule,
+                matched_prefix,
+            })
+        })
+    }
+
+    /// Finds the rule that takes the request among the routes of listener `listener` (an index
+    /// from [`BindRouter::listener_for`] for the request's host), or `None` (404). Runs once per
+    /// request, after the path was normalised under that listener's settings.
+    pub fn lookup_in(&self, listener: usize, req: &RequestParts<'_>) -> Option<RouteHit> {
+        host::with_request_host(req.host, |host| {
             let (route, rule, matched_prefix) = self.routers.get(listener)?.lookup(host, req)?;
             Some(RouteHit {
                 listener,

@@ -2,6 +2,7 @@
 
 mod backend;
 mod backend_tls;
+mod client_policy;
 mod frontend;
 mod hostname;
 mod listener;
@@ -35,7 +36,7 @@ use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::crds::{XBACKEND_KIND, XBackendStatus};
+use crate::crds::{ClientTrafficPolicyStatus, PolicyAncestorStatus, XBACKEND_KIND, XBackendStatus};
 use crate::diagnostic::Diagnostic;
 use crate::resources::{GATEWAY_GROUP, GATEWAY_X_GROUP, Object, ObjectKey, Resources};
 use crate::status::{Cond, ConditionClock, SUPPORTED_FEATURES, StatusReport, XBackendEntry};
@@ -250,6 +251,25 @@ impl Translator {
             .collect();
         self.mark_bind_conflicts(&mut plans);
 
+        // ClientTrafficPolicies: the path normalisation of each listener.
+        let ours: BTreeMap<ObjectKey, Vec<String>> = plans
+            .iter()
+            .map(|p| {
+                let names = p.listeners.iter().map(|l| l.name.clone()).collect();
+                (p.key.clone(), names)
+            })
+            .collect();
+        let client_policies = client_policy::plan(resources, &ours);
+        out.diagnostics
+            .extend(client_policies.diagnostics.iter().cloned());
+        for plan in &client_policies.plans {
+            if let Some(status) = self.client_policy_status(plan, &now) {
+                out.status
+                    .client_traffic_policies
+                    .insert(plan.key.clone(), status);
+            }
+        }
+
         // XBackendTrafficPolicies, then HTTPRoutes (whose backends carry the policies).
         let (policy_plans, backend_policies) = policy::plan(resources);
         let (tls_plans, backend_tls) = backend_tls::plan(resources);
@@ -309,6 +329,7 @@ impl Translator {
                         port: l.port,
                         tls: l.tls.clone(),
                         routes: l.routes.clone(),
+                        path_normalization: client_policies.path_of(&plan.key, &l.name),
                     });
                 }
             }
@@ -886,6 +907,42 @@ impl Translator {
             })
             .collect();
         Some(BackendTlsPolicyStatus { ancestors })
+    }
+
+    /// The status of a ClientTrafficPolicy: one entry per target it reports on. `None` when it
+    /// targets only Gateways of other controllers.
+    fn client_policy_status(
+        &mut self,
+        plan: &client_policy::ClientPolicyPlan,
+        now: &Time,
+    ) -> Option<ClientTrafficPolicyStatus> {
+        if plan.ancestors.is_empty() {
+            return None;
+        }
+        let ancestors = plan
+            .ancestors
+            .iter()
+            .map(|(ancestor, outcome)| {
+                let mut scope = format!(
+                    "ClientTrafficPolicy/{}/ancestor/{}/{}",
+                    plan.key, ancestor.namespace, ancestor.name
+                );
+                if let Some(section) = &ancestor.section_name {
+                    scope.push('/');
+                    scope.push_str(section);
+                }
+                let cond = match outcome {
+                    Ok(message) => Cond::new("Accepted", true, "Accepted", message.clone()),
+                    Err((reason, message)) => Cond::new("Accepted", false, reason, message.clone()),
+                };
+                PolicyAncestorStatus {
+                    ancestor_ref: ancestor.clone(),
+                    controller_name: self.options.controller_name.clone(),
+                    conditions: vec![self.clock.build(&scope, cond, plan.generation, now)],
+                }
+            })
+            .collect();
+        Some(ClientTrafficPolicyStatus { ancestors })
     }
 
     fn gateway_status(&mut self, plan: &GatewayPlan, now: &Time) -> GatewayStatus {
