@@ -865,6 +865,71 @@ mod tests {
         assert!(cases[2].status.accepts(503));
         assert!(!cases[2].status.accepts(502));
         assert_eq!(cases[2].sni(), "");
+        // `TLS SNI=` is the client's server name, not the backend's.
+        assert_eq!(c.backend_sni(), "");
+        assert!(cases[1].expects_failure());
+        assert!(!cases[2].expects_failure());
+    }
+
+    #[test]
+    fn backend_sni_notes() {
+        let text = format!(
+            "{HEADER}\n{}\n{}\n",
+            row(&[
+                "BackendTLSPolicy",
+                "gw",
+                "https",
+                "h.org",
+                "GET",
+                "/",
+                "",
+                "200",
+                "",
+                "ns",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "SNI=h.org;backendSNI=abc.example.com;",
+            ]),
+            row(&[
+                "BackendTLSPolicy",
+                "gw",
+                "http",
+                "h",
+                "GET",
+                "/",
+                "",
+                "!200",
+                "",
+                "ns",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "SNI=abc.example.com;failure-expected(!=200);",
+            ]),
+        );
+        let cases = parse_cases(&text).expect("parse");
+        assert_eq!(cases[0].backend_sni(), "abc.example.com");
+        assert_eq!(cases[0].sni(), "h.org");
+        assert!(!cases[0].expects_failure());
+        assert_eq!(cases[1].backend_sni(), "abc.example.com");
+        assert!(cases[1].expects_failure());
     }
 
     #[test]

@@ -466,6 +466,7 @@ mod tests {
             headers: BTreeMap::from([("X-Add".to_string(), vec!["a".into(), "b".into()])]),
             namespace: "gateway-conformance-infra".into(),
             pod: "infra-backend-v1-xyz-0".into(),
+            tls: None,
         }
     }
 
@@ -483,6 +484,56 @@ mod tests {
 
     fn run(c: &Case, o: &Observed) -> Result<(), String> {
         compare(c, &Expectation::for_case(c, "u"), o)
+    }
+
+    #[test]
+    fn backend_tls_rules() {
+        let certs = crate::certs::SuiteCerts::generate().expect("certs");
+        let client = certs
+            .secret(crate::certs::BACKEND_CLIENT_CERT)
+            .expect("client secret");
+        let other = certs
+            .secret("tls-validity-checks-client-certificate")
+            .expect("other client secret");
+        let mut c = case();
+        c.notes = "SNI=abc.example.com;".into();
+        assert_eq!(c.backend_sni(), "abc.example.com");
+        // Not TLS at all: the expected server name cannot have been seen.
+        let err = run(&c, &ok_obs()).expect_err("plain backend");
+        assert!(err.contains("not TLS"), "{err}");
+        let mut tls = ok_obs();
+        tls.echo.as_mut().expect("echo").tls = Some(EchoTlsBody {
+            server_name: "abc.example.com".into(),
+            peer_certificates: vec![client.cert_pem.clone()],
+        });
+        assert!(run(&c, &tls).is_ok());
+        c.notes = "SNI=other.example.com;".into();
+        assert!(run(&c, &tls).is_err(), "wrong server name");
+        // backendSNI overrides SNI (ExpectedRequest.SNI).
+        c.notes = "SNI=other.example.com;backendSNI=abc.example.com;".into();
+        assert!(run(&c, &tls).is_ok());
+
+        let mut exp = Expectation::for_case(&c, "u");
+        exp.client_cert = Some(client.cert_pem.clone());
+        assert!(compare(&c, &exp, &tls).is_ok());
+        exp.client_cert = Some(other.cert_pem.clone());
+        assert!(compare(&c, &exp, &tls).is_err(), "another certificate");
+        let mut no_peer = tls.clone();
+        no_peer.echo.as_mut().expect("echo").tls = Some(EchoTlsBody {
+            server_name: "abc.example.com".into(),
+            peer_certificates: vec![],
+        });
+        exp.client_cert = Some(client.cert_pem.clone());
+        assert!(
+            compare(&c, &exp, &no_peer).is_err(),
+            "no client certificate"
+        );
+        // A failure status is compared by code only.
+        let mut bad = ok_obs();
+        bad.status = 502;
+        bad.echo = None;
+        c.status = ExpectedStatus::AnyOf(vec![500, 502, 503]);
+        assert!(run(&c, &bad).is_ok());
     }
 
     #[test]

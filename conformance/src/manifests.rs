@@ -600,6 +600,89 @@ spec:
     }
 
     #[test]
+    fn tls_workloads_resolve_their_mounted_keys() {
+        let docs = parse_docs(
+            r#"
+kind: Service
+metadata: {name: tls, namespace: ns}
+spec:
+  selector: {app: tls}
+  ports: [{port: 443, targetPort: 8443}, {port: 80, targetPort: 3000}]
+---
+kind: Deployment
+metadata: {name: tls, namespace: ns}
+spec:
+  template:
+    metadata: {labels: {app: tls}}
+    spec:
+      containers:
+      - name: c
+        image: echo-basic:v1
+        volumeMounts:
+        - {name: secret-volume, mountPath: /etc/secret-volume}
+        - {name: ca, mountPath: /etc/ca/}
+        env:
+        - {name: TLS_SERVER_CERT, value: /etc/secret-volume/crt}
+        - {name: TLS_SERVER_PRIVKEY, value: /etc/secret-volume/key}
+        - {name: TLS_CLIENT_CACERTS, value: /etc/ca/ca.crt}
+      volumes:
+      - name: secret-volume
+        secret:
+          secretName: server
+          items: [{key: tls.crt, path: crt}, {key: tls.key, path: key}]
+      - name: ca
+        configMap: {name: roots}
+---
+kind: Service
+metadata: {name: plain, namespace: ns}
+spec:
+  selector: {app: plain}
+  ports: [{port: 443, targetPort: 8443}]
+---
+kind: Deployment
+metadata: {name: plain, namespace: ns}
+spec:
+  template:
+    metadata: {labels: {app: plain}}
+    spec:
+      containers: [{name: c, image: echo-basic:v1}]
+---
+kind: Secret
+metadata: {name: server, namespace: ns}
+data: {tls.crt: Q0VSVA==, tls.key: S0VZ}
+---
+kind: ConfigMap
+metadata: {name: roots, namespace: ns}
+data: {ca.crt: ROOTS}
+"#,
+            "c",
+            "test",
+        )
+        .expect("parse");
+        let w = workloads(&docs);
+        let tls = w[0].tls.as_ref().expect("tls workload");
+        assert_eq!(w[0].ports, vec![3000, 8443]);
+        assert_eq!(tls.port, DEFAULT_HTTPS_PORT);
+        assert_eq!(tls.cert.kind, "Secret");
+        assert_eq!(tls.cert.key, "tls.crt");
+        assert_eq!(tls.key.key, "tls.key");
+        assert_eq!(
+            mounted_data(&docs, &tls.cert).as_deref(),
+            Some(&b"CERT"[..])
+        );
+        assert_eq!(mounted_data(&docs, &tls.key).as_deref(), Some(&b"KEY"[..]));
+        let ca = tls.client_ca.as_ref().expect("client CA");
+        assert_eq!(
+            (ca.kind, ca.name.as_str(), ca.key.as_str()),
+            ("ConfigMap", "roots", "ca.crt")
+        );
+        assert_eq!(mounted_data(&docs, ca).as_deref(), Some(&b"ROOTS"[..]));
+        // Without TLS settings the HTTPS port is not served.
+        assert!(w[1].tls.is_none());
+        assert!(w[1].ports.is_empty());
+    }
+
+    #[test]
     fn bad_yaml_is_an_error() {
         assert!(parse_docs("a: [unclosed", "c", "bad").is_err());
     }

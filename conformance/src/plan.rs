@@ -939,6 +939,48 @@ mod tests {
     }
 
     #[test]
+    fn backend_tls_rows_expand_and_carry_the_client_certificate() {
+        let text = std::fs::read_to_string(crate::manifests::DEFAULT_CASES_PATH)
+            .expect("shared cases.tsv");
+        let cases = crate::cases::parse_cases(&text).expect("parse");
+        let rows: Vec<&Case> = cases
+            .iter()
+            .filter(|c| c.test == "BackendTLSPolicyInvalidCACertificateRef")
+            .collect();
+        let paths: Vec<String> = expand_rows("BackendTLSPolicyInvalidCACertificateRef", &rows)
+            .into_iter()
+            .map(|c| c.path)
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "/backendtlspolicy-nonexistent-ca-certificate-ref",
+                "/backendtlspolicy-malformed-ca-certificate-ref"
+            ]
+        );
+        // Rows without the placeholder are kept as they are.
+        let plain: Vec<&Case> = cases
+            .iter()
+            .filter(|c| c.test == "BackendTLSPolicy")
+            .collect();
+        assert_eq!(expand_rows("BackendTLSPolicy", &plain).len(), plain.len());
+        let row = cases
+            .iter()
+            .find(|c| c.test == "GatewayTLSBackendClientCertificate")
+            .expect("row");
+        assert_eq!(
+            row_quirks(row).backend_client_cert,
+            Some(crate::certs::BACKEND_CLIENT_CERT)
+        );
+        let checks = traffic_checks("BackendTLSPolicyConflictResolution", "c");
+        assert!(checks.contains(&Check::BackendTlsPolicyCondition(
+            ObjRef::infra("conflicted-with-section-name-2"),
+            gw("same-namespace"),
+            cond("Accepted", "False", "Conflicted"),
+        )));
+    }
+
+    #[test]
     fn row_quirks_of_cors_preflights() {
         let text = std::fs::read_to_string(crate::manifests::DEFAULT_CASES_PATH)
             .expect("shared cases.tsv");

@@ -1291,7 +1291,7 @@ spec:
         )
         .expect("docs");
         let mut backends = Backends::new();
-        backends.ensure(&docs).await.expect("pods");
+        backends.ensure(&docs, &[]).await.expect("pods");
         let at = |dep: &str| {
             let p = &backends.pods("ns", dep)[0];
             SocketAddr::new(p.ip(), p.ports()[0])

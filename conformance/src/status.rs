@@ -973,6 +973,48 @@ mod tests {
     }
 
     #[test]
+    fn policy_ancestor_conditions() {
+        let policy = |generation: i64, observed: i64| {
+            Snapshot::from_docs(vec![json!({
+                "kind": "BackendTLSPolicy",
+                "metadata": {"name": "p", "namespace": INFRA_NS, "generation": generation},
+                "status": {"ancestors": [
+                    {
+                        "ancestorRef": {"group": GATEWAY_GROUP, "kind": "Gateway", "name": "gw", "namespace": INFRA_NS},
+                        "controllerName": "ctl",
+                        "conditions": [
+                            {"type": "Accepted", "status": "True", "reason": "Accepted", "observedGeneration": observed},
+                            {"type": "ResolvedRefs", "status": "True", "reason": "ResolvedRefs", "observedGeneration": observed},
+                        ],
+                    },
+                    {
+                        "ancestorRef": {"name": "other"},
+                        "controllerName": "ctl",
+                        "conditions": [
+                            {"type": "Accepted", "status": "False", "reason": "Conflicted", "observedGeneration": observed},
+                        ],
+                    },
+                ]},
+            })])
+        };
+        let s = policy(1, 1);
+        let p = ObjRef::infra("p");
+        let check = |s: &Snapshot, gw: &str, c: Cond| {
+            s.policy_condition("BackendTLSPolicy", &p, &ObjRef::infra(gw), &c)
+        };
+        assert!(check(&s, "gw", cond("Accepted", "True", "Accepted")).is_ok());
+        assert!(check(&s, "gw", cond("ResolvedRefs", "True", "ResolvedRefs")).is_ok());
+        assert!(check(&s, "gw", cond("Accepted", "False", "Conflicted")).is_err());
+        // An ancestorRef without a namespace matches the Gateway's.
+        assert!(check(&s, "other", cond("Accepted", "False", "Conflicted")).is_ok());
+        let err = check(&s, "missing", cond("Accepted", "True", "")).expect_err("no ancestor");
+        assert!(err.contains("no ancestor entry"), "{err}");
+        // A stale ancestor condition fails every check.
+        let stale = policy(2, 1);
+        assert!(check(&stale, "gw", cond("Accepted", "True", "Accepted")).is_err());
+    }
+
+    #[test]
     fn route_checks_need_latest_generations() {
         let mut s = snap();
         let gw = ObjRef::infra("gw");
