@@ -733,6 +733,10 @@ pub const TESTS: &[TestSpec] = &[
         &["gateway-invalid-tls-configuration.yaml"],
     ),
     s(
+        "GatewayInvalidTLSBackendConfiguration",
+        &["gateway-invalid-tls-backend-configuration.yaml"],
+    ),
+    s(
         "GatewaySecretMissingReferenceGrant",
         &["gateway-secret-missing-reference-grant.yaml"],
     ),

@@ -419,6 +419,40 @@ pub fn status_plan(test: &str) -> Vec<Phase> {
                 },
             ]
         }
+        // gateway-invalid-tls-backend-configuration.go: each Gateway with an unusable
+        // `tls.backend.clientCertificateRef` is still Accepted, with ResolvedRefs=False.
+        "GatewayInvalidTLSBackendConfiguration" => one([
+            (
+                "gateway-client-certificate-nonexistent-secret",
+                "InvalidClientCertificateRef",
+            ),
+            (
+                "gateway-client-certificate-unsupported-group",
+                "InvalidClientCertificateRef",
+            ),
+            (
+                "gateway-client-certificate-unsupported-kind",
+                "InvalidClientCertificateRef",
+            ),
+            (
+                "gateway-client-certificate-malformed-secret",
+                "InvalidClientCertificateRef",
+            ),
+            (
+                "gateway-client-certificate-missing-reference-grant",
+                "RefNotPermitted",
+            ),
+        ]
+        .into_iter()
+        .flat_map(|(name, reason)| {
+            let g = gw(name);
+            [
+                Check::GatewayLatest(g.clone()),
+                Check::GatewayCondition(g.clone(), cond("ResolvedRefs", "False", reason)),
+                Check::GatewayCondition(g, cond("Accepted", "True", "Accepted")),
+            ]
+        })
+        .collect()),
         "GatewayInvalidParametersRef" => {
             let g = gw("gateway-invalid-parameters-ref");
             one(vec![
