@@ -367,10 +367,8 @@ pub fn workloads(docs: &[Value]) -> Vec<Workload> {
                 Some("gRPC echo not emulated".to_string())
             } else if envs.iter().any(|e| e == "TCP_ECHO_SERVER") {
                 Some("TCP echo not emulated".to_string())
-            } else if let Some(e) = tls_error {
-                Some(format!("HTTPS listener: {e}"))
             } else {
-                None
+                tls_error.map(|e| format!("HTTPS listener: {e}"))
             };
             Workload {
                 namespace: ns,
