@@ -8,9 +8,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use serde_json::Value;
 
-use crate::echo::{EchoPod, PodIdentity};
+use crate::echo::{EchoPod, EchoTls, PodIdentity};
 use crate::error::{Error, Result};
-use crate::manifests::{PodEndpoint, workloads};
+use crate::manifests::{MountedKey, PodEndpoint, mounted_data, workloads};
 
 /// All running echo pods, keyed by `(namespace, deployment)`.
 #[derive(Debug, Default)]
@@ -25,12 +25,37 @@ impl Backends {
         Backends::default()
     }
 
-    /// Starts pods for every emulatable Deployment in `docs` not already running.
-    pub async fn ensure(&mut self, docs: &[Value]) -> Result<()> {
+    /// Starts pods for every emulatable Deployment in `docs` not already running. A pod with
+    /// echo-basic's HTTPS listener reads its certificate, key and client CAs from the Secrets
+    /// and ConfigMaps in `material` (the harness's generated ones, see
+    /// [`crate::certs::SuiteCerts::documents`]) and `docs`.
+    pub async fn ensure(&mut self, docs: &[Value], material: &[Value]) -> Result<()> {
         for w in workloads(docs) {
             if w.unsupported.is_some() || w.ports.is_empty() {
                 continue;
             }
+            let tls = match &w.tls {
+                Some(files) => {
+                    let read = |m: &MountedKey| {
+                        mounted_data(material, m)
+                            .or_else(|| mounted_data(docs, m))
+                            .ok_or_else(|| {
+                                Error::Manifest(format!(
+                                    "Deployment {}/{}: {} {}/{} has no key {:?}",
+                                    w.namespace, w.deployment, m.kind, m.namespace, m.name, m.key
+                                ))
+                            })
+                    };
+                    let ca = files.client_ca.as_ref().map(read).transpose()?;
+                    Some(EchoTls::new(
+                        files.port,
+                        &read(&files.cert)?,
+                        &read(&files.key)?,
+                        ca.as_deref(),
+                    )?)
+                }
+                None => None,
+            };
             let key = (w.namespace.clone(), w.deployment.clone());
             if self.pods.contains_key(&key) {
                 continue;
@@ -50,7 +75,7 @@ impl Backends {
                     service: String::new(),
                     ingress: String::new(),
                 };
-                pods.push(EchoPod::start(ip, &w.ports, identity).await?);
+                pods.push(EchoPod::start_with_tls(ip, &w.ports, identity, tls.clone()).await?);
             }
             tracing::info!(
                 namespace = %w.namespace,
@@ -133,8 +158,8 @@ spec:
         )
         .expect("parse");
         let mut b = Backends::new();
-        b.ensure(&docs).await.expect("ensure");
-        b.ensure(&docs).await.expect("ensure twice");
+        b.ensure(&docs, &[]).await.expect("ensure");
+        b.ensure(&docs, &[]).await.expect("ensure twice");
         let eps = b.endpoints("ns-a", "svc-a");
         assert_eq!(eps.len(), 2);
         assert!(eps[0].pod.starts_with("svc-a-"));

@@ -148,6 +148,36 @@ impl Case {
         strip_port(&self.host).to_string()
     }
 
+    /// A `key=value` note (the notes are `;`-separated); `key` must start the item, so
+    /// `SNI=` does not match inside `TLS SNI=`.
+    fn note(&self, key: &str) -> Option<&str> {
+        self.notes
+            .split(';')
+            .map(str::trim)
+            .find_map(|item| item.strip_prefix(key)?.strip_prefix('='))
+            .map(str::trim)
+    }
+
+    /// The TLS server name the backend must have seen (upstream `ExpectedRequest.SNI`, which
+    /// defaults to `Request.SNI`): `backendSNI=` from the notes, else `SNI=`; empty when
+    /// neither is given (not checked).
+    pub fn backend_sni(&self) -> String {
+        self.note("backendSNI")
+            .or_else(|| self.note("SNI"))
+            .unwrap_or("")
+            .to_string()
+    }
+
+    /// Whether the row is upstream `MakeRequestAndExpectFailure` (`failure-expected` in the
+    /// notes, or status `!200`): any response but a 200 (or a timeout) counts, 5 in a row.
+    pub fn expects_failure(&self) -> bool {
+        self.status == ExpectedStatus::Not200
+            || self
+                .notes
+                .split(';')
+                .any(|n| n.trim().starts_with("failure-expected"))
+    }
+
     /// A short description for failure reports.
     pub fn describe(&self) -> String {
         let host = if self.host.is_empty() {
@@ -474,8 +504,6 @@ const fn cc(name: &'static str, files: &'static [&'static str]) -> TestSpec {
     }
 }
 
-const NO_TLS_BACKEND: &str = "needs a TLS echo backend on 8443 (not emulated)";
-
 /// Every HTTP/HTTPS test of `cases.tsv`, the WebSocket test, and the status-only
 /// Gateway/HTTPRoute tests.
 pub const TESTS: &[TestSpec] = &[
@@ -612,35 +640,26 @@ pub const TESTS: &[TestSpec] = &[
         ],
     ),
     t("ListenerSetHTTPRouting", &["listenerset-http-routing.yaml"]),
-    skip(
+    t(
         "GatewayTLSBackendClientCertificate",
         &["gateway-tls-backend-client-certificate.yaml"],
-        NO_TLS_BACKEND,
     ),
-    skip(
-        "BackendTLSPolicy",
-        &["backendtlspolicy.yaml"],
-        NO_TLS_BACKEND,
-    ),
-    skip(
+    t("BackendTLSPolicy", &["backendtlspolicy.yaml"]),
+    t(
         "BackendTLSPolicyConflictResolution",
         &["backendtlspolicy-conflict-resolution.yaml"],
-        NO_TLS_BACKEND,
     ),
-    skip(
+    t(
         "BackendTLSPolicyInvalidCACertificateRef",
         &["backendtlspolicy-invalid-ca-certificate-ref.yaml"],
-        NO_TLS_BACKEND,
     ),
-    skip(
+    t(
         "BackendTLSPolicyInvalidKind",
         &["backendtlspolicy-invalid-kind.yaml"],
-        NO_TLS_BACKEND,
     ),
-    skip(
+    t(
         "BackendTLSPolicySANValidation",
         &["backendtlspolicy-san.yaml"],
-        NO_TLS_BACKEND,
     ),
     cc(
         "GatewayFrontendClientCertificateValidation",
@@ -712,6 +731,10 @@ pub const TESTS: &[TestSpec] = &[
     s(
         "GatewayInvalidTLSConfiguration",
         &["gateway-invalid-tls-configuration.yaml"],
+    ),
+    s(
+        "GatewayInvalidTLSBackendConfiguration",
+        &["gateway-invalid-tls-backend-configuration.yaml"],
     ),
     s(
         "GatewaySecretMissingReferenceGrant",
@@ -846,6 +869,71 @@ mod tests {
         assert!(cases[2].status.accepts(503));
         assert!(!cases[2].status.accepts(502));
         assert_eq!(cases[2].sni(), "");
+        // `TLS SNI=` is the client's server name, not the backend's.
+        assert_eq!(c.backend_sni(), "");
+        assert!(cases[1].expects_failure());
+        assert!(!cases[2].expects_failure());
+    }
+
+    #[test]
+    fn backend_sni_notes() {
+        let text = format!(
+            "{HEADER}\n{}\n{}\n",
+            row(&[
+                "BackendTLSPolicy",
+                "gw",
+                "https",
+                "h.org",
+                "GET",
+                "/",
+                "",
+                "200",
+                "",
+                "ns",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "SNI=h.org;backendSNI=abc.example.com;",
+            ]),
+            row(&[
+                "BackendTLSPolicy",
+                "gw",
+                "http",
+                "h",
+                "GET",
+                "/",
+                "",
+                "!200",
+                "",
+                "ns",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "SNI=abc.example.com;failure-expected(!=200);",
+            ]),
+        );
+        let cases = parse_cases(&text).expect("parse");
+        assert_eq!(cases[0].backend_sni(), "abc.example.com");
+        assert_eq!(cases[0].sni(), "h.org");
+        assert!(!cases[0].expects_failure());
+        assert_eq!(cases[1].backend_sni(), "abc.example.com");
+        assert!(cases[1].expects_failure());
     }
 
     #[test]

@@ -73,8 +73,32 @@ pub const CLIENT_CERT_PAIRS: &[(&str, &str)] = &[
     ),
 ];
 
-/// A client certificate (`clientAuth` key usage) for `name`, signed by a fresh CA: (CA PEM,
-/// client Secret).
+/// The client certificate the Gateway presents to TLS backends
+/// (`spec.tls.backend.clientCertificateRef` of GatewayTLSBackendClientCertificate). It is signed
+/// by the suite CA, which is also what `tls-checks-ca-certificate` holds: the backend that
+/// validates client certificates trusts that ConfigMap.
+pub const BACKEND_CLIENT_CERT: &str = "tls-checks-client-certificate";
+
+/// A client certificate (`clientAuth` key usage) for `secret`, signed by `issuer`.
+fn client_cert(secret: &str, issuer: &Issuer<'_, KeyPair>) -> Result<GeneratedSecret> {
+    let key = KeyPair::generate().map_err(|e| cert_err(secret, e))?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, secret);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params
+        .signed_by(&key, issuer)
+        .map_err(|e| cert_err(secret, e))?;
+    Ok(GeneratedSecret {
+        name: secret.to_string(),
+        namespace: INFRA_NS.to_string(),
+        sans: Vec::new(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// A client certificate for `secret`, signed by a fresh CA: (CA PEM, client Secret).
 fn client_pair(ca_name: &str, secret: &str) -> Result<(String, GeneratedSecret)> {
     let ca_key = KeyPair::generate().map_err(|e| cert_err(ca_name, e))?;
     let ca = ca_params(ca_name);
@@ -83,24 +107,7 @@ fn client_pair(ca_name: &str, secret: &str) -> Result<(String, GeneratedSecret)>
         .map_err(|e| cert_err(ca_name, e))?
         .pem();
     let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().map_err(|e| cert_err(secret, e))?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, secret);
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = params
-        .signed_by(&key, &issuer)
-        .map_err(|e| cert_err(secret, e))?;
-    Ok((
-        ca_pem,
-        GeneratedSecret {
-            name: secret.to_string(),
-            namespace: INFRA_NS.to_string(),
-            sans: Vec::new(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        },
-    ))
+    Ok((ca_pem, client_cert(secret, &issuer)?))
 }
 
 /// `(name, namespaces, SANs)` of every serving certificate the suite generates.
@@ -218,6 +225,7 @@ impl SuiteCerts {
                 });
             }
         }
+        secrets.push(client_cert(BACKEND_CLIENT_CERT, &issuer)?);
         let mut client_cas = Vec::new();
         for (ca_name, secret) in CLIENT_CERT_PAIRS {
             let (pem, client) = client_pair(ca_name, secret)?;

@@ -539,4 +539,79 @@ mod tests {
             assert_eq!(obs.headers["a"], "b");
         }
     }
+
+    #[tokio::test]
+    async fn echo_https_listener_reports_sni_and_client_certificates() {
+        let certs = crate::certs::SuiteCerts::generate().expect("certs");
+        let server = certs.secret("tls-checks-certificate").expect("server");
+        let tls = crate::echo::EchoTls::new(
+            0,
+            server.cert_pem.as_bytes(),
+            server.key_pem.as_bytes(),
+            Some(certs.ca_pem().as_bytes()),
+        )
+        .expect("tls");
+        let pod = EchoPod::start_with_tls(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            &[0],
+            PodIdentity {
+                pod: "tls-backend-1".into(),
+                namespace: "ns".into(),
+                ..PodIdentity::default()
+            },
+            Some(tls),
+        )
+        .await
+        .expect("pod");
+        let spec = |scheme| RequestSpec {
+            scheme,
+            connect: SocketAddr::new(pod.ip(), pod.ports()[0]),
+            host: "abc.example.com".into(),
+            sni: "abc.example.com".into(),
+            method: "GET".into(),
+            path: "/t".into(),
+            headers: vec![],
+            timeout: Duration::from_secs(5),
+        };
+        let der = |pem: &str| -> Vec<Vec<u8>> {
+            rustls_pemfile::certs(&mut pem.as_bytes())
+                .map(|c| c.expect("pem").as_ref().to_vec())
+                .collect()
+        };
+
+        // With the client certificate the suite CA signed: echoed with the SNI and the
+        // certificate, over HTTP/1.1 and h2 (ALPN).
+        let mine = certs
+            .secret(crate::certs::BACKEND_CLIENT_CERT)
+            .expect("client");
+        let (client, asked) =
+            Client::with_client_cert(certs.ca_pem(), Some((&mine.cert_pem, &mine.key_pem)))
+                .expect("client");
+        for scheme in [Scheme::Https, Scheme::HttpsH2] {
+            let obs = client.send(&spec(scheme)).await.expect("send");
+            assert_eq!(obs.status, 200);
+            let tls = obs.echo.expect("echo").tls.expect("tls object");
+            assert_eq!(tls.server_name, "abc.example.com");
+            assert_eq!(tls.peer_certificates.len(), 1);
+            assert_eq!(der(&tls.peer_certificates[0]), der(&mine.cert_pem));
+        }
+        assert!(asked.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+
+        // Without a certificate it is still served (VerifyClientCertIfGiven).
+        let anonymous = Client::new(certs.ca_pem()).expect("client");
+        let obs = anonymous.send(&spec(Scheme::Https)).await.expect("send");
+        let tls = obs.echo.expect("echo").tls.expect("tls object");
+        assert!(tls.peer_certificates.is_empty());
+
+        // A certificate from a CA the pod does not trust fails the handshake.
+        let stranger = certs
+            .secret("tls-validity-checks-client-certificate")
+            .expect("other client");
+        let (client, _) = Client::with_client_cert(
+            certs.ca_pem(),
+            Some((&stranger.cert_pem, &stranger.key_pem)),
+        )
+        .expect("client");
+        assert!(client.send(&spec(Scheme::Https)).await.is_err());
+    }
 }

@@ -30,6 +30,20 @@ pub struct EchoBody {
     /// The pod's name.
     #[serde(default)]
     pub pod: String,
+    /// What the pod saw of the TLS connection (only on echo-basic's HTTPS listener).
+    #[serde(default)]
+    pub tls: Option<EchoTlsBody>,
+}
+
+/// echo-basic's `TLSAssertions` (the fields the rules look at).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct EchoTlsBody {
+    /// The SNI the backend received ("" for none).
+    #[serde(default, rename = "serverName")]
+    pub server_name: String,
+    /// The client's certificates, PEM.
+    #[serde(default, rename = "peerCertificates")]
+    pub peer_certificates: Vec<String>,
 }
 
 /// What came back for one request.
@@ -76,6 +90,12 @@ pub struct Expectation {
     /// Compare response header values with whitespace removed (upstream
     /// `Response.IgnoreWhitespace`).
     pub ignore_whitespace: bool,
+    /// The TLS server name the backend must have seen (upstream `ExpectedRequest.SNI`); empty:
+    /// not checked.
+    pub backend_sni: String,
+    /// A certificate (PEM) that must be among the backend's TLS peer certificates (upstream
+    /// `Request.ClientCert`); the runner fills it in from [`crate::plan::RowQuirks`].
+    pub client_cert: Option<String>,
 }
 
 impl Expectation {
@@ -95,6 +115,8 @@ impl Expectation {
             request_path,
             backend_path,
             ignore_whitespace: quirks.ignore_whitespace,
+            backend_sni: case.backend_sni(),
+            client_cert: None,
         }
     }
 }
@@ -277,7 +299,48 @@ fn compare_echo(
             echo.pod, case.backend
         ));
     }
+    if !exp.backend_sni.is_empty() {
+        match &echo.tls {
+            Some(tls) if tls.server_name == exp.backend_sni => {}
+            Some(tls) => {
+                return Err(format!(
+                    "backend saw TLS server name {:?}, want {:?}",
+                    tls.server_name, exp.backend_sni
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "backend connection was not TLS (want server name {:?})",
+                    exp.backend_sni
+                ));
+            }
+        }
+    }
+    if let Some(want) = &exp.client_cert {
+        // Upstream compares the Secret's certificate with the peer certificates the echo
+        // lists; the Secret holds the leaf first.
+        let want = pem_der(want).into_iter().next().unwrap_or_default();
+        let peers = echo
+            .tls
+            .as_ref()
+            .map(|t| t.peer_certificates.as_slice())
+            .unwrap_or(&[]);
+        if want.is_empty() || !peers.iter().any(|p| pem_der(p).contains(&want)) {
+            return Err(format!(
+                "backend did not see the expected client certificate ({} peer certificates)",
+                peers.len()
+            ));
+        }
+    }
     Ok(())
+}
+
+/// The DER bytes of the certificates in a PEM text (empty when none parse).
+fn pem_der(pem: &str) -> Vec<Vec<u8>> {
+    rustls_pemfile::certs(&mut pem.as_bytes())
+        .filter_map(|c| c.ok())
+        .map(|c| c.as_ref().to_vec())
+        .collect()
 }
 
 /// The parts of a `Location` URL (or an expected redirect) the rules compare.
@@ -403,6 +466,7 @@ mod tests {
             headers: BTreeMap::from([("X-Add".to_string(), vec!["a".into(), "b".into()])]),
             namespace: "gateway-conformance-infra".into(),
             pod: "infra-backend-v1-xyz-0".into(),
+            tls: None,
         }
     }
 
@@ -420,6 +484,56 @@ mod tests {
 
     fn run(c: &Case, o: &Observed) -> Result<(), String> {
         compare(c, &Expectation::for_case(c, "u"), o)
+    }
+
+    #[test]
+    fn backend_tls_rules() {
+        let certs = crate::certs::SuiteCerts::generate().expect("certs");
+        let client = certs
+            .secret(crate::certs::BACKEND_CLIENT_CERT)
+            .expect("client secret");
+        let other = certs
+            .secret("tls-validity-checks-client-certificate")
+            .expect("other client secret");
+        let mut c = case();
+        c.notes = "SNI=abc.example.com;".into();
+        assert_eq!(c.backend_sni(), "abc.example.com");
+        // Not TLS at all: the expected server name cannot have been seen.
+        let err = run(&c, &ok_obs()).expect_err("plain backend");
+        assert!(err.contains("not TLS"), "{err}");
+        let mut tls = ok_obs();
+        tls.echo.as_mut().expect("echo").tls = Some(EchoTlsBody {
+            server_name: "abc.example.com".into(),
+            peer_certificates: vec![client.cert_pem.clone()],
+        });
+        assert!(run(&c, &tls).is_ok());
+        c.notes = "SNI=other.example.com;".into();
+        assert!(run(&c, &tls).is_err(), "wrong server name");
+        // backendSNI overrides SNI (ExpectedRequest.SNI).
+        c.notes = "SNI=other.example.com;backendSNI=abc.example.com;".into();
+        assert!(run(&c, &tls).is_ok());
+
+        let mut exp = Expectation::for_case(&c, "u");
+        exp.client_cert = Some(client.cert_pem.clone());
+        assert!(compare(&c, &exp, &tls).is_ok());
+        exp.client_cert = Some(other.cert_pem.clone());
+        assert!(compare(&c, &exp, &tls).is_err(), "another certificate");
+        let mut no_peer = tls.clone();
+        no_peer.echo.as_mut().expect("echo").tls = Some(EchoTlsBody {
+            server_name: "abc.example.com".into(),
+            peer_certificates: vec![],
+        });
+        exp.client_cert = Some(client.cert_pem.clone());
+        assert!(
+            compare(&c, &exp, &no_peer).is_err(),
+            "no client certificate"
+        );
+        // A failure status is compared by code only.
+        let mut bad = ok_obs();
+        bad.status = 502;
+        bad.echo = None;
+        c.status = ExpectedStatus::AnyOf(vec![500, 502, 503]);
+        assert!(run(&c, &bad).is_ok());
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! the `/retry/` simulator and the `/ws` WebSocket echo (RFC 6455 over HTTP/1.1, as echo-basic's
 //! `golang.org/x/net/websocket` handler). Every request's RequestURI is recorded so mirror tests
 //! can ask whether, and how often, a pod saw a request.
+//!
+//! A pod may also have echo-basic's HTTPS listener ([`EchoTls`]): on that port it speaks TLS
+//! (ALPN `h2` and `http/1.1`), optionally verifies a client certificate when one is given, and
+//! adds echo-basic's `tls` object to the echo (version, the SNI it saw, ALPN, cipher suite and
+//! the client's certificates as PEM).
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -52,6 +57,136 @@ struct PodState {
     retry_attempts: Mutex<HashMap<String, u32>>,
 }
 
+/// echo-basic's HTTPS listener: the port and the server configuration (serving certificate,
+/// optional client CA).
+#[derive(Clone, Debug)]
+pub struct EchoTls {
+    /// The port served with TLS (`HTTPS_PORT`, 8443 by default).
+    pub port: u16,
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl EchoTls {
+    /// Builds the listener's configuration from PEM: the certificate chain, its private key, and
+    /// optionally the CAs a client certificate must chain to. As echo-basic
+    /// (`tls.VerifyClientCertIfGiven`), a client without a certificate is still served; one
+    /// presenting a certificate the CAs do not vouch for fails the handshake.
+    pub fn new(
+        port: u16,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        client_ca: Option<&[u8]>,
+    ) -> Result<Self> {
+        let tls_err =
+            |what: &str, e: &dyn std::fmt::Display| Error::Tls(format!("echo {what}: {e}"));
+        let certs = rustls_pemfile::certs(&mut &cert_pem[..])
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| tls_err("certificate", &e))?;
+        let key = rustls_pemfile::private_key(&mut &key_pem[..])
+            .map_err(|e| tls_err("private key", &e))?
+            .ok_or_else(|| Error::Tls("echo private key: no key in PEM".into()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_err("protocol versions", &e))?;
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(pem) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in rustls_pemfile::certs(&mut &pem[..]) {
+                    let c = c.map_err(|e| tls_err("client CA", &e))?;
+                    roots.add(c).map_err(|e| tls_err("client CA", &e))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| tls_err("client verifier", &e))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(certs, key)
+            .map_err(|e| tls_err("certificate", &e))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(EchoTls {
+            port,
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// echo-basic's `TLSAssertions`: what the pod saw of a TLS connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct TlsSeen {
+    version: String,
+    server_name: String,
+    negotiated_protocol: String,
+    cipher_suite: String,
+    peer_certificates: Vec<String>,
+}
+
+impl TlsSeen {
+    fn of(conn: &rustls::ServerConnection) -> Self {
+        let version = match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "",
+        };
+        // Go names TLS 1.3 suites `TLS_AES_...`; rustls says `TLS13_AES_...`.
+        let cipher_suite = conn
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .map(|s| s.replacen("TLS13_", "TLS_", 1))
+            .unwrap_or_default();
+        TlsSeen {
+            version: version.to_string(),
+            server_name: conn.server_name().unwrap_or("").to_string(),
+            negotiated_protocol: conn
+                .alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .unwrap_or_default(),
+            cipher_suite,
+            peer_certificates: conn
+                .peer_certificates()
+                .unwrap_or(&[])
+                .iter()
+                .map(|c| pem_certificate(c.as_ref()))
+                .collect(),
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "version": self.version,
+            "serverName": self.server_name,
+            "cipherSuite": self.cipher_suite,
+        });
+        if !self.negotiated_protocol.is_empty() {
+            v["negotiatedProtocol"] = serde_json::json!(self.negotiated_protocol);
+        }
+        if !self.peer_certificates.is_empty() {
+            v["peerCertificates"] = serde_json::json!(self.peer_certificates);
+        }
+        v
+    }
+}
+
+/// A DER certificate as a PEM block (64-column base64, as Go's `pem.Encode`).
+pub fn pem_certificate(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
 /// A running echo pod. Dropping it stops accepting connections.
 #[derive(Debug)]
 pub struct EchoPod {
@@ -62,8 +197,19 @@ pub struct EchoPod {
 }
 
 impl EchoPod {
-    /// Binds `ip:port` for every port and starts serving. Runs on the current tokio runtime.
+    /// Binds `ip:port` for every port and starts serving plain HTTP/1.1 and h2c. Runs on the
+    /// current tokio runtime.
     pub async fn start(ip: IpAddr, ports: &[u16], identity: PodIdentity) -> Result<Self> {
+        Self::start_with_tls(ip, ports, identity, None).await
+    }
+
+    /// [`EchoPod::start`], serving the port of `tls` (when it is among `ports`) with TLS.
+    pub async fn start_with_tls(
+        ip: IpAddr,
+        ports: &[u16],
+        identity: PodIdentity,
+        tls: Option<EchoTls>,
+    ) -> Result<Self> {
         let state = Arc::new(PodState {
             identity,
             ..PodState::default()
@@ -74,12 +220,17 @@ impl EchoPod {
             let listener = TcpListener::bind(SocketAddr::new(ip, port))
                 .await
                 .map_err(|e| Error::io(format!("echo listen {ip}:{port}"), e))?;
+            let acceptor = tls
+                .as_ref()
+                .filter(|t| t.port == port)
+                .map(|t| tokio_rustls::TlsAcceptor::from(Arc::clone(&t.config)));
             let port = listener.local_addr()?.port();
             bound.push(port);
             tasks.push(tokio::spawn(accept_loop(
                 listener,
                 port,
                 Arc::clone(&state),
+                acceptor,
             )));
         }
         Ok(EchoPod {
@@ -140,18 +291,37 @@ impl Drop for EchoPod {
     }
 }
 
-async fn accept_loop(listener: TcpListener, port: u16, state: Arc<PodState>) {
+async fn accept_loop(
+    listener: TcpListener,
+    port: u16,
+    state: Arc<PodState>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let Ok((stream, _peer)) = listener.accept().await else {
             continue;
         };
-        tokio::spawn(serve_connection(stream, port, Arc::clone(&state)));
+        tokio::spawn(serve_connection(
+            stream,
+            port,
+            Arc::clone(&state),
+            tls.clone(),
+        ));
     }
 }
 
-/// Serves one connection. The retry simulator's "TCP RST" mode asks, through `abort`, for the
-/// connection to be reset: the socket gets SO_LINGER 0 and is closed.
-async fn serve_connection(stream: TcpStream, port: u16, state: Arc<PodState>) {
+/// How long a TLS client may take to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one connection (after the TLS handshake on the HTTPS port). The retry simulator's
+/// "TCP RST" mode asks, through `abort`, for the connection to be reset: the socket gets
+/// SO_LINGER 0 and is closed.
+async fn serve_connection(
+    stream: TcpStream,
+    port: u16,
+    state: Arc<PodState>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let Ok(std_stream) = stream.into_std() else {
         return;
     };
@@ -161,15 +331,44 @@ async fn serve_connection(stream: TcpStream, port: u16, state: Arc<PodState>) {
     let Ok(stream) = TcpStream::from_std(std_stream) else {
         return;
     };
+    match tls {
+        None => serve_io(stream, spare, port, state, None).await,
+        Some(acceptor) => {
+            let tls_stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(pod = %state.identity.pod, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let seen = Arc::new(TlsSeen::of(tls_stream.get_ref().1));
+            serve_io(tls_stream, spare, port, state, Some(seen)).await;
+        }
+    }
+}
+
+async fn serve_io<I>(
+    io: I,
+    spare: std::net::TcpStream,
+    port: u16,
+    state: Arc<PodState>,
+    tls: Option<Arc<TlsSeen>>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let abort = Arc::new(Notify::new());
     let svc_abort = Arc::clone(&abort);
     let service = service_fn(move |req: Request<Incoming>| {
         let state = Arc::clone(&state);
         let abort = Arc::clone(&svc_abort);
-        async move { Ok::<_, Infallible>(handle(state, port, abort, req).await) }
+        let tls = tls.clone();
+        async move { Ok::<_, Infallible>(handle(state, port, tls.as_deref(), abort, req).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let mut conn = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(stream), service));
+    let mut conn = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
     let reset = tokio::select! {
         _ = conn.as_mut() => false,
         _ = abort.notified() => true,
@@ -283,6 +482,7 @@ fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 async fn handle(
     state: Arc<PodState>,
     port: u16,
+    tls: Option<&TlsSeen>,
     abort: Arc<Notify>,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
@@ -322,7 +522,7 @@ async fn handle(
             None => return plain(StatusCode::BAD_REQUEST, "invalid delay"),
         }
     }
-    echo_response(&state.identity, port, &uri, &req)
+    echo_response(&state.identity, port, tls, &uri, &req)
 }
 
 /// The `/retry/` simulator: fails the first `succeedAfter` attempts per `uuid` (after sleeping
@@ -456,6 +656,7 @@ where
 fn echo_response<B>(
     identity: &PodIdentity,
     port: u16,
+    tls: Option<&TlsSeen>,
     uri: &str,
     req: &Request<B>,
 ) -> Response<Full<Bytes>> {
@@ -484,7 +685,7 @@ fn echo_response<B>(
         http::Version::HTTP_10 => "HTTP/1.0",
         _ => "HTTP/1.1",
     };
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "path": uri,
         "host": host,
         "method": req.method().as_str(),
@@ -496,6 +697,9 @@ fn echo_response<B>(
         "pod": identity.pod,
         "httpPort": port.to_string(),
     });
+    if let Some(tls) = tls {
+        body["tls"] = tls.to_json();
+    }
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     let out = resp.headers_mut();
     out.insert(

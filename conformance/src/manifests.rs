@@ -135,8 +135,12 @@ pub struct Workload {
     pub replicas: u32,
     /// Pod template labels.
     pub labels: BTreeMap<String, String>,
-    /// Container ports its Services target (plain HTTP + h2c is served on each).
+    /// Container ports its Services target (plain HTTP + h2c is served on each, except the
+    /// HTTPS port of a TLS pod).
     pub ports: Vec<u16>,
+    /// The HTTPS listener echo-basic opens when `TLS_SERVER_CERT` and `TLS_SERVER_PRIVKEY` are
+    /// set; `None` otherwise (its port is then not served at all, as upstream).
+    pub tls: Option<TlsFiles>,
     /// Why it is not emulated, if so (the Service then gets an EndpointSlice with no endpoints).
     pub unsupported: Option<String>,
 }
@@ -188,8 +192,8 @@ fn service_ports(svc: &Value) -> Vec<ServicePort> {
         .unwrap_or_default()
 }
 
-/// Container ports the harness does not serve (TLS echo on 8443 is not emulated).
-const TLS_PORT: u16 = 8443;
+/// echo-basic's HTTPS port when `HTTPS_PORT` is unset.
+pub const DEFAULT_HTTPS_PORT: u16 = 8443;
 
 fn env_names(deploy: &Value) -> Vec<String> {
     deploy["spec"]["template"]["spec"]["containers"]
@@ -201,6 +205,126 @@ fn env_names(deploy: &Value) -> Vec<String> {
         .collect()
 }
 
+/// A file a container reads from a mounted Secret or ConfigMap key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountedKey {
+    /// `Secret` or `ConfigMap`.
+    pub kind: &'static str,
+    /// Namespace (the pod's).
+    pub namespace: String,
+    /// Object name.
+    pub name: String,
+    /// The key of `data` the file holds.
+    pub key: String,
+}
+
+/// The files echo-basic's HTTPS listener reads (`TLS_SERVER_CERT`, `TLS_SERVER_PRIVKEY`, and
+/// the optional `TLS_CLIENT_CACERTS`), resolved to the Secret/ConfigMap keys mounted there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `HTTPS_PORT` (default 8443).
+    pub port: u16,
+    /// Serving certificate chain (PEM).
+    pub cert: MountedKey,
+    /// Its private key (PEM).
+    pub key: MountedKey,
+    /// CAs client certificates are verified against, when set (a certificate is then
+    /// verified if given, not required: Go's `VerifyClientCertIfGiven`).
+    pub client_ca: Option<MountedKey>,
+}
+
+/// The value of env var `name` of the first container that sets it literally.
+fn env_value(deploy: &Value, name: &str) -> Option<String> {
+    deploy["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["env"].as_array().into_iter().flatten())
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str().map(str::to_string))
+}
+
+/// Resolves a file path inside a container to the Secret or ConfigMap key mounted there
+/// (`volumeMounts` → `volumes[].secret|configMap`, honouring `items` key → path mappings).
+fn mounted_key(deploy: &Value, path: &str) -> Option<MountedKey> {
+    let pod = &deploy["spec"]["template"]["spec"];
+    let (mount, file) = pod["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["volumeMounts"].as_array().into_iter().flatten())
+        .find_map(|m| {
+            let dir = m["mountPath"].as_str()?.trim_end_matches('/');
+            let file = path.strip_prefix(dir)?.strip_prefix('/')?;
+            Some((m["name"].as_str()?.to_string(), file.to_string()))
+        })?;
+    let volume = pod["volumes"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == mount.as_str())?;
+    let (kind, source, name_field) = if volume["secret"].is_object() {
+        ("Secret", &volume["secret"], "secretName")
+    } else if volume["configMap"].is_object() {
+        ("ConfigMap", &volume["configMap"], "name")
+    } else {
+        return None;
+    };
+    let key = match source["items"].as_array() {
+        Some(items) => items
+            .iter()
+            .find(|i| i["path"] == file.as_str())?
+            .get("key")?
+            .as_str()?
+            .to_string(),
+        None => file,
+    };
+    Some(MountedKey {
+        kind,
+        namespace: namespace(deploy).to_string(),
+        name: source[name_field].as_str()?.to_string(),
+        key,
+    })
+}
+
+/// The HTTPS listener of an echo-basic Deployment, if it has one. `Err` when the env vars are
+/// set but do not lead to mounted Secret/ConfigMap keys.
+fn tls_files(deploy: &Value) -> std::result::Result<Option<TlsFiles>, String> {
+    let (Some(cert), Some(key)) = (
+        env_value(deploy, "TLS_SERVER_CERT"),
+        env_value(deploy, "TLS_SERVER_PRIVKEY"),
+    ) else {
+        return Ok(None);
+    };
+    let resolve = |p: &str| {
+        mounted_key(deploy, p).ok_or_else(|| format!("{p} is not a mounted Secret/ConfigMap key"))
+    };
+    let port = match env_value(deploy, "HTTPS_PORT") {
+        Some(p) => p.parse().map_err(|_| format!("invalid HTTPS_PORT {p:?}"))?,
+        None => DEFAULT_HTTPS_PORT,
+    };
+    Ok(Some(TlsFiles {
+        port,
+        cert: resolve(&cert)?,
+        key: resolve(&key)?,
+        client_ca: env_value(deploy, "TLS_CLIENT_CACERTS")
+            .map(|p| resolve(&p))
+            .transpose()?,
+    }))
+}
+
+/// The bytes of a mounted key, read from the Secrets (base64 `data`) and ConfigMaps (`data`)
+/// in `docs`.
+pub fn mounted_data(docs: &[Value], m: &MountedKey) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let doc = find(docs, m.kind, &m.namespace, &m.name)?;
+    let value = doc["data"][m.key.as_str()].as_str()?;
+    if m.kind == "Secret" {
+        base64::engine::general_purpose::STANDARD.decode(value).ok()
+    } else {
+        Some(value.as_bytes().to_vec())
+    }
+}
+
 /// Every Deployment in `docs`, with the ports its Services target.
 pub fn workloads(docs: &[Value]) -> Vec<Workload> {
     let services: Vec<&Value> = docs.iter().filter(|d| kind(d) == "Service").collect();
@@ -209,13 +333,21 @@ pub fn workloads(docs: &[Value]) -> Vec<Workload> {
         .map(|d| {
             let ns = namespace(d).to_string();
             let labels = string_map(&d["spec"]["template"]["metadata"]["labels"]);
+            let (tls, tls_error) = match tls_files(d) {
+                Ok(t) => (t, None),
+                Err(e) => (None, Some(e)),
+            };
+            // Without TLS settings echo-basic does not open its HTTPS port.
+            let https_port = env_value(d, "HTTPS_PORT")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(DEFAULT_HTTPS_PORT);
             let mut ports: Vec<u16> = services
                 .iter()
                 .filter(|s| {
                     namespace(s) == ns && selects(&string_map(&s["spec"]["selector"]), &labels)
                 })
                 .flat_map(|s| service_ports(s).into_iter().map(|p| p.target))
-                .filter(|p| *p != TLS_PORT)
+                .filter(|p| *p != https_port || tls.is_some())
                 .collect();
             ports.sort_unstable();
             ports.dedup();
@@ -236,7 +368,7 @@ pub fn workloads(docs: &[Value]) -> Vec<Workload> {
             } else if envs.iter().any(|e| e == "TCP_ECHO_SERVER") {
                 Some("TCP echo not emulated".to_string())
             } else {
-                None
+                tls_error.map(|e| format!("HTTPS listener: {e}"))
             };
             Workload {
                 namespace: ns,
@@ -247,6 +379,7 @@ pub fn workloads(docs: &[Value]) -> Vec<Workload> {
                     .unwrap_or(1),
                 labels,
                 ports,
+                tls,
                 unsupported,
             }
         })
@@ -462,6 +595,89 @@ spec:
         assert_eq!(docs[0]["spec"]["controllerName"], "ours/ctl");
         assert_eq!(docs[1]["spec"]["controllerName"], "example.com/other");
         assert_eq!(docs[2]["spec"]["controllerName"], CONTROLLER_PLACEHOLDER);
+    }
+
+    #[test]
+    fn tls_workloads_resolve_their_mounted_keys() {
+        let docs = parse_docs(
+            r#"
+kind: Service
+metadata: {name: tls, namespace: ns}
+spec:
+  selector: {app: tls}
+  ports: [{port: 443, targetPort: 8443}, {port: 80, targetPort: 3000}]
+---
+kind: Deployment
+metadata: {name: tls, namespace: ns}
+spec:
+  template:
+    metadata: {labels: {app: tls}}
+    spec:
+      containers:
+      - name: c
+        image: echo-basic:v1
+        volumeMounts:
+        - {name: secret-volume, mountPath: /etc/secret-volume}
+        - {name: ca, mountPath: /etc/ca/}
+        env:
+        - {name: TLS_SERVER_CERT, value: /etc/secret-volume/crt}
+        - {name: TLS_SERVER_PRIVKEY, value: /etc/secret-volume/key}
+        - {name: TLS_CLIENT_CACERTS, value: /etc/ca/ca.crt}
+      volumes:
+      - name: secret-volume
+        secret:
+          secretName: server
+          items: [{key: tls.crt, path: crt}, {key: tls.key, path: key}]
+      - name: ca
+        configMap: {name: roots}
+---
+kind: Service
+metadata: {name: plain, namespace: ns}
+spec:
+  selector: {app: plain}
+  ports: [{port: 443, targetPort: 8443}]
+---
+kind: Deployment
+metadata: {name: plain, namespace: ns}
+spec:
+  template:
+    metadata: {labels: {app: plain}}
+    spec:
+      containers: [{name: c, image: echo-basic:v1}]
+---
+kind: Secret
+metadata: {name: server, namespace: ns}
+data: {tls.crt: Q0VSVA==, tls.key: S0VZ}
+---
+kind: ConfigMap
+metadata: {name: roots, namespace: ns}
+data: {ca.crt: ROOTS}
+"#,
+            "c",
+            "test",
+        )
+        .expect("parse");
+        let w = workloads(&docs);
+        let tls = w[0].tls.as_ref().expect("tls workload");
+        assert_eq!(w[0].ports, vec![3000, 8443]);
+        assert_eq!(tls.port, DEFAULT_HTTPS_PORT);
+        assert_eq!(tls.cert.kind, "Secret");
+        assert_eq!(tls.cert.key, "tls.crt");
+        assert_eq!(tls.key.key, "tls.key");
+        assert_eq!(
+            mounted_data(&docs, &tls.cert).as_deref(),
+            Some(&b"CERT"[..])
+        );
+        assert_eq!(mounted_data(&docs, &tls.key).as_deref(), Some(&b"KEY"[..]));
+        let ca = tls.client_ca.as_ref().expect("client CA");
+        assert_eq!(
+            (ca.kind, ca.name.as_str(), ca.key.as_str()),
+            ("ConfigMap", "roots", "ca.crt")
+        );
+        assert_eq!(mounted_data(&docs, ca).as_deref(), Some(&b"ROOTS"[..]));
+        // Without TLS settings the HTTPS port is not served.
+        assert!(w[1].tls.is_none());
+        assert!(w[1].ports.is_empty());
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub enum Check {
     RouteLatest(ObjRef),
     /// `HTTPRouteMustHaveParents` (route, expected parents, namespaceRequired).
     RouteParents(ObjRef, Vec<ParentExpect>, bool),
+    /// `BackendTLSPolicyMustHaveCondition` (policy, ancestor Gateway, condition).
+    BackendTlsPolicyCondition(ObjRef, ObjRef, Cond),
 }
 
 impl Check {
@@ -65,6 +67,9 @@ impl Check {
             Check::RouteLatest(r) => s.route_latest(r),
             Check::RouteParents(r, want, ns_required) => {
                 s.route_must_have_parents(r, want, *ns_required)
+            }
+            Check::BackendTlsPolicyCondition(p, gw, c) => {
+                s.policy_condition("BackendTLSPolicy", p, gw, c)
             }
         }
     }
@@ -414,6 +419,40 @@ pub fn status_plan(test: &str) -> Vec<Phase> {
                 },
             ]
         }
+        // gateway-invalid-tls-backend-configuration.go: each Gateway with an unusable
+        // `tls.backend.clientCertificateRef` is still Accepted, with ResolvedRefs=False.
+        "GatewayInvalidTLSBackendConfiguration" => one([
+            (
+                "gateway-client-certificate-nonexistent-secret",
+                "InvalidClientCertificateRef",
+            ),
+            (
+                "gateway-client-certificate-unsupported-group",
+                "InvalidClientCertificateRef",
+            ),
+            (
+                "gateway-client-certificate-unsupported-kind",
+                "InvalidClientCertificateRef",
+            ),
+            (
+                "gateway-client-certificate-malformed-secret",
+                "InvalidClientCertificateRef",
+            ),
+            (
+                "gateway-client-certificate-missing-reference-grant",
+                "RefNotPermitted",
+            ),
+        ]
+        .into_iter()
+        .flat_map(|(name, reason)| {
+            let g = gw(name);
+            [
+                Check::GatewayLatest(g.clone()),
+                Check::GatewayCondition(g.clone(), cond("ResolvedRefs", "False", reason)),
+                Check::GatewayCondition(g, cond("Accepted", "True", "Accepted")),
+            ]
+        })
+        .collect()),
         "GatewayInvalidParametersRef" => {
             let g = gw("gateway-invalid-parameters-ref");
             one(vec![
@@ -663,8 +702,176 @@ pub fn traffic_checks(test: &str, controller: &str) -> Vec<Check> {
                 "cors-wildcard-methods-headers",
             ],
         ),
+        // backendtlspolicy.go: the re-encrypt route on the HTTPS Gateway, then the plain one;
+        // each policy Accepted and ResolvedRefs True for the Gateway it is reached through
+        // (the host and cert mismatches are valid policies whose backends fail verification).
+        "BackendTLSPolicy" => {
+            let https = "same-namespace-with-https-listener";
+            let mut v = vec![Check::NamespaceReady(INFRA)];
+            v.extend(resolved_refs_true(https, &["backendtlspolicy-reencrypt"]));
+            v.extend(policy_ok(https, &["normative-test"], true));
+            v.extend(resolved_refs_true("same-namespace", &["backendtlspolicy"]));
+            v.extend(policy_ok(
+                "same-namespace",
+                &["normative-test", "host-mismatch", "cert-mismatch"],
+                true,
+            ));
+            v
+        }
+        // backendtlspolicy-conflict-resolution.go: of two policies for the same Service (and
+        // sectionName) the older one, on a tie the first by namespace/name, is Accepted and the
+        // other Accepted=False/Conflicted; one with and one without a sectionName both apply.
+        "BackendTLSPolicyConflictResolution" => {
+            let mut v = vec![Check::NamespaceReady(INFRA)];
+            v.extend(resolved_refs_true(
+                "same-namespace",
+                &["backendtlspolicy-conflict-resolution"],
+            ));
+            for (policy, accepted) in [
+                ("conflicted-without-section-name-1", true),
+                ("conflicted-without-section-name-2", false),
+                ("conflicted-with-section-name-1", true),
+                ("conflicted-with-section-name-2", false),
+                ("not-conflicted-with-section-name", true),
+                ("not-conflicted-without-section-name", true),
+            ] {
+                v.push(Check::BackendTlsPolicyCondition(
+                    ObjRef::infra(policy),
+                    same(),
+                    if accepted {
+                        cond("Accepted", "True", "Accepted")
+                    } else {
+                        cond("Accepted", "False", "Conflicted")
+                    },
+                ));
+            }
+            v
+        }
+        // backendtlspolicy-invalid-ca-certificate-ref.go / -invalid-kind.go: the policy is
+        // not accepted (NoValidCACertificate) and its ref unresolved.
+        "BackendTLSPolicyInvalidCACertificateRef" => {
+            let mut v = vec![Check::NamespaceReady(INFRA)];
+            for policy in [
+                "nonexistent-ca-certificate-ref",
+                "malformed-ca-certificate-ref",
+            ] {
+                v.extend(policy_rejected(policy, "InvalidCACertificateRef"));
+            }
+            v
+        }
+        "BackendTLSPolicyInvalidKind" => {
+            let mut v = vec![Check::NamespaceReady(INFRA)];
+            v.extend(policy_rejected("invalid-kind", "InvalidKind"));
+            v
+        }
+        // backendtlspolicy-san.go: every policy Accepted (only Accepted is checked).
+        "BackendTLSPolicySANValidation" => {
+            let mut v = vec![Check::NamespaceReady(INFRA)];
+            v.extend(resolved_refs_true(
+                "same-namespace",
+                &["backendtlspolicy-san-test"],
+            ));
+            v.extend(policy_ok(
+                "same-namespace",
+                &[
+                    "san-dns",
+                    "san-dns-mismatch",
+                    "san-uri",
+                    "san-uri-mismatch",
+                    "multiple-sans",
+                    "multiple-mismatch-sans",
+                ],
+                false,
+            ));
+            v
+        }
+        // gateway-tls-backend-client-certificate.go.
+        "GatewayTLSBackendClientCertificate" => {
+            let gateway = "gateway-tls-backend-client-certificate";
+            let mut v = vec![Check::NamespaceReady(INFRA)];
+            v.extend(resolved_refs_true(gateway, &[gateway]));
+            v.extend(policy_ok(
+                gateway,
+                &["gateway-tls-backend-client-certificate-test"],
+                false,
+            ));
+            v
+        }
         _ => Vec::new(),
     }
+}
+
+/// `BackendTLSPolicyMustHaveCondition` with `Accepted=True/Accepted` (and, when `resolved`,
+/// `ResolvedRefs=True/ResolvedRefs`) for each policy, as seen from `gateway`.
+fn policy_ok(gateway: &str, policies: &[&str], resolved: bool) -> Vec<Check> {
+    let mut v = Vec::new();
+    for p in policies {
+        v.push(Check::BackendTlsPolicyCondition(
+            ObjRef::infra(p),
+            gw(gateway),
+            cond("Accepted", "True", "Accepted"),
+        ));
+        if resolved {
+            v.push(Check::BackendTlsPolicyCondition(
+                ObjRef::infra(p),
+                gw(gateway),
+                cond("ResolvedRefs", "True", "ResolvedRefs"),
+            ));
+        }
+    }
+    v
+}
+
+/// A policy on `same-namespace` with an unusable CA ref: `Accepted=False/NoValidCACertificate`
+/// and `ResolvedRefs=False/<reason>`.
+fn policy_rejected(policy: &str, reason: &'static str) -> Vec<Check> {
+    [
+        cond("Accepted", "False", "NoValidCACertificate"),
+        cond("ResolvedRefs", "False", reason),
+    ]
+    .into_iter()
+    .map(|c| Check::BackendTlsPolicyCondition(ObjRef::infra(policy), gw("same-namespace"), c))
+    .collect()
+}
+
+/// Rows whose path carries a placeholder the Go test fills in a loop: `(placeholder, values)`;
+/// each such row stands for one request per value.
+pub fn row_placeholders(test: &str) -> Option<(&'static str, &'static [&'static str])> {
+    match test {
+        "BackendTLSPolicyInvalidCACertificateRef" => Some((
+            "<policy-name>",
+            &[
+                "nonexistent-ca-certificate-ref",
+                "malformed-ca-certificate-ref",
+            ],
+        )),
+        "BackendTLSPolicyInvalidKind" => Some(("<policy-name>", &["invalid-kind"])),
+        _ => None,
+    }
+}
+
+/// The rows of a test with [`row_placeholders`] expanded (one row per value).
+pub fn expand_rows(test: &str, rows: &[&Case]) -> Vec<Case> {
+    let Some((placeholder, values)) = row_placeholders(test) else {
+        return rows.iter().map(|c| (*c).clone()).collect();
+    };
+    rows.iter()
+        .flat_map(|c| {
+            if c.path.contains(placeholder) {
+                values
+                    .iter()
+                    .map(|v| {
+                        let mut row = (*c).clone();
+                        row.path = c.path.replace(placeholder, v);
+                        row.backend_path = c.backend_path.replace(placeholder, v);
+                        row
+                    })
+                    .collect()
+            } else {
+                vec![(*c).clone()]
+            }
+        })
+        .collect()
 }
 
 /// What an upstream test expects of one of its requests that a `cases.tsv` row cannot say.
@@ -675,6 +882,9 @@ pub struct RowQuirks {
     pub gateway_reply: bool,
     /// The upstream case sets `Response.IgnoreWhitespace`.
     pub ignore_whitespace: bool,
+    /// The upstream case sets `Request.ClientCert` to the certificate of this Secret: the
+    /// backend must have seen it among the client's (the Gateway's) TLS certificates.
+    pub backend_client_cert: Option<&'static str>,
 }
 
 /// The [`RowQuirks`] of a row, transcribed from the upstream Go tests.
@@ -689,8 +899,15 @@ pub fn row_quirks(case: &Case) -> RowQuirks {
             RowQuirks {
                 gateway_reply: true,
                 ignore_whitespace: matches!(path, "/cors-1" | "/cors-wildcard-methods-headers"),
+                ..RowQuirks::default()
             }
         }
+        // gateway-tls-backend-client-certificate.go: `ClientCert` is the Gateway's
+        // `tls.backend.clientCertificateRef` Secret.
+        "GatewayTLSBackendClientCertificate" => RowQuirks {
+            backend_client_cert: Some(crate::certs::BACKEND_CLIENT_CERT),
+            ..RowQuirks::default()
+        },
         _ => RowQuirks::default(),
     }
 }
@@ -753,6 +970,48 @@ mod tests {
             1
         );
         assert!(traffic_checks("HTTPRouteRequestMirror", "ctl").is_empty());
+    }
+
+    #[test]
+    fn backend_tls_rows_expand_and_carry_the_client_certificate() {
+        let text = std::fs::read_to_string(crate::manifests::DEFAULT_CASES_PATH)
+            .expect("shared cases.tsv");
+        let cases = crate::cases::parse_cases(&text).expect("parse");
+        let rows: Vec<&Case> = cases
+            .iter()
+            .filter(|c| c.test == "BackendTLSPolicyInvalidCACertificateRef")
+            .collect();
+        let paths: Vec<String> = expand_rows("BackendTLSPolicyInvalidCACertificateRef", &rows)
+            .into_iter()
+            .map(|c| c.path)
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "/backendtlspolicy-nonexistent-ca-certificate-ref",
+                "/backendtlspolicy-malformed-ca-certificate-ref"
+            ]
+        );
+        // Rows without the placeholder are kept as they are.
+        let plain: Vec<&Case> = cases
+            .iter()
+            .filter(|c| c.test == "BackendTLSPolicy")
+            .collect();
+        assert_eq!(expand_rows("BackendTLSPolicy", &plain).len(), plain.len());
+        let row = cases
+            .iter()
+            .find(|c| c.test == "GatewayTLSBackendClientCertificate")
+            .expect("row");
+        assert_eq!(
+            row_quirks(row).backend_client_cert,
+            Some(crate::certs::BACKEND_CLIENT_CERT)
+        );
+        let checks = traffic_checks("BackendTLSPolicyConflictResolution", "c");
+        assert!(checks.contains(&Check::BackendTlsPolicyCondition(
+            ObjRef::infra("conflicted-with-section-name-2"),
+            gw("same-namespace"),
+            cond("Accepted", "False", "Conflicted"),
+        )));
     }
 
     #[test]

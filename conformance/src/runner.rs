@@ -21,7 +21,9 @@ use crate::manifests::{
     endpoint_slices, fill_controller_name, gateway_class, kind, listener_ports, load_docs, name,
     namespace, normalize, to_yaml,
 };
-use crate::plan::{Check, Mutation, rejected_routes, status_plan, traffic_checks};
+use crate::plan::{
+    Check, Mutation, expand_rows, rejected_routes, row_quirks, status_plan, traffic_checks,
+};
 use crate::status::{ObjRef, Snapshot, parent_refs_to};
 
 /// Harness settings.
@@ -233,7 +235,9 @@ impl Ctx<'_> {
             normalize(d);
         }
         let all_docs: Vec<Value> = base.iter().chain(test_docs.iter()).cloned().collect();
-        self.backends.ensure(&all_docs).await?;
+        self.backends
+            .ensure(&all_docs, &self.certs.documents())
+            .await?;
         let slices = endpoint_slices(&all_docs, &|ns, dep| self.backends.endpoints(ns, dep));
 
         let (dir, config) = GatewayProcess::prepare(spec.name)?;
@@ -481,12 +485,25 @@ impl Ctx<'_> {
         deadline: Duration,
         mirror_id: Option<&str>,
     ) -> std::result::Result<(), String> {
+        if case.expects_failure() {
+            return self.expect_failure(client, case, target, deadline).await;
+        }
+        let client_cert = match row_quirks(case).backend_client_cert {
+            Some(secret) => Some(
+                self.certs
+                    .secret(secret)
+                    .map(|s| s.cert_pem.clone())
+                    .ok_or_else(|| format!("no generated Secret {secret}"))?,
+            ),
+            None => None,
+        };
         let end = Instant::now() + deadline;
         let mut streak = 0;
         let mut last = String::from("no attempt");
         loop {
             let uuid = random_id();
             let mut exp = Expectation::for_case(case, &uuid);
+            exp.client_cert.clone_from(&client_cert);
             if let Some(id) = mirror_id {
                 exp = tagged(exp, id);
             }
@@ -516,6 +533,58 @@ impl Ctx<'_> {
         }
     }
 
+    /// Upstream `MakeRequestAndExpectFailure` (`WaitForConsistentFailureResponse`): the request
+    /// must come back with a status other than 200, 5 times in a row; a request that gets no
+    /// response, or a 408/504, is "not ready yet" and restarts the count; a 200 fails at once.
+    async fn expect_failure(
+        &self,
+        client: &Client,
+        case: &Case,
+        target: &Target,
+        deadline: Duration,
+    ) -> std::result::Result<(), String> {
+        const THRESHOLD: usize = 5;
+        let end = Instant::now() + deadline;
+        let mut streak = 0;
+        loop {
+            let exp = Expectation::for_case(case, &random_id());
+            let req = self.request(case, target, &exp);
+            match client.send(&req).await {
+                Ok(obs) if obs.status == 200 => {
+                    return Err(format!(
+                        "{}: status 200, want a failure (got {})",
+                        case.describe(),
+                        obs.summary()
+                    ));
+                }
+                Ok(obs) if obs.status != 408 && obs.status != 504 => {
+                    streak += 1;
+                    if streak >= THRESHOLD {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Ok(obs) => {
+                    streak = 0;
+                    if Instant::now() > end {
+                        return Err(format!(
+                            "{}: timeout status {} (not ready yet)",
+                            case.describe(),
+                            obs.status
+                        ));
+                    }
+                }
+                Err(e) => {
+                    streak = 0;
+                    if Instant::now() > end {
+                        return Err(format!("{}: {e}", case.describe()));
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn run_traffic(
         &self,
         spec: &TestSpec,
@@ -525,6 +594,9 @@ impl Ctx<'_> {
         if rows.iter().any(|c| c.gateway.is_empty()) {
             return Err(TestError::Skip("cases.tsv rows name no gateway".into()));
         }
+        let expanded = expand_rows(spec.name, rows);
+        let rows: Vec<&Case> = expanded.iter().collect();
+        let rows = rows.as_slice();
         let gateways = rows.iter().map(|c| c.gateway.as_str()).collect();
         let addrs = self.preconditions(spec, gateways, run).await?;
         let (before, after): (Vec<&Case>, Vec<&Case>) = if spec.name == "HTTPRouteReferenceGrant" {
@@ -1219,7 +1291,7 @@ spec:
         )
         .expect("docs");
         let mut backends = Backends::new();
-        backends.ensure(&docs).await.expect("pods");
+        backends.ensure(&docs, &[]).await.expect("pods");
         let at = |dep: &str| {
             let p = &backends.pods("ns", dep)[0];
             SocketAddr::new(p.ip(), p.ports()[0])
@@ -1280,6 +1352,8 @@ spec:
             request_path: "/mirror".into(),
             backend_path: "/mirror".into(),
             ignore_whitespace: false,
+            backend_sni: String::new(),
+            client_cert: None,
         };
         let t = tagged(exp, "abc");
         assert_eq!(t.request_path, format!("/mirror?{MIRROR_PARAM}=abc"));
@@ -1289,6 +1363,8 @@ spec:
                 request_path: "/p?x=1".into(),
                 backend_path: String::new(),
                 ignore_whitespace: false,
+                backend_sni: String::new(),
+                client_cert: None,
             },
             "abc",
         );

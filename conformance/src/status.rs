@@ -464,6 +464,53 @@ impl Snapshot {
         ))
     }
 
+    /// Upstream `BackendTLSPolicyMustHaveCondition` (for any policy kind with
+    /// `status.ancestors`): every ancestor's conditions carry the policy's generation, and an
+    /// ancestor entry for `gw` (ancestorRef name, namespace when set) holds `want`.
+    pub fn policy_condition(
+        &self,
+        k: &str,
+        policy: &ObjRef,
+        gw: &ObjRef,
+        want: &Cond,
+    ) -> Result<(), String> {
+        let p = self.get(k, policy)?;
+        let generation = p["metadata"]["generation"].as_i64().unwrap_or(1);
+        let ancestors = p["status"]["ancestors"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let mut seen = Vec::new();
+        for a in ancestors {
+            if let Some(stale) = conditions(a)
+                .iter()
+                .find(|c| c["observedGeneration"].as_i64() != Some(generation))
+            {
+                return Err(format!(
+                    "{k} {policy}: ancestor condition {} observedGeneration {}, want {generation}",
+                    stale["type"], stale["observedGeneration"]
+                ));
+            }
+            let r = &a["ancestorRef"];
+            let ns_ok = r["namespace"].is_null() || r["namespace"] == gw.namespace.as_str();
+            if r["name"] == gw.name.as_str() && ns_ok {
+                if has_condition(conditions(a), want) {
+                    return Ok(());
+                }
+                seen.push(show_conditions(conditions(a)));
+            }
+        }
+        Err(format!(
+            "{k} {policy} ancestor {gw}: want {}, have {}",
+            show_want(want),
+            if seen.is_empty() {
+                "no ancestor entry".to_string()
+            } else {
+                seen.join(" ")
+            }
+        ))
+    }
+
     /// The route is accepted by `gw` for each of its parentRefs that target `gw` (upstream
     /// `GatewayAndHTTPRoutesMustBeAccepted` → `RouteMustHaveParents`): every parent's conditions
     /// are at the route's generation, and for each such parentRef there is a status entry with
@@ -923,6 +970,48 @@ mod tests {
         );
         assert!(s.route_no_accepted_parents(&r, true).is_err());
         assert!(s.route_latest(&r).is_ok());
+    }
+
+    #[test]
+    fn policy_ancestor_conditions() {
+        let policy = |generation: i64, observed: i64| {
+            Snapshot::from_docs(vec![json!({
+                "kind": "BackendTLSPolicy",
+                "metadata": {"name": "p", "namespace": INFRA_NS, "generation": generation},
+                "status": {"ancestors": [
+                    {
+                        "ancestorRef": {"group": GATEWAY_GROUP, "kind": "Gateway", "name": "gw", "namespace": INFRA_NS},
+                        "controllerName": "ctl",
+                        "conditions": [
+                            {"type": "Accepted", "status": "True", "reason": "Accepted", "observedGeneration": observed},
+                            {"type": "ResolvedRefs", "status": "True", "reason": "ResolvedRefs", "observedGeneration": observed},
+                        ],
+                    },
+                    {
+                        "ancestorRef": {"name": "other"},
+                        "controllerName": "ctl",
+                        "conditions": [
+                            {"type": "Accepted", "status": "False", "reason": "Conflicted", "observedGeneration": observed},
+                        ],
+                    },
+                ]},
+            })])
+        };
+        let s = policy(1, 1);
+        let p = ObjRef::infra("p");
+        let check = |s: &Snapshot, gw: &str, c: Cond| {
+            s.policy_condition("BackendTLSPolicy", &p, &ObjRef::infra(gw), &c)
+        };
+        assert!(check(&s, "gw", cond("Accepted", "True", "Accepted")).is_ok());
+        assert!(check(&s, "gw", cond("ResolvedRefs", "True", "ResolvedRefs")).is_ok());
+        assert!(check(&s, "gw", cond("Accepted", "False", "Conflicted")).is_err());
+        // An ancestorRef without a namespace matches the Gateway's.
+        assert!(check(&s, "other", cond("Accepted", "False", "Conflicted")).is_ok());
+        let err = check(&s, "missing", cond("Accepted", "True", "")).expect_err("no ancestor");
+        assert!(err.contains("no ancestor entry"), "{err}");
+        // A stale ancestor condition fails every check.
+        let stale = policy(2, 1);
+        assert!(check(&stale, "gw", cond("Accepted", "True", "Accepted")).is_err());
     }
 
     #[test]

@@ -18,7 +18,10 @@ use crate::resources::{GATEWAY_X_GROUP, Kind, ObjectKey, Resources};
 /// The Gateway API features this implementation supports, as written into
 /// `GatewayClass.status.supportedFeatures` (sorted, as the specification asks).
 pub const SUPPORTED_FEATURES: &[&str] = &[
+    "BackendTLSPolicy",
+    "BackendTLSPolicySANValidation",
     "Gateway",
+    "GatewayBackendClientCertificate",
     "GatewayFrontendClientCertificateValidation",
     "GatewayFrontendClientCertificateValidationInsecureFallback",
     "GatewayHTTPListenerIsolation",
