@@ -38,27 +38,6 @@ async fn start(binds: Vec<Bind>, limits: Limits) -> Gateway {
     gw
 }
 
-/// Reads until the peer closes (or resets); fails the test if it stays open for 20 s, which
-/// none of these cases may do.
-async fn read_to_close(stream: &mut (impl AsyncReadExt + Unpin)) -> Vec<u8> {
-    let mut out = Vec::new();
-    let done = tokio::time::timeout(Duration::from_secs(20), async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    });
-    assert!(
-        done.await.is_ok(),
-        "connection left open; got {:?}",
-        String::from_utf8_lossy(&out)
-    );
-    out
-}
-
 /// Reads one response with a `Content-Length` body; returns (status, body).
 async fn read_response(stream: &mut TcpStream) -> (u16, Vec<u8>) {
     let mut raw = Vec::new();

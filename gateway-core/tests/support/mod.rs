@@ -370,3 +370,24 @@ pub async fn send_body(
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     (status, headers, bytes)
 }
+
+/// Reads raw bytes until the peer closes (or resets) the connection; fails the test if it is
+/// still open after 20 s (for cases that must end with a close).
+pub async fn read_to_close(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    let mut out = Vec::new();
+    let done = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::io::AsyncReadExt::read(stream, &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    assert!(
+        done.await.is_ok(),
+        "connection left open; got {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    out
+}
