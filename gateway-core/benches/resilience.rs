@@ -8,8 +8,9 @@
 //!   takes 1 s. Reported: p50 / p99 / max of the primary.
 //!
 //! Run: `cargo bench -p gateway-core --bench resilience` (release). Optional arguments:
-//! `failover`, `mirror`, `mirror-paced` (the mirror run at a fixed 2,000 requests per second; default:
-//! all). Results are written up in `docs/benchmarks.md`.
+//! `failover`, `mirror`, `mirror-paced` (the mirror run at a fixed 2,000 requests per second);
+//! default: all. `MIRROR_DELAY_MS` sets the mirror's answer delay (default 1000; 0 measures the
+//! cost of mirroring itself). Results are written up in `docs/benchmarks.md`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -253,7 +254,13 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
 async fn mirror(with_mirror: bool, rate: Option<u32>) {
     let pace = rate.map(|r| Duration::from_secs_f64(CONCURRENCY as f64 / f64::from(r)));
     let primary = Backend::start(Duration::ZERO).await;
-    let slow_mirror = Backend::start(Duration::from_secs(1)).await;
+    // The mirror's answer delay: 1 s, or `MIRROR_DELAY_MS` (0 measures the cost of mirroring
+    // itself, every copy delivered at once).
+    let delay_ms: u64 = std::env::var("MIRROR_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let slow_mirror = Backend::start(Duration::from_millis(delay_ms)).await;
     let mut rule = Rule::prefix("/").backend(BackendRef::endpoints(
         "bench/primary:80",
         vec![primary.addr],
@@ -274,8 +281,12 @@ async fn mirror(with_mirror: bool, rate: Option<u32>) {
     lat.sort_unstable();
     let stats = gw.mirror_stats();
     println!(
-        "mirror {:<13} load={:<9} requests={:>7} failed={} p50={} µs p99={} µs max={} µs mirrors_dropped={} mirrors_in_flight={}",
-        if with_mirror { "slow (1 s)" } else { "none" },
+        "mirror {:<9} load={:<9} requests={:>7} failed={} p50={} µs p99={} µs max={} µs mirrors_dropped={} mirrors_in_flight={}",
+        if with_mirror {
+            format!("{delay_ms} ms")
+        } else {
+            "none".to_owned()
+        },
         rate.map_or("max".to_owned(), |r| format!("{r}/s")),
         lat.len(),
         tally.failed.load(Ordering::Relaxed),
