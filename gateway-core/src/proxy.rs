@@ -541,9 +541,10 @@ impl GatewayProxy {
         };
         let limit = limit.min(MAX_BUFFERED_BODY);
         let expected = content_length(session.req_header()).map_or(limit, |n| n.min(limit));
-        let Some(permit) = buffer_permit.insert_with_budget(&self.body_budget, expected) else {
+        let Some(permit) = self.body_budget.try_reserve(expected, "filter body buffer") else {
             return Ok(Some(overloaded(session)));
         };
+        let permit = buffer_permit.insert(permit);
         session.as_mut().enable_retry_buffering();
         let mut buf = BytesMut::new();
         while let Some(chunk) = session.read_request_body().await? {
@@ -807,27 +808,6 @@ fn content_length(req: &RequestHeader) -> Option<usize> {
 fn overloaded(session: &mut Session) -> Reply {
     session.set_keepalive(None);
     Reply::Status(503)
-}
-
-/// Reserving a [`BodyPermit`] into a context slot.
-trait PermitSlot {
-    /// Reserves `bytes` from `budget` into this slot; `None` past the cap.
-    fn insert_with_budget(
-        &mut self,
-        budget: &Arc<BodyBudget>,
-        bytes: usize,
-    ) -> Option<&mut BodyPermit>;
-}
-
-impl PermitSlot for Option<BodyPermit> {
-    fn insert_with_budget(
-        &mut self,
-        budget: &Arc<BodyBudget>,
-        bytes: usize,
-    ) -> Option<&mut BodyPermit> {
-        let permit = budget.try_reserve(bytes, "filter body buffer")?;
-        Some(self.insert(permit))
-    }
 }
 
 /// Seconds since the UNIX epoch, for sticky-session tokens.
