@@ -13,12 +13,17 @@
 //! - connecting may take [`CONNECT_TIMEOUT`] and the whole exchange [`TOTAL_TIMEOUT`];
 //! - errors are counted and logged at debug level, never returned to the proxy.
 //!
-//! Connections are pooled (keep-alive) in the mirrors' own pingora connector, apart from the
-//! proxy's.
+//! Copies are sent from a thread of their own (`gateway-mirror`, a single-threaded Tokio runtime
+//! started with the first copy) that runs at the lowest CPU priority the OS offers an ordinary
+//! process (nice 19 on Linux). Mirroring is best-effort background work: the proxy's workers
+//! never queue behind a mirror task, and when the CPU is saturated the kernel gives the primary
+//! requests the time first; a mirror that falls behind then reaches the in-flight bound and
+//! further copies are dropped (counted). Connections are pooled (keep-alive) in the mirrors' own
+//! pingora connector, apart from the proxy's.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,7 +33,7 @@ use pingora_core::connectors::http::Connector;
 use pingora_core::protocols::http::client::HttpSession;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::config::BackendProtocol;
 use crate::limits::{BodyBudget, BodyPermit};
@@ -64,6 +69,59 @@ const HOP_BY_HOP: [&str; 8] = [
 #[derive(Clone)]
 pub(crate) struct Mirrors {
     shared: Arc<Shared>,
+    /// The mirror thread, started with the first copy. Its tasks hold only `shared`, so the
+    /// thread stops once the last `Mirrors` clone is gone.
+    runtime: Arc<OnceLock<Option<MirrorRuntime>>>,
+}
+
+/// The thread that runs every mirror task: a current-thread Tokio runtime at low CPU priority.
+/// Dropping this stops the thread (tasks still running are cancelled, freeing their slots).
+struct MirrorRuntime {
+    handle: tokio::runtime::Handle,
+    /// Dropped to stop the thread.
+    _stop: oneshot::Sender<()>,
+}
+
+impl MirrorRuntime {
+    /// Starts the thread; `None` (logged) when the OS refuses a thread or the runtime cannot be
+    /// built, in which case copies are counted as failed.
+    fn start() -> Option<MirrorRuntime> {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(error) => {
+                tracing::warn!(%error, "request mirror: cannot build the mirror runtime");
+                return None;
+            }
+        };
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("gateway-mirror".into())
+            .spawn(move || {
+                // Best effort: an OS that refuses leaves the thread at normal priority.
+                if let Err(error) = thread_priority::set_current_thread_priority(
+                    thread_priority::ThreadPriority::Min,
+                ) {
+                    tracing::debug!(?error, "request mirror: cannot lower the thread's priority");
+                }
+                let _ = runtime.block_on(stopped);
+                // Leaving cancels the tasks still running; their slots are released.
+                drop(runtime);
+            });
+        match spawned {
+            Ok(_) => Some(MirrorRuntime {
+                handle,
+                _stop: stop,
+            }),
+            Err(error) => {
+                tracing::warn!(%error, "request mirror: cannot start the mirror thread");
+                None
+            }
+        }
+    }
 }
 
 /// State shared by [`Mirrors`] and its tasks.
@@ -111,6 +169,7 @@ impl Mirrors {
                 failed: AtomicU64::new(0),
                 budget,
             }),
+            runtime: Arc::new(OnceLock::new()),
         }
     }
 
@@ -119,7 +178,7 @@ impl Mirrors {
     /// header is final; returns at once.
     ///
     /// Returns `None`, counting a drop, when `max_in_flight` copies are already in flight (or,
-    /// counting a failure, outside a Tokio runtime). With `has_body`, the returned [`MirrorBody`]
+    /// counting a failure, when the mirror thread could not be started). With `has_body`, the returned [`MirrorBody`]
     /// must be fed the request body and [finished](MirrorBody::finish); the request is complete
     /// on the wire when the body ends. Without, the copy is sent as it is and the returned
     /// `MirrorBody` takes nothing.
@@ -156,9 +215,9 @@ impl Mirrors {
             return None;
         }
         let slot = Slot(Arc::clone(shared));
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        let Some(rt) = self.runtime.get_or_init(MirrorRuntime::start) else {
             shared.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%addr, "request mirror: no Tokio runtime");
+            tracing::debug!(%addr, "request mirror: no mirror thread");
             return None;
         };
         let (body, feed) = if has_body {
@@ -181,7 +240,8 @@ impl Mirrors {
             };
             (body, None)
         };
-        rt.spawn(run(slot, req, addr, protocol, tls, has_body, feed));
+        rt.handle
+            .spawn(run(slot, req, addr, protocol, tls, has_body, feed));
         Some(body)
     }
 
@@ -507,6 +567,7 @@ mod tests {
     use super::*;
     use crate::backend::test_server::{TestServer, closed_port, host_of, respond, serve, wait_for};
     use http_body_util::BodyExt;
+    use std::path::PathBuf;
     use std::time::Instant;
 
     /// What a mirror endpoint received.
@@ -851,14 +912,56 @@ mod tests {
     }
 
     #[test]
-    fn start_without_runtime_does_not_panic() {
+    fn copies_run_on_a_low_priority_thread_that_ends_with_the_last_handle() {
+        // No Tokio runtime here: the copy still goes out, from the mirror's own thread.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (server, mut seen) = rt.block_on(recorder(false, Duration::ZERO));
         let mirrors = Mirrors::new(4);
-        let addr = "127.0.0.1:9".parse().unwrap();
         assert!(
             mirrors
-                .start(h1_request("GET", "/"), addr, BackendProtocol::Http1, false)
-                .is_none()
+                .start(
+                    h1_request("GET", "/outside"),
+                    server.addr,
+                    BackendProtocol::Http1,
+                    false
+                )
+                .is_some()
         );
-        assert_eq!((mirrors.in_flight(), mirrors.failed()), (0, 1));
+        assert_eq!(rt.block_on(next(&mut seen)).target, "/outside");
+        // Ask the mirror runtime which OS thread runs its tasks.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = mirrors
+            .runtime
+            .get()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .handle
+            .clone();
+        handle.spawn(async move {
+            let _ = tx.send(std::fs::read_link("/proc/thread-self").unwrap());
+        });
+        let task = PathBuf::from("/proc").join(rx.recv_timeout(Duration::from_secs(5)).unwrap());
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap();
+        assert_eq!(comm.trim(), "gateway-mirror");
+        // Field 19 of stat is the nice value (fields counted after the command's parenthesis).
+        let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        assert_eq!(fields[16], "19", "{stat}");
+        // Dropping the last handle stops the thread.
+        drop(handle);
+        drop(mirrors);
+        let mut gone = false;
+        for _ in 0..250 {
+            if !task.exists() {
+                gone = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(gone, "the mirror thread outlived its last handle");
     }
 }
