@@ -11,11 +11,17 @@
 //! The deadline is armed per request without allocating: the timer is created once per
 //! connection and reset; the proxy disarms it from its first phase ([`head_done`]) and the
 //! keep-alive loop re-arms it before the next request ([`next_head`]).
+//!
+//! The wrapper also coalesces writes: a small write (a response head) is held until the next
+//! write or flush and then leaves in the same system call (one vectored write), so a response
+//! head and a small body cost one `sendto`, not two. At most one write is held at a time, and a
+//! flush or shutdown always sends it: nothing waits longer than until the writer's next step
+//! (Pingora flushes at the end of every response and after every chunk of a chunked one).
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -51,7 +57,14 @@ pub(crate) struct GuardedStream {
     phase: AtomicU8,
     /// Fires at the deadline of the current head; reset, never re-created.
     timer: Pin<Box<Sleep>>,
+    /// A small write held back to leave with the next one (see the module docs); its first
+    /// `held_from` bytes are already sent. Allocated with the first held write, then reused.
+    held: Vec<u8>,
+    held_from: usize,
 }
+
+/// The largest write held back to be coalesced with the next: a response head fits.
+const HOLD_MAX: usize = 4096;
 
 impl GuardedStream {
     /// Wraps `inner`. `started`: when the first byte of the first request head arrived, if the
@@ -67,6 +80,8 @@ impl GuardedStream {
             limit,
             phase: AtomicU8::new(phase),
             timer: Box::pin(tokio::time::sleep_until(deadline)),
+            held: Vec::new(),
+            held_from: 0,
         }
     }
 }
@@ -120,20 +135,70 @@ impl AsyncRead for GuardedStream {
     }
 }
 
+impl GuardedStream {
+    /// Sends what is held, together with `next` when given (one vectored write). Ready with the
+    /// number of `next`'s bytes that went out once nothing is held any more.
+    fn poll_send_held(
+        &mut self,
+        cx: &mut Context<'_>,
+        next: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        while self.held_from < self.held.len() {
+            let pending = &self.held[self.held_from..];
+            let written = if next.is_empty() {
+                ready!(Pin::new(&mut *self.inner).poll_write(cx, pending))?
+            } else {
+                let bufs = [std::io::IoSlice::new(pending), std::io::IoSlice::new(next)];
+                ready!(Pin::new(&mut *self.inner).poll_write_vectored(cx, &bufs))?
+            };
+            if written == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            let of_held = written.min(pending.len());
+            self.held_from += of_held;
+            if self.held_from == self.held.len() {
+                self.held.clear();
+                self.held_from = 0;
+                return Poll::Ready(Ok(written - of_held));
+            }
+        }
+        Poll::Ready(Ok(0))
+    }
+}
+
 impl AsyncWrite for GuardedStream {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut *self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if this.held.is_empty() {
+            if buf.len() <= HOLD_MAX {
+                // Held until the next write or flush (module docs).
+                this.held.extend_from_slice(buf);
+                return Poll::Ready(Ok(buf.len()));
+            }
+            return Pin::new(&mut *this.inner).poll_write(cx, buf);
+        }
+        let sent = ready!(this.poll_send_held(cx, buf))?;
+        if sent > 0 {
+            return Poll::Ready(Ok(sent));
+        }
+        // The held bytes went out alone: write `buf` now, not held (at most one write waits).
+        Pin::new(&mut *this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        ready!(self.poll_send_held(cx, &[]))?;
         Pin::new(&mut *self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        ready!(self.poll_send_held(cx, &[]))?;
         Pin::new(&mut *self.inner).poll_shutdown(cx)
     }
 
@@ -142,6 +207,7 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        ready!(self.poll_send_held(cx, &[]))?;
         Pin::new(&mut *self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -153,6 +219,8 @@ impl AsyncWrite for GuardedStream {
 #[async_trait]
 impl Shutdown for GuardedStream {
     async fn shutdown(&mut self) {
+        // What is held goes out first; a failure here shows again in the shutdown.
+        let _ = std::future::poll_fn(|cx| self.poll_send_held(cx, &[])).await;
         self.inner.shutdown().await
     }
 }
@@ -251,5 +319,138 @@ pub(crate) async fn serve_h1(
         }
         keepalive(&mut session, true);
         reused = proxy.process_new_http(session, shutdown).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    /// An inner stream that records each write call (a vectored write is one call).
+    #[derive(Debug, Default)]
+    struct Recorder {
+        calls: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.calls.lock().unwrap().push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            let n = joined.len();
+            self.calls.lock().unwrap().push(joined);
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[async_trait]
+    impl Shutdown for Recorder {
+        async fn shutdown(&mut self) {}
+    }
+    impl UniqueID for Recorder {
+        fn id(&self) -> UniqueIDType {
+            0
+        }
+    }
+    impl Ssl for Recorder {}
+    impl GetTimingDigest for Recorder {
+        fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+            Vec::new()
+        }
+    }
+    impl GetProxyDigest for Recorder {
+        fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+            None
+        }
+    }
+    impl GetSocketDigest for Recorder {
+        fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+            None
+        }
+    }
+    impl Peek for Recorder {}
+
+    fn guarded() -> (GuardedStream, Arc<Mutex<Vec<Vec<u8>>>>) {
+        let recorder = Recorder::default();
+        let calls = recorder.calls.clone();
+        let stream = GuardedStream::new(Box::new(recorder), Duration::from_secs(10), None);
+        (stream, calls)
+    }
+
+    #[tokio::test]
+    async fn head_and_small_body_leave_in_one_write() {
+        let (mut s, calls) = guarded();
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(calls.lock().unwrap().is_empty(), "the head is held");
+        s.write_all(b"ok\n").await.unwrap();
+        s.flush().await.unwrap();
+        let calls = calls.lock().unwrap();
+        assert_eq!(
+            *calls,
+            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n".to_vec()]
+        );
+    }
+
+    #[tokio::test]
+    async fn at_most_one_write_is_held_and_flush_sends_it() {
+        let (mut s, calls) = guarded();
+        s.write_all(b"a").await.unwrap();
+        s.write_all(b"b").await.unwrap();
+        // "a" went out with "b"; "b" itself is not held back.
+        assert_eq!(*calls.lock().unwrap(), vec![b"ab".to_vec()]);
+        s.write_all(b"c").await.unwrap();
+        assert_eq!(calls.lock().unwrap().len(), 1, "c is held");
+        s.flush().await.unwrap();
+        assert_eq!(calls.lock().unwrap()[1], b"c");
+        // Large writes are never held.
+        let big = vec![b'x'; HOLD_MAX + 1];
+        s.write_all(&big).await.unwrap();
+        assert_eq!(calls.lock().unwrap()[2], big);
+        // Shutdown sends what is held.
+        s.write_all(b"d").await.unwrap();
+        AsyncWriteExt::shutdown(&mut s).await.unwrap();
+        assert_eq!(calls.lock().unwrap()[3], b"d");
+        s.write_all(b"e").await.unwrap();
+        Shutdown::shutdown(&mut s).await;
+        assert_eq!(calls.lock().unwrap()[4], b"e");
     }
 }

@@ -261,7 +261,7 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if peer_still_matches(peer, &stream)
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -470,6 +470,29 @@ impl PreferredHttpVersion {
 
 use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
+
+/// PATCH(pingora-gateway): whether a pooled `stream` is still connected to `peer`, from the peer
+/// address cached in the stream's socket digest (read with getpeername(2) once per connection)
+/// instead of a getpeername(2) on every reuse, which cost one system call per proxied request.
+/// A connected TCP socket's peer never changes; a socket broken since it was pooled is caught by
+/// `test_reusable_stream` (its pending error or EOF). Peers behind a CONNECT proxy, Unix sockets,
+/// the 0.0.0.0 special case and streams without a digest keep the original check.
+#[cfg(unix)]
+fn peer_still_matches<P: Peer>(peer: &P, stream: &Stream) -> bool {
+    use crate::protocols::l4::socket::SocketAddr as PeerAddr;
+    if peer.get_proxy().is_none() {
+        if let PeerAddr::Inet(want) = peer.address() {
+            if !want.ip().is_unspecified() {
+                if let Some(digest) = stream.get_socket_digest() {
+                    if let Some(PeerAddr::Inet(got)) = digest.peer_addr() {
+                        return got == want;
+                    }
+                }
+            }
+        }
+    }
+    peer.matches_fd(stream.id())
+}
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
