@@ -1,8 +1,14 @@
 //! Runs a [`Gateway`] from Gateway API YAML: load, translate, apply, publish status; again on
 //! every change of the watched files. Bad input is reported and the last good configuration
 //! keeps serving; nothing here exits the process because of configuration. When what the gateway
-//! knows about the names of XBackends changes ([`Gateway::dns_updates`]), the status is published
-//! again with the new resolution conditions.
+//! knows about the names of XBackends changes ([`Gateway::dns_updates`]), the input is translated
+//! and applied again, so the status is published with the new resolution conditions.
+//!
+//! Nothing of a translation is kept once it is applied and its status published (the status
+//! YAML is kept compressed by the admin endpoint): with 10,000 routes the parsed objects and the
+//! echoed status documents are hundreds of megabytes that a long-running gateway should not hold.
+//! The gateway is marked ready as soon as its configuration is applied, before the status is
+//! rendered.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,10 +36,10 @@ pub struct Runner {
     translator: Translator,
     admin: Arc<AdminState>,
     status_file: Option<PathBuf>,
-    /// The status of the last translation, republished when DNS results change.
-    status: Option<StatusReport>,
     /// Overload limits and HTTP/1 timeouts applied with every configuration.
     limits: Limits,
+    /// Called after every apply, once the status is published (see [`Runner::on_applied`]).
+    on_applied: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl Runner {
@@ -49,9 +55,17 @@ impl Runner {
             translator: Translator::new(options),
             admin,
             status_file,
-            status: None,
             limits: Limits::default(),
+            on_applied: None,
         }
+    }
+
+    /// Calls `hook` after every apply, once the translation's transient memory (parsed objects,
+    /// status documents) is freed: the example binaries use it to hand freed memory back to the
+    /// OS at once instead of keeping a large configuration's peak resident.
+    pub fn on_applied(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_applied = Some(Box::new(hook));
+        self
     }
 
     /// Applies `limits` (connection limits, HTTP/1 timeouts, the body buffering cap) with every
@@ -88,24 +102,19 @@ impl Runner {
         for d in &diagnostics {
             tracing::warn!("{d}");
         }
+        self.admin.set_diagnostics(diagnostics);
+        self.admin.set_ready();
         let mut status = translation.status;
         self.translator
             .resolution_status(&mut status, &self.gateway.dns_status());
         self.publish(&status).await;
-        self.status = Some(status);
-        self.admin.set_diagnostics(diagnostics);
-        self.admin.set_ready();
     }
 
-    /// Publishes the last status again with what the gateway now knows about XBackend names.
-    async fn refresh_dns_status(&mut self) {
-        let Some(mut status) = self.status.take() else {
-            return;
-        };
-        self.translator
-            .resolution_status(&mut status, &self.gateway.dns_status());
-        self.publish(&status).await;
-        self.status = Some(status);
+    /// Runs the [`Runner::on_applied`] hook; called once a load's objects are dropped.
+    fn applied(&self) {
+        if let Some(hook) = &self.on_applied {
+            hook();
+        }
     }
 
     /// Writes `status` to the status file (if any) and the admin endpoint.
@@ -126,14 +135,19 @@ impl Runner {
         let loaded = source.load();
         let diagnostics = loaded.diagnostics.iter().map(|d| d.to_string()).collect();
         self.apply(&loaded.resources, diagnostics).await;
+        drop(loaded);
+        self.applied();
     }
 
-    /// Applies `input`. Files: then re-applies on every change, and republishes status on every
-    /// DNS change, until the process ends. A fixed input is applied once and this returns.
+    /// Applies `input`. Files: then re-applies on every change and on every DNS change (for the
+    /// status), until the process ends. A fixed input is applied once and this returns.
     pub async fn run(mut self, input: Input) {
         let mut dns = self.gateway.dns_updates();
         match input {
-            Input::Fixed(resources) => self.apply(&resources, Vec::new()).await,
+            Input::Fixed(resources) => {
+                self.apply(&resources, Vec::new()).await;
+                self.applied();
+            }
             Input::Files(paths) => {
                 let mut source = FileSource::new(paths.clone());
                 // Watch before the first load so no change between the two is missed.
@@ -148,7 +162,7 @@ impl Runner {
                         loop {
                             tokio::select! {
                                 _ = tick.tick() => self.reload(&mut source).await,
-                                _ = dns_changed(&mut dns) => self.refresh_dns_status().await,
+                                _ = dns_changed(&mut dns) => self.reload(&mut source).await,
                             }
                         }
                     }
@@ -159,7 +173,7 @@ impl Runner {
                             Some(()) => self.reload(&mut source).await,
                             None => break,
                         },
-                        _ = dns_changed(&mut dns) => self.refresh_dns_status().await,
+                        _ = dns_changed(&mut dns) => self.reload(&mut source).await,
                     }
                 }
             }

@@ -53,7 +53,9 @@ type Identity = (String, String, String, String);
 
 #[derive(Clone, Debug)]
 struct Tracked {
-    content: Value,
+    /// A hash of the content (everything but `metadata`, `status` and `apiVersion`): the whole
+    /// content is not kept, only whether it changed matters.
+    content: u64,
     generation: i64,
     created: String,
 }
@@ -64,8 +66,8 @@ struct Tracked {
 pub struct FileSource {
     paths: Vec<PathBuf>,
     tracked: HashMap<Identity, Tracked>,
-    /// Each file's documents (as read, before stamping) from its last good load.
-    last_good: HashMap<PathBuf, Vec<(usize, Value)>>,
+    /// Each file's text from its last good load (parsed again only when the file breaks).
+    last_good: HashMap<PathBuf, String>,
 }
 
 impl FileSource {
@@ -114,18 +116,21 @@ impl FileSource {
         let mut last_good = HashMap::new();
         for file in files {
             let origin = file.display().to_string();
-            let (documents, broken) = match std::fs::read_to_string(&file) {
-                Ok(text) => read_documents(&text, &origin, &mut diagnostics),
+            let (text, documents, broken) = match std::fs::read_to_string(&file) {
+                Ok(text) => {
+                    let (documents, broken) = read_documents(&text, &origin, &mut diagnostics);
+                    (text, documents, broken)
+                }
                 Err(err) => {
                     diagnostics.push(Diagnostic::origin(&origin, format!("cannot read: {err}")));
                     if err.kind() == std::io::ErrorKind::NotFound {
                         continue;
                     }
-                    (Vec::new(), true)
+                    (String::new(), Vec::new(), true)
                 }
             };
             let mut file_seen = HashMap::new();
-            let mut objects = self.add_documents(&documents, &origin, &now, &mut file_seen);
+            let mut objects = self.add_documents(documents, &origin, &now, &mut file_seen);
             let broken = broken || objects.invalid;
             match self.last_good.remove(&file) {
                 Some(good) if broken => {
@@ -135,12 +140,14 @@ impl FileSource {
                         "not applied; its last good version keeps serving until it is fixed",
                     ));
                     file_seen.clear();
-                    objects = self.add_documents(&good, &origin, &now, &mut file_seen);
+                    // The good text parsed before; its problems (none) are not reported again.
+                    let (documents, _) = read_documents(&good, &origin, &mut Vec::new());
+                    objects = self.add_documents(documents, &origin, &now, &mut file_seen);
                     last_good.insert(file, good);
                 }
                 _ if broken => {}
                 _ => {
-                    last_good.insert(file, documents);
+                    last_good.insert(file, text);
                 }
             }
             seen.extend(file_seen);
@@ -158,18 +165,17 @@ impl FileSource {
     /// Stamps and adds one file's documents to a fresh store.
     fn add_documents(
         &self,
-        documents: &[(usize, Value)],
+        documents: Vec<(usize, Value)>,
         origin: &str,
         now: &str,
         seen: &mut HashMap<Identity, Tracked>,
     ) -> FileObjects {
         let mut resources = Resources::new();
         let mut invalid = false;
-        for (index, value) in documents {
-            let mut value = value.clone();
+        for (index, mut value) in documents {
             self.stamp(&mut value, now, seen);
             if let Err(DocumentError::Invalid(_)) =
-                resources.add_value_checked(value, origin, *index)
+                resources.add_value_checked(value, origin, index)
             {
                 invalid = true;
             }
@@ -192,12 +198,7 @@ impl FileSource {
             .map(|(g, _)| g)
             .unwrap_or("")
             .to_string();
-        let mut content = value.clone();
-        if let Some(map) = content.as_object_mut() {
-            map.remove("metadata");
-            map.remove("status");
-            map.remove("apiVersion");
-        }
+        let content = content_hash(value);
         let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) else {
             return;
         };
@@ -254,6 +255,41 @@ impl FileSource {
             },
         );
     }
+}
+
+/// A hash of `value` without `metadata`, `status` and `apiVersion` (what a generation counts),
+/// computed without copying it: each remaining field is hashed as its key and its JSON text.
+fn content_hash(value: &Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    /// Feeds serialized JSON into a hasher.
+    struct HashWriter(std::collections::hash_map::DefaultHasher);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.write(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut w = HashWriter(Default::default());
+    match value.as_object() {
+        Some(map) => {
+            for (key, field) in map {
+                if matches!(key.as_str(), "metadata" | "status" | "apiVersion") {
+                    continue;
+                }
+                key.hash(&mut w.0);
+                // Writing into a hasher cannot fail.
+                let _ = serde_json::to_writer(&mut w, field);
+                0xffu8.hash(&mut w.0);
+            }
+        }
+        None => {
+            let _ = serde_json::to_writer(&mut w, value);
+        }
+    }
+    w.0.finish()
 }
 
 /// One file's objects, and whether one of its documents was invalid.

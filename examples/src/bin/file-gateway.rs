@@ -64,6 +64,21 @@ struct Args {
     limits: examples::cli::LimitArgs,
 }
 
+/// mimalloc instead of the system allocator: cheaper allocation on the request path, and freed
+/// memory goes back to the OS (docs/benchmarks.md has the numbers).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Hands the memory freed by a load back to the OS. mimalloc purges freed pages lazily, on
+/// later allocations by the thread that owns them, so without this a large configuration's
+/// transient peak (parsed YAML, status documents: about 280 MB at 10,000 routes) stays resident in
+/// an idle gateway (docs/benchmarks.md: 361 MB resident after loading 10,000 routes without it).
+fn return_freed_memory() {
+    // SAFETY: `mi_collect` only walks the allocator's own free lists; it takes no pointers and
+    // may be called from any thread at any time.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -88,7 +103,8 @@ async fn main() {
         default_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
     };
     let runner = Runner::new(gateway.clone(), options, state, args.status_file)
-        .with_limits(args.limits.limits());
+        .with_limits(args.limits.limits())
+        .on_applied(return_freed_memory);
     let running = tokio::spawn(runner.run(Input::Files(args.config)));
 
     if let Err(e) = gateway_core::shutdown_signal().await {

@@ -46,6 +46,11 @@ The quickstart gateway listens on http://127.0.0.1:8080 (admin: http://127.0.0.1
   curl -si -H 'origin: https://app.example.com' http://127.0.0.1:8080/api/items
 ";
 
+/// mimalloc instead of the system allocator: cheaper allocation on the request path, and freed
+/// memory goes back to the OS (docs/benchmarks.md has the numbers).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     examples::init_logging();
