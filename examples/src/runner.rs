@@ -77,7 +77,9 @@ impl Runner {
 
     /// Translates and applies one snapshot of the resources.
     pub async fn apply(&mut self, resources: &Resources, mut diagnostics: Vec<String>) {
-        let translation = self.translator.translate(resources);
+        let started = std::time::Instant::now();
+        let translation = self.translator.translate_unrendered(resources);
+        let translated = started.elapsed();
         diagnostics.extend(translation.diagnostics.iter().map(|d| d.to_string()));
         let mut config = translation.config;
         config.limits = self.limits;
@@ -104,10 +106,18 @@ impl Runner {
         }
         self.admin.set_diagnostics(diagnostics);
         self.admin.set_ready();
+        let applied = started.elapsed();
         let mut status = translation.status;
         self.translator
             .resolution_status(&mut status, &self.gateway.dns_status());
+        status.render(resources);
         self.publish(&status).await;
+        tracing::info!(
+            translate_ms = translated.as_millis() as u64,
+            apply_ms = (applied - translated).as_millis() as u64,
+            status_ms = (started.elapsed() - applied).as_millis() as u64,
+            "configuration translated, applied and its status published"
+        );
     }
 
     /// Runs the [`Runner::on_applied`] hook; called once a load's objects are dropped.
@@ -132,7 +142,13 @@ impl Runner {
     }
 
     async fn reload(&mut self, source: &mut FileSource) {
+        let started = std::time::Instant::now();
         let loaded = source.load();
+        tracing::info!(
+            load_ms = started.elapsed().as_millis() as u64,
+            objects = loaded.resources.len(),
+            "configuration files read"
+        );
         let diagnostics = loaded.diagnostics.iter().map(|d| d.to_string()).collect();
         self.apply(&loaded.resources, diagnostics).await;
         drop(loaded);

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::crds::XBackendTrafficPolicy;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -335,7 +336,8 @@ impl Resources {
         if !value.is_object() {
             return Err(Invalid("document is not a mapping".into()));
         }
-        let meta: TypeMeta = serde_json::from_value(value.clone())
+        // Read from a reference: the document is not copied.
+        let meta = TypeMeta::deserialize(&value)
             .map_err(|e| Invalid(format!("cannot read apiVersion/kind: {e}")))?;
         let api_version = meta
             .api_version
@@ -367,13 +369,6 @@ impl Resources {
             String::new()
         };
         let key = ObjectKey::new(namespace, name);
-        let mut typed = value.clone();
-        if let Some(map) = typed.as_object_mut() {
-            map.insert(
-                "apiVersion".into(),
-                Value::String(kind.typed_api_version().into()),
-            );
-        }
         let slot = Slot {
             api_version,
             raw: value,
@@ -381,21 +376,17 @@ impl Resources {
             document,
         };
         match kind {
-            Kind::GatewayClass => self.put(kind, key, parse::<GatewayClass>(typed, kind, slot)?),
-            Kind::Gateway => self.put(kind, key, parse::<Gateway>(typed, kind, slot)?),
-            Kind::HttpRoute => self.put(kind, key, parse::<HttpRoute>(typed, kind, slot)?),
-            Kind::ReferenceGrant => {
-                self.put(kind, key, parse::<ReferenceGrant>(typed, kind, slot)?)
+            Kind::GatewayClass => self.put(kind, key, parse::<GatewayClass>(kind, slot)?),
+            Kind::Gateway => self.put(kind, key, parse::<Gateway>(kind, slot)?),
+            Kind::HttpRoute => self.put(kind, key, parse::<HttpRoute>(kind, slot)?),
+            Kind::ReferenceGrant => self.put(kind, key, parse::<ReferenceGrant>(kind, slot)?),
+            Kind::Namespace => self.put(kind, key, parse::<Namespace>(kind, slot)?),
+            Kind::Service => self.put(kind, key, parse::<Service>(kind, slot)?),
+            Kind::Secret => self.put(kind, key, parse::<Secret>(kind, slot)?),
+            Kind::EndpointSlice => self.put(kind, key, parse::<EndpointSlice>(kind, slot)?),
+            Kind::XBackendTrafficPolicy => {
+                self.put(kind, key, parse::<XBackendTrafficPolicy>(kind, slot)?)
             }
-            Kind::Namespace => self.put(kind, key, parse::<Namespace>(typed, kind, slot)?),
-            Kind::Service => self.put(kind, key, parse::<Service>(typed, kind, slot)?),
-            Kind::Secret => self.put(kind, key, parse::<Secret>(typed, kind, slot)?),
-            Kind::EndpointSlice => self.put(kind, key, parse::<EndpointSlice>(typed, kind, slot)?),
-            Kind::XBackendTrafficPolicy => self.put(
-                kind,
-                key,
-                parse::<XBackendTrafficPolicy>(typed, kind, slot)?,
-            ),
         }
         Ok(())
     }
@@ -577,13 +568,20 @@ struct Slot {
     document: usize,
 }
 
-fn parse<T: DeserializeOwned>(
-    typed: Value,
-    kind: Kind,
-    slot: Slot,
-) -> Result<Object<T>, DocumentError> {
-    let object = serde_json::from_value(typed)
-        .map_err(|e| DocumentError::Invalid(format!("invalid {kind}: {e}")))?;
+/// Reads the typed object of `kind` from the document in `slot`, under the `apiVersion` of the
+/// typed struct (the document may use an older served version). The document is read in place
+/// (its `apiVersion` swapped for the read and put back), not copied.
+fn parse<T: DeserializeOwned>(kind: Kind, mut slot: Slot) -> Result<Object<T>, DocumentError> {
+    let typed_version = Value::String(kind.typed_api_version().into());
+    let written = slot
+        .raw
+        .as_object_mut()
+        .and_then(|map| map.insert("apiVersion".into(), typed_version));
+    let object = T::deserialize(&slot.raw);
+    if let (Some(map), Some(written)) = (slot.raw.as_object_mut(), written) {
+        map.insert("apiVersion".into(), written);
+    }
+    let object = object.map_err(|e| DocumentError::Invalid(format!("invalid {kind}: {e}")))?;
     Ok(Object {
         object,
         api_version: slot.api_version,

@@ -89,9 +89,11 @@ pub(crate) struct XBackendEntry {
 }
 
 impl StatusReport {
-    /// Builds the echoed documents from `resources` and the typed statuses already set: the typed
-    /// objects in input order, then the untyped ones in input order (echoed as written).
-    pub(crate) fn render(&mut self, resources: &Resources) {
+    /// Builds the echoed documents from `resources` (the ones translated) and the statuses: the
+    /// typed objects in input order, then the untyped ones in input order (echoed as written).
+    /// [`crate::Translator::translate`] calls it; after
+    /// [`crate::Translator::translate_unrendered`] the caller does, when it wants the documents.
+    pub fn render(&mut self, resources: &Resources) {
         let mut documents = Vec::with_capacity(resources.len());
         for (kind, key) in resources.order() {
             let Some(raw) = resources.raw(*kind, key) else {
