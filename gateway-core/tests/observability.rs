@@ -352,3 +352,43 @@ async fn a_sink_that_never_drains_drops_lines_not_requests() {
     gw.set_access_log(None).unwrap();
     gw.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_keep_counting_across_swaps_and_leave_with_their_route() {
+    let v1 = backend("v1").await;
+    let port = free_port();
+    let gw = Gateway::new(FilterRegistry::new());
+    let kept = || {
+        Route::new("ns", "r")
+            .rule(Rule::prefix("/a").backend(BackendRef::endpoints("v1", vec![v1.addr])))
+    };
+    let gone = Route::new("ns", "old")
+        .rule(Rule::prefix("/b").backend(BackendRef::endpoints("v1", vec![v1.addr])));
+    gw.apply(config(port, vec![kept(), gone])).await.unwrap();
+    assert_eq!(get(addr(port), "app.example.com", "/a").await.status, 200);
+    assert_eq!(get(addr(port), "app.example.com", "/b").await.status, 200);
+    let metrics = gw.metrics();
+    let a = server_count("0", "v1", "2xx");
+    let b = a.replace(r#"route="ns/r""#, r#"route="ns/old""#);
+    eventually("both requests counted", || {
+        let text = metrics.encode();
+        sample(&text, &a) == Some(1.0) && sample(&text, &b) == Some(1.0)
+    })
+    .await;
+
+    // A new configuration without the second route: the first keeps its count.
+    let mut next = config(port, vec![kept()]);
+    next.limits.max_connections -= 1;
+    assert!(gw.apply(next).await.unwrap().changed);
+    assert_eq!(get(addr(port), "app.example.com", "/a").await.status, 200);
+    eventually("the kept route to count on", || {
+        sample(&metrics.encode(), &a) == Some(2.0)
+    })
+    .await;
+    assert_eq!(
+        sample(&metrics.encode(), &b),
+        None,
+        "a removed route's series goes"
+    );
+    gw.shutdown(Duration::from_secs(1)).await;
+}
