@@ -42,8 +42,8 @@ pub enum AccessLogField {
     /// `response_code`: the status sent to the client; 0 when none was (the client left).
     ResponseCode,
     /// `error`: why the request failed, when it did: the proxy error kind (e.g.
-    /// `ConnectRefused`, `ReadTimedout`), or `NoRoute` for a 404 that matched no route; null
-    /// otherwise.
+    /// `ConnectRefused`, `ReadTimedout`), `HTTPStatus` for an error answer the gateway chose
+    /// (a request timeout's 504), or `NoRoute` for a 404 that matched no route; null otherwise.
     Error,
     /// `bytes_received`: request body bytes read from the client.
     BytesReceived,
