@@ -7,6 +7,7 @@
 //! | `/status` | the YAML of every resource with its computed status (as `--status-file`) |
 //! | `/config` | the active `gateway-core` configuration as JSON (private keys left out) |
 //! | `/diagnostics` | JSON list of the problems of the last load (unparseable documents, failed binds...) |
+//! | `/metrics` | the gateway's Prometheus metrics, OpenMetrics text ([`gateway_core::Metrics`]) |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -103,6 +104,11 @@ fn answer(path: &str, state: &AdminState, gateway: &Gateway) -> Response<Full<By
                 e.to_string(),
             ),
         },
+        "/metrics" => reply(
+            StatusCode::OK,
+            gateway_core::Metrics::CONTENT_TYPE,
+            gateway.metrics().encode(),
+        ),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use gateway_core::config::Limits;
+use gateway_core::{AccessLog, AccessLogField, AccessLogSink};
 
 /// Overload and HTTP/1 timeout flags ([`Limits`]); each defaults to the gateway-core default.
 #[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
@@ -55,6 +56,43 @@ impl LimitArgs {
     }
 }
 
+/// Access log flags: one JSON line per request (see docs/observability.md). Off by default.
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccessLogArgs {
+    /// Write a JSON access log line per request to `stdout` or to this file (appended).
+    #[arg(long, value_name = "stdout|PATH")]
+    pub access_log: Option<String>,
+
+    /// The access log's fields, comma-separated, in this order (default: all). Known fields:
+    /// start_time, method, path, protocol, response_code, error, bytes_received, bytes_sent,
+    /// duration, upstream_service_time, x-forwarded-for, user-agent, x-request-id, authority,
+    /// upstream_host, downstream_remote_address, downstream_local_address,
+    /// requested_server_name, listener, route, rule, backend, attempts.
+    #[arg(
+        long,
+        value_name = "FIELD,...",
+        requires = "access_log",
+        value_delimiter = ',',
+        value_parser = |s: &str| s.trim().parse::<AccessLogField>()
+    )]
+    pub access_log_fields: Option<Vec<AccessLogField>>,
+}
+
+impl AccessLogArgs {
+    /// The access log these flags ask for; `None` without `--access-log`.
+    pub fn access_log(&self) -> Option<AccessLog> {
+        let sink = match self.access_log.as_deref()? {
+            "stdout" | "-" => AccessLogSink::Stdout,
+            path => AccessLogSink::File(path.into()),
+        };
+        let log = AccessLog::new(sink);
+        Some(match &self.access_log_fields {
+            Some(fields) => log.with_fields(fields.clone()),
+            None => log,
+        })
+    }
+}
+
 /// Parses a listener port map such as `80=18080,443=18443`: Gateway listener port -> local port.
 pub fn parse_port_map(text: &str) -> Result<BTreeMap<u16, u16>, String> {
     let mut map = BTreeMap::new();
@@ -100,6 +138,40 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         limits: LimitArgs,
+        #[command(flatten)]
+        access_log: AccessLogArgs,
+    }
+
+    #[test]
+    fn access_log_flags() {
+        use clap::Parser;
+        let none = Cli::try_parse_from(["x"]).unwrap();
+        assert!(none.access_log.access_log().is_none());
+        let stdout = Cli::try_parse_from(["x", "--access-log=stdout"]).unwrap();
+        let log = stdout.access_log.access_log().unwrap();
+        assert!(matches!(log.sink, AccessLogSink::Stdout));
+        assert_eq!(log.fields, AccessLogField::ALL);
+        let file = Cli::try_parse_from([
+            "x",
+            "--access-log=/tmp/a.log",
+            "--access-log-fields=method,route,response_code",
+        ])
+        .unwrap();
+        let log = file.access_log.access_log().unwrap();
+        assert!(matches!(&log.sink, AccessLogSink::File(p) if p.as_os_str() == "/tmp/a.log"));
+        assert_eq!(
+            log.fields,
+            [
+                AccessLogField::Method,
+                AccessLogField::Route,
+                AccessLogField::ResponseCode
+            ]
+        );
+        assert!(
+            Cli::try_parse_from(["x", "--access-log=stdout", "--access-log-fields=nope"]).is_err()
+        );
+        // Fields without a log to write them to.
+        assert!(Cli::try_parse_from(["x", "--access-log-fields=method"]).is_err());
     }
 
     #[test]

@@ -302,6 +302,21 @@ fn bad_flags_exit_2_with_a_message() {
         vec!["--bogus"],
         vec!["--config", "x.yaml", "--listener-port-map", "80=x"],
         vec!["--config", "x.yaml", "--address-pool", "not-a-cidr"],
+        vec!["--config", "x.yaml", "--access-log-fields", "method"],
+        vec![
+            "--config",
+            "x.yaml",
+            "--access-log",
+            "stdout",
+            "--access-log-fields",
+            "nope",
+        ],
+        vec![
+            "--config",
+            "x.yaml",
+            "--access-log",
+            "/nonexistent-dir/access.log",
+        ],
         vec![],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_file-gateway"))
@@ -311,6 +326,133 @@ fn bad_flags_exit_2_with_a_message() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(!out.stderr.is_empty(), "{args:?}: no message");
     }
+}
+
+/// `GET path` on a new connection: the status, the response head (lower-cased) and the body.
+async fn get_head(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_metrics_and_writes_an_access_log() {
+    let backend = backend().await;
+    let dir = TempDir::new();
+    let config = dir.0.join("config");
+    write(&config.join("base.yaml"), &resources(backend));
+    write(&config.join("route.yaml"), ROUTE);
+    let access_log = dir.0.join("access.log");
+    let listener: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let _gateway = Process(
+        Command::new(env!("CARGO_BIN_EXE_file-gateway"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--listener-port-map")
+            .arg(format!("80={}", listener.port()))
+            .arg("--admin")
+            .arg(admin.to_string())
+            .arg("--access-log")
+            .arg(&access_log)
+            .arg("--access-log-fields")
+            .arg("method,path,response_code,route,backend")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start file-gateway"),
+    );
+    eventually("the route to serve", || async {
+        get(listener, "app.example.com", "/").await == Ok((200, "backend-ok".into()))
+    })
+    .await;
+    assert!(matches!(
+        get(listener, "app.example.com", "/second").await,
+        Ok((200, _))
+    ));
+    assert!(matches!(
+        get(listener, "other.example.com", "/").await,
+        Ok((404, _))
+    ));
+
+    // The requests show on /metrics once their logging phase ran.
+    let series = r#"route="default/app",rule="0",backend="default/app:8080",status_class="2xx"}"#;
+    let counted = |body: &str| {
+        body.lines().any(|l| {
+            l.starts_with("http_server_request_duration_seconds_count{")
+                && l.contains(series)
+                && l.ends_with(" 2")
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let scraped = loop {
+        let scraped = get_head(admin, "/metrics").await;
+        if counted(&scraped.2) {
+            break scraped;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "requests not counted in\n{}",
+            scraped.2
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (status, head, body) = scraped;
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    assert!(
+        body.contains("gateway_config_applies_total{result=\"changed\"}"),
+        "{body}"
+    );
+    assert!(body.contains("gateway_build_info{version="), "{body}");
+    assert!(
+        body.contains(r#"route="",rule="",backend="",status_class="4xx"}"#),
+        "{body}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
+
+    // The access log: one JSON line per request, with the fields asked for.
+    eventually("three access log lines", || async {
+        std::fs::read_to_string(&access_log).is_ok_and(|t| t.lines().count() >= 3)
+    })
+    .await;
+    let text = std::fs::read_to_string(&access_log).expect("access log");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let second = lines
+        .iter()
+        .find(|l| l["path"] == "/second")
+        .expect("the /second line");
+    assert_eq!(
+        second,
+        &serde_json::json!({
+            "method": "GET",
+            "path": "/second",
+            "response_code": 200,
+            "route": "default/app",
+            "backend": "default/app:8080",
+        })
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["response_code"] == 404 && l["route"].is_null())
+    );
 }
 
 /// An authoritative DNS server for `gw.test.` on a loopback port (UDP and TCP), backed by

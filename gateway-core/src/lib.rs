@@ -39,6 +39,7 @@ pub mod error;
 pub mod filter;
 mod limits;
 mod mirror;
+pub mod observe;
 pub mod path;
 pub mod proxy;
 pub mod routing;
@@ -56,6 +57,7 @@ pub use filter::{
     ClientCertStatus, DirectResponse, DirectResponseFilter, FilterAction, FilterCtx, FilterFactory,
     FilterRegistry, HttpFilter, RouteInfo,
 };
+pub use observe::{AccessLog, AccessLogField, AccessLogSink, Metrics};
 pub use server::{ApplyReport, Gateway, MirrorStats, OverloadStats, shutdown_signal};
 
 // What a filter or picker author needs, so `cargo add gateway-core` is enough.
@@ -65,3 +67,6 @@ pub use http;
 pub use pingora_error::Error as ProxyError;
 pub use pingora_http::{RequestHeader, ResponseHeader};
 pub use pingora_proxy::Session;
+/// The Prometheus client the gateway's [`Metrics`] registry comes from, to register metrics of
+/// your own with [`Metrics::with_registry`].
+pub use prometheus_client;

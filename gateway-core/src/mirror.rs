@@ -135,6 +135,8 @@ struct Shared {
     dropped: AtomicU64,
     /// Copies that failed: connection, protocol or timeout errors.
     failed: AtomicU64,
+    /// Copies the mirror backend answered.
+    completed: AtomicU64,
     /// Body chunks queued for mirrors count against the gateway's buffering cap.
     budget: Arc<BodyBudget>,
 }
@@ -167,6 +169,7 @@ impl Mirrors {
                 in_flight: AtomicUsize::new(0),
                 dropped: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
+                completed: AtomicU64::new(0),
                 budget,
             }),
             runtime: Arc::new(OnceLock::new()),
@@ -250,6 +253,11 @@ impl Mirrors {
     /// request's body did not finish).
     pub(crate) fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Copies the mirror backend answered.
+    pub(crate) fn completed(&self) -> u64 {
+        self.shared.completed.load(Ordering::Relaxed)
     }
 
     /// Copies that failed: connect, write, read or protocol errors and timeouts.
@@ -416,7 +424,9 @@ async fn run(
         None => exchange.await,
     };
     match outcome {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => {
+            shared.completed.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(Err(Failure::Abandoned)) => {
             shared.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%addr, "request mirror abandoned: body not fed in full");

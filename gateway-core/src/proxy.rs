@@ -12,7 +12,8 @@
 //! | `response_filter` | response hooks of the steps reached, in order; the sticky-session token |
 //! | `response_body_filter` | custom response body hooks |
 //! | `fail_to_proxy` | timeouts and expired deadlines 504, refused or reset connections 503, invalid answers 502; the response hooks still run |
-//! | `logging` | custom logging hooks of the steps reached; a `tracing` debug event |
+//! | `connected_to_upstream` | the connect time of a new backend connection ([`crate::observe`]) |
+//! | `logging` | custom logging hooks of the steps reached; metrics and the access log line ([`crate::observe`]); a `tracing` debug event |
 //!
 //! Gateway-written responses (404, redirects, direct responses, preflights, errors) go through
 //! the same response hooks as proxied ones.
@@ -42,6 +43,7 @@ use crate::filter::{
 };
 use crate::limits::{BodyBudget, BodyPermit};
 use crate::mirror::{MirrorBody, Mirrors};
+use crate::observe::{Observe, RequestObs, Served};
 use crate::path::{self, Normalized};
 use crate::routing::RequestParts;
 use crate::table::{CompiledEndpoints, CompiledRule, CompiledTarget, PickerKind, Table};
@@ -70,6 +72,8 @@ pub struct GatewayProxy {
     /// Request-body bytes held in memory across all requests
     /// ([`crate::config::Limits::max_buffered_body_bytes`]).
     pub(crate) body_budget: Arc<BodyBudget>,
+    /// Metrics and the access log.
+    pub(crate) observe: Arc<Observe>,
 }
 
 /// Per-request state carried between phases.
@@ -105,6 +109,8 @@ pub struct RequestCtx {
     buffer_permit: Option<BodyPermit>,
     /// Body bytes read from the client so far (first attempt).
     body_seen: usize,
+    /// Timings and handles for metrics and the access log.
+    obs: RequestObs,
 }
 
 /// What the route match decided, and how far the chains got.
@@ -121,6 +127,11 @@ struct Routed {
 }
 
 impl Routed {
+    /// The metric handles of the chosen backend.
+    fn backend_stats(&self) -> Option<&crate::observe::metrics::BackendStats> {
+        Some(&self.rule.backends.get(self.backend?)?.stats)
+    }
+
     fn backend_chain(&self) -> Option<&Chain> {
         self.backend.map(|b| &self.rule.backends[b].chain)
     }
@@ -309,6 +320,7 @@ impl GatewayProxy {
         let Some(listener) = bind.router.listener_for(host_of(session.req_header())) else {
             return Ok(Some(Reply::Status(404)));
         };
+        ctx.obs.listener(&bind.listeners[listener].obs);
         if let Some(reply) = normalize_path(session, &bind.listeners[listener].path)? {
             return Ok(Some(reply));
         }
@@ -745,6 +757,9 @@ impl GatewayProxy {
             .enumerate()
             .any(|(j, e)| j != i && e.health.available(now));
         if target.endpoints[i].health.record_failure(cfg, now, others) {
+            if let Some(stats) = ctx.routed.as_ref().and_then(Routed::backend_stats) {
+                stats.ejected();
+            }
             tracing::info!(
                 endpoint = %target.endpoints[i].address(),
                 times = target.endpoints[i].health.times_ejected(),
@@ -828,10 +843,11 @@ impl ProxyHttp for GatewayProxy {
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> PResult<()> {
         // The head is in: stop its deadline (Limits::header_read_timeout).
         crate::downstream::head_done(session.stream());
+        self.observe.request_head(session, &mut ctx.obs);
         let req = session.req_header();
         if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
             // RFC 9112 section 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host.
@@ -886,6 +902,12 @@ impl ProxyHttp for GatewayProxy {
         if let Some(filter) = ctx.filter.as_mut() {
             filter.set_endpoint(endpoint.address());
         }
+        if ctx.attempt > 1
+            && let Some(stats) = ctx.routed.as_ref().and_then(Routed::backend_stats)
+        {
+            stats.retry();
+        }
+        ctx.obs.attempt_started();
         let mut peer = HttpPeer::new(endpoint.address(), false, String::new());
         if target.protocol == BackendProtocol::H2c {
             peer.options.set_http_version(2, 2);
@@ -914,6 +936,26 @@ impl ProxyHttp for GatewayProxy {
         Ok(Box::new(peer))
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> PResult<()> {
+        if !reused
+            && let (Some(stats), Some(took)) = (
+                ctx.routed.as_ref().and_then(Routed::backend_stats),
+                ctx.obs.attempt_elapsed(),
+            )
+        {
+            stats.connected(took);
+        }
+        Ok(())
+    }
+
     fn fail_to_connect(
         &self,
         session: &mut Session,
@@ -923,6 +965,9 @@ impl ProxyHttp for GatewayProxy {
     ) -> Box<PError> {
         self.endpoint_failed(ctx);
         ctx.in_flight = None;
+        if let Some(stats) = ctx.routed.as_ref().and_then(Routed::backend_stats) {
+            stats.connect_failed();
+        }
         let untried = ctx
             .routed
             .as_ref()
@@ -1048,6 +1093,12 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut RequestCtx,
     ) -> PResult<()> {
         let status = upstream_response.status.as_u16();
+        if let Some(took) = ctx.obs.attempt_elapsed() {
+            ctx.obs.upstream_answered(took);
+            if let Some(stats) = ctx.routed.as_ref().and_then(Routed::backend_stats) {
+                stats.response(status, took);
+            }
+        }
         if status >= 500 {
             self.endpoint_failed(ctx);
         } else if let (Some(target), Some(i)) =
@@ -1178,6 +1229,8 @@ impl ProxyHttp for GatewayProxy {
             routed,
             filter,
             attempt,
+            endpoint,
+            obs,
             ..
         } = ctx;
         if let (Some(routed), Some(filter)) = (routed.as_ref(), filter.as_mut()) {
@@ -1187,6 +1240,23 @@ impl ProxyHttp for GatewayProxy {
                 }
             }
         }
+        let backend = routed
+            .as_ref()
+            .and_then(|r| r.rule.backends.get(r.backend?));
+        let served = match routed.as_ref() {
+            Some(r) => Served {
+                stats: Some(backend.map_or(&r.rule.stats, |b| &b.route_stats)),
+                info: Some(&r.rule.info),
+                backend: backend.map(|b| &*b.name),
+                upstream: r
+                    .target()
+                    .zip(*endpoint)
+                    .map(|(t, i)| t.endpoints[i].address()),
+                attempts: *attempt,
+            },
+            None => Served::default(),
+        };
+        self.observe.finish(session, e, obs, served);
         if tracing::enabled!(tracing::Level::DEBUG) {
             let status = session.response_written().map_or(0, |r| r.status.as_u16());
             let rule = routed.as_ref().map_or("", |r| r.rule.name.as_str());

@@ -48,6 +48,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::filter::FilterRegistry;
 use crate::limits::{BodyBudget, Gauge, Slot, Throttle};
 use crate::mirror::Mirrors;
+use crate::observe::metrics::{ApplyResult, RuntimeStats};
+use crate::observe::{AccessLog, Metrics, Observe};
 use crate::proxy::GatewayProxy;
 use crate::table::{CompileCtx, Table};
 use crate::tls;
@@ -135,6 +137,8 @@ struct Inner {
     connections: Arc<Connections>,
     /// The request-body buffering budget shared by every request and mirror.
     body_budget: Arc<BodyBudget>,
+    /// Metrics and the access log.
+    observe: Arc<Observe>,
 }
 
 /// An active health check and what it was started with.
@@ -213,6 +217,24 @@ impl Gateway {
         ));
         let mirror_counts = mirrors.clone();
         let sessions = Arc::new(SessionCodec::new());
+        let observe = Arc::new(Observe::new());
+        let connections: Arc<Connections> = Arc::default();
+        {
+            let (connections, mirrors, budget) =
+                (connections.clone(), mirrors.clone(), body_budget.clone());
+            observe
+                .metrics
+                .set_runtime_source(Box::new(move || RuntimeStats {
+                    open_connections: connections.open.load(Ordering::Acquire),
+                    refused_connections: connections.refused.load(Ordering::Relaxed),
+                    buffered_body_bytes: budget.used(),
+                    refused_body_reservations: budget.refused(),
+                    mirrors_in_flight: mirrors.in_flight(),
+                    mirrors_completed: mirrors.completed(),
+                    mirrors_dropped: mirrors.dropped(),
+                    mirrors_failed: mirrors.failed(),
+                }));
+        }
         let new_proxy = |h2c: bool| {
             let mut proxy = HttpProxy::new(
                 GatewayProxy {
@@ -220,6 +242,7 @@ impl Gateway {
                     mirrors: mirrors.clone(),
                     sessions: sessions.clone(),
                     body_budget: body_budget.clone(),
+                    observe: observe.clone(),
                 },
                 Arc::new(ServerConf::default()),
             );
@@ -250,8 +273,9 @@ impl Gateway {
                 proxy_h2c,
                 sockets: Mutex::new(HashMap::new()),
                 shutdown,
-                connections: Arc::default(),
+                connections,
                 body_budget,
+                observe,
             }),
         }
     }
@@ -288,6 +312,20 @@ impl Gateway {
             buffered_body_bytes: self.inner.body_budget.used(),
             refused_body_reservations: self.inner.body_budget.refused(),
         }
+    }
+
+    /// The gateway's Prometheus metrics (always collected; see `docs/observability.md`). Serve
+    /// [`Metrics::encode`] on an admin endpoint, or add metrics of your own to the same registry
+    /// with [`Metrics::with_registry`].
+    pub fn metrics(&self) -> Metrics {
+        self.inner.observe.metrics.clone()
+    }
+
+    /// Writes a JSON access log line per request as `log` says, from requests that end after
+    /// this call; `None` stops it (the default: no access log). A previous log writes what it
+    /// has queued and closes. Fails (changing nothing) when the log file cannot be opened.
+    pub fn set_access_log(&self, log: Option<AccessLog>) -> Result<()> {
+        self.inner.observe.set_access_log(log)
     }
 
     /// Uses these name servers (UDP and TCP, in order) for DNS backends instead of the system's
@@ -332,6 +370,24 @@ impl Gateway {
     /// listeners route from their first connection; sockets whose bind fails are reported in
     /// [`ApplyReport::failed`] and the rest of the configuration still applies.
     pub async fn apply(&self, config: Config) -> Result<ApplyReport> {
+        let started = std::time::Instant::now();
+        let result = self.apply_inner(config).await;
+        let metrics = &self.inner.observe.metrics;
+        match &result {
+            Ok(report) if report.changed => {
+                metrics.config_applied(
+                    ApplyResult::Changed,
+                    started.elapsed(),
+                    report.rejected.len(),
+                );
+            }
+            Ok(_) => metrics.config_applied(ApplyResult::Unchanged, started.elapsed(), 0),
+            Err(_) => metrics.config_applied(ApplyResult::Rejected, started.elapsed(), 0),
+        }
+        result
+    }
+
+    async fn apply_inner(&self, config: Config) -> Result<ApplyReport> {
         let mut sockets = self.inner.sockets.lock().await;
         let unchanged = self.inner.table.load().config == config;
         let mut report = ApplyReport::default();
@@ -442,6 +498,7 @@ impl Gateway {
                 state: &self.inner.state,
                 dns: &dns,
                 tls: &self.inner.tls,
+                metrics: &self.inner.observe.metrics,
             },
         )
     }

@@ -24,6 +24,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::filter::FilterRegistry;
 use crate::filter::RouteInfo;
 use crate::filter::chain::Chain;
+use crate::observe::ListenerObs;
+use crate::observe::metrics::{BackendStats, Metrics, RouteStats};
 use crate::routing::BindRouter;
 use crate::sample::Share;
 use crate::tls::{CertIndex, ClientAuth};
@@ -51,6 +53,8 @@ pub(crate) struct CompileCtx<'a> {
     pub(crate) dns: &'a DnsAddresses,
     /// rustls client configs of TLS backends, shared across tables.
     pub(crate) tls: &'a ClientConfigs,
+    /// Where the compiled rules get their metric handles.
+    pub(crate) metrics: &'a Metrics,
 }
 
 impl Table {
@@ -164,6 +168,7 @@ impl CompiledBind {
         let compiled_listeners = listeners
             .iter()
             .map(|l| CompiledListener {
+                obs: Arc::new(ListenerObs::new(cx.metrics, &l.name)),
                 port: l.port,
                 path: l.path_normalization,
                 routes: l
@@ -198,6 +203,8 @@ impl CompiledBind {
 
 /// One listener, compiled: its routes' rules by `[route][rule]`, matching [`crate::routing::RouteHit`].
 pub(crate) struct CompiledListener {
+    /// Its name and the series of its requests that matched no route.
+    pub(crate) obs: Arc<ListenerObs>,
     pub(crate) port: u16,
     /// How request paths are normalised before routing.
     pub(crate) path: PathNormalization,
@@ -216,6 +223,9 @@ pub(crate) struct CompiledRule {
     pub(crate) timeouts: Timeouts,
     pub(crate) retry: Option<Retry>,
     pub(crate) session: Option<SessionPersistence>,
+    /// The series of requests answered before a backend was chosen (redirects, direct
+    /// responses, filter errors).
+    pub(crate) stats: Arc<RouteStats>,
 }
 
 impl CompiledRule {
@@ -244,8 +254,29 @@ impl CompiledRule {
                     .get_or_insert(format!("session persistence: {e}"));
             }
         }
+        let route_label = format!("{}/{}", route.namespace, route.name);
+        let stats = |backend: &str| {
+            cx.metrics
+                .route(&listener.name, &route_label, &label, backend)
+        };
+        let rule_stats = stats("");
+        let backends = rule
+            .backends
+            .iter()
+            .map(|b| {
+                let name = Arc::from(b.name.as_str());
+                CompiledBackend {
+                    route_stats: stats(&b.name),
+                    stats: cx.metrics.backend(&name),
+                    name,
+                    weight: b.weight,
+                    target: CompiledTarget::compile(&b.name, &b.target, cx),
+                    chain: Chain::compile(&b.filters, cx.filters, mirror),
+                }
+            })
+            .collect();
         CompiledRule {
-            name: format!("{}/{}/{label}", route.namespace, route.name),
+            name: format!("{route_label}/{label}"),
             info: Arc::new(RouteInfo {
                 listener: listener.name.clone(),
                 namespace: route.namespace.clone(),
@@ -253,20 +284,12 @@ impl CompiledRule {
                 rule: label,
             }),
             chain,
-            backends: rule
-                .backends
-                .iter()
-                .map(|b| CompiledBackend {
-                    name: Arc::from(b.name.as_str()),
-                    weight: b.weight,
-                    target: CompiledTarget::compile(&b.name, &b.target, cx),
-                    chain: Chain::compile(&b.filters, cx.filters, mirror),
-                })
-                .collect(),
+            backends,
             total_weight: rule.backends.iter().map(|b| u64::from(b.weight)).sum(),
             timeouts: rule.timeouts,
             retry: rule.retry.clone(),
             session: rule.session_persistence.clone(),
+            stats: rule_stats,
         }
     }
 
@@ -295,6 +318,10 @@ impl CompiledRule {
 /// A weighted backend, compiled.
 pub(crate) struct CompiledBackend {
     pub(crate) name: Arc<str>,
+    /// The series of requests this rule sent to this backend.
+    pub(crate) route_stats: Arc<RouteStats>,
+    /// What is measured of the backend (connects, attempts, retries, ejections).
+    pub(crate) stats: Arc<BackendStats>,
     pub(crate) weight: u32,
     pub(crate) target: CompiledTarget,
     pub(crate) chain: Chain,

@@ -47,7 +47,7 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     status_file: Option<PathBuf>,
 
-    /// The admin endpoint: /healthz, /readyz, /status, /config, /diagnostics.
+    /// The admin endpoint: /healthz, /readyz, /status, /config, /diagnostics, /metrics.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
     admin: SocketAddr,
 
@@ -62,6 +62,9 @@ struct Args {
 
     #[command(flatten)]
     limits: examples::cli::LimitArgs,
+
+    #[command(flatten)]
+    access_log: examples::cli::AccessLogArgs,
 }
 
 /// mimalloc instead of the system allocator: cheaper allocation on the request path, and freed
@@ -87,6 +90,12 @@ async fn main() {
     let gateway = Gateway::new(FilterRegistry::with_builtins());
     if !args.dns_servers.is_empty() {
         gateway.set_dns_servers(args.dns_servers.clone());
+    }
+    if let Some(log) = args.access_log.access_log()
+        && let Err(e) = gateway.set_access_log(Some(log))
+    {
+        eprintln!("file-gateway: {e}");
+        std::process::exit(2);
     }
     let state = Arc::new(AdminState::default());
     if let Err(e) = admin::serve(args.admin, state.clone(), gateway.clone()).await {
