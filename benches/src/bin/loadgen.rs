@@ -153,10 +153,7 @@ impl Target {
             .parse()
             .map_err(|_| "the URL's host must be an IP address")?;
         let addr = SocketAddr::new(ip, port);
-        let sni = a
-            .sni
-            .clone()
-            .unwrap_or_else(|| authority.host().to_owned());
+        let sni = a.sni.clone().unwrap_or_else(|| authority.host().to_owned());
         let tls = if scheme == "https" {
             let mut roots = rustls::RootCertStore::empty();
             let ca = a.ca.as_ref().ok_or("https needs --ca")?;
@@ -256,10 +253,7 @@ impl Target {
 }
 
 /// Sends one request and reads the whole body; the status and the body bytes.
-async fn exchange(
-    sender: &mut Sender,
-    req: Request<Empty<Bytes>>,
-) -> Result<(u16, u64), BoxError> {
+async fn exchange(sender: &mut Sender, req: Request<Empty<Bytes>>) -> Result<(u16, u64), BoxError> {
     let resp = match sender {
         Sender::H1(s) => {
             s.ready().await?;
@@ -306,7 +300,9 @@ impl Tally {
     }
 
     fn merge(&mut self, o: Tally) {
-        self.hist.add(o.hist).expect("histograms of the same bounds");
+        self.hist
+            .add(o.hist)
+            .expect("histograms of the same bounds");
         self.ok += o.ok;
         self.non_2xx += o.non_2xx;
         self.errors += o.errors;
