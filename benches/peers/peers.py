@@ -234,7 +234,8 @@ def self_signed(d):
     """A P-256 key and a self-signed certificate for SNI (the CA the load generator trusts)."""
     subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
                     '-keyout', f'{d}/key.pem', '-out', f'{d}/cert.pem', '-days', '2', '-subj', f'/CN={SNI}',
-                    '-addext', f'subjectAltName=DNS:{SNI}'], check=True, capture_output=True)
+                    '-addext', f'subjectAltName=DNS:{SNI}', '-addext', 'basicConstraints=critical,CA:FALSE'],
+                   check=True, capture_output=True)
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -401,8 +402,20 @@ def run_base(a, p, n, proc, d):
 
 
 def run_scenarios(a, p, n, proc, d):
+    """The extra scenarios on a ready proxy; one that fails is reported and left out."""
     out = {}
-    sc = set(a.scenarios)
+    for name in ('https', 'h2', 'large', 'idle'):
+        if name in a.scenarios:
+            try:
+                out.update(run_scenario(a, name, p, n, proc, d))
+            except Exception as e:
+                print(f'{p} at {n} routes, {name}: {e}', file=sys.stderr)
+    return out
+
+
+def run_scenario(a, name, p, n, proc, d):
+    out = {}
+    sc = {name}
     lg = a.loadgen
     if 'https' in sc:
         url = f'https://127.0.0.1:{TLS_PORT}/'
@@ -688,6 +701,7 @@ def main():
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
     d = tempfile.mkdtemp(prefix='perf-')
+    os.chmod(d, 0o755)  # nginx workers (user nobody) serve the large file from here
     if extras & {'tls'}:
         self_signed(d)
     log = open(f'{d}/procs.log', 'w')
@@ -714,6 +728,7 @@ def main():
                     'duration_s': a.duration, 'fixed_rate': a.rate, 'scenarios': a.scenarios,
                     'versions': versions(a), 'command': sys.argv},
            'results': results}
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, 'w') as f:
         json.dump(doc, f, indent=1)
     print(f'\nwrote {a.out}')

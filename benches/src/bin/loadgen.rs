@@ -24,8 +24,10 @@
 //! significant digits).
 //!
 //! **Modes.** `--new-connection-per-request`: every request opens its own TCP (and TLS)
-//! connection and closes it after the response (`Connection: close`); `new_connections` in the
-//! output then counts them. `--idle N`: open N keep-alive connections, send one request on each,
+//! connection and closes it after the response (`Connection: close`). `new_connections` in the
+//! output counts every connection opened, including reconnections: a connection the server
+//! closes (its keep-alive request limit, `Connection: close`) is replaced, and a request it
+//! refused unsent is sent again once on the new connection, not counted as an error. `--idle N`: open N keep-alive connections, send one request on each,
 //! print `ready` on stderr, hold them open for `--duration` seconds, then report how many stayed
 //! open. TLS (`https://` URLs) is TLS 1.3 only, verified against `--ca` with the name `--sni`.
 //!
@@ -252,27 +254,52 @@ impl Target {
     }
 }
 
-/// Sends one request and reads the whole body; the status and the body bytes.
-async fn exchange(sender: &mut Sender, req: Request<Empty<Bytes>>) -> Result<(u16, u64), BoxError> {
-    let resp = match sender {
-        Sender::H1(s) => {
-            s.ready().await?;
-            s.send_request(req).await?
-        }
-        Sender::H2(s) => {
-            s.ready().await?;
-            s.send_request(req).await?
-        }
+/// How a request ended.
+enum Exchange {
+    /// Answered: the status, the body bytes, and whether the server closes the connection.
+    Done(u16, u64, bool),
+    /// Never sent: the connection was closed before (the server's keep-alive or stream limit);
+    /// safe to send again on a new connection.
+    NotSent,
+    /// Failed after it may have reached the server.
+    Failed,
+}
+
+/// Sends one request and reads the whole body.
+async fn exchange(sender: &mut Sender, req: Request<Empty<Bytes>>) -> Exchange {
+    let sent = match sender {
+        Sender::H1(s) => match s.ready().await {
+            Ok(()) => s.send_request(req).await,
+            Err(_) => return Exchange::NotSent,
+        },
+        Sender::H2(s) => match s.ready().await {
+            Ok(()) => s.send_request(req).await,
+            Err(_) => return Exchange::NotSent,
+        },
+    };
+    let resp = match sent {
+        Ok(resp) => resp,
+        Err(e) if e.is_canceled() => return Exchange::NotSent,
+        Err(_) => return Exchange::Failed,
     };
     let status = resp.status().as_u16();
+    let close = resp
+        .headers()
+        .get(http::header::CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
     let mut body = resp.into_body();
     let mut bytes = 0u64;
     while let Some(frame) = body.frame().await {
-        if let Some(data) = frame?.data_ref() {
-            bytes += data.len() as u64;
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    bytes += data.len() as u64;
+                }
+            }
+            Err(_) => return Exchange::Failed,
         }
     }
-    Ok((status, bytes))
+    Exchange::Done(status, bytes, close)
 }
 
 /// What one sender counted.
@@ -340,7 +367,8 @@ async fn run_sender(
             Some(iv) => start + offset + iv * k,
             None => now,
         };
-        if intended >= end {
+        if intended >= end || now >= end {
+            // Past the window: what is still due is missed, not sent late.
             break;
         }
         k += 1;
@@ -352,22 +380,34 @@ async fn run_sender(
             // Busy past the intended time: the server made us wait, count it.
             intended
         };
-        if new_conn || sender.is_none() {
-            match target.connect().await {
-                Ok(s) => {
-                    t.connections += 1;
-                    sender = Some(s);
-                }
-                Err(_) => {
-                    t.errors += 1;
-                    continue;
+        // A request whose connection was closed before it went out (the server's keep-alive
+        // limit) is sent again once on a new connection; its latency still runs from `begin`.
+        let mut outcome = Exchange::NotSent;
+        for _ in 0..2 {
+            if new_conn || sender.is_none() {
+                match target.connect().await {
+                    Ok(s) => {
+                        t.connections += 1;
+                        sender = Some(s);
+                    }
+                    Err(_) => {
+                        outcome = Exchange::Failed;
+                        break;
+                    }
                 }
             }
+            let req = target.request(&mut rng, new_conn);
+            let s = sender.as_mut().expect("connected above");
+            outcome = tokio::time::timeout(timeout, exchange(s, req))
+                .await
+                .unwrap_or(Exchange::Failed);
+            if !matches!(outcome, Exchange::NotSent) {
+                break;
+            }
+            sender = None;
         }
-        let req = target.request(&mut rng, new_conn);
-        let s = sender.as_mut().expect("connected above");
-        match tokio::time::timeout(timeout, exchange(s, req)).await {
-            Ok(Ok((status, bytes))) => {
+        match outcome {
+            Exchange::Done(status, bytes, close) => {
                 let us = begin.elapsed().as_micros().max(1) as u64;
                 t.hist.saturating_record(us);
                 t.bytes += bytes;
@@ -376,14 +416,14 @@ async fn run_sender(
                 } else {
                     t.non_2xx += 1;
                 }
+                if close || new_conn {
+                    sender = None;
+                }
             }
-            _ => {
+            Exchange::NotSent | Exchange::Failed => {
                 t.errors += 1;
                 sender = None;
             }
-        }
-        if new_conn {
-            sender = None;
         }
     }
     if let Some(iv) = interval {
@@ -458,7 +498,7 @@ async fn load(a: Args, target: Arc<Target>) -> Result<serde_json::Value, BoxErro
         "missed": total.missed,
         "bytes": total.bytes,
         "rps": done as f64 / elapsed,
-        "new_connections": opened + if a.new_connection_per_request { total.connections } else { 0 },
+        "new_connections": opened + total.connections,
         "latency_us": {
             "p50": q(0.50), "p90": q(0.90), "p99": q(0.99), "p999": q(0.999),
             "max": total.hist.max(), "mean": total.hist.mean(),
@@ -481,7 +521,7 @@ async fn idle(a: Args, target: Arc<Target>, n: usize) -> Result<serde_json::Valu
                     let mut s = target.connect().await.ok()?;
                     let req = target.request(&mut rng, false);
                     match exchange(&mut s, req).await {
-                        Ok((status, _)) if (200..300).contains(&status) => Some(s),
+                        Exchange::Done(status, _, false) if (200..300).contains(&status) => Some(s),
                         _ => {
                             failed.fetch_add(1, Ordering::Relaxed);
                             None
