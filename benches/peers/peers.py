@@ -20,7 +20,7 @@ request over the saturation window, RSS after the load, time to ready (start to 
 ratios to each peer. Writes a markdown table to stdout, the results as JSON (--out) and two SVG plots (CPU per
 request and RSS against route count) into --svg-dir. See docs/benchmarks.md, "Benchmark suite".
 """
-import argparse, base64, json, os, re, resource, shutil, signal, statistics, subprocess, sys, tempfile, time
+import argparse, base64, json, math, os, re, resource, shutil, signal, statistics, subprocess, sys, tempfile, time
 import urllib.request
 
 CACHE = os.path.join(os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'gateway-bench')
@@ -596,7 +596,12 @@ def svg_plot(results, key, title, unit, path):
     if not vals:
         return False
     W, H, L, R, T, B = 640, 400, 70, 130, 40, 50
-    top = max(vals) * 1.1 or 1
+    # A round tick step (1, 2 or 5 times a power of ten) giving about five gridlines.
+    raw = (max(vals) or 1) / 5
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    ticks = math.ceil(max(vals) / step) or 1
+    top = step * ticks
     x = lambda i: L + (W - L - R) * (i + 0.5) / len(counts)
     y = lambda v: T + (H - T - B) * (1 - v / top)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
@@ -607,11 +612,11 @@ def svg_plot(results, key, title, unit, path):
            f'<line x1="{L}" y1="{T}" x2="{L}" y2="{H - B}" stroke="black"/>',
            f'<text x="{(L + W - R) / 2}" y="{H - 12}" text-anchor="middle">HTTPRoutes</text>',
            f'<text x="16" y="{(T + H - B) / 2}" text-anchor="middle" transform="rotate(-90 16 {(T + H - B) / 2})">{unit}</text>']
-    for k in range(6):
-        v = top * k / 5
+    for k in range(ticks + 1):
+        v = step * k
+        label = f'{v:,.0f}' if step >= 1 else f'{v:,.{-math.floor(math.log10(step))}f}'
         out.append(f'<line x1="{L - 4}" y1="{y(v):.1f}" x2="{W - R}" y2="{y(v):.1f}" stroke="#ddd"/>')
-        out.append(f'<text x="{L - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:,.0f}</text>' if top >= 50 else
-                   f'<text x="{L - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:,.1f}</text>')
+        out.append(f'<text x="{L - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{label}</text>')
     for i, n in enumerate(counts):
         out.append(f'<text x="{x(i):.1f}" y="{H - B + 18}" text-anchor="middle">{int(n):,}</text>')
     for j, p in enumerate(proxies):
