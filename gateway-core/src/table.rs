@@ -295,23 +295,7 @@ impl CompiledRule {
 
     /// Picks a backend by weight; `None` when there is none or all weights are 0.
     pub(crate) fn pick_backend(&self) -> Option<usize> {
-        match self.backends.len() {
-            0 => None,
-            1 => (self.total_weight > 0).then_some(0),
-            _ if self.total_weight == 0 => None,
-            _ => {
-                let mut point = rand::random_range(0..self.total_weight);
-                self.backends.iter().position(|b| {
-                    let w = u64::from(b.weight);
-                    if point < w {
-                        true
-                    } else {
-                        point -= w;
-                        false
-                    }
-                })
-            }
-        }
+        crate::backend::pick_weighted(self.backends.iter().map(|b| b.weight), self.total_weight)
     }
 }
 

@@ -322,13 +322,15 @@ async fn an_invalid_route_is_rejected_alone_and_the_rest_keeps_serving() {
             })
             .backend(to(&v1, "v1")),
     );
-    let report = gw
-        .apply(Config {
-            binds: vec![http_bind(port, vec![good, bad, bad_header])],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let config = Config {
+        binds: vec![http_bind(port, vec![good, bad, bad_header])],
+        ..Default::default()
+    };
+    // `check` compiles the same way without binding or activating anything.
+    let checked = gw.check(config.clone()).unwrap();
+    assert!(gw.bound().await.is_empty());
+    let report = gw.apply(config.clone()).await.unwrap();
+    assert_eq!(report.rejected, checked);
     assert_eq!(report.rejected.len(), 2, "{:?}", report.rejected);
     assert!(
         report.rejected[0].contains("ns/bad "),
@@ -340,6 +342,11 @@ async fn an_invalid_route_is_rejected_alone_and_the_rest_keeps_serving() {
         "{:?}",
         report.rejected
     );
+    assert_eq!(get(addr(port), "a", "/").await.backend(), "v1");
+    // A configuration `apply` would refuse is refused by `check` too, and the active one serves on.
+    let mut refused = config;
+    refused.limits.max_connections = 0;
+    assert!(gw.check(refused).is_err());
     assert_eq!(get(addr(port), "a", "/").await.backend(), "v1");
     gw.shutdown(Duration::from_secs(1)).await;
 }

@@ -40,6 +40,18 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// A fresh endpoint at `addr`: no request in flight, never ejected, no health check.
+    ///
+    /// The gateway builds its endpoints itself from the configuration (keeping their health
+    /// across swaps); this is for exercising an [`EndpointPicker`] or the built-in choices
+    /// ([`pick_least_request`]) outside a gateway, in tests and benchmarks.
+    pub fn new(addr: SocketAddr) -> Self {
+        Endpoint {
+            addr,
+            health: Arc::new(EndpointHealth::new()),
+        }
+    }
+
     /// The endpoint's address.
     pub fn address(&self) -> SocketAddr {
         self.addr
@@ -199,6 +211,47 @@ impl std::fmt::Debug for PickerRegistry {
     }
 }
 
+/// The built-in least-request choice, as backends with
+/// [`crate::config::LoadBalancer::LeastRequest`] use it: of two endpoints drawn at random, the
+/// available one with fewer requests in flight ([`Endpoint::in_flight`]).
+///
+/// `None` when `endpoints` is empty or neither drawn endpoint is available; the gateway then
+/// falls back to round robin over the available ones. Takes no lock and allocates nothing. A
+/// custom [`EndpointPicker`] can delegate to it.
+pub fn pick_least_request(endpoints: &[Endpoint]) -> Option<usize> {
+    least_request(endpoints, clock::now_ms())
+}
+
+/// The weighted choice among a rule's backendRefs: index `i` with probability
+/// `weights[i] / total`, where `total` is the sum of `weights` (the gateway precomputes it).
+///
+/// `None` when there is no backend or every weight is 0 (the rule answers 500, as the Gateway
+/// API asks). A single backend with a weight above 0 is chosen without drawing a random number.
+pub fn pick_weighted<I>(weights: I, total: u64) -> Option<usize>
+where
+    I: IntoIterator<Item = u32>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let mut weights = weights.into_iter();
+    match weights.len() {
+        0 => None,
+        1 => (total > 0).then_some(0),
+        _ if total == 0 => None,
+        _ => {
+            let mut point = rand::random_range(0..total);
+            weights.position(|w| {
+                let w = u64::from(w);
+                if point < w {
+                    true
+                } else {
+                    point -= w;
+                    false
+                }
+            })
+        }
+    }
+}
+
 /// Least request: of two random usable endpoints, the one with fewer requests in flight.
 pub(crate) fn least_request(endpoints: &[Endpoint], now_ms: u64) -> Option<usize> {
     let usable = |i: usize| endpoints[i].health.available(now_ms);
@@ -223,6 +276,36 @@ pub(crate) fn least_request(endpoints: &[Endpoint], now_ms: u64) -> Option<usize
                 (false, true) => Some(b),
                 (false, false) => None,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weighted_pick_skips_zero_weights_and_refuses_all_zero() {
+        assert_eq!(pick_weighted([], 0), None);
+        assert_eq!(pick_weighted([0], 0), None);
+        assert_eq!(pick_weighted([5], 5), Some(0));
+        assert_eq!(pick_weighted([0, 0], 0), None);
+        for _ in 0..200 {
+            assert_eq!(pick_weighted([0, 3, 0], 3), Some(1));
+            let i = pick_weighted([1, 0, 1], 2).unwrap();
+            assert!(i == 0 || i == 2, "{i}");
+        }
+    }
+
+    #[test]
+    fn least_request_prefers_the_idler_endpoint() {
+        let a = Endpoint::new("127.0.0.1:1".parse().unwrap());
+        let b = Endpoint::new("127.0.0.1:2".parse().unwrap());
+        assert_eq!(pick_least_request(&[]), None);
+        assert_eq!(pick_least_request(std::slice::from_ref(&a)), Some(0));
+        let _busy = a.health.begin();
+        for _ in 0..50 {
+            assert_eq!(pick_least_request(&[a.clone(), b.clone()]), Some(1));
         }
     }
 }

@@ -1,8 +1,12 @@
-//! The pure parts of the built-in filters: path replacement and redirect targets.
+//! The pure parts of the built-in filters: path replacement, URL rewrites and redirect targets.
 
 use std::fmt::Write;
 
-use crate::config::{PathModifier, Protocol, RequestRedirect};
+use http::Uri;
+use pingora_error::{Error as PError, ErrorType, Result as PResult};
+use pingora_http::RequestHeader;
+
+use crate::config::{PathModifier, Protocol, RequestRedirect, UrlRewrite};
 
 /// The path a `ReplaceFullPath` / `ReplacePrefixMatch` modifier produces.
 ///
@@ -30,6 +34,56 @@ pub fn rewrite_path(path: &str, modifier: &PathModifier, matched_prefix: Option<
             out
         }
     }
+}
+
+/// Applies a `URLRewrite` filter to `req`, the request the backend will see.
+///
+/// The hostname replaces the `Host` header (and the URI's authority when the request has one,
+/// as HTTP/2 requests do); the path is replaced as [`rewrite_path`] says, keeping the query
+/// string. `matched_prefix` is the byte length of the path the rule's `PathPrefix` covered.
+/// A rewrite that would produce an invalid URI is an internal error (the request gets 500).
+/// Allocates only when the path or the authority changes.
+pub fn apply_url_rewrite(
+    req: &mut RequestHeader,
+    rewrite: &UrlRewrite,
+    matched_prefix: Option<usize>,
+) -> PResult<()> {
+    fn internal(context: String) -> Box<PError> {
+        PError::explain(ErrorType::InternalError, context)
+    }
+    if let Some(host) = &rewrite.hostname {
+        req.insert_header(http::header::HOST, host.as_str())?;
+    }
+    let authority = rewrite
+        .hostname
+        .as_ref()
+        .filter(|_| req.uri.authority().is_some());
+    if rewrite.path.is_none() && authority.is_none() {
+        return Ok(());
+    }
+    let mut parts = req.uri.clone().into_parts();
+    if let Some(modifier) = &rewrite.path {
+        let mut pq = rewrite_path(req.uri.path(), modifier, matched_prefix);
+        if let Some(q) = req.uri.query() {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        parts.path_and_query = Some(
+            pq.parse()
+                .map_err(|_| internal(format!("rewritten path {pq:?} is not a valid URI")))?,
+        );
+    }
+    if let Some(host) = authority {
+        parts.authority = Some(host.parse().map_err(|_| {
+            internal(format!(
+                "rewritten hostname {host:?} is not a valid authority"
+            ))
+        })?);
+    }
+    let uri =
+        Uri::from_parts(parts).map_err(|e| internal(format!("rewritten URI invalid: {e}")))?;
+    req.set_uri(uri);
+    Ok(())
 }
 
 /// The `Location` a `RequestRedirect` filter answers with.
@@ -116,6 +170,30 @@ mod tests {
         );
         assert_eq!(rewrite_path("/a/b", &prefix("/x/"), Some(2)), "/x/b");
         assert_eq!(rewrite_path("/a/b", &prefix("/x"), None), "/a/b");
+    }
+
+    #[test]
+    fn url_rewrite_replaces_prefix_host_and_keeps_the_query() {
+        let mut req = RequestHeader::build("GET", b"/app/v1/items?x=1", None).unwrap();
+        req.insert_header("host", "old.example.com").unwrap();
+        let rewrite = UrlRewrite {
+            hostname: Some("new.example.com".into()),
+            path: Some(prefix("/v2")),
+        };
+        apply_url_rewrite(&mut req, &rewrite, Some(7)).unwrap();
+        assert_eq!(req.uri.path(), "/v2/items");
+        assert_eq!(req.uri.query(), Some("x=1"));
+        assert_eq!(req.headers.get("host").unwrap(), "new.example.com");
+
+        let mut absolute = RequestHeader::build("GET", b"/a", None).unwrap();
+        absolute.set_uri("http://old.example.com/a".parse().unwrap());
+        let host_only = UrlRewrite {
+            hostname: Some("new.example.com".into()),
+            path: None,
+        };
+        apply_url_rewrite(&mut absolute, &host_only, None).unwrap();
+        assert_eq!(absolute.uri.authority().unwrap(), "new.example.com");
+        assert_eq!(absolute.uri.path(), "/a");
     }
 
     #[test]

@@ -88,16 +88,23 @@ impl Chain {
     }
 }
 
-/// Header edits with names and values validated up front.
+/// A `RequestHeaderModifier` or `ResponseHeaderModifier` filter with its header names and values
+/// validated up front, as the gateway runs it: built once when a configuration is applied, then
+/// applied to every request or response that reaches it.
+///
+/// Applying runs `set`, then `add`, then `remove`, in the order each list gives, and clones only
+/// the precomputed names and values (cheap shared handles), so a request costs no parsing.
 #[derive(Default)]
-pub(crate) struct CompiledHeaderModifier {
+pub struct CompiledHeaderModifier {
     pub(crate) set: Vec<(HeaderName, HeaderValue)>,
     pub(crate) add: Vec<(HeaderName, HeaderValue)>,
     pub(crate) remove: Vec<HeaderName>,
 }
 
 impl CompiledHeaderModifier {
-    pub(crate) fn compile(m: &HeaderModifier) -> Result<Self, String> {
+    /// Validates the names and values of `m`. An invalid header name or value is an error that
+    /// names the header (the gateway then answers 500 on the rule, as the Gateway API asks).
+    pub fn compile(m: &HeaderModifier) -> Result<Self, String> {
         fn pair((name, value): &(String, String)) -> Result<(HeaderName, HeaderValue), String> {
             let n = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| format!("invalid header name {name:?}"))?;
@@ -119,8 +126,9 @@ impl CompiledHeaderModifier {
         })
     }
 
-    /// Applies the edits to a request.
-    pub(crate) fn apply_request(&self, req: &mut RequestHeader) -> PResult<()> {
+    /// Applies the edits to a request's headers (`RequestHeaderModifier`). Fails only when a
+    /// header cannot be stored (Pingora's limits).
+    pub fn apply_request(&self, req: &mut RequestHeader) -> PResult<()> {
         for (n, v) in &self.set {
             req.insert_header(n.clone(), v.clone())?;
         }
@@ -133,8 +141,9 @@ impl CompiledHeaderModifier {
         Ok(())
     }
 
-    /// Applies the edits to a response.
-    pub(crate) fn apply_response(&self, resp: &mut ResponseHeader) -> PResult<()> {
+    /// Applies the edits to a response's headers (`ResponseHeaderModifier`). Fails only when a
+    /// header cannot be stored (Pingora's limits).
+    pub fn apply_response(&self, resp: &mut ResponseHeader) -> PResult<()> {
         for (n, v) in &self.set {
             resp.insert_header(n.clone(), v.clone())?;
         }

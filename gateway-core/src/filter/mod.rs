@@ -28,7 +28,8 @@ pub(crate) mod cors;
 mod ctx;
 mod direct;
 
-pub use builtin::{redirect_location, rewrite_path};
+pub use builtin::{apply_url_rewrite, redirect_location, rewrite_path};
+pub use chain::CompiledHeaderModifier;
 pub use ctx::{ClientCertStatus, FilterCtx, RouteInfo};
 pub use direct::{DIRECT_RESPONSE_GROUP, DIRECT_RESPONSE_KIND, DirectResponseFilter};
 

@@ -1,6 +1,6 @@
 //! `BindRouter::lookup` latency with 10, 1,000 and 10,000 HTTPRoutes on one bind.
 //!
-//! Run: `cargo bench -p gateway-core --bench lookup`. Results are written up in
+//! Run: `cargo bench -p gateway-benches --bench lookup`. Results are written up in
 //! `docs/benchmarks.md`.
 //!
 //! The bind has three listeners (no hostname, `*.internal.example.org`, `api.example.org`); all
