@@ -8,6 +8,7 @@
 //! | `/config` | the active `gateway-core` configuration as JSON (private keys left out) |
 //! | `/diagnostics` | JSON list of the problems of the last load (unparseable documents, failed binds...) |
 //! | `/metrics` | the gateway's Prometheus metrics, OpenMetrics text ([`gateway_core::Metrics`]) |
+//! | `/explain?...` | where a described request would go and why, as JSON ([`gateway_core::explain`]); 400 for bad parameters ([`crate::explain::request_from_query`]) |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -78,8 +79,28 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
     r
 }
 
-fn answer(path: &str, state: &AdminState, gateway: &Gateway) -> Response<Full<Bytes>> {
-    match path {
+/// `/explain`: the explanation as JSON, or 400 with the reason.
+fn explain(query: Option<&str>, gateway: &Gateway) -> Response<Full<Bytes>> {
+    let req = match crate::explain::request_from_query(query.unwrap_or("")) {
+        Ok(req) => req,
+        Err(e) => return reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+    };
+    match gateway.explain(&req) {
+        Ok(explanation) => match serde_json::to_vec_pretty(&explanation) {
+            Ok(json) => reply(StatusCode::OK, "application/json", json),
+            Err(e) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                e.to_string(),
+            ),
+        },
+        Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+    }
+}
+
+fn answer(uri: &http::Uri, state: &AdminState, gateway: &Gateway) -> Response<Full<Bytes>> {
+    match uri.path() {
+        "/explain" => explain(uri.query(), gateway),
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" if state.is_ready() => reply(StatusCode::OK, "text/plain", "ready\n"),
         "/readyz" => reply(
@@ -119,8 +140,5 @@ pub async fn serve(
     state: Arc<AdminState>,
     gateway: Gateway,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    crate::serve::serve(address, move |req| {
-        answer(req.uri().path(), &state, &gateway)
-    })
-    .await
+    crate::serve::serve(address, move |req| answer(req.uri(), &state, &gateway)).await
 }

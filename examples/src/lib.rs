@@ -1,11 +1,12 @@
 //! Shared pieces of the example gateways: the YAML runner, the admin endpoint, the quickstart's
-//! demo backends and the command-line parsers.
+//! demo backends, the command-line parsers and `explain`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod admin;
 pub mod cli;
 pub mod demo;
+pub mod explain;
 pub mod runner;
 mod serve;
 

@@ -36,6 +36,7 @@ pub mod config;
 pub mod dns;
 mod downstream;
 pub mod error;
+pub mod explain;
 pub mod filter;
 mod limits;
 mod mirror;
@@ -53,6 +54,7 @@ mod upstream_tls;
 pub use backend::{Endpoint, EndpointPicker, PickRequest};
 pub use dns::DnsStatus;
 pub use error::{Error, ErrorKind, Result};
+pub use explain::{ExplainError, ExplainRequest, Explanation};
 pub use filter::{
     ClientCertStatus, DirectResponse, DirectResponseFilter, FilterAction, FilterCtx, FilterFactory,
     FilterRegistry, HttpFilter, RouteInfo,

@@ -36,10 +36,10 @@ use crate::backend::clock::now_ms;
 use crate::backend::outlier::InFlightGuard;
 use crate::backend::session::SessionCodec;
 use crate::backend::{PickRequest, least_request};
-use crate::config::{BackendProtocol, PathNormalization, Protocol, UrlRewrite};
+use crate::config::{BackendProtocol, PathNormalization, Protocol};
 use crate::filter::chain::{Chain, Step};
 use crate::filter::{
-    ClientCertStatus, DirectResponse, FilterAction, FilterCtx, redirect_location, rewrite_path,
+    ClientCertStatus, DirectResponse, FilterAction, FilterCtx, apply_url_rewrite, redirect_location,
 };
 use crate::limits::{BodyBudget, BodyPermit};
 use crate::mirror::{MirrorBody, Mirrors};
@@ -187,48 +187,6 @@ fn internal(context: String) -> Box<PError> {
 
 /// The error that turns a retriable response status into another attempt.
 const STATUS_RETRY: ErrorType = ErrorType::Custom("retriable response status");
-
-/// Applies a `URLRewrite` to the request the backend will see.
-fn apply_rewrite(
-    req: &mut RequestHeader,
-    rewrite: &UrlRewrite,
-    matched_prefix: Option<usize>,
-) -> PResult<()> {
-    if let Some(host) = &rewrite.hostname {
-        req.insert_header(http::header::HOST, host.as_str())?;
-    }
-    // An absolute-form URI (HTTP/2 `:authority`) carries the host too.
-    let authority = rewrite
-        .hostname
-        .as_ref()
-        .filter(|_| req.uri.authority().is_some());
-    if rewrite.path.is_none() && authority.is_none() {
-        return Ok(());
-    }
-    let mut parts = req.uri.clone().into_parts();
-    if let Some(modifier) = &rewrite.path {
-        let mut pq = rewrite_path(req.uri.path(), modifier, matched_prefix);
-        if let Some(q) = req.uri.query() {
-            pq.push('?');
-            pq.push_str(q);
-        }
-        parts.path_and_query = Some(
-            pq.parse()
-                .map_err(|_| internal(format!("rewritten path {pq:?} is not a valid URI")))?,
-        );
-    }
-    if let Some(host) = authority {
-        parts.authority = Some(host.parse().map_err(|_| {
-            internal(format!(
-                "rewritten hostname {host:?} is not a valid authority"
-            ))
-        })?);
-    }
-    let uri =
-        Uri::from_parts(parts).map_err(|e| internal(format!("rewritten URI invalid: {e}")))?;
-    req.set_uri(uri);
-    Ok(())
-}
 
 /// Normalises the request path under the listener's settings ([`crate::path`]) before routing,
 /// replacing the URI when the path changes so that filters and the backend see what routing saw.
@@ -481,7 +439,7 @@ impl GatewayProxy {
                 Step::RequestHeaders(m) => m.apply_request(session.req_header_mut())?,
                 Step::ResponseHeaders(_) => {}
                 Step::Rewrite(r) => {
-                    apply_rewrite(session.req_header_mut(), r, routed.matched_prefix)?
+                    apply_url_rewrite(session.req_header_mut(), r, routed.matched_prefix)?
                 }
                 Step::Redirect(redirect) => {
                     let req = session.req_header();

@@ -351,6 +351,11 @@ impl Gateway {
         self.inner.dns.signals.updates.subscribe()
     }
 
+    /// The active routing table (for `explain`).
+    pub(crate) fn table(&self) -> arc_swap::Guard<Arc<Table>> {
+        self.inner.table.load()
+    }
+
     /// The active configuration.
     pub fn config(&self) -> Config {
         self.inner.table.load().config.clone()

@@ -5,6 +5,9 @@
 //!     --listener-port-map 80=8080 --status-file /tmp/status.yaml
 //! ```
 //!
+//! `file-gateway explain --config ... --host ... --path ...` prints where a request would go
+//! instead of serving (nothing is bound).
+//!
 //! Its command line is a contract (see docs/file-gateway.md): bad flags exit 2 with a message;
 //! bad configuration never exits.
 
@@ -23,8 +26,16 @@ use gateway_k8s::TranslateOptions;
 /// Serves Gateway API resources (GatewayClass, Gateway, HTTPRoute, ReferenceGrant, Service,
 /// EndpointSlice, Secret, Namespace) read from YAML files, reloading them when they change.
 #[derive(Parser, Debug)]
-#[command(name = "file-gateway", version)]
+#[command(
+    name = "file-gateway",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// A YAML file, or a directory of .yaml/.yml files (multi-document). Repeatable.
     #[arg(long = "config", value_name = "PATH", required = true)]
     config: Vec<PathBuf>,
@@ -47,7 +58,7 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     status_file: Option<PathBuf>,
 
-    /// The admin endpoint: /healthz, /readyz, /status, /config, /diagnostics, /metrics.
+    /// The admin endpoint: /healthz, /readyz, /status, /config, /diagnostics, /metrics, /explain.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
     admin: SocketAddr,
 
@@ -82,9 +93,120 @@ fn return_freed_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Explains where a request would go under the YAML configuration, and why, without binding
+    /// anything: bind, listener, route, rule, filters, backends, and why every other route of
+    /// the listener did not take it. Exits 0 with the explanation, 2 on bad arguments.
+    Explain(ExplainArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ExplainArgs {
+    /// A YAML file, or a directory of .yaml/.yml files (multi-document). Repeatable.
+    #[arg(long = "config", value_name = "PATH", required = true)]
+    config: Vec<PathBuf>,
+
+    /// The GatewayClass spec.controllerName this gateway serves.
+    #[arg(long, value_name = "NAME", default_value = examples::DEFAULT_CONTROLLER_NAME)]
+    controller_name: String,
+
+    /// As for serving: the address pool Gateways without spec.addresses draw from.
+    #[arg(long, value_name = "CIDR")]
+    address_pool: Option<ipnet::IpNet>,
+
+    /// As for serving: listener port P bound on local port L.
+    #[arg(long, value_name = "P=L,...", value_parser = examples::cli::parse_port_map)]
+    listener_port_map: Option<BTreeMap<u16, u16>>,
+
+    /// The request method.
+    #[arg(long, default_value = "GET")]
+    method: String,
+
+    /// The Host header (or :authority), possibly with a port.
+    #[arg(long, default_value = "")]
+    host: String,
+
+    /// The request target: a path with an optional ?query.
+    #[arg(long, default_value = "/")]
+    path: String,
+
+    /// A request header as NAME:VALUE. Repeatable.
+    #[arg(long = "header", value_name = "NAME:VALUE", value_parser = examples::explain::parse_header)]
+    headers: Vec<(String, String)>,
+
+    /// A query parameter as NAME=VALUE, appended to the path's query. Repeatable.
+    #[arg(long = "query", value_name = "NAME=VALUE")]
+    query: Vec<String>,
+
+    /// The port the request arrives on: a bound port, or a Gateway listener port.
+    #[arg(long)]
+    port: Option<u16>,
+
+    /// The local address the request arrives on (IP:PORT).
+    #[arg(long, value_name = "ADDR")]
+    bind: Option<SocketAddr>,
+
+    /// Print the explanation as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `file-gateway explain`: loads and translates the YAML as the server does, then explains.
+fn explain(args: ExplainArgs) -> i32 {
+    let loaded = gateway_k8s::source::FileSource::new(args.config).load();
+    let mut translator = gateway_k8s::Translator::new(TranslateOptions {
+        controller_name: args.controller_name,
+        port_map: args.listener_port_map.unwrap_or_default(),
+        address_pool: args.address_pool,
+        default_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+    });
+    let translation = translator.translate(&loaded.resources);
+    for d in loaded.diagnostics.iter().chain(&translation.diagnostics) {
+        eprintln!("file-gateway: {d}");
+    }
+    let mut path = args.path;
+    examples::explain::append_query(&mut path, &args.query);
+    let req = gateway_core::ExplainRequest {
+        bind: args.bind,
+        port: args.port,
+        method: args.method,
+        host: args.host,
+        path,
+        headers: args.headers,
+    };
+    match gateway_core::explain::explain_config(
+        translation.config,
+        &FilterRegistry::with_builtins(),
+        &req,
+    ) {
+        Ok(explanation) if args.json => match serde_json::to_string_pretty(&explanation) {
+            Ok(json) => {
+                println!("{json}");
+                0
+            }
+            Err(e) => {
+                eprintln!("file-gateway explain: {e}");
+                1
+            }
+        },
+        Ok(explanation) => {
+            print!("{explanation}");
+            0
+        }
+        Err(e) => {
+            eprintln!("file-gateway explain: {e}");
+            2
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    if let Some(Command::Explain(explain_args)) = args.command {
+        std::process::exit(explain(explain_args));
+    }
     examples::init_logging();
 
     let gateway = Gateway::new(FilterRegistry::with_builtins());

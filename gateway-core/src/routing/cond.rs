@@ -27,8 +27,8 @@ pub(crate) enum PathCond {
 
 impl PathCond {
     /// Whether `path` satisfies the condition and, for a prefix, the bytes it covered.
-    /// The lookup uses the path index instead; this is the reference behaviour.
-    #[cfg(test)]
+    /// The lookup uses the path index instead; this is the reference behaviour (tests hold the
+    /// index to it), and what `explain` reports.
     pub(crate) fn check(&self, path: &str) -> Option<Option<usize>> {
         match self {
             PathCond::Exact(p) => (path == &**p).then_some(None),
@@ -196,11 +196,39 @@ pub(crate) struct Conditions {
 
 impl Conditions {
     /// Whether the method, every header and every query parameter condition hold.
+    #[inline]
     pub(crate) fn hold(&self, req: &RequestParts<'_>) -> bool {
-        self.method.as_deref().is_none_or(|m| m == req.method)
-            && self.headers.iter().all(|h| h.holds(req.headers))
-            && self.query.iter().all(|q| q.holds(req.query))
+        self.first_failure(req).is_none()
     }
+
+    /// The first condition that does not hold, in the order they are checked: the method, then
+    /// each header condition, then each query parameter condition (in configuration order).
+    /// `None`: all hold. [`Conditions::hold`] is this, so `explain` and requests agree.
+    pub(crate) fn first_failure(&self, req: &RequestParts<'_>) -> Option<Failed> {
+        if self.method.as_deref().is_some_and(|m| m != req.method) {
+            return Some(Failed::Method);
+        }
+        if let Some(i) = self.headers.iter().position(|h| !h.holds(req.headers)) {
+            return Some(Failed::Header(i));
+        }
+        if let Some(i) = self.query.iter().position(|q| !q.holds(req.query)) {
+            return Some(Failed::QueryParam(i));
+        }
+        None
+    }
+}
+
+/// A condition of one match that did not hold for a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Failed {
+    /// The path condition.
+    Path,
+    /// The method.
+    Method,
+    /// The header condition at this index of the match's `headers`.
+    Header(usize),
+    /// The query parameter condition at this index of the match's `query_params`.
+    QueryParam(usize),
 }
 
 /// One compiled match.

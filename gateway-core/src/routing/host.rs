@@ -129,6 +129,38 @@ impl HostPattern {
     }
 }
 
+/// Which kind of stored pattern matched a host in [`HostIndex::find_with_pattern`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MatchedHost<'a> {
+    /// This exact hostname.
+    Exact(&'a str),
+    /// `*.` followed by this suffix.
+    Wildcard(&'a str),
+    /// The catch-all (no hostname).
+    Any,
+}
+
+impl HostPattern {
+    /// The pattern as written in configuration: `a.example.com`, `*.example.com`, or `*` for
+    /// every host.
+    pub(crate) fn display(&self) -> String {
+        match self {
+            HostPattern::Exact(h) => h.clone(),
+            HostPattern::Wildcard(s) => format!("*.{s}"),
+            HostPattern::Any => "*".to_owned(),
+        }
+    }
+
+    /// Whether the normalised `host` matches this pattern.
+    pub(crate) fn covers(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Wildcard(s) => wildcard_covers(s, host),
+            HostPattern::Any => true,
+        }
+    }
+}
+
 /// Values indexed by hostname pattern; [`HostIndex::find`] returns the most specific match.
 #[derive(Debug)]
 pub(crate) struct HostIndex<T> {
@@ -187,11 +219,18 @@ impl<T> HostIndex<T> {
 
     /// The value of the most specific pattern matching the normalised `host`: exact, then the
     /// longest wildcard suffix (walked label by label), then the catch-all. No allocation.
+    #[inline]
     pub(crate) fn find(&self, host: &str) -> Option<&T> {
+        self.find_with_pattern(host).map(|(v, _)| v)
+    }
+
+    /// [`HostIndex::find`], also telling which stored pattern matched (for `explain`; the same
+    /// walk serves requests).
+    pub(crate) fn find_with_pattern(&self, host: &str) -> Option<(&T, MatchedHost<'_>)> {
         if self.exact_lens.may_contain(host.len())
-            && let Some(v) = self.exact.get(host)
+            && let Some((k, v)) = self.exact.get_key_value(host)
         {
-            return Some(v);
+            return Some((v, MatchedHost::Exact(k)));
         }
         if !self.wildcard.is_empty() {
             // The first label must be non-empty; each later suffix follows at least one label.
@@ -204,13 +243,13 @@ impl<T> HostIndex<T> {
                 first = false;
                 rest = &rest[dot + 1..];
                 if self.wildcard_lens.may_contain(rest.len())
-                    && let Some(v) = self.wildcard.get(rest)
+                    && let Some((k, v)) = self.wildcard.get_key_value(rest)
                 {
-                    return Some(v);
+                    return Some((v, MatchedHost::Wildcard(k)));
                 }
             }
         }
-        self.any.as_ref()
+        self.any.as_ref().map(|v| (v, MatchedHost::Any))
     }
 }
 

@@ -25,7 +25,7 @@ pub(crate) struct Candidate {
 /// The candidates of one route hostname (Envoy virtual host), indexed by path. Each list holds
 /// indices into [`ListenerRouter::candidates`], greatest rank first.
 #[derive(Debug, Default)]
-struct VirtualHost {
+pub(super) struct VirtualHost {
     /// `Exact` paths.
     exact: FastMap<Box<str>, Vec<u32>>,
     /// The lengths of the `exact` keys, to skip probes that cannot hit.
@@ -41,9 +41,20 @@ struct VirtualHost {
 /// The routes of one listener, compiled.
 #[derive(Debug)]
 pub(crate) struct ListenerRouter {
-    vhosts: HostIndex<VirtualHost>,
-    candidates: Vec<Candidate>,
+    pub(super) vhosts: HostIndex<VirtualHost>,
+    pub(super) candidates: Vec<Candidate>,
     rejected: Vec<String>,
+    /// What each route (by index) serves on this listener, for `explain` ([`super::trace`]).
+    pub(super) route_hosts: Vec<RouteHosts>,
+}
+
+/// The hostnames a route serves on its listener, kept for `explain`.
+#[derive(Debug)]
+pub(crate) enum RouteHosts {
+    /// The route was left out, with the reason.
+    Rejected(String),
+    /// The route hostnames intersected with the listener's (empty: none intersects).
+    Served(Vec<HostPattern>),
 }
 
 /// The rule a listener chose: route index, rule index, covered prefix length.
@@ -58,6 +69,7 @@ impl ListenerRouter {
         let mut candidates = Vec::new();
         let mut vhosts = HostIndex::<VirtualHost>::default();
         let mut rejected = Vec::new();
+        let mut route_hosts = Vec::with_capacity(listener.routes.len());
         for (route_index, route) in listener.routes.iter().enumerate() {
             let first = candidates.len();
             // One bad route is left out alone; the others keep serving.
@@ -78,6 +90,7 @@ impl ListenerRouter {
                             "route {}/{} on listener {}: {}",
                             route.namespace, route.name, listener.name, e.context
                         ));
+                        route_hosts.push(RouteHosts::Rejected(e.context.clone()));
                         continue;
                     }
                 };
@@ -100,6 +113,7 @@ impl ListenerRouter {
                     vhost.add(index, &candidate.matcher.path);
                 }
             }
+            route_hosts.push(RouteHosts::Served(patterns));
         }
         for vhost in vhosts.values_mut() {
             vhost.sort(&candidates);
@@ -108,6 +122,7 @@ impl ListenerRouter {
             vhosts,
             candidates,
             rejected,
+            route_hosts,
         })
     }
 

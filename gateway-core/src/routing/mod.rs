@@ -18,20 +18,21 @@
 //!    `namespace/name`, rule order, match order. Candidates are found through hash indices
 //!    (exact path, prefix probed at each segment boundary) and walked in rank order.
 
-mod cond;
+pub(crate) mod cond;
 mod hash;
 pub mod host;
 mod listener;
 pub mod rank;
 #[cfg(test)]
 mod tests;
+pub(crate) mod trace;
 
 use crate::config::Listener;
 use crate::error::Result;
 use host::{HostIndex, HostPattern};
 use listener::ListenerRouter;
 
-pub use rank::{MatchRank, PathRank};
+pub use rank::{MatchRank, PathRank, RankField};
 
 /// The parts of a request routing looks at.
 #[derive(Clone, Copy, Debug)]

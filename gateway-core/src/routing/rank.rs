@@ -40,6 +40,50 @@ pub struct MatchRank {
     pub match_index: Reverse<usize>,
 }
 
+/// The field of [`MatchRank`] that decides between two ranks: the first one, in comparison
+/// order, where they differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RankField {
+    /// The path condition's kind or length.
+    Path,
+    /// One requires a method, the other does not.
+    Method,
+    /// The number of header conditions.
+    Headers,
+    /// The number of query parameter conditions.
+    QueryParams,
+    /// The route's age, then `namespace/name`, then position.
+    RouteOrder,
+    /// The rule index within the route.
+    Rule,
+    /// The match index within the rule.
+    MatchIndex,
+}
+
+impl MatchRank {
+    /// Which field decides between `self` and `other`; `None` when they are equal. Follows the
+    /// derived `Ord`, field by field.
+    pub fn decisive_field(&self, other: &MatchRank) -> Option<RankField> {
+        if self.path != other.path {
+            Some(RankField::Path)
+        } else if self.method != other.method {
+            Some(RankField::Method)
+        } else if self.headers != other.headers {
+            Some(RankField::Headers)
+        } else if self.query_params != other.query_params {
+            Some(RankField::QueryParams)
+        } else if self.route_order != other.route_order {
+            Some(RankField::RouteOrder)
+        } else if self.rule != other.rule {
+            Some(RankField::Rule)
+        } else if self.match_index != other.match_index {
+            Some(RankField::MatchIndex)
+        } else {
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +97,71 @@ mod tests {
             route_order: Reverse(0),
             rule: Reverse(0),
             match_index: Reverse(0),
+        }
+    }
+
+    #[test]
+    fn decisive_field_follows_the_order() {
+        let base = rank(PathRank::Prefix(3));
+        assert_eq!(base.decisive_field(&base), None);
+        let cases = [
+            (
+                MatchRank {
+                    path: PathRank::Exact(1),
+                    rule: Reverse(5),
+                    ..base
+                },
+                RankField::Path,
+            ),
+            (
+                MatchRank {
+                    method: true,
+                    headers: 0,
+                    ..base
+                },
+                RankField::Method,
+            ),
+            (
+                MatchRank {
+                    headers: 1,
+                    query_params: 0,
+                    ..base
+                },
+                RankField::Headers,
+            ),
+            (
+                MatchRank {
+                    query_params: 1,
+                    ..base
+                },
+                RankField::QueryParams,
+            ),
+            (
+                MatchRank {
+                    route_order: Reverse(2),
+                    rule: Reverse(0),
+                    ..base
+                },
+                RankField::RouteOrder,
+            ),
+            (
+                MatchRank {
+                    rule: Reverse(1),
+                    ..base
+                },
+                RankField::Rule,
+            ),
+            (
+                MatchRank {
+                    match_index: Reverse(1),
+                    ..base
+                },
+                RankField::MatchIndex,
+            ),
+        ];
+        for (other, field) in cases {
+            assert_eq!(base.decisive_field(&other), Some(field));
+            assert_eq!(other.decisive_field(&base), Some(field));
         }
     }
 

@@ -791,93 +791,103 @@ impl Lcg {
     }
 }
 
+const LISTENER_HOSTS: &[Option<&str>] = &[
+    None,
+    Some("*.example.com"),
+    Some("foo.example.com"),
+    Some("*.foo.example.com"),
+];
+const ROUTE_HOSTS: &[&str] = &[
+    "a.example.com",
+    "foo.example.com",
+    "*.example.com",
+    "*.foo.example.com",
+    "x.foo.example.com",
+    "other.org",
+    "*.org",
+];
+const PATHS: &[&str] = &["/", "/a", "/a/", "/a/b", "/ab", "/a/b/c", "/b"];
+const REGEXES: &[&str] = &["/a/.*", "/a.*", "/[ab/]+", "/a/b/c"];
+const HOSTS: &[&str] = &[
+    "a.example.com",
+    "foo.example.com",
+    "x.foo.example.com",
+    "y.x.foo.example.com",
+    "example.com",
+    "other.org",
+    "z.other.org",
+    "FOO.example.com:80",
+];
+const REQ_PATHS: &[&str] = &[
+    "/", "/a", "/a/", "/a/b", "/a/b/", "/ab", "/a/b/c", "/a/b/c/d", "/b", "/c", "", "/a//b",
+];
+
+/// A random bind: one to three listeners with random routes, rules and matches.
+fn random_listeners(rng: &mut Lcg) -> Vec<Listener> {
+    let mut listeners = Vec::new();
+    for _ in 0..1 + rng.below(3) {
+        let mut routes = Vec::new();
+        for _ in 0..1 + rng.below(5) {
+            let mut route = Route::new(rng.pick(&["ns1", "ns2"]), format!("r{}", rng.below(3)));
+            route.created = rng.below(3) as i64;
+            for _ in 0..rng.below(3) {
+                route.hostnames.push((rng.pick(ROUTE_HOSTS)).to_owned());
+            }
+            for _ in 0..rng.below(4) {
+                let mut rule = Rule::default();
+                for _ in 0..rng.below(3) {
+                    let path = match rng.below(3) {
+                        0 => PathMatch::Exact((rng.pick(PATHS)).into()),
+                        1 => PathMatch::Prefix((rng.pick(PATHS)).into()),
+                        _ => PathMatch::RegularExpression((rng.pick(REGEXES)).into()),
+                    };
+                    let headers = (0..rng.below(3))
+                        .map(|_| header(rng.pick(&["x", "y"]), rng.pick(&["1", "2"])))
+                        .collect();
+                    let query_params = (0..rng.below(2))
+                        .map(|_| query("q", rng.pick(&["1", "2"])))
+                        .collect();
+                    let method = [None, Some("GET"), Some("POST")][rng.below(3)].map(str::to_owned);
+                    rule.matches.push(RouteMatch {
+                        path,
+                        headers,
+                        query_params,
+                        method,
+                    });
+                }
+                route.rules.push(rule);
+            }
+            routes.push(route);
+        }
+        listeners.push(listener(rng.pick(LISTENER_HOSTS), routes));
+    }
+    listeners
+}
+
+/// A random request over the hosts, paths, headers and query strings of the generator.
+fn random_req(rng: &mut Lcg) -> Req {
+    let mut req = Req::new(rng.pick(HOSTS), rng.pick(REQ_PATHS)).method(rng.pick(&["GET", "POST"]));
+    if rng.below(2) == 0 {
+        req = req.header("x", "1");
+    }
+    if rng.below(2) == 0 {
+        req = req.header("y", rng.pick(&["1", "2"]));
+    }
+    if rng.below(2) == 0 {
+        req = req.query(rng.pick(&["q=1", "q=2", "q=2&q=1", "a=1&q=1"]));
+    }
+    req
+}
+
 #[test]
 fn indexed_lookup_equals_brute_force_max() {
-    const LISTENER_HOSTS: &[Option<&str>] = &[
-        None,
-        Some("*.example.com"),
-        Some("foo.example.com"),
-        Some("*.foo.example.com"),
-    ];
-    const ROUTE_HOSTS: &[&str] = &[
-        "a.example.com",
-        "foo.example.com",
-        "*.example.com",
-        "*.foo.example.com",
-        "x.foo.example.com",
-        "other.org",
-        "*.org",
-    ];
-    const PATHS: &[&str] = &["/", "/a", "/a/", "/a/b", "/ab", "/a/b/c", "/b"];
-    const REGEXES: &[&str] = &["/a/.*", "/a.*", "/[ab/]+", "/a/b/c"];
-    const HOSTS: &[&str] = &[
-        "a.example.com",
-        "foo.example.com",
-        "x.foo.example.com",
-        "y.x.foo.example.com",
-        "example.com",
-        "other.org",
-        "z.other.org",
-        "FOO.example.com:80",
-    ];
-    const REQ_PATHS: &[&str] = &[
-        "/", "/a", "/a/", "/a/b", "/a/b/", "/ab", "/a/b/c", "/a/b/c/d", "/b", "/c", "", "/a//b",
-    ];
     let mut rng = Lcg(7);
     let mut hits = 0;
     for _ in 0..300 {
-        let mut listeners = Vec::new();
-        for _ in 0..1 + rng.below(3) {
-            let mut routes = Vec::new();
-            for r in 0..1 + rng.below(5) {
-                let mut route = Route::new(rng.pick(&["ns1", "ns2"]), format!("r{}", rng.below(3)));
-                route.created = rng.below(3) as i64;
-                for _ in 0..rng.below(3) {
-                    route.hostnames.push((rng.pick(ROUTE_HOSTS)).to_owned());
-                }
-                for _ in 0..rng.below(4) {
-                    let mut rule = Rule::default();
-                    for _ in 0..rng.below(3) {
-                        let path = match rng.below(3) {
-                            0 => PathMatch::Exact((rng.pick(PATHS)).into()),
-                            1 => PathMatch::Prefix((rng.pick(PATHS)).into()),
-                            _ => PathMatch::RegularExpression((rng.pick(REGEXES)).into()),
-                        };
-                        let headers = (0..rng.below(3))
-                            .map(|_| header(rng.pick(&["x", "y"]), rng.pick(&["1", "2"])))
-                            .collect();
-                        let query_params = (0..rng.below(2))
-                            .map(|_| query("q", rng.pick(&["1", "2"])))
-                            .collect();
-                        let method =
-                            [None, Some("GET"), Some("POST")][rng.below(3)].map(str::to_owned);
-                        rule.matches.push(RouteMatch {
-                            path,
-                            headers,
-                            query_params,
-                            method,
-                        });
-                    }
-                    route.rules.push(rule);
-                }
-                let _ = r;
-                routes.push(route);
-            }
-            listeners.push(listener(rng.pick(LISTENER_HOSTS), routes));
-        }
+        let listeners = random_listeners(&mut rng);
         let router = build(listeners.clone());
         for _ in 0..100 {
-            let mut req =
-                Req::new(rng.pick(HOSTS), rng.pick(REQ_PATHS)).method(rng.pick(&["GET", "POST"]));
-            if rng.below(2) == 0 {
-                req = req.header("x", "1");
-            }
-            if rng.below(2) == 0 {
-                req = req.header("y", rng.pick(&["1", "2"]));
-            }
-            if rng.below(2) == 0 {
-                req = req.query(rng.pick(&["q=1", "q=2", "q=2&q=1", "a=1&q=1"]));
-            }
+            let req = random_req(&mut rng);
             let want = reference(&listeners, &router, &req);
             hits += usize::from(want.is_some());
             assert_eq!(
@@ -892,5 +902,91 @@ fn indexed_lookup_equals_brute_force_max() {
     assert!(
         hits > 3000,
         "the generator should produce many hits, got {hits}"
+    );
+}
+
+/// `explain`'s trace agrees with the lookup: the greatest-ranked holding match of the trace is
+/// the lookup's hit; a route whose matches hold (or not) in the trace is (or is not) hit by a
+/// router holding that route alone, at the trace's best rule; a route none of whose hostnames
+/// matches the host is not hit alone either.
+#[test]
+fn trace_agrees_with_lookup() {
+    use trace::RouteTrace;
+    let mut rng = Lcg(11);
+    let (mut held, mut failed, mut hostname) = (0, 0, 0);
+    for _ in 0..150 {
+        let listeners = random_listeners(&mut rng);
+        let router = build(listeners.clone());
+        // Each route alone on its listener.
+        let alone: Vec<Vec<BindRouter>> = listeners
+            .iter()
+            .map(|l| {
+                l.routes
+                    .iter()
+                    .map(|r| {
+                        let mut one = l.clone();
+                        one.routes = vec![r.clone()];
+                        build(vec![one])
+                    })
+                    .collect()
+            })
+            .collect();
+        for _ in 0..40 {
+            let req = random_req(&mut rng);
+            let parts = req.parts();
+            let listener = router.listener_with_pattern(&req.host).map(|(i, _)| i);
+            assert_eq!(listener, router.listener_for(&req.host));
+            let Some(li) = listener else {
+                assert_eq!(router.lookup(&parts), None);
+                continue;
+            };
+            let trace = router.trace(li, &parts).expect("listener traced");
+            assert_eq!(trace.routes.len(), listeners[li].routes.len());
+            let best = trace
+                .routes
+                .iter()
+                .enumerate()
+                .filter_map(|(route, t)| match t {
+                    RouteTrace::Matches(ms) => Some(ms.iter().map(move |m| (route, m))),
+                    _ => None,
+                })
+                .flatten()
+                .filter(|(_, m)| m.outcome.is_ok())
+                .max_by_key(|(_, m)| m.rank)
+                .map(|(route, m)| RouteHit {
+                    listener: li,
+                    route,
+                    rule: m.rule,
+                    matched_prefix: *m.outcome.as_ref().expect("held"),
+                });
+            assert_eq!(best, router.lookup(&parts), "{}{}", req.host, req.path);
+            for (ri, t) in trace.routes.iter().enumerate() {
+                let alone_hit = alone[li][ri].lookup(&parts).map(|h| h.rule);
+                match t {
+                    RouteTrace::Matches(ms) => {
+                        let best_rule = ms
+                            .iter()
+                            .filter(|m| m.outcome.is_ok())
+                            .max_by_key(|m| m.rank)
+                            .map(|m| m.rule);
+                        if best_rule.is_some() {
+                            held += 1;
+                        } else {
+                            failed += 1;
+                        }
+                        assert_eq!(alone_hit, best_rule, "route {ri} {}{}", req.host, req.path);
+                    }
+                    RouteTrace::Hostname { matching: None, .. } | RouteTrace::NotServed => {
+                        hostname += 1;
+                        assert_eq!(alone_hit, None, "route {ri} {}{}", req.host, req.path);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    assert!(
+        held > 300 && failed > 300 && hostname > 300,
+        "the generator should cover every verdict: {held} held, {failed} failed, {hostname} hostname"
     );
 }
