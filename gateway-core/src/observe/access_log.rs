@@ -185,7 +185,7 @@ pub enum AccessLogSink {
     /// A file, created if missing and appended to.
     File(PathBuf),
     /// Any writer an embedder supplies (a socket, a pipe, a channel adapter). It is written from
-    /// the log's own thread and flushed whenever the queue runs empty.
+    /// the log's own thread, which looks at the queue every 10 ms and flushes at least every 100 ms.
     Writer(Box<dyn Write + Send>),
 }
 
@@ -313,8 +313,17 @@ impl AccessLogger {
     }
 }
 
-/// The writer thread: writes lines as they come, flushing whenever the queue runs empty;
-/// ends when the logger is dropped and the queue is drained.
+/// How often the writer thread looks at the queue. It polls instead of sleeping on the queue so
+/// that queueing a line never has to wake a thread (a futex call per request measured 15-20 %
+/// of the request's CPU); the queue holds `AccessLog::queue` lines between two looks.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Written lines reach the sink at least this often (Envoy flushes its access logs every second).
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+/// The writer thread: every [`POLL`] writes what is queued, flushing at most every
+/// [`FLUSH_EVERY`] (and when its 64 KiB buffer fills); ends when the logger is dropped and the
+/// queue is drained.
 fn write_lines(
     sink: Box<dyn Write + Send>,
     lines: &Receiver<Vec<u8>>,
@@ -327,24 +336,36 @@ fn write_lines(
             tracing::warn!(error = %e, suppressed, "cannot write the access log");
         }
     };
-    while let Ok(first) = lines.recv() {
-        let mut next = Some(first);
-        while let Some(mut line) = next {
-            if let Err(e) = out.write_all(&line) {
+    let mut unflushed = false;
+    let mut flushed_at = std::time::Instant::now();
+    loop {
+        let ended = loop {
+            match lines.try_recv() {
+                Ok(mut line) => {
+                    if let Err(e) = out.write_all(&line) {
+                        report(e);
+                    }
+                    unflushed = true;
+                    line.clear();
+                    if line.capacity() <= MAX_SPARE_CAPACITY {
+                        let _ = give_back.try_send(line);
+                    }
+                }
+                Err(crossbeam_channel::TryRecvError::Empty) => break false,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => break true,
+            }
+        };
+        if ended || (unflushed && flushed_at.elapsed() >= FLUSH_EVERY) {
+            if let Err(e) = out.flush() {
                 report(e);
             }
-            line.clear();
-            if line.capacity() <= MAX_SPARE_CAPACITY {
-                let _ = give_back.try_send(line);
-            }
-            next = lines.try_recv().ok();
+            unflushed = false;
+            flushed_at = std::time::Instant::now();
         }
-        if let Err(e) = out.flush() {
-            report(e);
+        if ended {
+            return;
         }
-    }
-    if let Err(e) = out.flush() {
-        report(e);
+        std::thread::sleep(POLL);
     }
 }
 
