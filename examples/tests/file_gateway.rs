@@ -303,6 +303,7 @@ fn bad_flags_exit_2_with_a_message() {
         vec!["--config", "x.yaml", "--listener-port-map", "80=x"],
         vec!["--config", "x.yaml", "--address-pool", "not-a-cidr"],
         vec!["--config", "x.yaml", "--access-log-fields", "method"],
+        vec!["--config", "x.yaml", "--workers", "0"],
         vec![
             "--config",
             "x.yaml",

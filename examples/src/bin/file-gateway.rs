@@ -71,6 +71,11 @@ struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     drain_seconds: u64,
 
+    /// Worker threads serving connections (one Tokio runtime with work stealing). Default: one
+    /// per CPU the process may run on (honours taskset, CPU sets and cgroup quotas).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
+
     #[command(flatten)]
     limits: examples::cli::LimitArgs,
 
@@ -201,9 +206,23 @@ fn explain(args: ExplainArgs) -> i32 {
     }
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args = Args::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = args.workers {
+        runtime.worker_threads(usize::from(n));
+    }
+    match runtime.build() {
+        Ok(runtime) => runtime.block_on(run(args)),
+        Err(e) => {
+            eprintln!("file-gateway: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(args: Args) {
     if let Some(Command::Explain(explain_args)) = args.command {
         std::process::exit(explain(explain_args));
     }
