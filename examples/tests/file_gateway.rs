@@ -368,6 +368,9 @@ async fn serves_metrics_and_writes_an_access_log() {
             .arg(&access_log)
             .arg("--access-log-fields")
             .arg("method,path,response_code,route,backend")
+            // One worker thread: the flag the benchmarks use to size the runtime.
+            .arg("--workers")
+            .arg("1")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
