@@ -10,43 +10,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
+mod support;
 
-impl TempDir {
-    fn new() -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        let dir = std::env::temp_dir().join(format!("explain-test-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The gateway process, killed on drop.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+use support::{Process, TempDir, free_port};
 
 /// A backend answering `body` to every request; stops with the test's runtime.
 async fn backend(body: &'static str) -> SocketAddr {
@@ -210,7 +176,7 @@ fn verdict<'a>(e: &'a serde_json::Value, route: &str) -> &'a serde_json::Value {
 async fn admin_explain_agrees_with_traffic() {
     let app = backend("app").await;
     let api = backend("api").await;
-    let dir = TempDir::new();
+    let dir = TempDir::new("explain-test");
     let config = dir.0.join("gateway.yaml");
     std::fs::write(&config, resources(app, api)).expect("write config");
     let listener: SocketAddr = ([127, 0, 0, 1], free_port()).into();
@@ -325,7 +291,7 @@ async fn admin_explain_agrees_with_traffic() {
 async fn cli_explain_loads_the_yaml_and_binds_nothing() {
     let app: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let api: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let dir = TempDir::new();
+    let dir = TempDir::new("explain-test");
     std::fs::write(dir.0.join("gateway.yaml"), resources(app, api)).expect("write config");
     let local = free_port();
     let run = |extra: &[&str]| {

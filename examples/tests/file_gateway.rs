@@ -10,45 +10,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
+mod support;
 
-impl TempDir {
-    fn new() -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        let dir =
-            std::env::temp_dir().join(format!("file-gateway-test-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(dir.join("config")).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The gateway process; killed on drop if the test did not stop it.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A free loopback port (bound, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+use support::{Process, TempDir, free_port};
 
 /// A backend answering `backend-ok`; requests for `/slow` take 1.5 s.
 async fn backend() -> SocketAddr {
@@ -182,7 +146,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_reports_survives_bad_config_and_drains_on_sigterm() {
     let backend = backend().await;
-    let dir = TempDir::new();
+    let dir = TempDir::new("file-gateway-test");
     let config = dir.0.join("config");
     write(&config.join("base.yaml"), &resources(backend));
     write(&config.join("route.yaml"), ROUTE);
@@ -349,7 +313,7 @@ async fn get_head(addr: SocketAddr, path: &str) -> (u16, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_metrics_and_writes_an_access_log() {
     let backend = backend().await;
-    let dir = TempDir::new();
+    let dir = TempDir::new("file-gateway-test");
     let config = dir.0.join("config");
     write(&config.join("base.yaml"), &resources(backend));
     write(&config.join("route.yaml"), ROUTE);
@@ -592,7 +556,7 @@ async fn serves_an_xbackend_by_dns_and_reports_its_resolution() {
     let (backend_port, one, two) = pair.expect("a port free on 127.0.0.1 and 127.0.0.2");
     dns.set_a("api", [127, 0, 0, 1].into()).await;
 
-    let dir = TempDir::new();
+    let dir = TempDir::new("file-gateway-test");
     let config = dir.0.join("config");
     write(
         &config.join("xbackend.yaml"),
@@ -746,7 +710,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn normalises_paths_under_a_client_traffic_policy_from_yaml() {
     let backend = path_echo().await;
-    let dir = TempDir::new();
+    let dir = TempDir::new("file-gateway-test");
     let config = dir.0.join("config");
     write(&config.join("base.yaml"), &resources(backend));
     write(&config.join("route.yaml"), PUBLIC_ROUTE);
