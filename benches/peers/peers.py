@@ -88,13 +88,17 @@ def haproxy_conf(d, n, extras):
             f.write(open(f'{d}/cert.pem').read() + open(f'{d}/key.pem').read())
         binds.append(f'  bind 127.0.0.1:{TLS_PORT} ssl crt {d}/haproxy.pem alpn h2,http/1.1 ssl-min-ver TLSv1.3')
     bind_lines = '\n'.join(binds)
+    # HAProxy refuses to start when it cannot get two descriptors per connection plus some:
+    # size maxconn to the descriptor limit this script could raise (20,000 at most).
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    maxconn = max(1000, min(20000, (nofile - 200) // 2))
     write(f'{d}/haproxy.cfg', f"""global
   nbthread 1
-  maxconn 20000
+  maxconn {maxconn}
   tune.ssl.cachesize 0
 defaults
   mode http
-  maxconn 20000
+  maxconn {maxconn}
   timeout connect 5s
   timeout client 30s
   timeout server 30s
