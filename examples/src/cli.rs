@@ -1,10 +1,47 @@
 //! Parsers for command-line values shared by the example gateways.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use gateway_core::config::Limits;
 use gateway_core::{AccessLog, AccessLogField, AccessLogSink};
+
+/// Where the YAML comes from and how it is translated: the same flags for serving and for
+/// `file-gateway explain`, so both see the same configuration.
+#[derive(clap::Args, Debug)]
+pub struct SourceArgs {
+    /// A YAML file, or a directory of .yaml/.yml files (multi-document). Repeatable.
+    #[arg(long = "config", value_name = "PATH", required = true)]
+    pub config: Vec<PathBuf>,
+
+    /// The GatewayClass spec.controllerName this gateway serves.
+    #[arg(long, value_name = "NAME", default_value = crate::DEFAULT_CONTROLLER_NAME)]
+    pub controller_name: String,
+
+    /// Gateways without spec.addresses get the next free address of this CIDR
+    /// (default: every Gateway on 127.0.0.1).
+    #[arg(long, value_name = "CIDR")]
+    pub address_pool: Option<ipnet::IpNet>,
+
+    /// Bind listener port P on local port L, e.g. 80=18080,443=18443. Routing and redirects
+    /// still see the Gateway's own port numbers.
+    #[arg(long, value_name = "P=L,...", value_parser = parse_port_map)]
+    pub listener_port_map: Option<BTreeMap<u16, u16>>,
+}
+
+impl SourceArgs {
+    /// The translation options these flags ask for.
+    pub fn translate_options(&self) -> gateway_k8s::TranslateOptions {
+        gateway_k8s::TranslateOptions {
+            controller_name: self.controller_name.clone(),
+            port_map: self.listener_port_map.clone().unwrap_or_default(),
+            address_pool: self.address_pool,
+            default_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+}
 
 /// Overload and HTTP/1 timeout flags ([`Limits`]); each defaults to the gateway-core default.
 #[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]

@@ -11,8 +11,7 @@
 //! Its command line is a contract (see docs/file-gateway.md): bad flags exit 2 with a message;
 //! bad configuration never exits.
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +20,6 @@ use clap::Parser;
 use examples::admin::{self, AdminState};
 use examples::runner::{Input, Runner};
 use gateway_core::{FilterRegistry, Gateway};
-use gateway_k8s::TranslateOptions;
 
 /// Serves Gateway API resources (GatewayClass, Gateway, HTTPRoute, ReferenceGrant, Service,
 /// EndpointSlice, Secret, Namespace) read from YAML files, reloading them when they change.
@@ -36,23 +34,8 @@ struct Args {
     #[command(subcommand)]
     command: Option<Command>,
 
-    /// A YAML file, or a directory of .yaml/.yml files (multi-document). Repeatable.
-    #[arg(long = "config", value_name = "PATH", required = true)]
-    config: Vec<PathBuf>,
-
-    /// The GatewayClass spec.controllerName this gateway serves.
-    #[arg(long, value_name = "NAME", default_value = examples::DEFAULT_CONTROLLER_NAME)]
-    controller_name: String,
-
-    /// Gateways without spec.addresses get the next free address of this CIDR
-    /// (default: every Gateway on 127.0.0.1).
-    #[arg(long, value_name = "CIDR")]
-    address_pool: Option<ipnet::IpNet>,
-
-    /// Bind listener port P on local port L, e.g. 80=18080,443=18443. Routing and redirects
-    /// still see the Gateway's own port numbers.
-    #[arg(long, value_name = "P=L,...", value_parser = examples::cli::parse_port_map)]
-    listener_port_map: Option<BTreeMap<u16, u16>>,
+    #[command(flatten)]
+    source: examples::cli::SourceArgs,
 
     /// Write every resource with its computed status to this YAML file after every change.
     #[arg(long, value_name = "PATH")]
@@ -108,21 +91,8 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct ExplainArgs {
-    /// A YAML file, or a directory of .yaml/.yml files (multi-document). Repeatable.
-    #[arg(long = "config", value_name = "PATH", required = true)]
-    config: Vec<PathBuf>,
-
-    /// The GatewayClass spec.controllerName this gateway serves.
-    #[arg(long, value_name = "NAME", default_value = examples::DEFAULT_CONTROLLER_NAME)]
-    controller_name: String,
-
-    /// As for serving: the address pool Gateways without spec.addresses draw from.
-    #[arg(long, value_name = "CIDR")]
-    address_pool: Option<ipnet::IpNet>,
-
-    /// As for serving: listener port P bound on local port L.
-    #[arg(long, value_name = "P=L,...", value_parser = examples::cli::parse_port_map)]
-    listener_port_map: Option<BTreeMap<u16, u16>>,
+    #[command(flatten)]
+    source: examples::cli::SourceArgs,
 
     /// The request method.
     #[arg(long, default_value = "GET")]
@@ -159,14 +129,10 @@ struct ExplainArgs {
 
 /// `file-gateway explain`: loads and translates the YAML as the server does, then explains.
 fn explain(args: ExplainArgs) -> i32 {
-    let loaded = gateway_k8s::source::FileSource::new(args.config).load();
-    let mut translator = gateway_k8s::Translator::new(TranslateOptions {
-        controller_name: args.controller_name,
-        port_map: args.listener_port_map.unwrap_or_default(),
-        address_pool: args.address_pool,
-        default_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
-    });
-    let translation = translator.translate(&loaded.resources);
+    let options = args.source.translate_options();
+    let loaded = gateway_k8s::source::FileSource::new(args.source.config).load();
+    // Only the configuration is needed: no status documents.
+    let translation = gateway_k8s::Translator::new(options).translate_unrendered(&loaded.resources);
     for d in loaded.diagnostics.iter().chain(&translation.diagnostics) {
         eprintln!("file-gateway: {d}");
     }
@@ -246,16 +212,11 @@ async fn run(args: Args) {
         );
         std::process::exit(2);
     }
-    let options = TranslateOptions {
-        controller_name: args.controller_name,
-        port_map: args.listener_port_map.unwrap_or_default(),
-        address_pool: args.address_pool,
-        default_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
-    };
+    let options = args.source.translate_options();
     let runner = Runner::new(gateway.clone(), options, state, args.status_file)
         .with_limits(args.limits.limits())
         .on_applied(return_freed_memory);
-    let running = tokio::spawn(runner.run(Input::Files(args.config)));
+    let running = tokio::spawn(runner.run(Input::Files(args.source.config)));
 
     if let Err(e) = gateway_core::shutdown_signal().await {
         tracing::error!(error = %e, "signal handling failed");
