@@ -181,6 +181,11 @@ async fn serves_reports_survives_bad_config_and_drains_on_sigterm() {
         get(admin, "admin", "/healthz").await,
         Ok((200, "ok\n".into()))
     );
+    // The heap stays in small pages (docs/benchmarks.md, "Memory").
+    let proc_status = std::fs::read_to_string(format!("/proc/{}/status", gateway.0.id())).unwrap();
+    if let Some(thp) = proc_status.lines().find(|l| l.starts_with("THP_enabled:")) {
+        assert_eq!(thp.split_whitespace().nth(1), Some("0"), "{thp}");
+    }
     eventually("the route to serve", || async {
         get(listener, "app.example.com", "/").await == Ok((200, "backend-ok".into()))
     })

@@ -10,7 +10,8 @@
 //!
 //! The deadline is armed per request without allocating: the timer is created once per
 //! connection and reset; the proxy disarms it from its first phase ([`head_done`]) and the
-//! keep-alive loop re-arms it before the next request ([`next_head`]).
+//! keep-alive loop re-arms it before the next request ([`serve_h1`]), which also waits for that
+//! request without holding Pingora's request state or any buffer (see [`serve_h1`]).
 //!
 //! The wrapper also coalesces writes: a small write (a response head) is held until the next
 //! write or flush and then leaves in the same system call (one vectored write), so a response
@@ -53,7 +54,7 @@ pub(crate) struct GuardedStream {
     inner: Stream,
     limit: Duration,
     /// [`WAITING`], [`HEAD`] or [`DONE`]; changed through a shared reference by [`head_done`]
-    /// and [`next_head`].
+    /// and [`GuardedStream::start_idle`].
     phase: AtomicU8,
     /// Fires at the deadline of the current head; reset, never re-created.
     timer: Pin<Box<Sleep>>,
@@ -61,6 +62,11 @@ pub(crate) struct GuardedStream {
     /// `held_from` bytes are already sent. Allocated with the first held write, then reused.
     held: Vec<u8>,
     held_from: usize,
+    /// The first bytes of the next request head, read by [`GuardedStream::poll_next_request`]
+    /// while the connection waited idle; reads return them before reading the socket again.
+    /// Empty (no allocation) otherwise.
+    pushback: Vec<u8>,
+    pushback_from: usize,
 }
 
 /// The largest write held back to be coalesced with the next: a response head fits.
@@ -82,6 +88,8 @@ impl GuardedStream {
             timer: Box::pin(tokio::time::sleep_until(deadline)),
             held: Vec::new(),
             held_from: 0,
+            pushback: Vec::new(),
+            pushback_from: 0,
         }
     }
 }
@@ -99,14 +107,6 @@ pub(crate) fn head_done(stream: Option<&Stream>) {
     }
 }
 
-/// Re-arms the head deadline for the next request on a kept-alive connection: it starts with
-/// that request's first byte.
-fn next_head(stream: &Stream) {
-    if let Some(g) = guarded(stream) {
-        g.phase.store(WAITING, Ordering::Release);
-    }
-}
-
 impl AsyncRead for GuardedStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -114,24 +114,96 @@ impl AsyncRead for GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        let phase = this.phase.load(Ordering::Acquire);
-        if phase == HEAD && this.timer.as_mut().poll(cx).is_ready() {
+        if this.pushback_from < this.pushback.len() {
+            // Bytes the idle wait read: already counted as the start of a head.
+            let rest = &this.pushback[this.pushback_from..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.pushback_from += n;
+            if this.pushback_from == this.pushback.len() {
+                this.pushback = Vec::new();
+                this.pushback_from = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        this.poll_read_guarded(cx, buf)
+    }
+}
+
+/// The most bytes the idle wait takes in one read (Pingora's initial request-head buffer): a
+/// typical request head arrives whole and costs the same single read as before.
+const NEXT_REQUEST_READ: usize = 4096;
+
+impl GuardedStream {
+    /// Reads from the inner stream, failing once the current head is past its deadline, and
+    /// starting the deadline with the first byte of a head.
+    fn poll_read_guarded(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let phase = self.phase.load(Ordering::Acquire);
+        if phase == HEAD && self.timer.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "request head not complete within the header read timeout",
             )));
         }
         let before = buf.filled().len();
-        let read = Pin::new(&mut *this.inner).poll_read(cx, buf);
+        let read = Pin::new(&mut *self.inner).poll_read(cx, buf);
         if phase == WAITING && matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             // The first byte of a head: the deadline starts now. The timer registers its waker
             // on the next read, which the head parser makes as long as the head is incomplete.
-            let _ = this
+            let _ = self
                 .phase
                 .compare_exchange(WAITING, HEAD, Ordering::AcqRel, Ordering::Acquire);
-            this.timer.as_mut().reset(Instant::now() + this.limit);
+            self.timer.as_mut().reset(Instant::now() + self.limit);
         }
         read
+    }
+
+    /// Arms the idle bound of [`GuardedStream::poll_next_request`]: the next request's first
+    /// byte must come within `idle` from now. Reuses the head deadline's timer, which is idle
+    /// until that byte comes.
+    fn start_idle(&mut self, idle: Duration) {
+        self.phase.store(WAITING, Ordering::Release);
+        self.timer.as_mut().reset(Instant::now() + idle);
+    }
+
+    /// Waits for the first bytes of the next request while holding no buffer: the read goes
+    /// into a buffer on the stack of this call (not into the connection's future), and the
+    /// bytes are kept only once they came. While the wait is pending the held-write buffer is
+    /// released too, so an idle keep-alive connection costs only its task and stream structs.
+    ///
+    /// Ready with `true` when bytes came, `false` when the peer closed, an error when the idle
+    /// bound of [`GuardedStream::start_idle`] passed or the read failed.
+    fn poll_next_request(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        if self.pushback_from < self.pushback.len() {
+            return Poll::Ready(Ok(true));
+        }
+        let mut space = [std::mem::MaybeUninit::<u8>::uninit(); NEXT_REQUEST_READ];
+        let mut buf = ReadBuf::uninit(&mut space);
+        match self.poll_read_guarded(cx, &mut buf) {
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Ok(false)),
+            Poll::Ready(Ok(())) => {
+                self.pushback = buf.filled().to_vec();
+                self.pushback_from = 0;
+                Poll::Ready(Ok(true))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if self.held.capacity() > 0 && self.held.is_empty() {
+                    self.held = Vec::new();
+                }
+                if self.timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no request within the keep-alive idle timeout",
+                    )));
+                }
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -295,30 +367,70 @@ fn idle_secs(idle: Duration) -> u64 {
 /// Serves the HTTP/1 requests of one downstream connection until it closes, like Pingora's own
 /// loop but with every wait for the next request bounded by `idle` (Pingora leaves a reused
 /// HTTP/1.1 connection waiting forever) and the head deadline re-armed per request.
+///
+/// Between requests the connection waits in [`GuardedStream::poll_next_request`], outside
+/// Pingora's request future: that future (several KiB) is boxed per request and freed when the
+/// response is done, so an idle keep-alive connection holds only this loop's small state, the
+/// stream structs and no buffer. A shutdown closes idle connections at once.
 pub(crate) async fn serve_h1(
     proxy: &Arc<HttpProxy<GatewayProxy>>,
-    stream: Stream,
+    mut stream: Box<GuardedStream>,
     shutdown: &ShutdownWatch,
     idle: Duration,
 ) {
-    let keepalive = |session: &mut ServerSession, carried: bool| {
+    let mut stopping = shutdown.clone();
+    let mut settings: Option<HttpPersistentSettings> = None;
+    let mut first = true;
+    loop {
+        // The first request of a plain connection already started (its first bytes were read
+        // by the h2c preface check) and keeps its head deadline.
+        if !first || stream.phase.load(Ordering::Acquire) == WAITING {
+            stream.start_idle(idle);
+        }
+        if *stopping.borrow_and_update() {
+            return;
+        }
+        // A pipelined request read with the previous one is served without waiting.
+        let pipelined = settings.as_ref().is_some_and(|s| s.has_pipelined_prefix());
+        if !pipelined {
+            let next = std::future::poll_fn(|cx| stream.poll_next_request(cx));
+            let came = tokio::select! {
+                biased;
+                came = next => came,
+                _ = stopping.changed() => return,
+            };
+            match came {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "closing the connection while waiting for a request");
+                    return;
+                }
+            }
+        }
+        let mut session = ServerSession::new_http1(stream);
+        match settings.take() {
+            Some(settings) => HttpPersistentSettings::apply_to_session(settings, &mut session),
+            // RFC 9112 section 9.3.2: requests a client pipelines are answered in order (one
+            // at a time), not dropped with the connection (Pingora's default).
+            None => session.set_pipelining_enabled(true),
+        }
         if *shutdown.borrow() {
             session.set_keepalive(None);
-        } else if !carried || session.get_keepalive().is_some() {
+        } else if first || session.get_keepalive().is_some() {
             session.set_keepalive(Some(idle_secs(idle)));
         }
-    };
-    let mut session = ServerSession::new_http1(stream);
-    keepalive(&mut session, false);
-    let mut reused = proxy.process_new_http(session, shutdown).await;
-    while let Some((stream, settings)) = reused.map(|r| r.consume()) {
-        next_head(&stream);
-        let mut session = ServerSession::new_http1(stream);
-        if let Some(settings) = settings {
-            HttpPersistentSettings::apply_to_session(settings, &mut session);
-        }
-        keepalive(&mut session, true);
-        reused = proxy.process_new_http(session, shutdown).await;
+        first = false;
+        let reused = Box::pin(proxy.process_new_http(session, shutdown)).await;
+        let Some((next, carried)) = reused.map(|r| r.consume()) else {
+            return;
+        };
+        // Pingora hands back the stream it was given: the wrapper, in the same box.
+        let Ok(next) = next.into_any().downcast::<GuardedStream>() else {
+            return;
+        };
+        stream = next;
+        settings = carried;
     }
 }
 
@@ -452,5 +564,120 @@ mod tests {
         s.write_all(b"e").await.unwrap();
         Shutdown::shutdown(&mut s).await;
         assert_eq!(calls.lock().unwrap()[4], b"e");
+    }
+
+    /// One end of an in-memory pipe as a Pingora stream.
+    #[derive(Debug)]
+    struct Pipe(tokio::io::DuplexStream);
+
+    impl AsyncRead for Pipe {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Pipe {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    #[async_trait]
+    impl Shutdown for Pipe {
+        async fn shutdown(&mut self) {}
+    }
+    impl UniqueID for Pipe {
+        fn id(&self) -> UniqueIDType {
+            0
+        }
+    }
+    impl Ssl for Pipe {}
+    impl GetTimingDigest for Pipe {
+        fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+            Vec::new()
+        }
+    }
+    impl GetProxyDigest for Pipe {
+        fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+            None
+        }
+    }
+    impl GetSocketDigest for Pipe {
+        fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+            None
+        }
+    }
+    impl Peek for Pipe {}
+
+    fn piped() -> (GuardedStream, tokio::io::DuplexStream) {
+        let (ours, peer) = tokio::io::duplex(64 * 1024);
+        let stream = GuardedStream::new(Box::new(Pipe(ours)), Duration::from_secs(10), None);
+        (stream, peer)
+    }
+
+    #[tokio::test]
+    async fn the_idle_wait_holds_no_buffer_and_hands_the_first_bytes_to_the_next_read() {
+        use tokio::io::AsyncReadExt;
+        let (mut s, mut peer) = piped();
+        // A response leaves through the held-write buffer, which stays allocated for reuse.
+        s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+        s.flush().await.unwrap();
+        assert!(s.held.capacity() > 0);
+
+        s.start_idle(Duration::from_secs(60));
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(s.poll_next_request(&mut cx).is_pending());
+        assert_eq!(s.held.capacity(), 0, "an idle connection releases the held-write buffer");
+        assert_eq!(s.pushback.capacity(), 0);
+        assert_eq!(s.phase.load(Ordering::Acquire), WAITING);
+
+        peer.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let came = std::future::poll_fn(|cx| s.poll_next_request(cx)).await;
+        assert!(came.unwrap());
+        assert_eq!(s.phase.load(Ordering::Acquire), HEAD, "the head deadline runs");
+        peer.write_all(b"Host: a\r\n\r\n").await.unwrap();
+        // Reads see the bytes the wait took first, then the socket, in order.
+        let mut head = vec![0u8; 64];
+        let n = s.read(&mut head).await.unwrap();
+        assert_eq!(&head[..n], b"GET / HTTP/1.1\r\n");
+        assert_eq!(s.pushback.capacity(), 0, "the kept bytes are freed once read");
+        let n = s.read(&mut head).await.unwrap();
+        assert_eq!(&head[..n], b"Host: a\r\n\r\n");
+
+        // The peer closing while the connection waits ends the wait without an error.
+        s.start_idle(Duration::from_secs(60));
+        drop(peer);
+        let came = std::future::poll_fn(|cx| s.poll_next_request(cx)).await;
+        assert!(!came.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_wait_ends_at_the_idle_timeout() {
+        let (mut s, _peer) = piped();
+        s.start_idle(Duration::from_secs(5));
+        let started = Instant::now();
+        let came = std::future::poll_fn(|cx| s.poll_next_request(cx)).await;
+        assert_eq!(came.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 }

@@ -757,8 +757,12 @@ async fn serve_connection(
         Some(acceptor) => {
             // The handshake is bounded like a request head: a client trickling its
             // ClientHello must not hold the connection.
-            let handshake =
-                tokio::time::timeout(limits.header_read_timeout, acceptor.tls_handshake(stream));
+            // Boxed: the handshake's state is large and would otherwise stay in every
+            // connection's future for its whole life (see `serve_h1`).
+            let handshake = tokio::time::timeout(
+                limits.header_read_timeout,
+                Box::pin(acceptor.tls_handshake(stream)),
+            );
             match handshake.await {
                 Ok(Ok(tls)) => (Box::new(tls), None, false),
                 Ok(Err(e)) => {
@@ -790,15 +794,17 @@ async fn serve_connection(
         }
     };
     let h2 = h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-    let stream: Stream = Box::new(GuardedStream::new(
+    let stream = Box::new(GuardedStream::new(
         stream,
         limits.header_read_timeout,
         started,
     ));
+    // HTTP/2 runs in its own box so that its large state is not part of every connection's
+    // future: an idle HTTP/1 connection then holds only a few hundred bytes (see `serve_h1`).
     if h2c {
-        proxy_h2c.process_new(stream, shutdown).await;
+        Box::pin(proxy_h2c.process_new(stream, shutdown)).await;
     } else if h2 {
-        proxy.process_new(stream, shutdown).await;
+        Box::pin(proxy.process_new(stream, shutdown)).await;
     } else {
         serve_h1(&proxy, stream, shutdown, limits.keepalive_idle_timeout).await;
     }

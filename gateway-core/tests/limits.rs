@@ -219,6 +219,69 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     gw.shutdown(Duration::from_secs(1)).await;
 }
 
+#[tokio::test]
+async fn kept_alive_connections_serve_pipelined_and_split_heads_after_waiting_idle() {
+    let be = backend("b").await;
+    let port = free_port();
+    let rule = Rule::prefix("/").backend(BackendRef::endpoints("b", vec![be.addr]));
+    let gw = start(vec![bind(port, rule)], Limits::default()).await;
+
+    let mut s = TcpStream::connect(addr(port)).await.unwrap();
+    s.write_all(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut s).await.0, 200);
+    // The connection now waits idle between requests. Two requests in one write: the bytes
+    // the wait takes in carry both heads, and both are answered in order.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\nGET /3 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut s).await.0, 200);
+    assert_eq!(read_response(&mut s).await.0, 200);
+    // A head that arrives in pieces after the wait: the rest is read after the first bytes.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(b"GET /4 HT").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(b"TP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    assert_eq!(read_response(&mut s).await.0, 200);
+    // A head larger than one read of the wait (4 KiB) still arrives whole.
+    let long = format!(
+        "GET /5 HTTP/1.1\r\nHost: a\r\nX-Long: {}\r\n\r\n",
+        "v".repeat(6000)
+    );
+    s.write_all(long.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut s).await.0, 200);
+    // A request with a body, then another, in one write.
+    s.write_all(
+        b"POST /6 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET /7 HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_response(&mut s).await.0, 200);
+    assert_eq!(read_response(&mut s).await.0, 200);
+    gw.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_keep_alive_connections_at_once() {
+    let be = backend("b").await;
+    let port = free_port();
+    let rule = Rule::prefix("/").backend(BackendRef::endpoints("b", vec![be.addr]));
+    let gw = start(vec![bind(port, rule)], Limits::default()).await;
+    let mut s = held(port).await;
+    let stopping = tokio::spawn({
+        let gw = gw.clone();
+        async move { gw.shutdown(Duration::from_secs(30)).await }
+    });
+    // Closed by the gateway well before the idle timeout (60 s) or the grace period (30 s).
+    let rest = tokio::time::timeout(Duration::from_secs(10), read_to_close(&mut s))
+        .await
+        .expect("the idle connection was not closed by the shutdown");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    stopping.await.unwrap();
+}
+
 /// Opens a connection and completes one keep-alive request on it, so the gateway holds it.
 async fn held(port: u16) -> TcpStream {
     let mut s = TcpStream::connect(addr(port)).await.unwrap();

@@ -81,6 +81,17 @@ fn return_freed_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
+/// Turns transparent huge pages off for this process. mimalloc asks the kernel for huge pages
+/// on its heap, and a 2 MiB page is resident as soon as one byte of it is touched: 10 MB more at
+/// 10 routes, and idle keep-alive connections or a revert to a small configuration leave whole
+/// huge pages resident (docs/benchmarks.md, "Memory"). Faults after this call get 4 KiB pages.
+fn keep_the_heap_in_small_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        eprintln!("could not turn transparent huge pages off: {e}");
+    }
+}
+
 #[derive(clap::Subcommand, Debug)]
 enum Command {
     /// Explains where a request would go under the YAML configuration, and why, without binding
@@ -173,6 +184,7 @@ fn explain(args: ExplainArgs) -> i32 {
 }
 
 fn main() {
+    keep_the_heap_in_small_pages();
     let args = Args::parse();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();

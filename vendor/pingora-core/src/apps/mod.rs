@@ -148,6 +148,14 @@ impl HttpPersistentSettings {
         self.pipelined_prefix = Some(prefix);
     }
 
+    // PATCH(pingora-gateway): lets a caller driving its own keep-alive loop see that the next
+    // request's first bytes are already here (read with the previous request), so it does not
+    // wait on the socket for them.
+    /// Whether bytes of the next pipelined request were already read with the previous one.
+    pub fn has_pipelined_prefix(&self) -> bool {
+        self.pipelined_prefix.as_ref().is_some_and(|p| !p.is_empty())
+    }
+
     pub fn apply_to_session(self, session: &mut ServerSession) {
         let Self {
             keepalive_timeout,
