@@ -639,7 +639,9 @@ mod tests {
         use tokio::io::AsyncReadExt;
         let (mut s, mut peer) = piped();
         // A response leaves through the held-write buffer, which stays allocated for reuse.
-        s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+        s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .unwrap();
         s.flush().await.unwrap();
         assert!(s.held.capacity() > 0);
 
@@ -647,20 +649,32 @@ mod tests {
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         assert!(s.poll_next_request(&mut cx).is_pending());
-        assert_eq!(s.held.capacity(), 0, "an idle connection releases the held-write buffer");
+        assert_eq!(
+            s.held.capacity(),
+            0,
+            "an idle connection releases the held-write buffer"
+        );
         assert_eq!(s.pushback.capacity(), 0);
         assert_eq!(s.phase.load(Ordering::Acquire), WAITING);
 
         peer.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         let came = std::future::poll_fn(|cx| s.poll_next_request(cx)).await;
         assert!(came.unwrap());
-        assert_eq!(s.phase.load(Ordering::Acquire), HEAD, "the head deadline runs");
+        assert_eq!(
+            s.phase.load(Ordering::Acquire),
+            HEAD,
+            "the head deadline runs"
+        );
         peer.write_all(b"Host: a\r\n\r\n").await.unwrap();
         // Reads see the bytes the wait took first, then the socket, in order.
         let mut head = vec![0u8; 64];
         let n = s.read(&mut head).await.unwrap();
         assert_eq!(&head[..n], b"GET / HTTP/1.1\r\n");
-        assert_eq!(s.pushback.capacity(), 0, "the kept bytes are freed once read");
+        assert_eq!(
+            s.pushback.capacity(),
+            0,
+            "the kept bytes are freed once read"
+        );
         let n = s.read(&mut head).await.unwrap();
         assert_eq!(&head[..n], b"Host: a\r\n\r\n");
 

@@ -1051,6 +1051,11 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut RequestCtx,
     ) -> PResult<()> {
         let status = upstream_response.status.as_u16();
+        if upstream_response.status.is_informational() && status != 101 {
+            // An interim response (100 Continue, 103 Early Hints): the final one follows and is
+            // the one counted, checked for health and for retries. 101 ends the exchange.
+            return Ok(());
+        }
         if let Some(took) = ctx.obs.attempt_elapsed() {
             ctx.obs.upstream_answered(took);
             if let Some(stats) = ctx.routed.as_ref().and_then(Routed::backend_stats) {

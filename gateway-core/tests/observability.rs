@@ -399,3 +399,57 @@ async fn series_keep_counting_across_swaps_and_leave_with_their_route() {
     );
     gw.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A backend that answers every request with `100 Continue` and then `200 OK` (what a server
+/// does for a request with `Expect: 100-continue`).
+async fn continuing_backend() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_interim_100_continue_is_not_counted_as_a_backend_response() {
+    let be = continuing_backend().await;
+    let port = free_port();
+    let gw = Gateway::new(FilterRegistry::new());
+    let route =
+        Route::new("ns", "r").rule(Rule::prefix("/").backend(BackendRef::endpoints("c", vec![be])));
+    gw.apply(config(port, vec![route])).await.unwrap();
+    let reply = get(addr(port), "app.example.com", "/x").await;
+    assert_eq!(reply.status, 200);
+    let metrics = gw.metrics();
+    let final_response =
+        r#"http_client_request_duration_seconds_count{backend="c",status_class="2xx"}"#;
+    eventually("the response counted", || {
+        sample(&metrics.encode(), final_response) == Some(1.0)
+    })
+    .await;
+    let text = metrics.encode();
+    assert!(
+        !text.contains(r#"backend="c",status_class="1xx""#),
+        "the interim response was counted:\n{text}"
+    );
+    gw.shutdown(Duration::from_secs(1)).await;
+}
