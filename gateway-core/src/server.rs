@@ -674,7 +674,8 @@ impl Gateway {
 
     /// Stops accepting, lets in-flight requests finish, and returns when every connection has
     /// closed or `grace` has passed. Idle keep-alive connections are closed at once; busy ones
-    /// are closed after their current request.
+    /// are closed after their current request. Then the access log (if any) is closed: its
+    /// queued lines are written and flushed (waiting at most 5 s for a slow sink).
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.dns.clear();
         {
@@ -703,6 +704,11 @@ impl Gateway {
                 "shutdown grace period over; closing remaining connections"
             );
         }
+        // The finished requests' access log lines reach the sink before this returns.
+        self.inner
+            .observe
+            .close_access_log(Duration::from_secs(5))
+            .await;
     }
 }
 

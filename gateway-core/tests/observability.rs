@@ -453,3 +453,29 @@ async fn an_interim_100_continue_is_not_counted_as_a_backend_response() {
     );
     gw.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn shutdown_returns_after_every_access_log_line_is_written() {
+    let v1 = backend("v1").await;
+    let port = free_port();
+    let gw = Gateway::new(FilterRegistry::new());
+    let dir = std::env::temp_dir().join(format!("gw-access-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("access.log");
+    let _ = std::fs::remove_file(&path);
+    gw.set_access_log(Some(AccessLog::new(AccessLogSink::File(path.clone()))))
+        .unwrap();
+    let route = Route::new("ns", "r")
+        .rule(Rule::prefix("/").backend(BackendRef::endpoints("v1", vec![v1.addr])));
+    gw.apply(config(port, vec![route])).await.unwrap();
+    for i in 0..20 {
+        let path = format!("/n{i}");
+        assert_eq!(get(addr(port), "app.example.com", &path).await.status, 200);
+    }
+    gw.shutdown(Duration::from_secs(5)).await;
+    // No waiting here: the writer has flushed before shutdown returned.
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.lines().count(), 20, "{text}");
+    assert!(text.contains("/n19"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -260,6 +260,8 @@ pub(crate) struct AccessLogger {
     lines: Sender<Vec<u8>>,
     spare: Receiver<Vec<u8>>,
     dropped: Counter,
+    /// The writer thread, taken by [`AccessLogger::take_writer`] to wait for its last flush.
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl AccessLogger {
@@ -285,7 +287,7 @@ impl AccessLogger {
         let queue = cfg.queue.max(1);
         let (lines, to_write) = crossbeam_channel::bounded(queue);
         let (give_back, spare) = crossbeam_channel::bounded(queue);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || write_lines(sink, &to_write, &give_back))
             .map_err(|e| Error::because(ErrorKind::Io, "starting the access log thread", e))?;
@@ -294,7 +296,14 @@ impl AccessLogger {
             lines,
             spare,
             dropped,
+            writer: std::sync::Mutex::new(Some(writer)),
         })
+    }
+
+    /// The writer thread's handle (once): it ends after the last clone of this logger is
+    /// dropped, having written and flushed every queued line.
+    pub(crate) fn take_writer(&self) -> Option<std::thread::JoinHandle<()>> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// Formats `r` and queues it; drops (and counts) it when the queue is full.

@@ -58,6 +58,25 @@ impl Observe {
         Ok(())
     }
 
+    /// Stops the access log and waits (at most `wait`) until its thread has written and
+    /// flushed every queued line. Called by [`crate::Gateway::shutdown`] once requests are done,
+    /// so the last requests' lines reach the sink before the process exits.
+    pub(crate) async fn close_access_log(&self, wait: std::time::Duration) {
+        let Some(logger) = self.access_log.swap(None) else {
+            return;
+        };
+        let writer = logger.take_writer();
+        // The thread ends when the last clone is gone (a request still finishing holds one).
+        drop(logger);
+        let Some(writer) = writer else {
+            return;
+        };
+        let joined = tokio::task::spawn_blocking(move || writer.join());
+        if tokio::time::timeout(wait, joined).await.is_err() {
+            tracing::warn!("the access log did not finish writing within the shutdown wait");
+        }
+    }
+
     /// The request head is in (before normalisation and rewrites).
     pub(crate) fn request_head(&self, session: &Session, obs: &mut RequestObs) {
         if self.access_log.load().is_some() {
