@@ -337,7 +337,8 @@ async fn serves_metrics_and_writes_an_access_log() {
             .arg(&access_log)
             .arg("--access-log-fields")
             .arg("method,path,response_code,route,backend")
-            // One worker thread: the flag the benchmarks use to size the runtime.
+            // One worker thread: the current-thread runtime a one-core gateway runs on (the
+            // other tests run the default, multi-threaded on this machine's CPUs).
             .arg("--workers")
             .arg("1")
             .stdout(Stdio::null())

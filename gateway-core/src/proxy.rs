@@ -27,6 +27,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::Uri;
+use pingora_core::modules::http::HttpModules;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error as PError, ErrorType, Result as PResult};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -797,6 +798,12 @@ impl ProxyHttp for GatewayProxy {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx::default()
     }
+
+    /// No downstream modules. Pingora's default registers its response-compression module at
+    /// level 0 (disabled), which never changes a response but is still built for every request
+    /// and called (each call a boxed future) in every request and response phase; the gateway
+    /// does not compress, so it registers nothing.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     async fn early_request_filter(
         &self,

@@ -54,8 +54,10 @@ struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     drain_seconds: u64,
 
-    /// Worker threads serving connections (one Tokio runtime with work stealing). Default: one
-    /// per CPU the process may run on (honours taskset, CPU sets and cgroup quotas).
+    /// Worker threads serving connections. Default: one per CPU the process may run on (honours
+    /// taskset, CPU sets and cgroup quotas). With one, everything runs on the main thread (a
+    /// current-thread Tokio runtime: no hand-off between threads, no work-stealing bookkeeping);
+    /// with more, one multi-threaded Tokio runtime with work stealing.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
 
@@ -183,15 +185,29 @@ fn explain(args: ExplainArgs) -> i32 {
     }
 }
 
+/// The runtime serving `workers` threads (default: one per usable CPU). One worker gets a
+/// current-thread runtime driven by the main thread: on a single core a multi-threaded runtime
+/// only adds a second thread to switch to and cross-thread queue bookkeeping on every wake-up
+/// (docs/benchmarks.md, "Where a request's CPU goes").
+fn runtime(workers: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = workers.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        usize::from,
+    );
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder.enable_all().build()
+}
+
 fn main() {
     keep_the_heap_in_small_pages();
     let args = Args::parse();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if let Some(n) = args.workers {
-        runtime.worker_threads(usize::from(n));
-    }
-    match runtime.build() {
+    match runtime(args.workers) {
         Ok(runtime) => runtime.block_on(run(args)),
         Err(e) => {
             eprintln!("file-gateway: cannot start the runtime: {e}");
