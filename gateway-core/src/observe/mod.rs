@@ -97,7 +97,8 @@ impl Observe {
         }
     }
 
-    /// The request is over (the `logging` phase): counts it and writes its access log line.
+    /// The request is over (the `logging` phase): counts it, queues its span (when traced and
+    /// sampled) and writes its access log line.
     pub(crate) fn finish(
         &self,
         session: &Session,
