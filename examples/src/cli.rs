@@ -130,6 +130,120 @@ impl AccessLogArgs {
     }
 }
 
+/// OpenTelemetry tracing flags (see docs/observability.md, "Tracing"). Off by default. They are
+/// always accepted; a binary built without the cargo feature `otel` refuses to start when
+/// `--otlp-endpoint` is given (it cannot trace), instead of silently not tracing.
+#[derive(clap::Args, Clone, Debug, Default, PartialEq)]
+pub struct TracingArgs {
+    /// Record an OpenTelemetry span per request and export it to this OTLP collector,
+    /// `http://HOST:PORT` (http/protobuf adds /v1/traces to a URL without a path). Needs a build
+    /// with the `otel` feature.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// How to talk to the collector: `http/protobuf` (default, port 4318) or `grpc` (port 4317).
+    #[arg(long, value_name = "http/protobuf|grpc", requires = "otlp_endpoint")]
+    pub otlp_protocol: Option<String>,
+
+    /// A header sent with every export, `NAME=VALUE` (an API key). Repeatable.
+    #[arg(
+        long = "otlp-header",
+        value_name = "NAME=VALUE",
+        requires = "otlp_endpoint"
+    )]
+    pub otlp_headers: Vec<String>,
+
+    /// The share of new traces recorded, 0.0 to 1.0 (default 1.0). Requests whose valid
+    /// `traceparent` carries a sampling decision follow it instead.
+    #[arg(long, value_name = "RATIO", requires = "otlp_endpoint")]
+    pub trace_sample_ratio: Option<f64>,
+
+    /// The `service.name` of the spans (default `pingora-gateway`).
+    #[arg(long, value_name = "NAME", requires = "otlp_endpoint")]
+    pub service_name: Option<String>,
+
+    /// A resource attribute of the spans, `KEY=VALUE`. Repeatable.
+    #[arg(
+        long = "trace-resource-attribute",
+        value_name = "KEY=VALUE",
+        requires = "otlp_endpoint"
+    )]
+    pub trace_resource_attributes: Vec<String>,
+}
+
+impl TracingArgs {
+    /// The tracing these flags ask for; `Ok(None)` without `--otlp-endpoint`.
+    #[cfg(feature = "otel")]
+    pub fn tracing(&self) -> Result<Option<gateway_core::Tracing>, String> {
+        let Some(endpoint) = &self.otlp_endpoint else {
+            return Ok(None);
+        };
+        let endpoint = endpoint
+            .parse()
+            .map_err(|e| format!("--otlp-endpoint {endpoint:?}: {e}"))?;
+        let mut t = gateway_core::Tracing::new(endpoint);
+        if let Some(p) = &self.otlp_protocol {
+            t.protocol = p.parse().map_err(|e| format!("--otlp-protocol: {e}"))?;
+        }
+        for header in &self.otlp_headers {
+            let (name, value) = key_value(header, "--otlp-header")?;
+            t.headers.push((
+                name.parse()
+                    .map_err(|e| format!("--otlp-header {header:?}: {e}"))?,
+                value
+                    .parse()
+                    .map_err(|e| format!("--otlp-header {header:?}: {e}"))?,
+            ));
+        }
+        if let Some(ratio) = self.trace_sample_ratio {
+            if !(0.0..=1.0).contains(&ratio) {
+                return Err(format!(
+                    "--trace-sample-ratio {ratio} is not between 0 and 1"
+                ));
+            }
+            t.sample_ratio = ratio;
+        }
+        if let Some(name) = &self.service_name {
+            t.service_name = name.clone();
+        }
+        for attr in &self.trace_resource_attributes {
+            let (k, v) = key_value(attr, "--trace-resource-attribute")?;
+            t.resource.push((k.to_owned(), v.to_owned()));
+        }
+        Ok(Some(t))
+    }
+
+    /// Turns tracing on in `gateway` when `--otlp-endpoint` is given.
+    #[cfg(feature = "otel")]
+    pub fn apply(&self, gateway: &gateway_core::Gateway) -> Result<(), String> {
+        match self.tracing()? {
+            Some(t) => gateway.set_tracing(Some(t)).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    /// Without the `otel` feature: refuses `--otlp-endpoint` (this binary cannot trace).
+    #[cfg(not(feature = "otel"))]
+    pub fn apply(&self, _gateway: &gateway_core::Gateway) -> Result<(), String> {
+        match &self.otlp_endpoint {
+            Some(_) => Err(
+                "--otlp-endpoint: this binary was built without the `otel` feature (build with \
+                 `--features otel` to trace)"
+                    .into(),
+            ),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(feature = "otel")]
+fn key_value<'a>(text: &'a str, flag: &str) -> Result<(&'a str, &'a str), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{flag} {text:?} is not KEY=VALUE"))
+}
+
 /// Parses a listener port map such as `80=18080,443=18443`: Gateway listener port -> local port.
 pub fn parse_port_map(text: &str) -> Result<BTreeMap<u16, u16>, String> {
     let mut map = BTreeMap::new();
@@ -177,6 +291,63 @@ mod tests {
         limits: LimitArgs,
         #[command(flatten)]
         access_log: AccessLogArgs,
+        #[command(flatten)]
+        tracing: TracingArgs,
+    }
+
+    #[test]
+    fn tracing_flags() {
+        use clap::Parser;
+        let none = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(none.tracing, TracingArgs::default());
+        // Settings without an endpoint to export to.
+        assert!(Cli::try_parse_from(["x", "--trace-sample-ratio=0.5"]).is_err());
+        let gw = gateway_core::Gateway::new(gateway_core::FilterRegistry::new());
+        assert!(none.tracing.apply(&gw).is_ok());
+        let on = Cli::try_parse_from([
+            "x",
+            "--otlp-endpoint=http://127.0.0.1:4317",
+            "--otlp-protocol=grpc",
+            "--otlp-header=x-api-key=k=1",
+            "--trace-sample-ratio=0.25",
+            "--service-name=edge",
+            "--trace-resource-attribute=deployment.environment.name=test",
+        ])
+        .unwrap();
+        #[cfg(not(feature = "otel"))]
+        assert!(
+            on.tracing
+                .apply(&gw)
+                .unwrap_err()
+                .contains("without the `otel` feature")
+        );
+        #[cfg(feature = "otel")]
+        {
+            let t = on.tracing.tracing().unwrap().unwrap();
+            assert_eq!(t.protocol, gateway_core::OtlpProtocol::Grpc);
+            assert_eq!(t.endpoint, "http://127.0.0.1:4317");
+            assert_eq!(t.headers[0].0, "x-api-key");
+            assert_eq!(t.headers[0].1, "k=1");
+            assert_eq!(t.sample_ratio, 0.25);
+            assert_eq!(t.service_name, "edge");
+            assert_eq!(
+                t.resource,
+                [("deployment.environment.name".into(), "test".into())]
+            );
+            assert!(on.tracing.apply(&gw).is_ok());
+            for bad in [
+                "--trace-sample-ratio=2",
+                "--otlp-protocol=udp",
+                "--otlp-header=novalue",
+            ] {
+                let cli = Cli::try_parse_from(["x", "--otlp-endpoint=http://127.0.0.1:4318", bad])
+                    .unwrap();
+                assert!(cli.tracing.tracing().is_err(), "{bad}");
+            }
+            let https =
+                Cli::try_parse_from(["x", "--otlp-endpoint=https://127.0.0.1:4318"]).unwrap();
+            assert!(https.tracing.apply(&gw).is_err());
+        }
     }
 
     #[test]

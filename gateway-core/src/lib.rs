@@ -60,6 +60,8 @@ pub use filter::{
     FilterRegistry, HttpFilter, RouteInfo,
 };
 pub use observe::{AccessLog, AccessLogField, AccessLogSink, Metrics};
+#[cfg(feature = "otel")]
+pub use observe::{OtlpProtocol, Tracing};
 pub use server::{ApplyReport, Gateway, MirrorStats, OverloadStats, shutdown_signal};
 
 // What a filter or picker author needs, so `cargo add gateway-core` is enough.

@@ -5,7 +5,7 @@
 //! | `request_filter` | bind and listener (by host); the path normalised under the listener's settings ([`crate::path`]: 400 for an invalid path, 307 for an escaped slash when so configured), the URI replaced when it changed; route and rule ([`crate::routing`]); the rule's filter chain in order (header edits, rewrites, redirects, CORS preflights, mirrors, custom request hooks); the backend (weighted, or the one a filter chose); the backend's chain; the whole body when a filter asked for it (over the bound: 413) and the body hooks |
 //! | `upstream_peer` | every attempt: deadline check (504), backoff before a retry, the endpoint (sticky session, filter hint, then the backend's picker, skipping ejected and already-tried endpoints), h1/h2c, per-attempt timeouts |
 //! | `fail_to_connect` | outlier accounting; a connection failure is retried on another endpoint (always safe), or under the route's retry policy |
-//! | `upstream_request_filter` | custom `upstream_request` hooks; `Content-Length` of a buffered, filtered body |
+//! | `upstream_request_filter` | the trace context (`traceparent`, feature `otel`); custom `upstream_request` hooks; `Content-Length` of a buffered, filtered body |
 //! | `request_body_filter` | replays the buffered body on every attempt; tees the body to mirrors; streaming body hooks |
 //! | `upstream_response_filter` | outlier accounting; a status in the retry policy's codes becomes a retry while attempts and the budget last |
 //! | `error_while_proxy` | outlier accounting; resets and timeouts retried under the retry policy (or, without one, a reused keep-alive connection that failed, as Pingora does) |
@@ -13,7 +13,7 @@
 //! | `response_body_filter` | custom response body hooks |
 //! | `fail_to_proxy` | timeouts and expired deadlines 504, refused or reset connections 503, invalid answers 502; the response hooks still run |
 //! | `connected_to_upstream` | the connect time of a new backend connection ([`crate::observe`]) |
-//! | `logging` | custom logging hooks of the steps reached; metrics and the access log line ([`crate::observe`]); a `tracing` debug event |
+//! | `logging` | custom logging hooks of the steps reached; metrics, the access log line and the trace span ([`crate::observe`]); a `tracing` debug event |
 //!
 //! Gateway-written responses (404, redirects, direct responses, preflights, errors) go through
 //! the same response hooks as proxied ones.
@@ -963,6 +963,7 @@ impl ProxyHttp for GatewayProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> PResult<()> {
+        ctx.obs.upstream_request(upstream)?;
         let RequestCtx {
             routed,
             filter,

@@ -328,6 +328,18 @@ impl Gateway {
         self.inner.observe.set_access_log(log)
     }
 
+    /// Records an OpenTelemetry span per request and exports it over OTLP as `tracing` says,
+    /// for requests that start after this call; `None` stops it (the default: no spans, and
+    /// `traceparent` passes to backends untouched). While on, every request to a backend
+    /// carries a `traceparent` whose parent is the gateway's span. A previous tracer exports
+    /// what it has queued and ends. Fails (changing nothing) when the endpoint is not an
+    /// `http://` URL or the sample ratio is outside 0..=1. Only with the cargo feature `otel`;
+    /// see `docs/observability.md`.
+    #[cfg(feature = "otel")]
+    pub fn set_tracing(&self, tracing: Option<crate::observe::Tracing>) -> Result<()> {
+        self.inner.observe.set_tracing(tracing)
+    }
+
     /// Uses these name servers (UDP and TCP, in order) for DNS backends instead of the system's
     /// `/etc/resolv.conf`; the hosts file and search domains are then not used. Names already
     /// watched are resolved again at once through them (keeping their addresses until they

@@ -66,6 +66,9 @@ struct Args {
 
     #[command(flatten)]
     access_log: examples::cli::AccessLogArgs,
+
+    #[command(flatten)]
+    tracing: examples::cli::TracingArgs,
 }
 
 /// mimalloc instead of the system allocator: cheaper allocation on the request path, and freed
@@ -229,6 +232,10 @@ async fn run(args: Args) {
     if let Some(log) = args.access_log.access_log()
         && let Err(e) = gateway.set_access_log(Some(log))
     {
+        eprintln!("file-gateway: {e}");
+        std::process::exit(2);
+    }
+    if let Err(e) = args.tracing.apply(&gateway) {
         eprintln!("file-gateway: {e}");
         std::process::exit(2);
     }

@@ -426,6 +426,8 @@ pub struct Metrics {
     apply_duration: Histogram,
     rejected_items: Gauge,
     access_log_dropped: Counter,
+    #[cfg(feature = "otel")]
+    trace_spans_dropped: Counter,
 }
 
 impl fmt::Debug for Metrics {
@@ -500,6 +502,14 @@ impl Metrics {
             "Access log lines dropped because the writer could not keep up (the queue was full)",
             access_log_dropped.clone(),
         );
+        #[cfg(feature = "otel")]
+        let trace_spans_dropped = Counter::default();
+        #[cfg(feature = "otel")]
+        registry.register(
+            "gateway_trace_spans_dropped",
+            "Trace spans lost: the export queue was full (the collector could not keep up) or the export failed (collector down, refused or too slow)",
+            trace_spans_dropped.clone(),
+        );
         Metrics {
             registry: Arc::new(Mutex::new(registry)),
             series,
@@ -508,6 +518,8 @@ impl Metrics {
             apply_duration,
             rejected_items,
             access_log_dropped,
+            #[cfg(feature = "otel")]
+            trace_spans_dropped,
         }
     }
 
@@ -589,6 +601,12 @@ impl Metrics {
     /// The counter of dropped access log lines.
     pub(crate) fn access_log_dropped(&self) -> Counter {
         self.access_log_dropped.clone()
+    }
+
+    /// The counter of lost trace spans.
+    #[cfg(feature = "otel")]
+    pub(crate) fn trace_spans_dropped(&self) -> Counter {
+        self.trace_spans_dropped.clone()
     }
 }
 

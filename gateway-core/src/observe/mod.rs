@@ -1,13 +1,16 @@
-//! Observability of the data plane: Prometheus [`metrics`] and JSON [`access_log`]s.
+//! Observability of the data plane: Prometheus [`metrics`], JSON [`access_log`]s and, with the
+//! cargo feature `otel`, OpenTelemetry tracing (`trace`).
 //!
-//! Both are owned by the [`crate::Gateway`]: [`crate::Gateway::metrics`] gives the registry to
+//! All are owned by the [`crate::Gateway`]: [`crate::Gateway::metrics`] gives the registry to
 //! serve (always on), [`crate::Gateway::set_access_log`] turns the access log on (off by
-//! default). The proxy phases call in here at a few points; the per-request work is atomic
+//! default), `Gateway::set_tracing` turns tracing on (off by default). The proxy phases call in here at a few points; the per-request work is atomic
 //! additions on handles the routing table holds, and, with an access log, one formatted line
 //! queued without waiting. See `docs/observability.md`.
 
 pub mod access_log;
 pub mod metrics;
+#[cfg(feature = "otel")]
+pub mod trace;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +22,8 @@ use pingora_proxy::Session;
 
 pub use access_log::{AccessLog, AccessLogField, AccessLogSink};
 pub use metrics::Metrics;
+#[cfg(feature = "otel")]
+pub use trace::{OtlpProtocol, Tracing};
 
 use access_log::{AccessLogger, Record};
 use metrics::RouteStats;
@@ -32,6 +37,8 @@ pub(crate) struct Observe {
     /// The series of requests that reached no listener.
     unrouted: Arc<RouteStats>,
     access_log: ArcSwapOption<AccessLogger>,
+    #[cfg(feature = "otel")]
+    tracer: ArcSwapOption<trace::Tracer>,
 }
 
 impl Observe {
@@ -41,7 +48,24 @@ impl Observe {
             unrouted: metrics.route("", "", "", ""),
             metrics,
             access_log: ArcSwapOption::empty(),
+            #[cfg(feature = "otel")]
+            tracer: ArcSwapOption::empty(),
         }
+    }
+
+    /// Starts tracing as `cfg` says (`None`: stops). The previous tracer exports what it has
+    /// queued and ends.
+    #[cfg(feature = "otel")]
+    pub(crate) fn set_tracing(&self, cfg: Option<Tracing>) -> Result<()> {
+        let tracer = match cfg {
+            Some(cfg) => Some(Arc::new(trace::Tracer::start(
+                cfg,
+                self.metrics.trace_spans_dropped(),
+            )?)),
+            None => None,
+        };
+        self.tracer.store(tracer);
+        Ok(())
     }
 
     /// Starts writing access logs as `cfg` says (`None`: stops). The previous log writes what
@@ -79,12 +103,21 @@ impl Observe {
 
     /// The request head is in (before normalisation and rewrites).
     pub(crate) fn request_head(&self, session: &Session, obs: &mut RequestObs) {
-        if self.access_log.load().is_some() {
+        #[cfg(feature = "otel")]
+        if let Some(tracer) = self.tracer.load().as_deref() {
+            let span = tracer.begin(&session.req_header().headers);
+            if span.sampled {
+                obs.original = Some(session.req_header().uri.clone());
+            }
+            obs.span = Some(span);
+        }
+        if obs.original.is_none() && self.access_log.load().is_some() {
             obs.original = Some(session.req_header().uri.clone());
         }
     }
 
-    /// The request is over (the `logging` phase): counts it and writes its access log line.
+    /// The request is over (the `logging` phase): counts it, queues its span (when traced and
+    /// sampled) and writes its access log line.
     pub(crate) fn finish(
         &self,
         session: &Session,
@@ -99,6 +132,10 @@ impl Observe {
             .or(obs.listener.as_ref().map(|l| &*l.stats))
             .unwrap_or(&self.unrouted)
             .request(status, duration);
+        #[cfg(feature = "otel")]
+        if let Some(span) = obs.span.as_ref().filter(|s| s.sampled) {
+            self.end_span(session, e, obs, &served, span, status, duration);
+        }
         let log = self.access_log.load();
         let Some(log) = log.as_deref() else {
             return;
@@ -146,6 +183,67 @@ impl Observe {
     }
 }
 
+impl Observe {
+    /// Queues the span of a sampled request that is over.
+    #[cfg(feature = "otel")]
+    #[allow(clippy::too_many_arguments)]
+    fn end_span(
+        &self,
+        session: &Session,
+        e: Option<&PError>,
+        obs: &RequestObs,
+        served: &Served<'_>,
+        span: &trace::SpanCtx,
+        status: u16,
+        duration: Duration,
+    ) {
+        let tracer = self.tracer.load();
+        let Some(tracer) = tracer.as_deref() else {
+            return;
+        };
+        let req = session.req_header();
+        let original = obs.original.as_ref().unwrap_or(&req.uri);
+        let end = SystemTime::now();
+        tracer.end(trace::SpanRecord {
+            ctx: span.clone(),
+            start: end.checked_sub(duration).unwrap_or(SystemTime::UNIX_EPOCH),
+            end,
+            method: req.method.clone(),
+            path: original.path().to_owned(),
+            tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+            version: req.version,
+            host: req
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri.authority().map(|a| a.as_str()))
+                .map(str::to_owned),
+            peer: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            user_agent: req
+                .headers
+                .get(http::header::USER_AGENT)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            status,
+            error: match e {
+                Some(e) => Some(error_name(e)),
+                None if served.info.is_none() && status == 404 => Some("NoRoute"),
+                None => None,
+            },
+            listener: served
+                .info
+                .map(|i| i.listener.as_str())
+                .or(obs.listener.as_ref().map(|l| l.name.as_str()))
+                .map(str::to_owned),
+            route: served
+                .info
+                .map(|i| (format!("{}/{}", i.namespace, i.route), i.rule.clone())),
+            backend: served.backend.map(str::to_owned),
+            upstream: served.upstream,
+            attempts: served.attempts,
+        });
+    }
+}
+
 /// The name of what ended a request in error.
 fn error_name(e: &PError) -> &'static str {
     match e.etype() {
@@ -164,8 +262,11 @@ pub(crate) struct RequestObs {
     attempt_start: Option<Instant>,
     /// How long the last attempt waited for its response head.
     upstream_time: Option<Duration>,
-    /// The request target as received, kept when an access log is on.
+    /// The request target as received, kept when an access log is on or the request is traced.
     original: Option<http::Uri>,
+    /// The request's trace context, when tracing is on.
+    #[cfg(feature = "otel")]
+    span: Option<trace::SpanCtx>,
 }
 
 impl Default for RequestObs {
@@ -176,6 +277,8 @@ impl Default for RequestObs {
             attempt_start: None,
             upstream_time: None,
             original: None,
+            #[cfg(feature = "otel")]
+            span: None,
         }
     }
 }
@@ -194,6 +297,27 @@ impl RequestObs {
     /// Time since the current attempt chose its endpoint.
     pub(crate) fn attempt_elapsed(&self) -> Option<Duration> {
         self.attempt_start.map(|t| t.elapsed())
+    }
+
+    /// An attempt's request to the backend is ready: with tracing on, it carries the request's
+    /// trace context (`traceparent` naming the gateway's span; `tracestate` passes through,
+    /// and is removed when the gateway started a new trace). Without the `otel` feature this
+    /// does nothing.
+    #[inline]
+    pub(crate) fn upstream_request(
+        &self,
+        upstream: &mut pingora_http::RequestHeader,
+    ) -> pingora_error::Result<()> {
+        #[cfg(feature = "otel")]
+        if let Some(span) = &self.span {
+            upstream.insert_header("traceparent", span.traceparent())?;
+            if span.restarted() {
+                upstream.remove_header("tracestate");
+            }
+        }
+        #[cfg(not(feature = "otel"))]
+        let _ = upstream;
+        Ok(())
     }
 
     /// The backend answered the current attempt's request after `d`.
