@@ -91,7 +91,7 @@ enum Outcome {
     /// Parsed and stamped: the identity and stamp given (none for documents that are not a
     /// named object of a typed kind), and the object or why it does not fit its schema.
     Read {
-        stamped: Option<(Identity, Tracked)>,
+        stamped: Option<Box<(Identity, Tracked)>>,
         entry: Result<Entry, DocumentError>,
     },
 }
@@ -102,9 +102,9 @@ impl CachedDoc {
     fn reusable(&self, tracked: &HashMap<Identity, Tracked>) -> bool {
         match &self.outcome {
             Outcome::Read {
-                stamped: Some((identity, stamp)),
+                stamped: Some(stamped),
                 ..
-            } => tracked.get(identity) == Some(stamp),
+            } => tracked.get(&stamped.0) == Some(&stamped.1),
             _ => true,
         }
     }
@@ -352,8 +352,8 @@ fn add_documents(
         let Outcome::Read { stamped, entry } = &doc.outcome else {
             continue;
         };
-        if let Some((identity, stamp)) = stamped {
-            seen.insert(identity.clone(), stamp.clone());
+        if let Some(stamped) = stamped {
+            seen.insert(stamped.0.clone(), stamped.1.clone());
         }
         match entry {
             Ok(entry) => into.insert(entry.clone()),
@@ -376,7 +376,7 @@ fn read_document(
         Ok(None) => Outcome::Empty,
         Err(message) => Outcome::Unparseable(message),
         Ok(Some(mut value)) => {
-            let stamped = stamp(tracked, &mut value, now);
+            let stamped = stamp(tracked, &mut value, now).map(Box::new);
             Outcome::Read {
                 stamped,
                 entry: Entry::build(value, origin, index),

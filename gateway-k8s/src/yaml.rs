@@ -70,10 +70,10 @@ pub(crate) fn split(text: &str) -> Vec<Chunk<'_>> {
                 head: (!rest.trim().is_empty()).then_some(rest),
                 start: offset,
             });
-        } else if line.trim_end() == "..." {
-            if let Some(current) = open.take() {
-                close(text, current, line_start, &mut chunks);
-            }
+        } else if line.trim_end() == "..."
+            && let Some(current) = open.take()
+        {
+            close(text, current, line_start, &mut chunks);
         }
     }
     if let Some(current) = open.take() {
