@@ -5,10 +5,11 @@
 //! and applied again, so the status is published with the new resolution conditions.
 //!
 //! Nothing of a translation is kept once it is applied and its status published (the status
-//! YAML is kept compressed by the admin endpoint): with 10,000 routes the parsed objects and the
-//! echoed status documents are hundreds of megabytes that a long-running gateway should not hold.
-//! The gateway is marked ready as soon as its configuration is applied, before the status is
-//! rendered.
+//! YAML is kept compressed by the admin endpoint); the file source keeps the parsed objects of
+//! the current files, so a change parses only the documents that changed.
+//! The gateway is marked ready as soon as its configuration is applied. The status is rendered
+//! and published after that, on a blocking thread, so that the next change of the files is
+//! loaded and applied without waiting for it; statuses are published in the order of the loads.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use gateway_core::config::Limits;
 use gateway_k8s::source::{self, FileSource};
 use gateway_k8s::{Resources, StatusReport, TranslateOptions, Translator};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::admin::AdminState;
 
@@ -39,7 +41,9 @@ pub struct Runner {
     /// Overload limits and HTTP/1 timeouts applied with every configuration.
     limits: Limits,
     /// Called after every apply, once the status is published (see [`Runner::on_applied`]).
-    on_applied: Option<Box<dyn Fn() + Send + Sync>>,
+    on_applied: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// The status of the previous apply being rendered and published.
+    publishing: Option<JoinHandle<()>>,
 }
 
 impl Runner {
@@ -57,6 +61,7 @@ impl Runner {
             status_file,
             limits: Limits::default(),
             on_applied: None,
+            publishing: None,
         }
     }
 
@@ -64,7 +69,7 @@ impl Runner {
     /// status documents) is freed: the example binaries use it to hand freed memory back to the
     /// OS at once instead of keeping a large configuration's peak resident.
     pub fn on_applied(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
-        self.on_applied = Some(Box::new(hook));
+        self.on_applied = Some(Arc::new(hook));
         self
     }
 
@@ -75,8 +80,30 @@ impl Runner {
         self
     }
 
-    /// Translates and applies one snapshot of the resources.
-    pub async fn apply(&mut self, resources: &Resources, mut diagnostics: Vec<String>) {
+    /// Translates and applies one snapshot of the resources, then renders and publishes its
+    /// status before returning.
+    pub async fn apply(&mut self, resources: &Resources, diagnostics: Vec<String>) {
+        let started = std::time::Instant::now();
+        let status = self.apply_config(resources, diagnostics).await;
+        let applied = started.elapsed();
+        self.wait_published().await;
+        let mut status = status;
+        status.render(resources);
+        publish(&self.admin, self.status_file.as_deref(), &status).await;
+        tracing::info!(
+            apply_ms = applied.as_millis() as u64,
+            status_ms = (started.elapsed() - applied).as_millis() as u64,
+            "configuration applied and its status published"
+        );
+    }
+
+    /// Translates and applies `resources` and marks the gateway ready; returns the status
+    /// (unrendered, with the DNS resolution conditions).
+    async fn apply_config(
+        &mut self,
+        resources: &Resources,
+        mut diagnostics: Vec<String>,
+    ) -> StatusReport {
         let started = std::time::Instant::now();
         let translation = self.translator.translate_unrendered(resources);
         let translated = started.elapsed();
@@ -106,18 +133,15 @@ impl Runner {
         }
         self.admin.set_diagnostics(diagnostics);
         self.admin.set_ready();
-        let applied = started.elapsed();
+        tracing::info!(
+            translate_ms = translated.as_millis() as u64,
+            apply_ms = (started.elapsed() - translated).as_millis() as u64,
+            "configuration translated and applied"
+        );
         let mut status = translation.status;
         self.translator
             .resolution_status(&mut status, &self.gateway.dns_status());
-        status.render(resources);
-        self.publish(&status).await;
-        tracing::info!(
-            translate_ms = translated.as_millis() as u64,
-            apply_ms = (applied - translated).as_millis() as u64,
-            status_ms = (started.elapsed() - applied).as_millis() as u64,
-            "configuration translated, applied and its status published"
-        );
+        status
     }
 
     /// Runs the [`Runner::on_applied`] hook; called once a load's objects are dropped.
@@ -127,18 +151,52 @@ impl Runner {
         }
     }
 
-    /// Writes `status` to the status file (if any) and the admin endpoint.
-    async fn publish(&self, status: &StatusReport) {
-        let yaml = status.to_yaml();
-        if let Some(path) = &self.status_file {
-            // Write then rename, so readers never see half a file.
-            let tmp = path.with_extension("tmp");
-            let written = tokio::fs::write(&tmp, yaml.as_bytes()).await;
-            if let Err(e) = written.and(tokio::fs::rename(&tmp, path).await) {
-                tracing::error!(path = %path.display(), error = %e, "cannot write the status file");
-            }
+    /// Waits until the status of the previous apply is published.
+    async fn wait_published(&mut self) {
+        if let Some(task) = self.publishing.take() {
+            let _ = task.await;
         }
-        self.admin.set_status(yaml);
+    }
+
+    /// Renders and publishes `status` on a blocking thread once the previous status is
+    /// published, then drops `resources` and runs the [`Runner::on_applied`] hook. Returns at
+    /// once.
+    fn publish_later(&mut self, mut status: StatusReport, resources: Resources) {
+        let previous = self.publishing.take();
+        let admin = self.admin.clone();
+        let status_file = self.status_file.clone();
+        let hook = self.on_applied.clone();
+        self.publishing = Some(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            // Rendering and serialising take hundreds of milliseconds with 10,000 routes: not on
+            // a runtime worker that serves requests.
+            let rendered = tokio::task::spawn_blocking(move || {
+                status.render(&resources);
+                drop(resources);
+                status.to_yaml()
+            })
+            .await;
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            match rendered {
+                Ok(yaml) => {
+                    write_status_file(status_file.as_deref(), &yaml).await;
+                    let stored = tokio::task::spawn_blocking(move || admin.set_status(yaml));
+                    if let Err(e) = stored.await {
+                        tracing::error!(error = %e, "storing the status failed");
+                    }
+                    tracing::info!(
+                        status_ms = started.elapsed().as_millis() as u64,
+                        "configuration status published"
+                    );
+                }
+                Err(e) => tracing::error!(error = %e, "rendering the status failed"),
+            }
+            if let Some(hook) = hook {
+                hook();
+            }
+        }));
     }
 
     async fn reload(&mut self, source: &mut FileSource) {
@@ -147,12 +205,12 @@ impl Runner {
         tracing::info!(
             load_ms = started.elapsed().as_millis() as u64,
             objects = loaded.resources.len(),
+            parsed_documents = source.parsed_documents(),
             "configuration files read"
         );
         let diagnostics = loaded.diagnostics.iter().map(|d| d.to_string()).collect();
-        self.apply(&loaded.resources, diagnostics).await;
-        drop(loaded);
-        self.applied();
+        let status = self.apply_config(&loaded.resources, diagnostics).await;
+        self.publish_later(status, loaded.resources);
     }
 
     /// Applies `input`. Files: then re-applies on every change and on every DNS change (for the
@@ -162,6 +220,7 @@ impl Runner {
         match input {
             Input::Fixed(resources) => {
                 self.apply(&resources, Vec::new()).await;
+                drop(resources);
                 self.applied();
             }
             Input::Files(paths) => {
@@ -187,7 +246,10 @@ impl Runner {
                     tokio::select! {
                         change = changes.recv() => match change {
                             Some(()) => self.reload(&mut source).await,
-                            None => break,
+                            None => {
+                                self.wait_published().await;
+                                break;
+                            }
                         },
                         _ = dns_changed(&mut dns) => self.reload(&mut source).await,
                     }
@@ -201,5 +263,24 @@ impl Runner {
 async fn dns_changed(dns: &mut watch::Receiver<u64>) {
     if dns.changed().await.is_err() {
         std::future::pending::<()>().await;
+    }
+}
+
+/// Writes `status` to `status_file` (if any) and the admin endpoint.
+async fn publish(admin: &AdminState, status_file: Option<&std::path::Path>, status: &StatusReport) {
+    let yaml = status.to_yaml();
+    write_status_file(status_file, &yaml).await;
+    admin.set_status(yaml);
+}
+
+/// Writes `yaml` to `status_file`, if there is one.
+async fn write_status_file(status_file: Option<&std::path::Path>, yaml: &str) {
+    if let Some(path) = status_file {
+        // Write then rename, so readers never see half a file.
+        let tmp = path.with_extension("tmp");
+        let written = tokio::fs::write(&tmp, yaml.as_bytes()).await;
+        if let Err(e) = written.and(tokio::fs::rename(&tmp, path).await) {
+            tracing::error!(path = %path.display(), error = %e, "cannot write the status file");
+        }
     }
 }

@@ -195,7 +195,9 @@ async fn serves_reports_survives_bad_config_and_drains_on_sigterm() {
         Ok((404, _))
     ));
 
-    // Status: in the file and on the admin endpoint, with the bound address.
+    // Status: in the file and on the admin endpoint, with the bound address (published just
+    // after the configuration is applied).
+    eventually("the status file", || async { status_file.exists() }).await;
     let status = std::fs::read_to_string(&status_file).expect("status file");
     assert!(status.contains("kind: HTTPRoute"), "{status}");
     assert!(status.contains("reason: Programmed"), "{status}");
@@ -762,6 +764,10 @@ async fn normalises_paths_under_a_client_traffic_policy_from_yaml() {
         get(listener, host, "/public/a%2fb").await,
         Ok((200, "/public/a%2Fb".into()))
     );
+    eventually("the status file", || async {
+        std::fs::read_to_string(&status_file).is_ok_and(|s| s.contains("kind: ClientTrafficPolicy"))
+    })
+    .await;
     let status = std::fs::read_to_string(&status_file).expect("status file");
     assert!(status.contains("kind: ClientTrafficPolicy"), "{status}");
     assert!(status.contains("sectionName: http"), "{status}");
@@ -788,4 +794,107 @@ async fn normalises_paths_under_a_client_traffic_policy_from_yaml() {
         std::fs::read_to_string(&status_file).is_ok_and(|s| s.contains("reason: Invalid"))
     })
     .await;
+}
+
+/// `routes` HTTPRoutes in one file: route `r{i}` sends `PathPrefix /r{i}/` to `app`, except the
+/// one named in `moved`, which gets the other path given.
+fn many_routes(routes: usize, moved: Option<(usize, &str)>) -> String {
+    (0..routes)
+        .map(|i| {
+            let path = match moved {
+                Some((m, path)) if m == i => path.to_string(),
+                _ => format!("/r{i}/"),
+            };
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                 metadata: {{name: r{i}, namespace: default}}\nspec:\n  parentRefs: [{{name: gw}}]\n  \
+                 hostnames: [app.example.com]\n  rules:\n  - matches: [{{path: {{type: PathPrefix, value: {path}}}}}]\n    \
+                 backendRefs: [{{name: app, port: 8080}}]\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_route_edited_among_many_is_served_while_the_others_keep_serving() {
+    let backend = path_echo().await;
+    let dir = TempDir::new("file-gateway-edit");
+    let config = dir.0.join("config");
+    write(&config.join("base.yaml"), &resources(backend));
+    let routes_file = config.join("routes.yaml");
+    let count = 80;
+    write(&routes_file, &many_routes(count, None));
+    let listener: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let _gateway = Process(
+        Command::new(env!("CARGO_BIN_EXE_file-gateway"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--listener-port-map")
+            .arg(format!("80={}", listener.port()))
+            .arg("--admin")
+            .arg(admin.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start file-gateway"),
+    );
+    eventually("every route to serve", || async {
+        get(listener, "app.example.com", &format!("/r{}/x", count - 1)).await
+            == Ok((200, format!("/r{}/x", count - 1)))
+    })
+    .await;
+
+    // Requests to the routes that do not change, all along the edits.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut failures = Vec::new();
+            let mut requests = 0usize;
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i = (i + 1) % count;
+                if i == 7 {
+                    continue;
+                }
+                let path = format!("/r{i}/x");
+                let got = get(listener, "app.example.com", &path).await;
+                requests += 1;
+                if got != Ok((200, path.clone())) {
+                    failures.push((path, got));
+                }
+            }
+            (requests, failures)
+        })
+    };
+
+    // Route r7 moves to another path, then back: each edit is served, in place in the file.
+    for (round, path) in ["/seven/", "/r7/", "/seven-again/"].into_iter().enumerate() {
+        write(&routes_file, &many_routes(count, Some((7, path))));
+        let wanted = format!("{path}x");
+        eventually(&format!("edit {round} of r7 to be served"), || async {
+            get(listener, "app.example.com", &wanted).await == Ok((200, wanted.clone()))
+        })
+        .await;
+    }
+    assert!(matches!(
+        get(listener, "app.example.com", "/r7/x").await,
+        Ok((404, _))
+    ));
+    assert!(matches!(
+        get(listener, "app.example.com", "/seven/x").await,
+        Ok((404, _))
+    ));
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (requests, failures) = watcher.await.expect("load task");
+    assert!(requests > 0);
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} requests to unchanged routes failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
 }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use gateway_api::experimental::httproutes::HttpRoute;
 use gateway_api::gatewayclasses::GatewayClass;
@@ -219,32 +220,35 @@ pub struct Object<T> {
 /// A store of parsed objects, one map per kind, plus the input order and the diagnostics found
 /// while parsing.
 ///
+/// Objects are shared ([`Arc`]): cloning a store, or building the next one from a source that
+/// kept the unchanged objects of the last load ([`crate::source::FileSource`]), copies no object.
+///
 /// Build it with [`Resources::parse_yaml`] / [`Resources::add_yaml`], or from
 /// [`crate::source::FileSource::load`]; combine several with [`Resources::merge`]. When two
 /// documents define the same object, the later one wins and a [`Diagnostic`] is recorded.
 #[derive(Clone, Debug, Default)]
 pub struct Resources {
     /// GatewayClasses by name (empty namespace).
-    pub gateway_classes: BTreeMap<ObjectKey, Object<GatewayClass>>,
+    pub gateway_classes: BTreeMap<ObjectKey, Arc<Object<GatewayClass>>>,
     /// Gateways.
-    pub gateways: BTreeMap<ObjectKey, Object<Gateway>>,
+    pub gateways: BTreeMap<ObjectKey, Arc<Object<Gateway>>>,
     /// HTTPRoutes.
-    pub http_routes: BTreeMap<ObjectKey, Object<HttpRoute>>,
+    pub http_routes: BTreeMap<ObjectKey, Arc<Object<HttpRoute>>>,
     /// ReferenceGrants (v1 and v1beta1 share one schema).
-    pub reference_grants: BTreeMap<ObjectKey, Object<ReferenceGrant>>,
+    pub reference_grants: BTreeMap<ObjectKey, Arc<Object<ReferenceGrant>>>,
     /// Namespaces by name (empty namespace).
-    pub namespaces: BTreeMap<ObjectKey, Object<Namespace>>,
+    pub namespaces: BTreeMap<ObjectKey, Arc<Object<Namespace>>>,
     /// Services.
-    pub services: BTreeMap<ObjectKey, Object<Service>>,
+    pub services: BTreeMap<ObjectKey, Arc<Object<Service>>>,
     /// Secrets.
-    pub secrets: BTreeMap<ObjectKey, Object<Secret>>,
+    pub secrets: BTreeMap<ObjectKey, Arc<Object<Secret>>>,
     /// EndpointSlices.
-    pub endpoint_slices: BTreeMap<ObjectKey, Object<EndpointSlice>>,
+    pub endpoint_slices: BTreeMap<ObjectKey, Arc<Object<EndpointSlice>>>,
     /// XBackendTrafficPolicies.
-    pub backend_traffic_policies: BTreeMap<ObjectKey, Object<XBackendTrafficPolicy>>,
+    pub backend_traffic_policies: BTreeMap<ObjectKey, Arc<Object<XBackendTrafficPolicy>>>,
     /// Objects of every kind without a typed map above (ConfigMaps, custom filter objects,
     /// `DirectResponse`s, ...), as written (`object` and `raw` are the same document).
-    pub others: BTreeMap<GenericKey, Object<Value>>,
+    pub others: BTreeMap<GenericKey, Arc<Object<Value>>>,
     /// Problems found while parsing: unparseable documents, broken objects, duplicates.
     pub diagnostics: Vec<Diagnostic>,
     order: Vec<(Kind, ObjectKey)>,
@@ -328,108 +332,33 @@ impl Resources {
 
     fn try_add_value(
         &mut self,
-        mut value: Value,
-        origin: &str,
-        document: usize,
-    ) -> Result<(), DocumentError> {
-        use DocumentError::Invalid;
-        if !value.is_object() {
-            return Err(Invalid("document is not a mapping".into()));
-        }
-        // Read from a reference: the document is not copied.
-        let meta = TypeMeta::deserialize(&value)
-            .map_err(|e| Invalid(format!("cannot read apiVersion/kind: {e}")))?;
-        let api_version = meta
-            .api_version
-            .ok_or_else(|| Invalid("document has no apiVersion".into()))?;
-        let kind_name = meta
-            .kind
-            .ok_or_else(|| Invalid("document has no kind".into()))?;
-        let Some(kind) = Kind::from_type(&api_version, &kind_name) else {
-            return self.add_other(value, &api_version, kind_name, origin, document);
-        };
-        let name = value
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| Invalid(format!("{kind} has no metadata.name")))?
-            .to_string();
-        let namespace = if kind.namespaced() {
-            let ns = value
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .filter(|n| !n.is_empty())
-                .unwrap_or(DEFAULT_NAMESPACE)
-                .to_string();
-            if let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) {
-                metadata.insert("namespace".into(), Value::String(ns.clone()));
-            }
-            ns
-        } else {
-            String::new()
-        };
-        let key = ObjectKey::new(namespace, name);
-        let slot = Slot {
-            api_version,
-            raw: value,
-            origin: origin.to_string(),
-            document,
-        };
-        match kind {
-            Kind::GatewayClass => self.put(kind, key, parse::<GatewayClass>(kind, slot)?),
-            Kind::Gateway => self.put(kind, key, parse::<Gateway>(kind, slot)?),
-            Kind::HttpRoute => self.put(kind, key, parse::<HttpRoute>(kind, slot)?),
-            Kind::ReferenceGrant => self.put(kind, key, parse::<ReferenceGrant>(kind, slot)?),
-            Kind::Namespace => self.put(kind, key, parse::<Namespace>(kind, slot)?),
-            Kind::Service => self.put(kind, key, parse::<Service>(kind, slot)?),
-            Kind::Secret => self.put(kind, key, parse::<Secret>(kind, slot)?),
-            Kind::EndpointSlice => self.put(kind, key, parse::<EndpointSlice>(kind, slot)?),
-            Kind::XBackendTrafficPolicy => {
-                self.put(kind, key, parse::<XBackendTrafficPolicy>(kind, slot)?)
-            }
-        }
-        Ok(())
-    }
-
-    /// Keeps a document of a kind without a typed struct, as written.
-    fn add_other(
-        &mut self,
         value: Value,
-        api_version: &str,
-        kind: String,
         origin: &str,
         document: usize,
     ) -> Result<(), DocumentError> {
-        let name = value
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| DocumentError::Invalid(format!("{kind} has no metadata.name")))?
-            .to_string();
-        let namespace = value
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .unwrap_or(DEFAULT_NAMESPACE)
-            .to_string();
-        let group = api_version
-            .rsplit_once('/')
-            .map(|(g, _)| g)
-            .unwrap_or("")
-            .to_string();
-        let key = GenericKey::new(group, kind, namespace, name);
-        let object = Object {
-            object: value.clone(),
-            api_version: api_version.to_string(),
-            raw: value,
-            origin: origin.to_string(),
-            document,
-        };
-        self.put_other(key, object);
+        let entry = Entry::build(value, origin, document)?;
+        self.insert(entry);
         Ok(())
     }
 
-    fn put_other(&mut self, key: GenericKey, object: Object<Value>) {
+    /// Adds a built object (see [`Entry::build`]); a duplicate replaces the earlier one, with a
+    /// diagnostic.
+    pub(crate) fn insert(&mut self, entry: Entry) {
+        match entry {
+            Entry::GatewayClass(key, o) => self.put(Kind::GatewayClass, key, o),
+            Entry::Gateway(key, o) => self.put(Kind::Gateway, key, o),
+            Entry::HttpRoute(key, o) => self.put(Kind::HttpRoute, key, o),
+            Entry::ReferenceGrant(key, o) => self.put(Kind::ReferenceGrant, key, o),
+            Entry::Namespace(key, o) => self.put(Kind::Namespace, key, o),
+            Entry::Service(key, o) => self.put(Kind::Service, key, o),
+            Entry::Secret(key, o) => self.put(Kind::Secret, key, o),
+            Entry::EndpointSlice(key, o) => self.put(Kind::EndpointSlice, key, o),
+            Entry::XBackendTrafficPolicy(key, o) => self.put(Kind::XBackendTrafficPolicy, key, o),
+            Entry::Other(key, o) => self.put_other(key, o),
+        }
+    }
+
+    fn put_other(&mut self, key: GenericKey, object: Arc<Object<Value>>) {
         let (origin, document) = (object.origin.clone(), object.document);
         match self.others.insert(key.clone(), object) {
             Some(previous) => self.diagnostics.push(Diagnostic::document(
@@ -456,7 +385,7 @@ impl Resources {
         &self.other_order
     }
 
-    fn put<T>(&mut self, kind: Kind, key: ObjectKey, object: Object<T>)
+    fn put<T>(&mut self, kind: Kind, key: ObjectKey, object: Arc<Object<T>>)
     where
         Self: MapFor<T>,
     {
@@ -551,12 +480,173 @@ fn move_one<T>(
     into: &mut Resources,
     kind: Kind,
     key: ObjectKey,
-    from: &mut BTreeMap<ObjectKey, Object<T>>,
+    from: &mut BTreeMap<ObjectKey, Arc<Object<T>>>,
 ) where
     Resources: MapFor<T>,
 {
     if let Some(object) = from.remove(&key) {
         into.put(kind, key, object);
+    }
+}
+
+/// One document read into its object, ready to be added to a [`Resources`]. Built once per
+/// document text by [`crate::source::FileSource`], which keeps it for the next load while the
+/// document is unchanged.
+#[derive(Clone, Debug)]
+pub(crate) enum Entry {
+    GatewayClass(ObjectKey, Arc<Object<GatewayClass>>),
+    Gateway(ObjectKey, Arc<Object<Gateway>>),
+    HttpRoute(ObjectKey, Arc<Object<HttpRoute>>),
+    ReferenceGrant(ObjectKey, Arc<Object<ReferenceGrant>>),
+    Namespace(ObjectKey, Arc<Object<Namespace>>),
+    Service(ObjectKey, Arc<Object<Service>>),
+    Secret(ObjectKey, Arc<Object<Secret>>),
+    EndpointSlice(ObjectKey, Arc<Object<EndpointSlice>>),
+    XBackendTrafficPolicy(ObjectKey, Arc<Object<XBackendTrafficPolicy>>),
+    Other(GenericKey, Arc<Object<Value>>),
+}
+
+impl Entry {
+    /// Reads one parsed document into its typed object (namespace defaulted), or tells why it
+    /// cannot be (the message a [`Diagnostic`] carries).
+    pub(crate) fn build(
+        mut value: Value,
+        origin: &str,
+        document: usize,
+    ) -> Result<Entry, DocumentError> {
+        use DocumentError::Invalid;
+        if !value.is_object() {
+            return Err(Invalid("document is not a mapping".into()));
+        }
+        // Read from a reference: the document is not copied.
+        let meta = TypeMeta::deserialize(&value)
+            .map_err(|e| Invalid(format!("cannot read apiVersion/kind: {e}")))?;
+        let api_version = meta
+            .api_version
+            .ok_or_else(|| Invalid("document has no apiVersion".into()))?;
+        let kind_name = meta
+            .kind
+            .ok_or_else(|| Invalid("document has no kind".into()))?;
+        let Some(kind) = Kind::from_type(&api_version, &kind_name) else {
+            return Entry::other(value, &api_version, kind_name, origin, document);
+        };
+        let name = value
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| Invalid(format!("{kind} has no metadata.name")))?
+            .to_string();
+        let namespace = if kind.namespaced() {
+            let ns = value
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+                .unwrap_or(DEFAULT_NAMESPACE)
+                .to_string();
+            if let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+                metadata.insert("namespace".into(), Value::String(ns.clone()));
+            }
+            ns
+        } else {
+            String::new()
+        };
+        let key = ObjectKey::new(namespace, name);
+        let slot = Slot {
+            api_version,
+            raw: value,
+            origin: origin.to_string(),
+            document,
+        };
+        Ok(match kind {
+            Kind::GatewayClass => Entry::GatewayClass(key, parse(kind, slot)?),
+            Kind::Gateway => Entry::Gateway(key, parse(kind, slot)?),
+            Kind::HttpRoute => Entry::HttpRoute(key, parse(kind, slot)?),
+            Kind::ReferenceGrant => Entry::ReferenceGrant(key, parse(kind, slot)?),
+            Kind::Namespace => Entry::Namespace(key, parse(kind, slot)?),
+            Kind::Service => Entry::Service(key, parse(kind, slot)?),
+            Kind::Secret => Entry::Secret(key, parse(kind, slot)?),
+            Kind::EndpointSlice => Entry::EndpointSlice(key, parse(kind, slot)?),
+            Kind::XBackendTrafficPolicy => Entry::XBackendTrafficPolicy(key, parse(kind, slot)?),
+        })
+    }
+
+    /// The index of the document the object was read from.
+    pub(crate) fn document(&self) -> usize {
+        match self {
+            Entry::GatewayClass(_, o) => o.document,
+            Entry::Gateway(_, o) => o.document,
+            Entry::HttpRoute(_, o) => o.document,
+            Entry::ReferenceGrant(_, o) => o.document,
+            Entry::Namespace(_, o) => o.document,
+            Entry::Service(_, o) => o.document,
+            Entry::Secret(_, o) => o.document,
+            Entry::EndpointSlice(_, o) => o.document,
+            Entry::XBackendTrafficPolicy(_, o) => o.document,
+            Entry::Other(_, o) => o.document,
+        }
+    }
+
+    /// The same object as read from document `document` of its origin: shared when that is
+    /// where it was read, else a copy carrying the new position.
+    pub(crate) fn at_document(&self, document: usize) -> Entry {
+        fn moved<T: Clone>(o: &Arc<Object<T>>, document: usize) -> Arc<Object<T>> {
+            if o.document == document {
+                return o.clone();
+            }
+            let mut copy = Object::clone(o);
+            copy.document = document;
+            Arc::new(copy)
+        }
+        match self {
+            Entry::GatewayClass(k, o) => Entry::GatewayClass(k.clone(), moved(o, document)),
+            Entry::Gateway(k, o) => Entry::Gateway(k.clone(), moved(o, document)),
+            Entry::HttpRoute(k, o) => Entry::HttpRoute(k.clone(), moved(o, document)),
+            Entry::ReferenceGrant(k, o) => Entry::ReferenceGrant(k.clone(), moved(o, document)),
+            Entry::Namespace(k, o) => Entry::Namespace(k.clone(), moved(o, document)),
+            Entry::Service(k, o) => Entry::Service(k.clone(), moved(o, document)),
+            Entry::Secret(k, o) => Entry::Secret(k.clone(), moved(o, document)),
+            Entry::EndpointSlice(k, o) => Entry::EndpointSlice(k.clone(), moved(o, document)),
+            Entry::XBackendTrafficPolicy(k, o) => {
+                Entry::XBackendTrafficPolicy(k.clone(), moved(o, document))
+            }
+            Entry::Other(k, o) => Entry::Other(k.clone(), moved(o, document)),
+        }
+    }
+
+    /// Keeps a document of a kind without a typed struct, as written.
+    fn other(
+        value: Value,
+        api_version: &str,
+        kind: String,
+        origin: &str,
+        document: usize,
+    ) -> Result<Entry, DocumentError> {
+        let name = value
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| DocumentError::Invalid(format!("{kind} has no metadata.name")))?
+            .to_string();
+        let namespace = value
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .unwrap_or(DEFAULT_NAMESPACE)
+            .to_string();
+        let group = api_version
+            .rsplit_once('/')
+            .map(|(g, _)| g)
+            .unwrap_or("")
+            .to_string();
+        let key = GenericKey::new(group, kind, namespace, name);
+        let object = Object {
+            object: value.clone(),
+            api_version: api_version.to_string(),
+            raw: value,
+            origin: origin.to_string(),
+            document,
+        };
+        Ok(Entry::Other(key, Arc::new(object)))
     }
 }
 
@@ -571,7 +661,7 @@ struct Slot {
 /// Reads the typed object of `kind` from the document in `slot`, under the `apiVersion` of the
 /// typed struct (the document may use an older served version). The document is read in place
 /// (its `apiVersion` swapped for the read and put back), not copied.
-fn parse<T: DeserializeOwned>(kind: Kind, mut slot: Slot) -> Result<Object<T>, DocumentError> {
+fn parse<T: DeserializeOwned>(kind: Kind, mut slot: Slot) -> Result<Arc<Object<T>>, DocumentError> {
     let typed_version = Value::String(kind.typed_api_version().into());
     let written = slot
         .raw
@@ -582,24 +672,24 @@ fn parse<T: DeserializeOwned>(kind: Kind, mut slot: Slot) -> Result<Object<T>, D
         map.insert("apiVersion".into(), written);
     }
     let object = object.map_err(|e| DocumentError::Invalid(format!("invalid {kind}: {e}")))?;
-    Ok(Object {
+    Ok(Arc::new(Object {
         object,
         api_version: slot.api_version,
         raw: slot.raw,
         origin: slot.origin,
         document: slot.document,
-    })
+    }))
 }
 
 /// Access to the map holding objects of type `T`.
 trait MapFor<T> {
-    fn map_mut(&mut self) -> &mut BTreeMap<ObjectKey, Object<T>>;
+    fn map_mut(&mut self) -> &mut BTreeMap<ObjectKey, Arc<Object<T>>>;
 }
 
 macro_rules! map_for {
     ($ty:ty, $field:ident) => {
         impl MapFor<$ty> for Resources {
-            fn map_mut(&mut self) -> &mut BTreeMap<ObjectKey, Object<$ty>> {
+            fn map_mut(&mut self) -> &mut BTreeMap<ObjectKey, Arc<Object<$ty>>> {
                 &mut self.$field
             }
         }

@@ -3,6 +3,8 @@
 
 use serde_json::Value;
 
+use std::borrow::Cow;
+
 /// One document of a YAML stream: its index in the stream and its parse result.
 #[derive(Debug)]
 pub(crate) struct Document {
@@ -12,40 +14,81 @@ pub(crate) struct Document {
     pub value: Result<Option<Value>, String>,
 }
 
+/// The text of one document of a YAML stream, not parsed yet.
+#[derive(Debug)]
+pub(crate) struct Chunk<'a> {
+    /// Zero-based index of the document in its stream.
+    pub index: usize,
+    /// The document's text: a slice of the stream, unless the document starts on its `---` line.
+    pub text: Cow<'a, str>,
+}
+
 /// Splits `text` at document markers (`---` at the start of a line; `...` ends a document) and
 /// parses every document. A comment-only preamble before the first `---` is not a document.
 pub(crate) fn documents(text: &str) -> Vec<Document> {
-    let mut chunks: Vec<String> = vec![String::new()];
-    let mut ended = false;
-    for line in text.lines() {
+    split(text)
+        .into_iter()
+        .map(|chunk| Document {
+            index: chunk.index,
+            value: parse(&chunk.text),
+        })
+        .collect()
+}
+
+/// Splits `text` into its documents without parsing them (see [`documents`]). The chunks borrow
+/// from `text`: nothing is copied but a document that starts on its `---` line.
+pub(crate) fn split(text: &str) -> Vec<Chunk<'_>> {
+    /// Where the current document starts, and its first line when it is on the marker line.
+    struct Open<'a> {
+        head: Option<&'a str>,
+        start: usize,
+    }
+    /// Ends the open document at `end`.
+    fn close<'a>(text: &'a str, open: Open<'a>, end: usize, chunks: &mut Vec<Cow<'a, str>>) {
+        let body = &text[open.start..end];
+        chunks.push(match open.head {
+            None => Cow::Borrowed(body),
+            Some(head) => Cow::Owned(format!("{head}\n{body}")),
+        });
+    }
+    let mut chunks: Vec<Cow<'_, str>> = Vec::new();
+    let mut open = Some(Open {
+        head: None,
+        start: 0,
+    });
+    let mut offset = 0;
+    for raw in text.split_inclusive('\n') {
+        let line_start = offset;
+        offset += raw.len();
+        let line = raw.strip_suffix('\n').unwrap_or(raw);
+        let line = line.strip_suffix('\r').unwrap_or(line);
         if let Some(rest) = document_start(line) {
-            let mut chunk = String::new();
-            if !rest.trim().is_empty() {
-                chunk.push_str(rest);
-                chunk.push('\n');
+            if let Some(current) = open.take() {
+                close(text, current, line_start, &mut chunks);
             }
-            chunks.push(chunk);
-            ended = false;
-        } else if line.trim_end() == "..." {
-            ended = true;
-        } else if !ended && let Some(current) = chunks.last_mut() {
-            current.push_str(line);
-            current.push('\n');
+            open = Some(Open {
+                head: (!rest.trim().is_empty()).then_some(rest),
+                start: offset,
+            });
+        } else if line.trim_end() == "..."
+            && let Some(current) = open.take()
+        {
+            close(text, current, line_start, &mut chunks);
         }
     }
+    if let Some(current) = open.take() {
+        close(text, current, text.len(), &mut chunks);
+    }
+    // The text before the first marker is a document only when it holds more than comments.
     if chunks.len() > 1 && is_blank(&chunks[0]) {
         chunks.remove(0);
     }
     chunks
         .into_iter()
         .enumerate()
-        .map(|(index, chunk)| Document {
-            index,
-            value: parse(&chunk),
-        })
+        .map(|(index, text)| Chunk { index, text })
         .collect()
 }
-
 /// If `line` starts a document, the text after the marker.
 fn document_start(line: &str) -> Option<&str> {
     let rest = line.strip_prefix("---")?;
@@ -64,7 +107,8 @@ fn is_blank(chunk: &str) -> bool {
     })
 }
 
-fn parse(chunk: &str) -> Result<Option<Value>, String> {
+/// Parses one document; `Ok(None)` when it is empty (blank, comments only, or `null`).
+pub(crate) fn parse(chunk: &str) -> Result<Option<Value>, String> {
     if is_blank(chunk) {
         return Ok(None);
     }

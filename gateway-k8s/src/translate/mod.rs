@@ -240,6 +240,7 @@ impl Translator {
             .gateways
             .iter()
             .filter(|(_, g)| classes.contains(&g.object.spec.gateway_class_name))
+            .map(|(key, g)| (key, &**g))
             .collect();
         gateways.sort_by_key(|(key, g)| (created_seconds(&g.object.metadata), (*key).clone()));
 
