@@ -369,9 +369,10 @@ fn idle_secs(idle: Duration) -> u64 {
 /// HTTP/1.1 connection waiting forever) and the head deadline re-armed per request.
 ///
 /// Between requests the connection waits in [`GuardedStream::poll_next_request`], outside
-/// Pingora's request future: that future (several KiB) is boxed per request and freed when the
-/// response is done, so an idle keep-alive connection holds only this loop's small state, the
-/// stream structs and no buffer. A shutdown closes idle connections at once.
+/// Pingora's request future: that future (about 15 KB, with the session and its head buffer) is
+/// boxed per request by Pingora and freed when the response is done, so an idle keep-alive
+/// connection holds only this loop's small state, the stream structs and no buffer. A shutdown
+/// closes idle connections at once.
 pub(crate) async fn serve_h1(
     proxy: &Arc<HttpProxy<GatewayProxy>>,
     mut stream: Box<GuardedStream>,
@@ -421,7 +422,8 @@ pub(crate) async fn serve_h1(
             session.set_keepalive(Some(idle_secs(idle)));
         }
         first = false;
-        let reused = Box::pin(proxy.process_new_http(session, shutdown)).await;
+        // Pingora's request future is boxed by the method itself (an `async_trait` method).
+        let reused = proxy.process_new_http(session, shutdown).await;
         let Some((next, carried)) = reused.map(|r| r.consume()) else {
             return;
         };

@@ -817,12 +817,12 @@ async fn serve_connection(
         limits.header_read_timeout,
         started,
     ));
-    // HTTP/2 runs in its own box so that its large state is not part of every connection's
-    // future: an idle HTTP/1 connection then holds only a few hundred bytes (see `serve_h1`).
+    // Pingora's `process_new` boxes its own state (an `async_trait` method), so HTTP/2 does not
+    // size every connection's future either.
     if h2c {
-        Box::pin(proxy_h2c.process_new(stream, shutdown)).await;
+        proxy_h2c.process_new(stream, shutdown).await;
     } else if h2 {
-        Box::pin(proxy.process_new(stream, shutdown)).await;
+        proxy.process_new(stream, shutdown).await;
     } else {
         serve_h1(&proxy, stream, shutdown, limits.keepalive_idle_timeout).await;
     }
