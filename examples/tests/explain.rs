@@ -2,8 +2,9 @@
 //! `file-gateway explain` subcommand, both checked against where real requests through the
 //! same process go.
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -11,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 mod support;
 
-use support::{Process, TempDir, free_port};
+use support::{TempDir, file_gateway, free_port};
 
 /// A backend answering `body` to every request; stops with the test's runtime.
 async fn backend(body: &'static str) -> SocketAddr {
@@ -180,18 +181,10 @@ async fn admin_explain_agrees_with_traffic() {
     std::fs::write(&config, resources(app, api)).expect("write config");
     let listener: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let _gateway = Process(
-        Command::new(env!("CARGO_BIN_EXE_file-gateway"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--listener-port-map")
-            .arg(format!("80={}", listener.port()))
-            .arg("--admin")
-            .arg(admin.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start file-gateway"),
+    let _gateway = file_gateway(
+        &config,
+        listener,
+        [OsStr::new("--admin"), OsStr::new(&admin.to_string())],
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     while get(listener, "app.example.com", "/", &[]).await != Ok((200, "app".into())) {

@@ -2,9 +2,10 @@
 //! broken configuration that must not stop the last good one from serving, and SIGTERM draining
 //! an in-flight request before the process exits.
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 mod support;
 
-use support::{Process, TempDir, free_port};
+use support::{TempDir, file_gateway, free_port};
 
 /// A backend answering `backend-ok`; requests for `/slow` take 1.5 s.
 async fn backend() -> SocketAddr {
@@ -154,22 +155,17 @@ async fn serves_reports_survives_bad_config_and_drains_on_sigterm() {
     let listener: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
 
-    let mut gateway = Process(
-        Command::new(env!("CARGO_BIN_EXE_file-gateway"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--listener-port-map")
-            .arg(format!("80={}", listener.port()))
-            .arg("--admin")
-            .arg(admin.to_string())
-            .arg("--status-file")
-            .arg(&status_file)
-            .arg("--drain-seconds")
-            .arg("10")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start file-gateway"),
+    let mut gateway = file_gateway(
+        &config,
+        listener,
+        [
+            OsStr::new("--admin"),
+            OsStr::new(&admin.to_string()),
+            OsStr::new("--status-file"),
+            status_file.as_os_str(),
+            OsStr::new("--drain-seconds"),
+            OsStr::new("10"),
+        ],
     );
 
     // Ready once the first configuration is applied; then it routes.
@@ -327,26 +323,21 @@ async fn serves_metrics_and_writes_an_access_log() {
     let access_log = dir.0.join("access.log");
     let listener: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let _gateway = Process(
-        Command::new(env!("CARGO_BIN_EXE_file-gateway"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--listener-port-map")
-            .arg(format!("80={}", listener.port()))
-            .arg("--admin")
-            .arg(admin.to_string())
-            .arg("--access-log")
-            .arg(&access_log)
-            .arg("--access-log-fields")
-            .arg("method,path,response_code,route,backend")
+    let _gateway = file_gateway(
+        &config,
+        listener,
+        [
+            OsStr::new("--admin"),
+            OsStr::new(&admin.to_string()),
+            OsStr::new("--access-log"),
+            access_log.as_os_str(),
+            OsStr::new("--access-log-fields"),
+            OsStr::new("method,path,response_code,route,backend"),
             // One worker thread: the current-thread runtime a one-core gateway runs on (the
             // other tests run the default, multi-threaded on this machine's CPUs).
-            .arg("--workers")
-            .arg("1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start file-gateway"),
+            OsStr::new("--workers"),
+            OsStr::new("1"),
+        ],
     );
     eventually("the route to serve", || async {
         get(listener, "app.example.com", "/").await == Ok((200, "backend-ok".into()))
@@ -601,22 +592,17 @@ spec:
     let status_file = dir.0.join("status.yaml");
     let listener: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let _gateway = Process(
-        Command::new(env!("CARGO_BIN_EXE_file-gateway"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--listener-port-map")
-            .arg(format!("80={}", listener.port()))
-            .arg("--admin")
-            .arg(admin.to_string())
-            .arg("--status-file")
-            .arg(&status_file)
-            .arg("--dns-server")
-            .arg(dns.addr.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start file-gateway"),
+    let _gateway = file_gateway(
+        &config,
+        listener,
+        [
+            OsStr::new("--admin"),
+            OsStr::new(&admin.to_string()),
+            OsStr::new("--status-file"),
+            status_file.as_os_str(),
+            OsStr::new("--dns-server"),
+            OsStr::new(&dns.addr.to_string()),
+        ],
     );
     let status = || std::fs::read_to_string(&status_file).unwrap_or_default();
 
@@ -725,18 +711,10 @@ async fn normalises_paths_under_a_client_traffic_policy_from_yaml() {
     write(&config.join("policy.yaml"), &client_policy("KeepUnchanged"));
     let status_file = dir.0.join("status.yaml");
     let listener: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let _gateway = Process(
-        Command::new(env!("CARGO_BIN_EXE_file-gateway"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--listener-port-map")
-            .arg(format!("80={}", listener.port()))
-            .arg("--status-file")
-            .arg(&status_file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start file-gateway"),
+    let _gateway = file_gateway(
+        &config,
+        listener,
+        [OsStr::new("--status-file"), status_file.as_os_str()],
     );
     let host = "app.example.com";
     eventually("the route to serve", || async {
@@ -827,18 +805,10 @@ async fn one_route_edited_among_many_is_served_while_the_others_keep_serving() {
     write(&routes_file, &many_routes(count, None));
     let listener: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let _gateway = Process(
-        Command::new(env!("CARGO_BIN_EXE_file-gateway"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--listener-port-map")
-            .arg(format!("80={}", listener.port()))
-            .arg("--admin")
-            .arg(admin.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start file-gateway"),
+    let _gateway = file_gateway(
+        &config,
+        listener,
+        [OsStr::new("--admin"), OsStr::new(&admin.to_string())],
     );
     eventually("every route to serve", || async {
         get(listener, "app.example.com", &format!("/r{}/x", count - 1)).await

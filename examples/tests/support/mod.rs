@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::process::Child;
+use std::ffi::OsStr;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 /// A temporary directory (with a `config` subdirectory) removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -44,4 +46,26 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
+}
+
+/// Starts `file-gateway` on the configuration directory `config`, with the Gateways' port 80
+/// bound on `listener` and the further flags `args`; its output is discarded and the process is
+/// killed when the handle drops.
+pub fn file_gateway<I, A>(config: &Path, listener: SocketAddr, args: I) -> Process
+where
+    I: IntoIterator<Item = A>,
+    A: AsRef<OsStr>,
+{
+    Process(
+        Command::new(env!("CARGO_BIN_EXE_file-gateway"))
+            .arg("--config")
+            .arg(config)
+            .arg("--listener-port-map")
+            .arg(format!("80={}", listener.port()))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start file-gateway"),
+    )
 }
