@@ -8,11 +8,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 mod support;
 
-use support::{TempDir, file_gateway, free_port};
+use support::{TempDir, file_gateway, free_port, get};
 
 /// A backend answering `body` to every request; stops with the test's runtime.
 async fn backend(body: &'static str) -> SocketAddr {
@@ -40,43 +40,6 @@ async fn backend(body: &'static str) -> SocketAddr {
         }
     });
     addr
-}
-
-/// `GET target` with `Host: host` and `headers` on a new connection: status and body.
-async fn get(
-    addr: SocketAddr,
-    host: &str,
-    target: &str,
-    headers: &[(&str, &str)],
-) -> Result<(u16, String), String> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    let mut request = format!("GET {target} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n");
-    for (n, v) in headers {
-        request.push_str(&format!("{n}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .await
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status line in {text:?}"))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 fn resources(app: SocketAddr, api: SocketAddr) -> String {
