@@ -508,6 +508,64 @@ async fn upstream_connections_are_reused() {
     gw.shutdown(Duration::from_secs(1)).await;
 }
 
+/// The upstream pool keeps no task per idle connection (vendor/README.md): a connection the
+/// backend closes while it is pooled is still closed by the gateway, and the next request goes
+/// out on a new one.
+#[tokio::test]
+async fn a_pooled_connection_the_backend_closes_is_closed_and_replaced() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let backend = tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                // One request, one keep-alive answer; then, once the gateway has pooled the
+                // connection, the backend closes its side and waits for the gateway to close.
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if conn.write_all(answer).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let _ = conn.shutdown().await;
+                let eof = matches!(conn.read(&mut buf).await, Ok(0));
+                let _ = closed_tx.send(eof);
+            });
+        }
+    });
+    let port = free_port();
+    let gw = Gateway::new(FilterRegistry::new());
+    let route = Route::new("ns", "r")
+        .rule(Rule::prefix("/").backend(BackendRef::endpoints("b", vec![backend_addr])));
+    gw.apply(Config {
+        binds: vec![http_bind(port, vec![route])],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        assert_eq!(get(addr(port), "example.com", "/").await.status, 200);
+        let closed = tokio::time::timeout(Duration::from_secs(30), closed_rx.recv())
+            .await
+            .expect("the gateway did not close the connection the backend closed");
+        assert_eq!(closed, Some(true), "the gateway closed it without writing");
+    }
+    backend.abort();
+    gw.shutdown(Duration::from_secs(1)).await;
+}
+
 #[tokio::test]
 async fn malformed_requests_get_400_and_the_gateway_keeps_serving() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
