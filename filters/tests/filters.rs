@@ -1,0 +1,344 @@
+//! End-to-end tests of the ready-made filters through a real gateway on loopback: each kind
+//! referenced by `ExtensionRef` with its settings, and a `TrafficPolicy` combining them.
+
+// The loopback backend and HTTP client of gateway-core's own end-to-end tests.
+#[path = "../../gateway-core/tests/support/mod.rs"]
+mod support;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use gateway_core::config::*;
+use gateway_core::{FilterRegistry, Gateway};
+use serde_json::json;
+use support::*;
+
+const HOST: &str = "filters.test";
+
+fn route(name: &str, prefix: &str, backend: &TestBackend, filters: Vec<Filter>) -> Route {
+    let mut r = Route::new("test", name);
+    let mut rule = Rule::prefix(prefix);
+    rule.backends = vec![BackendRef::endpoints("b", vec![backend.addr])];
+    rule.filters = filters;
+    r.rules = vec![rule];
+    r
+}
+
+fn filter(kind: &str, name: &str, settings: serde_json::Value) -> Filter {
+    Filter::ExtensionRef(
+        ExtensionRef::new(gateway_filters::GROUP, kind, name).with_config(settings),
+    )
+}
+
+fn config(port: u16, routes: Vec<Route>) -> Config {
+    let mut listener = Listener::new("test/gw/http", 80);
+    listener.routes = routes;
+    Config {
+        binds: vec![Bind {
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            protocol: Protocol::Http,
+            listeners: vec![listener],
+        }],
+        ..Default::default()
+    }
+}
+
+async fn start(routes: Vec<Route>) -> (Gateway, SocketAddr) {
+    let mut registry = FilterRegistry::with_builtins();
+    gateway_filters::register(&mut registry);
+    let port = free_port();
+    let gw = Gateway::new(registry);
+    gw.apply(config(port, routes)).await.unwrap();
+    (gw, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+fn header<'r>(reply: &'r Reply, name: &str) -> &'r str {
+    reply.headers.get(name).map_or("", |v| v.to_str().unwrap())
+}
+
+#[tokio::test]
+async fn ip_access_by_connection_and_by_trusted_forwarded_for() {
+    let b = backend("b").await;
+    let (_gw, addr) = start(vec![
+        route(
+            "deny-loopback",
+            "/deny",
+            &b,
+            vec![filter("IPAccess", "a", json!({"deny": ["127.0.0.0/8"]}))],
+        ),
+        route(
+            "allow-loopback",
+            "/allow",
+            &b,
+            vec![filter("IPAccess", "b", json!({"allow": ["127.0.0.1"]}))],
+        ),
+        route(
+            "xff",
+            "/xff",
+            &b,
+            vec![filter(
+                "IPAccess",
+                "c",
+                json!({"deny": ["10.0.0.0/8"], "clientIP": {"xffTrustedHops": 1}}),
+            )],
+        ),
+    ])
+    .await;
+    assert_eq!(get(addr, HOST, "/deny").await.status, 403);
+    assert_eq!(get(addr, HOST, "/allow").await.status, 200);
+    // One trusted hop: the rightmost entry is the client.
+    let denied = get_with(
+        addr,
+        HOST,
+        "/xff",
+        &[("x-forwarded-for", "192.0.2.1, 10.1.2.3")],
+    )
+    .await;
+    assert_eq!(denied.status, 403);
+    let allowed = get_with(
+        addr,
+        HOST,
+        "/xff",
+        &[("x-forwarded-for", "10.1.2.3, 192.0.2.1")],
+    )
+    .await;
+    assert_eq!(allowed.status, 200);
+    // No header: the connection's address (loopback) is not denied.
+    assert_eq!(get(addr, HOST, "/xff").await.status, 200);
+}
+
+#[tokio::test]
+async fn request_limits_answer_413_and_431() {
+    let b = backend("b").await;
+    let (_gw, addr) = start(vec![route(
+        "limited",
+        "/",
+        &b,
+        vec![filter(
+            "RequestLimits",
+            "l",
+            json!({"maxBodyBytes": 16, "maxHeaders": 6}),
+        )],
+    )])
+    .await;
+    let (status, _, _) =
+        send_body(addr, "POST", HOST, "/", &[], Bytes::from_static(b"short")).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = send_body(addr, "POST", HOST, "/", &[], Bytes::from(vec![b'x'; 17])).await;
+    assert_eq!(status, 413, "Content-Length over the bound");
+    let chunked = [("transfer-encoding", "chunked")];
+    let (status, _, _) = send_body(
+        addr,
+        "POST",
+        HOST,
+        "/",
+        &chunked,
+        Bytes::from(vec![b'x'; 40]),
+    )
+    .await;
+    assert_eq!(status, 413, "chunked body over the bound");
+    let (status, _, body) = send_body(
+        addr,
+        "POST",
+        HOST,
+        "/",
+        &chunked,
+        Bytes::from_static(b"tiny"),
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "chunked body under the bound goes through: {body:?}"
+    );
+    let many: Vec<(String, String)> = (0..8)
+        .map(|i| (format!("x-h{i}"), "v".to_owned()))
+        .collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    assert_eq!(get_with(addr, HOST, "/", &many).await.status, 431);
+}
+
+#[tokio::test]
+async fn basic_auth_with_sha_and_bcrypt_users() {
+    let b = backend("b").await;
+    let bcrypted = bcrypt::hash("open sesame", 4).unwrap();
+    // {SHA} of "password" (htpasswd -s).
+    let htpasswd = format!("# users\nalice:{{SHA}}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\nbob:{bcrypted}\n");
+    let (_gw, addr) = start(vec![route(
+        "private",
+        "/",
+        &b,
+        vec![filter(
+            "BasicAuth",
+            "users",
+            json!({"htpasswd": htpasswd, "realm": "staff", "forwardUsernameHeader": "x-user"}),
+        )],
+    )])
+    .await;
+    let basic = |creds: &str| format!("Basic {}", base64_encode(creds));
+    let none = get(addr, HOST, "/").await;
+    assert_eq!(none.status, 401);
+    assert_eq!(header(&none, "www-authenticate"), "Basic realm=\"staff\"");
+    let wrong = get_with(addr, HOST, "/", &[("authorization", &basic("alice:nope"))]).await;
+    assert_eq!(wrong.status, 401);
+    let alice = get_with(
+        addr,
+        HOST,
+        "/",
+        &[
+            ("authorization", &basic("alice:password")),
+            ("x-user", "forged"),
+        ],
+    )
+    .await;
+    assert_eq!(alice.status, 200);
+    assert_eq!(alice.body["headers"]["x-user"], json!(["alice"]));
+    for _ in 0..2 {
+        // The second time the remembered digest answers, without bcrypt.
+        let bob = get_with(
+            addr,
+            HOST,
+            "/",
+            &[("authorization", &basic("bob:open sesame"))],
+        )
+        .await;
+        assert_eq!(bob.status, 200);
+        assert_eq!(bob.body["headers"]["x-user"], json!(["bob"]));
+    }
+    let bob_wrong = get_with(addr, HOST, "/", &[("authorization", &basic("bob:open"))]).await;
+    assert_eq!(bob_wrong.status, 401);
+}
+
+fn base64_encode(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test]
+async fn api_keys_from_header_query_and_cookie() {
+    let b = backend("b").await;
+    let settings = json!({
+        "keys": [{"client": "team-a", "key": "key-a"}, {"client": "team-b", "key": "key-b"}],
+        "extractFrom": [{"header": "x-api-key"}, {"query": "api_key"}, {"cookie": "apikey"}],
+        "forwardClientIDHeader": "x-client-id",
+        "sanitize": true,
+    });
+    let (_gw, addr) = start(vec![route(
+        "api",
+        "/",
+        &b,
+        vec![filter("APIKeyAuth", "keys", settings)],
+    )])
+    .await;
+    assert_eq!(get(addr, HOST, "/").await.status, 401);
+    assert_eq!(
+        get_with(addr, HOST, "/", &[("x-api-key", "nope")])
+            .await
+            .status,
+        401
+    );
+    let by_header = get_with(addr, HOST, "/", &[("x-api-key", "key-a")]).await;
+    assert_eq!(by_header.status, 200);
+    assert_eq!(by_header.body["headers"]["x-client-id"], json!(["team-a"]));
+    assert!(
+        by_header.body["headers"].get("x-api-key").is_none(),
+        "sanitized"
+    );
+    let by_query = get(addr, HOST, "/x?a=1&api_key=key-b&z=2").await;
+    assert_eq!(by_query.status, 200);
+    assert_eq!(by_query.body["path"], json!("/x?a=1&z=2"));
+    assert_eq!(by_query.body["headers"]["x-client-id"], json!(["team-b"]));
+    let by_cookie = get_with(addr, HOST, "/", &[("cookie", "theme=dark; apikey=key-a")]).await;
+    assert_eq!(by_cookie.status, 200);
+    assert_eq!(by_cookie.body["headers"]["cookie"], json!(["theme=dark"]));
+}
+
+#[tokio::test]
+async fn local_rate_limit_per_header_with_headers_and_state_kept_across_applies() {
+    let b = backend("b").await;
+    let limit = json!({"local": {"requests": 3, "unit": "Minute", "key": [{"header": "x-user"}]}});
+    let routes = |limit: &serde_json::Value| {
+        vec![route(
+            "limited",
+            "/",
+            &b,
+            vec![filter("RateLimit", "per-user", limit.clone())],
+        )]
+    };
+    let (gw, addr) = start(routes(&limit)).await;
+    let port = addr.port();
+    for remaining in ["2", "1", "0"] {
+        let r = get_with(addr, HOST, "/", &[("x-user", "a")]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(header(&r, "x-ratelimit-limit"), "3");
+        assert_eq!(header(&r, "x-ratelimit-remaining"), remaining);
+    }
+    let limited = get_with(addr, HOST, "/", &[("x-user", "a")]).await;
+    assert_eq!(limited.status, 429);
+    let retry: u64 = header(&limited, "retry-after").parse().unwrap();
+    assert!(
+        (1..=20).contains(&retry),
+        "one request refills in 20 s: {retry}"
+    );
+    assert_eq!(header(&limited, "x-ratelimit-remaining"), "0");
+    assert_eq!(
+        get_with(addr, HOST, "/", &[("x-user", "b")]).await.status,
+        200,
+        "other key"
+    );
+
+    // Applying the same settings again keeps the buckets.
+    gw.apply(config(port, routes(&limit))).await.unwrap();
+    assert_eq!(
+        get_with(addr, HOST, "/", &[("x-user", "a")]).await.status,
+        429
+    );
+    // Changed settings start afresh.
+    let bigger =
+        json!({"local": {"requests": 10, "unit": "Minute", "key": [{"header": "x-user"}]}});
+    gw.apply(config(port, routes(&bigger))).await.unwrap();
+    assert_eq!(
+        get_with(addr, HOST, "/", &[("x-user", "a")]).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn traffic_policy_runs_sections_in_order_and_bad_settings_fail_alone() {
+    let b = backend("b").await;
+    let policy = json!({
+        "ipAccess": {"allow": ["127.0.0.0/8"]},
+        "apiKeyAuth": {"keys": [{"client": "c", "key": "k"}]},
+        "rateLimit": {"local": {"requests": 2, "unit": "Hour", "key": ["route"]}},
+    });
+    let (_gw, addr) = start(vec![
+        route(
+            "policy",
+            "/p",
+            &b,
+            vec![filter("TrafficPolicy", "p", policy)],
+        ),
+        route(
+            "broken",
+            "/broken",
+            &b,
+            vec![filter(
+                "TrafficPolicy",
+                "bad",
+                json!({"rateLimit": {"local": {"requests": 0, "unit": "Second"}}}),
+            )],
+        ),
+        route("plain", "/plain", &b, vec![]),
+    ])
+    .await;
+    // Unauthenticated requests are refused before the rate limit counts them.
+    for _ in 0..5 {
+        assert_eq!(get(addr, HOST, "/p").await.status, 401);
+    }
+    let key = [("x-api-key", "k")];
+    assert_eq!(get_with(addr, HOST, "/p", &key).await.status, 200);
+    assert_eq!(get_with(addr, HOST, "/p", &key).await.status, 200);
+    assert_eq!(get_with(addr, HOST, "/p", &key).await.status, 429);
+    // Invalid settings: that rule answers 500, the others serve.
+    assert_eq!(get(addr, HOST, "/broken").await.status, 500);
+    assert_eq!(get(addr, HOST, "/plain").await.status, 200);
+}
