@@ -40,6 +40,7 @@ pub mod limits;
 pub mod policy;
 pub mod rate_limit;
 mod registry;
+mod request;
 mod respond;
 
 pub use error::SpecError;

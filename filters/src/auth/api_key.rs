@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::digest;
 use crate::SpecError;
+use crate::request::Location;
 use crate::respond::answer;
 
 /// The kind of [`APIKeyAuth`] objects.
@@ -74,16 +75,10 @@ pub enum KeySource {
     Cookie(String),
 }
 
-enum Source {
-    Header(HeaderName),
-    Query(String),
-    Cookie(String),
-}
-
 /// The `APIKeyAuth` filter, built from an [`ApiKeyAuthSpec`].
 pub struct ApiKeyAuthFilter {
     keys: HashMap<[u8; 32], String>,
-    sources: Vec<Source>,
+    sources: Vec<Location>,
     forward: Option<HeaderName>,
     sanitize: bool,
 }
@@ -126,14 +121,14 @@ impl ApiKeyAuthFilter {
         for (i, s) in spec.extract_from.iter().enumerate() {
             let field = format!("extractFrom[{i}]");
             sources.push(match s {
-                KeySource::Header(h) => Source::Header(header_name(&field, h)?),
-                KeySource::Query(q) if !q.is_empty() => Source::Query(q.clone()),
-                KeySource::Cookie(c) if !c.is_empty() => Source::Cookie(c.clone()),
+                KeySource::Header(h) => Location::Header(header_name(&field, h)?, None),
+                KeySource::Query(q) if !q.is_empty() => Location::Query(q.clone()),
+                KeySource::Cookie(c) if !c.is_empty() => Location::Cookie(c.clone()),
                 _ => return Err(SpecError::invalid(field, "the name is empty")),
             });
         }
         if sources.is_empty() {
-            sources.push(Source::Header(HeaderName::from_static("x-api-key")));
+            sources.push(Location::Header(HeaderName::from_static("x-api-key"), None));
         }
         let forward = spec
             .forward_client_id_header
@@ -149,103 +144,9 @@ impl ApiKeyAuthFilter {
     }
 
     /// The first source present in the request and the key it holds.
-    fn find<'s>(&'s self, session: &Session) -> Option<(&'s Source, String)> {
+    fn find(&self, session: &Session) -> Option<(&Location, String)> {
         let req = session.req_header();
-        self.sources.iter().find_map(|source| {
-            let key = match source {
-                Source::Header(h) => req.headers.get(h)?.to_str().ok()?.trim().to_owned(),
-                Source::Query(q) => query_pairs(req.uri.query()?)
-                    .find(|(n, _)| n == q)
-                    .map(|(_, v)| v)?,
-                Source::Cookie(c) => cookies(req)
-                    .find(|(n, _)| n == c)
-                    .map(|(_, v)| v.to_owned())?,
-            };
-            Some((source, key))
-        })
-    }
-}
-
-/// `name=value` pairs of a query string, percent-decoded (`+` as a space).
-fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    query.split('&').filter(|p| !p.is_empty()).map(|p| {
-        let (n, v) = p.split_once('=').unwrap_or((p, ""));
-        (decode(n), decode(v))
-    })
-}
-
-fn decode(s: &str) -> String {
-    fn hex(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).map(|d| d as u8)
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        let escaped = (b == b'%' && i + 2 < bytes.len())
-            .then(|| Some(hex(bytes[i + 1])? << 4 | hex(bytes[i + 2])?))
-            .flatten();
-        match (b, escaped) {
-            (_, Some(e)) => {
-                out.push(e);
-                i += 3;
-                continue;
-            }
-            (b'+', _) => out.push(b' '),
-            (b, _) => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The `name=value` cookies of every `Cookie` header line.
-fn cookies(req: &gateway_core::RequestHeader) -> impl Iterator<Item = (&str, &str)> {
-    req.headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|line| line.split(';'))
-        .filter_map(|c| {
-            let (n, v) = c.trim().split_once('=')?;
-            Some((n.trim(), v.trim().trim_matches('"')))
-        })
-}
-
-/// Removes the key from the request, as found at `source`.
-fn remove(session: &mut Session, source: &Source) {
-    let req = session.req_header_mut();
-    match source {
-        Source::Header(h) => {
-            req.remove_header(h);
-        }
-        Source::Query(q) => {
-            let Some(query) = req.uri.query() else { return };
-            let kept: Vec<&str> = query
-                .split('&')
-                .filter(|p| !p.is_empty() && decode(p.split_once('=').map_or(*p, |(n, _)| n)) != *q)
-                .collect();
-            let path = req.uri.path();
-            let target = if kept.is_empty() {
-                path.to_owned()
-            } else {
-                format!("{path}?{}", kept.join("&"))
-            };
-            if let Ok(uri) = target.parse::<http::Uri>() {
-                req.set_uri(uri);
-            }
-        }
-        Source::Cookie(c) => {
-            let kept: Vec<String> = cookies(req)
-                .filter(|(n, _)| n != c)
-                .map(|(n, v)| format!("{n}={v}"))
-                .collect();
-            req.remove_header(&http::header::COOKIE);
-            if !kept.is_empty() {
-                let _ = req.insert_header(http::header::COOKIE, kept.join("; "));
-            }
-        }
+        self.sources.iter().find_map(|s| Some((s, s.find(req)?)))
     }
 }
 
@@ -263,7 +164,7 @@ impl HttpFilter for ApiKeyAuthFilter {
             return Ok(answer(401, "unauthorized\n", Vec::new()));
         };
         if self.sanitize {
-            remove(session, source);
+            source.remove(session.req_header_mut());
         }
         if let Some(h) = &self.forward
             && session
@@ -280,21 +181,6 @@ impl HttpFilter for ApiKeyAuthFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn query_values_are_decoded() {
-        let pairs: Vec<_> = query_pairs("a=1&api_key=x%2By+z&&b").collect();
-        assert_eq!(
-            pairs,
-            vec![
-                ("a".into(), "1".into()),
-                ("api_key".into(), "x+y z".into()),
-                ("b".into(), String::new())
-            ]
-        );
-        assert_eq!(decode("%zz%4"), "%zz%4");
-        assert_eq!(decode("%41"), "A");
-    }
 
     #[test]
     fn spec_errors_name_the_field() {
