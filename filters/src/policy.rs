@@ -6,7 +6,8 @@
 //!
 //! 1. `ipAccess` ([`crate::access`]): who may connect at all;
 //! 2. `requestLimits` ([`crate::limits`]): header and body bounds;
-//! 3. `basicAuth`, then `apiKeyAuth` ([`crate::auth`]): every configured method must pass;
+//! 3. `jwt`, `basicAuth`, then `apiKeyAuth` ([`crate::auth`]): every configured method must
+//!    pass;
 //! 4. `rateLimit` ([`crate::rate_limit`]): counted only for requests that got this far, so
 //!    refused and unauthenticated requests do not spend the clients' budget.
 //!
@@ -29,6 +30,7 @@ use crate::SpecError;
 use crate::access::{IpAccessFilter, IpAccessSpec};
 use crate::auth::api_key::{ApiKeyAuthFilter, ApiKeyAuthSpec};
 use crate::auth::basic::{BasicAuthFilter, BasicAuthSpec};
+use crate::auth::jwt::{JwtAuthFilter, JwtAuthSpec};
 use crate::limits::{RequestLimitsFilter, RequestLimitsSpec};
 use crate::rate_limit::{RateLimitFilter, RateLimitSpec};
 
@@ -64,6 +66,9 @@ pub struct TrafficPolicySpec {
     /// See [`RequestLimitsSpec`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_limits: Option<RequestLimitsSpec>,
+    /// See [`JwtAuthSpec`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtAuthSpec>,
     /// See [`BasicAuthSpec`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic_auth: Option<BasicAuthSpec>,
@@ -147,6 +152,7 @@ impl PolicyFilter {
             spec.request_limits,
             RequestLimitsFilter::new,
         )?;
+        step(&mut steps, "jwt", spec.jwt, JwtAuthFilter::new)?;
         step(
             &mut steps,
             "basicAuth",

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::access::IpAccessFilter;
 use crate::auth::api_key::ApiKeyAuthFilter;
 use crate::auth::basic::BasicAuthFilter;
+use crate::auth::jwt::JwtAuthFilter;
 use crate::limits::RequestLimitsFilter;
 use crate::policy::PolicyFilter;
 use crate::rate_limit::RateLimitFilter;
@@ -88,6 +89,7 @@ pub fn register(registry: &mut FilterRegistry) -> Filters {
     }
     kind!(crate::access::KIND, IpAccessFilter::new);
     kind!(crate::limits::KIND, RequestLimitsFilter::new);
+    kind!(crate::auth::jwt::KIND, JwtAuthFilter::new);
     kind!(crate::auth::basic::KIND, BasicAuthFilter::new);
     kind!(crate::auth::api_key::KIND, ApiKeyAuthFilter::new);
     kind!(crate::rate_limit::KIND, RateLimitFilter::new);

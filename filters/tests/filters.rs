@@ -342,3 +342,220 @@ async fn traffic_policy_runs_sections_in_order_and_bad_settings_fail_alone() {
     assert_eq!(get(addr, HOST, "/broken").await.status, 500);
     assert_eq!(get(addr, HOST, "/plain").await.status, 200);
 }
+
+mod jwt {
+    use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const SECRET: &[u8] = b"secret-secret-secret-secret-secret";
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn hs256(claims: serde_json::Value) -> String {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("k1".into());
+        encode(&header, &claims, &EncodingKey::from_secret(SECRET).unwrap()).unwrap()
+    }
+
+    fn bearer(token: &str) -> String {
+        format!("Bearer {token}")
+    }
+
+    #[tokio::test]
+    async fn inline_keys_check_signature_expiry_issuer_audience_and_copy_claims() {
+        let b = backend("b").await;
+        let jwks = json!({"keys": [{"kty": "oct", "kid": "k1", "alg": "HS256", "k": URL_SAFE_NO_PAD.encode(SECRET)}]});
+        let settings = json!({"providers": [{
+            "name": "corp",
+            "issuer": "https://issuer.test",
+            "audiences": ["api"],
+            "jwks": {"inline": jwks.to_string()},
+            "claimToHeaders": [{"claim": "sub", "header": "x-sub"}, {"claim": "org.tier", "header": "x-tier"}],
+        }]});
+        let (_gw, addr) = start(vec![route(
+            "jwt",
+            "/",
+            &b,
+            vec![filter("JWTAuth", "corp", settings)],
+        )])
+        .await;
+        let good = hs256(
+            json!({"sub": "u-1", "iss": "https://issuer.test", "aud": "api", "exp": now() + 600, "org": {"tier": 2}}),
+        );
+
+        let ok = get_with(
+            addr,
+            HOST,
+            "/",
+            &[("authorization", &bearer(&good)), ("x-sub", "forged")],
+        )
+        .await;
+        assert_eq!(ok.status, 200);
+        assert_eq!(ok.body["headers"]["x-sub"], json!(["u-1"]));
+        assert_eq!(ok.body["headers"]["x-tier"], json!(["2"]));
+        assert!(
+            ok.body["headers"].get("authorization").is_none(),
+            "the token is not forwarded"
+        );
+
+        let none = get(addr, HOST, "/").await;
+        assert_eq!(none.status, 401);
+        assert_eq!(header(&none, "www-authenticate"), "Bearer");
+        let refused = |claims: serde_json::Value| hs256(claims);
+        for (what, token) in [
+            (
+                "expired",
+                refused(json!({"iss": "https://issuer.test", "aud": "api", "exp": now() - 3600})),
+            ),
+            (
+                "other issuer",
+                refused(json!({"iss": "https://evil.test", "aud": "api", "exp": now() + 600})),
+            ),
+            (
+                "other audience",
+                refused(json!({"iss": "https://issuer.test", "aud": "web", "exp": now() + 600})),
+            ),
+            (
+                "not yet valid",
+                refused(json!({"iss": "https://issuer.test", "aud": "api", "nbf": now() + 3600})),
+            ),
+            ("bad signature", format!("{}x", &good[..good.len() - 1])),
+            ("garbage", "not.a.token".to_owned()),
+        ] {
+            let r = get_with(addr, HOST, "/", &[("authorization", &bearer(&token))]).await;
+            assert_eq!(r.status, 401, "{what}");
+            assert_eq!(
+                header(&r, "www-authenticate"),
+                "Bearer error=\"invalid_token\"",
+                "{what}"
+            );
+        }
+    }
+
+    /// A JWKS server on loopback counting its fetches.
+    async fn jwks_server(jwks: serde_json::Value) -> (TestBackend, Arc<AtomicUsize>) {
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let counter = fetches.clone();
+        let body = jwks.to_string();
+        let server = serve(move |_req: http::Request<hyper::body::Incoming>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let body = body.clone();
+            async move {
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    Bytes::from(body),
+                )))
+            }
+        })
+        .await;
+        (server, fetches)
+    }
+
+    #[tokio::test]
+    async fn remote_keys_are_fetched_on_first_use_and_again_for_an_unknown_kid() {
+        let b = backend("b").await;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let point = key.public_key_raw();
+        let (x, y) = (&point[1..33], &point[33..65]);
+        let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "ec1", "alg": "ES256", "use": "sig",
+            "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y)}]});
+        let (server, fetches) = jwks_server(jwks).await;
+        let settings = json!({"providers": [{
+            "name": "remote",
+            "jwks": {"remote": {"uri": format!("http://{}/keys", server.addr), "cacheDurationSeconds": 3600}},
+            "extractFrom": [{"query": "access_token"}],
+            "forwardToken": true,
+        }]});
+        let (_gw, addr) = start(vec![route(
+            "jwt",
+            "/",
+            &b,
+            vec![filter("JWTAuth", "remote", settings)],
+        )])
+        .await;
+        assert_eq!(
+            fetches.load(Ordering::SeqCst),
+            0,
+            "nothing is fetched before a request needs it"
+        );
+        let signing = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+        let token = |kid: &str| {
+            let mut h = Header::new(Algorithm::ES256);
+            h.kid = Some(kid.into());
+            encode(&h, &json!({"sub": "s", "exp": now() + 600}), &signing).unwrap()
+        };
+        let ok = get(addr, HOST, &format!("/p?access_token={}", token("ec1"))).await;
+        assert_eq!(ok.status, 200);
+        assert!(
+            ok.body["path"].as_str().unwrap().contains("access_token="),
+            "forwardToken keeps it"
+        );
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        // A second request uses the cached keys.
+        assert_eq!(
+            get(addr, HOST, &format!("/p?access_token={}", token("ec1")))
+                .await
+                .status,
+            200
+        );
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        // An unknown kid is refused and asks for an early fetch.
+        assert_eq!(
+            get(addr, HOST, &format!("/p?access_token={}", token("rotated")))
+                .await
+                .status,
+            401
+        );
+        let mut refetched = false;
+        for _ in 0..100 {
+            if fetches.load(Ordering::SeqCst) >= 2 {
+                refetched = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(refetched, "an unknown kid triggers a fetch");
+    }
+
+    #[tokio::test]
+    async fn unreachable_jwks_answers_401_and_optional_lets_tokenless_requests_through() {
+        let b = backend("b").await;
+        let closed = free_port();
+        let settings = json!({
+            "optional": true,
+            "providers": [{"name": "down", "jwks": {"remote": {"uri": format!("http://127.0.0.1:{closed}/keys"), "timeoutMs": 300}}}],
+        });
+        let (_gw, addr) = start(vec![route(
+            "jwt",
+            "/",
+            &b,
+            vec![filter("JWTAuth", "down", settings)],
+        )])
+        .await;
+        assert_eq!(
+            get(addr, HOST, "/").await.status,
+            200,
+            "optional: no token passes"
+        );
+        let auth = bearer(&hs256(json!({"sub": "x"})));
+        let (status, _, body) = send_body(
+            addr,
+            "GET",
+            HOST,
+            "/",
+            &[("authorization", &auth)],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(status, 401);
+        assert_eq!(body, "jwks unavailable\n");
+    }
+}

@@ -1,4 +1,5 @@
-//! Authentication filters: [`basic`] (htpasswd users) and [`api_key`] (API keys).
+//! Authentication filters: [`jwt`] (JSON Web Tokens), [`basic`] (htpasswd users) and
+//! [`api_key`] (API keys).
 //!
 //! Each answers 401 when the request carries no valid credential, and can pass who the client
 //! is to the backend in a header of your choice. Credentials compare by SHA-256 digest in constant
@@ -6,6 +7,7 @@
 
 pub mod api_key;
 pub mod basic;
+pub mod jwt;
 
 use sha2::{Digest, Sha256};
 
