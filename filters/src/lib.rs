@@ -25,6 +25,7 @@
 //! | `BasicAuth` | [`auth::basic`] | htpasswd users (bcrypt, `{SHA}`): 401 with `WWW-Authenticate` |
 //! | `APIKeyAuth` | [`auth::api_key`] | API keys from headers, query parameters or cookies: 401 |
 //! | `RateLimit` | [`rate_limit`] | local GCRA limits keyed by client, header and route: 429 with `Retry-After` |
+//! | `Compression` | [`compression`] | gzip, brotli and zstd by `Accept-Encoding`, minimum size and media types |
 //! | `TrafficPolicy` | [`policy`] | any of the above in one object, run in a fixed order |
 //!
 //! Filters are built once per configuration and shared by every request of the rules that use
@@ -36,6 +37,7 @@
 pub mod access;
 pub mod auth;
 pub mod client_ip;
+pub mod compression;
 mod error;
 pub mod limits;
 pub mod policy;

@@ -9,7 +9,8 @@
 //! 3. `jwt`, `basicAuth`, then `apiKeyAuth` ([`crate::auth`]): every configured method must
 //!    pass;
 //! 4. `rateLimit` ([`crate::rate_limit`]): counted only for requests that got this far, so
-//!    refused and unauthenticated requests do not spend the clients' budget.
+//!    refused and unauthenticated requests do not spend the clients' budget;
+//! 5. `compression` ([`crate::compression`]): on the response.
 //!
 //! The first section that answers ends the request; the response hooks of every section run.
 //! `targetRefs` and `targetSelectors` are read by the configuration source, which turns an
@@ -31,6 +32,7 @@ use crate::access::{IpAccessFilter, IpAccessSpec};
 use crate::auth::api_key::{ApiKeyAuthFilter, ApiKeyAuthSpec};
 use crate::auth::basic::{BasicAuthFilter, BasicAuthSpec};
 use crate::auth::jwt::{JwtAuthFilter, JwtAuthSpec};
+use crate::compression::{CompressionFilter, CompressionSpec};
 use crate::limits::{RequestLimitsFilter, RequestLimitsSpec};
 use crate::rate_limit::{RateLimitFilter, RateLimitSpec};
 
@@ -78,6 +80,9 @@ pub struct TrafficPolicySpec {
     /// See [`RateLimitSpec`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSpec>,
+    /// See [`CompressionSpec`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<CompressionSpec>,
 }
 
 /// A target of a policy by name (`LocalPolicyTargetReferenceWithSectionName`).
@@ -170,6 +175,12 @@ impl PolicyFilter {
             "rateLimit",
             spec.rate_limit,
             RateLimitFilter::new,
+        )?;
+        step(
+            &mut steps,
+            "compression",
+            spec.compression,
+            CompressionFilter::new,
         )?;
         if steps.is_empty() {
             return Err(SpecError::invalid("spec", "sets no filter section"));

@@ -12,6 +12,7 @@ use crate::access::IpAccessFilter;
 use crate::auth::api_key::ApiKeyAuthFilter;
 use crate::auth::basic::BasicAuthFilter;
 use crate::auth::jwt::JwtAuthFilter;
+use crate::compression::CompressionFilter;
 use crate::limits::RequestLimitsFilter;
 use crate::policy::PolicyFilter;
 use crate::rate_limit::RateLimitFilter;
@@ -93,6 +94,7 @@ pub fn register(registry: &mut FilterRegistry) -> Filters {
     kind!(crate::auth::basic::KIND, BasicAuthFilter::new);
     kind!(crate::auth::api_key::KIND, ApiKeyAuthFilter::new);
     kind!(crate::rate_limit::KIND, RateLimitFilter::new);
+    kind!(crate::compression::KIND, CompressionFilter::new);
     kind!(crate::policy::KIND, PolicyFilter::new);
     filters
 }

@@ -559,3 +559,155 @@ mod jwt {
         assert_eq!(body, "jwks unavailable\n");
     }
 }
+
+mod compression {
+    use super::*;
+
+    /// A backend answering `/text` with 100 KB of text (with an ETag), `/small` with 100 bytes,
+    /// `/image` with 100 KB of `image/png`, `/zipped` with a gzip-encoded body.
+    async fn text_backend() -> TestBackend {
+        serve(|req: http::Request<hyper::body::Incoming>| async move {
+            let (ct, body, extra): (&str, Vec<u8>, Option<(&str, &str)>) = match req.uri().path() {
+                "/text" => (
+                    "text/plain; charset=utf-8",
+                    b"hello compression ".repeat(6000),
+                    Some(("etag", "\"v1\"")),
+                ),
+                "/small" => ("text/plain", vec![b'a'; 100], None),
+                "/image" => ("image/png", vec![7u8; 100_000], None),
+                _ => (
+                    "text/plain",
+                    b"already".repeat(500),
+                    Some(("content-encoding", "gzip")),
+                ),
+            };
+            let mut resp = http::Response::new(http_body_util::Full::new(Bytes::from(body)));
+            resp.headers_mut()
+                .insert("content-type", ct.parse().unwrap());
+            if let Some((n, v)) = extra {
+                resp.headers_mut().insert(n, v.parse().unwrap());
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        })
+        .await
+    }
+
+    fn decode(encoding: &str, body: &[u8]) -> Vec<u8> {
+        match encoding {
+            "gzip" => {
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(body), &mut out)
+                    .unwrap();
+                out
+            }
+            "br" => {
+                let mut out = Vec::new();
+                brotli::BrotliDecompress(&mut &body[..], &mut out).unwrap();
+                out
+            }
+            "zstd" => zstd::decode_all(body).unwrap(),
+            other => panic!("unexpected encoding {other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn negotiates_compresses_and_leaves_what_it_should_alone() {
+        let b = text_backend().await;
+        let (_gw, addr) = start(vec![route(
+            "c",
+            "/",
+            &b,
+            vec![filter("Compression", "c", json!({}))],
+        )])
+        .await;
+        let expected = b"hello compression ".repeat(6000);
+        for (accept, encoding) in [
+            ("gzip", "gzip"),
+            ("gzip, br", "br"),
+            ("gzip, br, zstd", "zstd"),
+            ("br;q=0, gzip", "gzip"),
+        ] {
+            let (status, headers, body) = send_body(
+                addr,
+                "GET",
+                HOST,
+                "/text",
+                &[("accept-encoding", accept)],
+                Bytes::new(),
+            )
+            .await;
+            assert_eq!(status, 200);
+            assert_eq!(headers["content-encoding"], encoding, "{accept}");
+            assert_eq!(headers["vary"], "accept-encoding");
+            assert_eq!(headers["etag"], "W/\"v1\"");
+            assert!(headers.get("content-length").is_none());
+            assert!(
+                body.len() < expected.len() / 10,
+                "{encoding}: {} bytes",
+                body.len()
+            );
+            let decoded = decode(encoding, &body);
+            assert!(
+                decoded == expected,
+                "{encoding}: decoded {} bytes, sent {}",
+                decoded.len(),
+                expected.len()
+            );
+        }
+        for (path, accept, why) in [
+            ("/text", "identity", "not accepted"),
+            ("/small", "gzip", "below minBytes"),
+            ("/image", "gzip", "not a listed media type"),
+            ("/zipped", "br", "already encoded"),
+        ] {
+            let (status, headers, _) = send_body(
+                addr,
+                "GET",
+                HOST,
+                path,
+                &[("accept-encoding", accept)],
+                Bytes::new(),
+            )
+            .await;
+            assert_eq!(status, 200);
+            let ce = headers.get("content-encoding").map(|v| v.to_str().unwrap());
+            assert!(
+                ce.is_none() || ce == Some("gzip") && path == "/zipped",
+                "{why}: {ce:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn gateway_made_responses_are_compressed_whole() {
+        let b = backend("b").await;
+        let text = "direct ".repeat(1000);
+        let direct = Filter::ExtensionRef(
+            ExtensionRef::new(gateway_core::filter::DIRECT_RESPONSE_GROUP, gateway_core::filter::DIRECT_RESPONSE_KIND, "d")
+                .with_config(json!({"status": 200, "headers": [{"name": "content-type", "value": "text/html"}], "body": text})),
+        );
+        let (_gw, addr) = start(vec![route(
+            "d",
+            "/",
+            &b,
+            vec![
+                filter("Compression", "c", json!({"algorithms": ["gzip"]})),
+                direct,
+            ],
+        )])
+        .await;
+        let (status, headers, body) = send_body(
+            addr,
+            "GET",
+            HOST,
+            "/",
+            &[("accept-encoding", "gzip")],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(headers["content-encoding"], "gzip");
+        assert_eq!(headers["content-length"], body.len().to_string().as_str());
+        assert!(decode("gzip", &body) == text.as_bytes());
+    }
+}
