@@ -9,7 +9,7 @@
 //! * from YAML, by a `TrafficPolicy` whose `targetRefs` attach it to a Gateway, a listener, an
 //!   HTTPRoute or one rule (policy attachment; the configuration source turns it into the same
 //!   `ExtensionRef`);
-//! * from Rust, by building the filter from its spec ([`rate_limit::LocalRateLimit::new`] and
+//! * from Rust, by building the filter from its spec ([`rate_limit::RateLimitFilter::new`] and
 //!   so on) and registering it, or by [`register`]ing the factories and referencing them with
 //!   [`gateway_core::config::ExtensionRef::with_config`].
 //!
@@ -24,7 +24,7 @@
 //! | `JWTAuth` | [`auth::jwt`] | JSON Web Tokens against inline, file or remote JWKS: 401 with `WWW-Authenticate` |
 //! | `BasicAuth` | [`auth::basic`] | htpasswd users (bcrypt, `{SHA}`): 401 with `WWW-Authenticate` |
 //! | `APIKeyAuth` | [`auth::api_key`] | API keys from headers, query parameters or cookies: 401 |
-//! | `RateLimit` | [`rate_limit`] | local GCRA limits keyed by client, header and route: 429 with `Retry-After` |
+//! | `RateLimit` | [`rate_limit`] | local GCRA and global Redis limits keyed by client, header and route: 429 with `Retry-After` |
 //! | `Compression` | [`compression`] | gzip, brotli and zstd by `Accept-Encoding`, minimum size and media types |
 //! | `TrafficPolicy` | [`policy`] | any of the above in one object, run in a fixed order |
 //!

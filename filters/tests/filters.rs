@@ -711,3 +711,126 @@ mod compression {
         assert!(decode("gzip", &body) == text.as_bytes());
     }
 }
+
+mod global_rate_limit {
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+
+    /// A `redis-server` on a free loopback port, stopped on drop. `.ci/run` installs it.
+    struct Redis {
+        child: Child,
+        port: u16,
+    }
+
+    impl Drop for Redis {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    async fn redis() -> Redis {
+        let port = free_port();
+        let redis = Redis {
+            child: Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (.ci/run installs it)"),
+            port,
+        };
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return redis;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    fn limited(b: &TestBackend, redis_port: u16, failure: &str) -> Vec<Route> {
+        let limit = json!({"global": {
+            "requests": 3, "unit": "Minute", "key": [{"header": "x-user"}],
+            "redis": {"url": format!("redis://127.0.0.1:{redis_port}")},
+            "failureMode": failure, "timeoutMs": 500,
+        }});
+        vec![route(
+            "limited",
+            "/",
+            b,
+            vec![filter("RateLimit", "shared", limit)],
+        )]
+    }
+
+    #[tokio::test]
+    async fn replicas_share_one_budget_through_redis() {
+        let redis = redis().await;
+        let b = backend("b").await;
+        // Counters are per minute window: start well inside one, so all four requests share it.
+        let into_minute = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            % 60_000;
+        if into_minute > 50_000 {
+            tokio::time::sleep(std::time::Duration::from_millis(
+                60_500 - into_minute as u64,
+            ))
+            .await;
+        }
+        // Two gateways: two replicas with the same policy.
+        let (_a, a) = start(limited(&b, redis.port, "FailOpen")).await;
+        let (_b, bb) = start(limited(&b, redis.port, "FailOpen")).await;
+        let user = [("x-user", "u1")];
+        let first = get_with(a, HOST, "/", &user).await;
+        assert_eq!(first.status, 200);
+        assert_eq!(header(&first, "x-ratelimit-limit"), "3");
+        assert_eq!(header(&first, "x-ratelimit-remaining"), "2");
+        assert_eq!(get_with(bb, HOST, "/", &user).await.status, 200);
+        assert_eq!(get_with(a, HOST, "/", &user).await.status, 200);
+        let over = get_with(bb, HOST, "/", &user).await;
+        assert_eq!(over.status, 429, "the fourth request across both replicas");
+        let retry: u64 = header(&over, "retry-after").parse().unwrap();
+        assert!(
+            (1..=60).contains(&retry),
+            "within the minute window: {retry}"
+        );
+        assert_eq!(
+            get_with(a, HOST, "/", &[("x-user", "u2")]).await.status,
+            200,
+            "other key"
+        );
+    }
+
+    #[tokio::test]
+    async fn redis_down_fails_open_or_closed_as_configured() {
+        let b = backend("b").await;
+        let closed = free_port();
+        let (_o, open) = start(limited(&b, closed, "FailOpen")).await;
+        let (_c, shut) = start(limited(&b, closed, "FailClosed")).await;
+        for _ in 0..4 {
+            let r = get_with(open, HOST, "/", &[("x-user", "u")]).await;
+            assert_eq!(r.status, 200);
+            assert!(
+                r.headers.get("x-ratelimit-limit").is_none(),
+                "no numbers without Redis"
+            );
+        }
+        assert_eq!(
+            get_with(shut, HOST, "/", &[("x-user", "u")]).await.status,
+            503
+        );
+    }
+}

@@ -8,27 +8,33 @@
 //! that matched. A filter object attached to many routes shares its buckets among them unless
 //! the key has `route`.
 //!
-//! Runs in `request_headers`. A request over the limit is answered 429 with `Retry-After` (whole
+//! `global` limits count in Redis, shared by every replica that points at the same server: a
+//! fixed window of `requests` per `unit` per key (one `INCR` per request, the counter expiring with
+//! its window, as Envoy's rate limit service counts). Each check waits for Redis at most
+//! `timeoutMs` (default 100); when Redis cannot answer, `failureMode` decides: `FailOpen` (the
+//! default) lets the request through, `FailClosed` answers 503. See [`global`].
+//!
+//! Runs in `request_headers`, local limit first. A request over a limit is answered 429 with `Retry-After` (whole
 //! seconds until a request would pass) and `X-RateLimit-Limit`, `X-RateLimit-Remaining`,
 //! `X-RateLimit-Reset`; a request that passes gets the same three headers on its response
-//! (unless `headers: false`). `X-RateLimit-Limit` is the burst, `X-RateLimit-Remaining` the
-//! requests still allowed at once, `X-RateLimit-Reset` the seconds until the bucket is full again.
+//! (unless `headers: false`; with both limits, the one with fewer requests remaining).
+//! `X-RateLimit-Limit` is the burst (local) or `requests` (global), `X-RateLimit-Remaining` the
+//! requests still allowed at once, `X-RateLimit-Reset` the seconds until the bucket is full again
+//! (local) or the window ends (global).
 //!
 //! Buckets live in a sharded map (the `governor` crate); a bucket back to full is dropped every
 //! 4,096 requests, so memory follows the keys active within one `unit`, about 60 bytes each.
 //! Buckets are kept when a configuration is applied with the same settings (see
 //! [`crate::Filters`]).
 
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
-use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+pub mod global;
+mod local;
+
+use std::fmt::Write as _;
+use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use gateway_core::{FilterAction, FilterCtx, HttpFilter, ResponseHeader, Session, async_trait};
-use governor::clock::{Clock, DefaultClock};
-use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DashMapStateStore;
-use governor::{Quota, RateLimiter};
 use http::HeaderName;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -57,6 +63,9 @@ pub struct RateLimitSpec {
     /// A limit counted in this process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalRateLimitSpec>,
+    /// A limit counted in Redis, across replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global: Option<global::GlobalRateLimitSpec>,
 }
 
 /// A limit counted in this process.
@@ -122,67 +131,26 @@ pub enum KeyPart {
     Route,
 }
 
+/// What a limit's key is made of, compiled.
+#[derive(Debug)]
 enum Part {
     ClientIp,
     Header(HeaderName),
     Route,
 }
 
-type Limiter = RateLimiter<u64, DashMapStateStore<u64>, DefaultClock, StateInformationMiddleware>;
-
-/// The `RateLimit` filter, built from a [`RateLimitSpec`].
-pub struct RateLimitFilter {
-    limiter: Limiter,
+/// The key parts of one limit and where the client address comes from.
+#[derive(Debug)]
+struct KeyParts {
     parts: Vec<Part>,
     client_ip: ClientIpSpec,
-    hasher: RandomState,
-    headers: bool,
-    burst: u32,
-    replenish: Duration,
-    checks: AtomicU64,
 }
 
-impl std::fmt::Debug for RateLimitFilter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RateLimitFilter")
-            .field("burst", &self.burst)
-            .field("replenish", &self.replenish)
-            .field("keys", &self.limiter.len())
-            .finish()
-    }
-}
-
-/// What a passing request learned, for its response headers.
-#[derive(Clone, Copy)]
-struct Passed {
-    remaining: u32,
-}
-
-impl RateLimitFilter {
-    /// Checks `spec`: `local` is required (global limits are not built yet), `requests` and
-    /// `burst` above 0, header names valid.
-    pub fn new(spec: RateLimitSpec) -> Result<Self, SpecError> {
-        let local = spec
-            .local
-            .ok_or_else(|| SpecError::invalid("local", "is required"))?;
-        Self::local(local).map_err(|e| e.within("local"))
-    }
-
-    fn local(spec: LocalRateLimitSpec) -> Result<Self, SpecError> {
-        let requests = NonZeroU32::new(spec.requests)
-            .ok_or_else(|| SpecError::invalid("requests", "must be above 0"))?;
-        let burst = match spec.burst {
-            None => requests,
-            Some(b) => {
-                NonZeroU32::new(b).ok_or_else(|| SpecError::invalid("burst", "must be above 0"))?
-            }
-        };
-        let replenish = spec.unit.duration() / requests.get();
-        let quota = Quota::with_period(replenish)
-            .ok_or_else(|| SpecError::invalid("requests", "too many for the unit"))?
-            .allow_burst(burst);
+impl KeyParts {
+    /// Checks the header names of `key`; empty means `[clientIP]`.
+    fn new(key: &[KeyPart], client_ip: ClientIpSpec) -> Result<Self, SpecError> {
         let mut parts = Vec::new();
-        for (i, p) in spec.key.iter().enumerate() {
+        for (i, p) in key.iter().enumerate() {
             parts.push(match p {
                 KeyPart::ClientIp => Part::ClientIp,
                 KeyPart::Route => Part::Route,
@@ -199,55 +167,133 @@ impl RateLimitFilter {
         if parts.is_empty() {
             parts.push(Part::ClientIp);
         }
-        Ok(RateLimitFilter {
-            limiter: RateLimiter::dashmap(quota).with_middleware::<StateInformationMiddleware>(),
-            parts,
-            client_ip: spec.client_ip,
-            hasher: RandomState::new(),
-            headers: spec.headers,
-            burst: burst.get(),
-            replenish,
-            checks: AtomicU64::new(0),
-        })
+        Ok(KeyParts { parts, client_ip })
     }
 
-    /// The bucket key of a request: a 64-bit hash of its key parts (no allocation).
-    fn key(&self, session: &Session, ctx: &FilterCtx) -> u64 {
-        let mut h = self.hasher.build_hasher();
+    /// Feeds the request's key to `h` (no allocation).
+    fn hash(&self, session: &Session, ctx: &FilterCtx, h: &mut impl Hasher) {
         for part in &self.parts {
             match part {
-                Part::ClientIp => self.client_ip.client_ip(session).hash(&mut h),
+                Part::ClientIp => self.client_ip.client_ip(session).hash(h),
                 Part::Header(name) => {
                     for v in session.req_header().headers.get_all(name) {
-                        v.as_bytes().hash(&mut h);
+                        v.as_bytes().hash(h);
                     }
-                    0xffu8.hash(&mut h);
+                    0xffu8.hash(h);
                 }
                 Part::Route => {
                     let r = ctx.route();
-                    (&r.listener, &r.namespace, &r.route, &r.rule).hash(&mut h);
+                    (&r.listener, &r.namespace, &r.route, &r.rule).hash(h);
                 }
             }
         }
-        h.finish()
     }
 
-    /// Seconds until `used` requests' worth of the bucket has refilled, rounded up.
-    fn seconds_for(&self, used: u32) -> u64 {
-        (self.replenish * used).as_secs_f64().ceil() as u64
+    /// The request's key as text, the same in every process (for a shared counter).
+    fn text(&self, session: &Session, ctx: &FilterCtx) -> String {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::ClientIp => match self.client_ip.client_ip(session) {
+                    Some(ip) => {
+                        let _ = write!(out, "ip={ip}");
+                    }
+                    None => out.push_str("ip="),
+                },
+                Part::Header(name) => {
+                    let _ = write!(out, "h:{name}=");
+                    for v in session.req_header().headers.get_all(name) {
+                        out.push_str(&String::from_utf8_lossy(v.as_bytes()));
+                        out.push(',');
+                    }
+                }
+                Part::Route => {
+                    let r = ctx.route();
+                    let _ = write!(
+                        out,
+                        "r={}/{}/{}/{}",
+                        r.listener, r.namespace, r.route, r.rule
+                    );
+                }
+            }
+            out.push('\u{1f}');
+        }
+        out
     }
+}
 
-    fn rate_headers(&self, remaining: u32) -> [(&'static str, String); 3] {
+/// A limit's answer for a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Verdict {
+    /// `X-RateLimit-Limit`.
+    limit: u32,
+    /// `X-RateLimit-Remaining`.
+    remaining: u32,
+    /// `X-RateLimit-Reset`, seconds.
+    reset: u64,
+    /// Whether this limit sends the headers.
+    headers: bool,
+}
+
+impl Verdict {
+    fn headers(&self) -> [(&'static str, String); 3] {
         [
-            ("x-ratelimit-limit", self.burst.to_string()),
-            ("x-ratelimit-remaining", remaining.to_string()),
-            (
-                "x-ratelimit-reset",
-                self.seconds_for(self.burst - remaining.min(self.burst))
-                    .to_string(),
-            ),
+            ("x-ratelimit-limit", self.limit.to_string()),
+            ("x-ratelimit-remaining", self.remaining.to_string()),
+            ("x-ratelimit-reset", self.reset.to_string()),
         ]
     }
+}
+
+/// What a limit decided.
+enum Decision {
+    Pass(Verdict),
+    /// Over the limit; a request would pass after this long.
+    Over(Verdict, Duration),
+    /// The counter could not be reached and the limit fails closed.
+    Unavailable,
+}
+
+/// The `RateLimit` filter, built from a [`RateLimitSpec`].
+#[derive(Debug)]
+pub struct RateLimitFilter {
+    local: Option<local::LocalLimit>,
+    global: Option<global::GlobalLimit>,
+}
+
+/// The verdict a passing request's response headers report.
+#[derive(Clone, Copy)]
+struct Passed(Verdict);
+
+impl RateLimitFilter {
+    /// Checks `spec`: at least one of `local` and `global`; numbers above 0; header names and
+    /// the Redis URL valid. Nothing is connected here: Redis is reached on the first request.
+    pub fn new(spec: RateLimitSpec) -> Result<Self, SpecError> {
+        if spec.local.is_none() && spec.global.is_none() {
+            return Err(SpecError::invalid("spec", "sets neither local nor global"));
+        }
+        Ok(RateLimitFilter {
+            local: spec
+                .local
+                .map(|l| local::LocalLimit::new(l).map_err(|e| e.within("local")))
+                .transpose()?,
+            global: spec
+                .global
+                .map(|g| global::GlobalLimit::new(g).map_err(|e| e.within("global")))
+                .transpose()?,
+        })
+    }
+}
+
+fn over(verdict: Verdict, wait: Duration) -> FilterAction {
+    let mut headers = vec![(
+        "retry-after".to_owned(),
+        (wait.as_secs_f64().ceil() as u64).max(1).to_string(),
+    )];
+    if verdict.headers {
+        headers.extend(verdict.headers().map(|(n, v)| (n.to_owned(), v)));
+    }
+    answer(429, "too many requests\n", headers)
 }
 
 #[async_trait]
@@ -257,31 +303,32 @@ impl HttpFilter for RateLimitFilter {
         session: &mut Session,
         ctx: &mut FilterCtx,
     ) -> gateway_core::Result<FilterAction> {
-        let key = self.key(session, ctx);
-        if self.checks.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
-            self.limiter.retain_recent();
-        }
-        match self.limiter.check_key(&key) {
-            Ok(snapshot) => {
-                if self.headers {
-                    ctx.extensions_mut().insert(Passed {
-                        remaining: snapshot.remaining_burst_capacity(),
-                    });
-                }
-                Ok(FilterAction::Continue)
+        let mut shown: Option<Verdict> = None;
+        let mut show = |v: Verdict| {
+            if v.headers && shown.is_none_or(|s| v.remaining < s.remaining) {
+                shown = Some(v);
             }
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(self.limiter.clock().now());
-                let mut headers = vec![(
-                    "retry-after".to_owned(),
-                    (wait.as_secs_f64().ceil() as u64).max(1).to_string(),
-                )];
-                if self.headers {
-                    headers.extend(self.rate_headers(0).map(|(n, v)| (n.to_owned(), v)));
-                }
-                Ok(answer(429, "too many requests\n", headers))
+        };
+        if let Some(local) = &self.local {
+            match local.check(session, ctx) {
+                Decision::Pass(v) => show(v),
+                Decision::Over(v, wait) => return Ok(over(v, wait)),
+                Decision::Unavailable => {}
             }
         }
+        if let Some(global) = &self.global {
+            match global.check(session, ctx).await {
+                Decision::Pass(v) => show(v),
+                Decision::Over(v, wait) => return Ok(over(v, wait)),
+                Decision::Unavailable => {
+                    return Ok(answer(503, "rate limit service unavailable\n", Vec::new()));
+                }
+            }
+        }
+        if let Some(v) = shown {
+            ctx.extensions_mut().insert(Passed(v));
+        }
+        Ok(FilterAction::Continue)
     }
 
     async fn response_headers(
@@ -290,8 +337,8 @@ impl HttpFilter for RateLimitFilter {
         ctx: &mut FilterCtx,
         response: &mut ResponseHeader,
     ) -> gateway_core::Result<()> {
-        if let Some(passed) = ctx.extensions().get::<Passed>().copied() {
-            for (name, value) in self.rate_headers(passed.remaining) {
+        if let Some(Passed(v)) = ctx.extensions().get::<Passed>().copied() {
+            for (name, value) in v.headers() {
                 // Names are static and values digits: this cannot fail.
                 let _ = response.insert_header(name, value);
             }
@@ -320,10 +367,7 @@ mod tests {
             ]
         );
         assert!(local.headers);
-        let f = RateLimitFilter::new(spec).unwrap();
-        assert_eq!(f.burst, 10);
-        assert_eq!(f.replenish, Duration::from_secs(6));
-        assert_eq!(f.seconds_for(3), 18);
+        assert!(RateLimitFilter::new(spec).is_ok());
         let zero: RateLimitSpec =
             serde_json::from_str(r#"{"local": {"requests": 0, "unit": "Second"}}"#).unwrap();
         assert_eq!(
@@ -334,7 +378,17 @@ mod tests {
             RateLimitFilter::new(RateLimitSpec::default())
                 .unwrap_err()
                 .to_string(),
-            "local: is required"
+            "spec: sets neither local nor global"
+        );
+        let bad: RateLimitSpec = serde_json::from_str(
+            r#"{"global": {"requests": 5, "unit": "Second", "redis": {"url": "http://x"}}}"#,
+        )
+        .unwrap();
+        assert!(
+            RateLimitFilter::new(bad)
+                .unwrap_err()
+                .to_string()
+                .starts_with("global.redis.url: ")
         );
     }
 }
