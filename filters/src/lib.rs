@@ -26,6 +26,7 @@
 //! | `APIKeyAuth` | [`auth::api_key`] | API keys from headers, query parameters or cookies: 401 |
 //! | `RateLimit` | [`rate_limit`] | local GCRA and global Redis limits keyed by client, header and route: 429 with `Retry-After` |
 //! | `Compression` | [`compression`] | gzip, brotli and zstd by `Accept-Encoding`, minimum size and media types |
+//! | `Transformation` | [`transformation`] | request and response headers and bodies rewritten by Jinja templates |
 //! | `TrafficPolicy` | [`policy`] | any of the above in one object, run in a fixed order |
 //!
 //! Filters are built once per configuration and shared by every request of the rules that use
@@ -45,6 +46,7 @@ pub mod rate_limit;
 mod registry;
 mod request;
 mod respond;
+pub mod transformation;
 
 pub use error::SpecError;
 pub use registry::{Filters, register};

@@ -10,7 +10,8 @@
 //!    pass;
 //! 4. `rateLimit` ([`crate::rate_limit`]): counted only for requests that got this far, so
 //!    refused and unauthenticated requests do not spend the clients' budget;
-//! 5. `compression` ([`crate::compression`]): on the response.
+//! 5. `transformation` ([`crate::transformation`]): headers and bodies rewritten;
+//! 6. `compression` ([`crate::compression`]): on the response, after the transformation.
 //!
 //! The first section that answers ends the request; the response hooks of every section run.
 //! `targetRefs` and `targetSelectors` are read by the configuration source, which turns an
@@ -35,6 +36,7 @@ use crate::auth::jwt::{JwtAuthFilter, JwtAuthSpec};
 use crate::compression::{CompressionFilter, CompressionSpec};
 use crate::limits::{RequestLimitsFilter, RequestLimitsSpec};
 use crate::rate_limit::{RateLimitFilter, RateLimitSpec};
+use crate::transformation::{TransformationFilter, TransformationSpec};
 
 /// The kind of [`TrafficPolicy`] objects.
 pub const KIND: &str = "TrafficPolicy";
@@ -80,6 +82,9 @@ pub struct TrafficPolicySpec {
     /// See [`RateLimitSpec`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSpec>,
+    /// See [`TransformationSpec`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transformation: Option<TransformationSpec>,
     /// See [`CompressionSpec`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<CompressionSpec>,
@@ -175,6 +180,12 @@ impl PolicyFilter {
             "rateLimit",
             spec.rate_limit,
             RateLimitFilter::new,
+        )?;
+        step(
+            &mut steps,
+            "transformation",
+            spec.transformation,
+            TransformationFilter::new,
         )?;
         step(
             &mut steps,

@@ -16,6 +16,7 @@ use crate::compression::CompressionFilter;
 use crate::limits::RequestLimitsFilter;
 use crate::policy::PolicyFilter;
 use crate::rate_limit::RateLimitFilter;
+use crate::transformation::TransformationFilter;
 use crate::{GROUP, SpecError};
 
 /// The filters built so far, by kind, object name and settings, so that applying a configuration
@@ -95,6 +96,7 @@ pub fn register(registry: &mut FilterRegistry) -> Filters {
     kind!(crate::auth::api_key::KIND, ApiKeyAuthFilter::new);
     kind!(crate::rate_limit::KIND, RateLimitFilter::new);
     kind!(crate::compression::KIND, CompressionFilter::new);
+    kind!(crate::transformation::KIND, TransformationFilter::new);
     kind!(crate::policy::KIND, PolicyFilter::new);
     filters
 }

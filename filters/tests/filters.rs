@@ -834,3 +834,81 @@ mod global_rate_limit {
         );
     }
 }
+
+mod transformation {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// A backend answering with the request body it got (JSON), and `x-got-user` from the
+    /// request's `x-user`.
+    async fn echo_body() -> TestBackend {
+        serve(|req: http::Request<hyper::body::Incoming>| async move {
+            let user = req.headers().get("x-user").cloned();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let mut resp = http::Response::new(http_body_util::Full::new(body));
+            resp.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            if let Some(u) = user {
+                resp.headers_mut().insert("x-got-user", u);
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn request_and_response_headers_and_json_bodies() {
+        let b = echo_body().await;
+        let settings = json!({
+            "request": {
+                "set": [{"name": "x-user", "value": "{{ header('x-id') | upper }}-{{ query.team }}"}],
+                "remove": ["x-secret"],
+                "body": {"parseAs": "AsJson", "value": "{\"model\": \"{{ body.model }}-v2\", \"n\": {{ body.n + 1 }}}"}
+            },
+            "response": {
+                "set": [{"name": "x-status", "value": "{{ status }} for {{ request_header('x-id') }}"}],
+                "body": {"parseAs": "AsJson", "value": "{\"wrapped\": {{ body | tojson }}, \"path\": \"{{ path }}\"}"}
+            }
+        });
+        let (_gw, addr) = start(vec![route(
+            "t",
+            "/",
+            &b,
+            vec![filter("Transformation", "t", settings)],
+        )])
+        .await;
+        let (status, headers, body) = send_body(
+            addr,
+            "POST",
+            HOST,
+            "/chat?team=blue",
+            &[
+                ("x-id", "ab"),
+                ("x-secret", "s"),
+                ("content-type", "application/json"),
+            ],
+            Bytes::from_static(br#"{"model": "m1", "n": 41}"#),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(headers["x-got-user"], "AB-blue");
+        assert_eq!(headers["x-status"], "200 for ab");
+        let got: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            got,
+            json!({"wrapped": {"model": "m1-v2", "n": 42}, "path": "/chat"})
+        );
+
+        // A body that is not JSON under AsJson: 400, nothing sent upstream.
+        let (status, _, _) = send_body(
+            addr,
+            "POST",
+            HOST,
+            "/chat",
+            &[],
+            Bytes::from_static(b"not json"),
+        )
+        .await;
+        assert_eq!(status, 400);
+    }
+}
