@@ -27,6 +27,7 @@
 //! | `RateLimit` | [`rate_limit`] | local GCRA and global Redis limits keyed by client, header and route: 429 with `Retry-After` |
 //! | `Compression` | [`compression`] | gzip, brotli and zstd by `Accept-Encoding`, minimum size and media types |
 //! | `Transformation` | [`transformation`] | request and response headers and bodies rewritten by Jinja templates |
+//! | `AIPrompt` | [`ai`] | OpenAI prompts enriched with messages, guarded by patterns (reject or mask) |
 //! | `TrafficPolicy` | [`policy`] | any of the above in one object, run in a fixed order |
 //!
 //! Filters are built once per configuration and shared by every request of the rules that use
@@ -36,6 +37,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod ai;
 pub mod auth;
 pub mod client_ip;
 pub mod compression;

@@ -10,8 +10,9 @@
 //!    pass;
 //! 4. `rateLimit` ([`crate::rate_limit`]): counted only for requests that got this far, so
 //!    refused and unauthenticated requests do not spend the clients' budget;
-//! 5. `transformation` ([`crate::transformation`]): headers and bodies rewritten;
-//! 6. `compression` ([`crate::compression`]): on the response, after the transformation.
+//! 5. `ai` ([`crate::ai`]): the prompt enriched and guarded;
+//! 6. `transformation` ([`crate::transformation`]): headers and bodies rewritten;
+//! 7. `compression` ([`crate::compression`]): on the response, after the transformation.
 //!
 //! The first section that answers ends the request; the response hooks of every section run.
 //! `targetRefs` and `targetSelectors` are read by the configuration source, which turns an
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::SpecError;
 use crate::access::{IpAccessFilter, IpAccessSpec};
+use crate::ai::{AiPromptFilter, AiPromptSpec};
 use crate::auth::api_key::{ApiKeyAuthFilter, ApiKeyAuthSpec};
 use crate::auth::basic::{BasicAuthFilter, BasicAuthSpec};
 use crate::auth::jwt::{JwtAuthFilter, JwtAuthSpec};
@@ -82,6 +84,9 @@ pub struct TrafficPolicySpec {
     /// See [`RateLimitSpec`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSpec>,
+    /// See [`AiPromptSpec`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ai: Option<AiPromptSpec>,
     /// See [`TransformationSpec`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transformation: Option<TransformationSpec>,
@@ -181,6 +186,7 @@ impl PolicyFilter {
             spec.rate_limit,
             RateLimitFilter::new,
         )?;
+        step(&mut steps, "ai", spec.ai, AiPromptFilter::new)?;
         step(
             &mut steps,
             "transformation",

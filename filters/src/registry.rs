@@ -9,6 +9,7 @@ use gateway_core::{FilterRegistry, HttpFilter};
 use serde::de::DeserializeOwned;
 
 use crate::access::IpAccessFilter;
+use crate::ai::AiPromptFilter;
 use crate::auth::api_key::ApiKeyAuthFilter;
 use crate::auth::basic::BasicAuthFilter;
 use crate::auth::jwt::JwtAuthFilter;
@@ -97,6 +98,7 @@ pub fn register(registry: &mut FilterRegistry) -> Filters {
     kind!(crate::rate_limit::KIND, RateLimitFilter::new);
     kind!(crate::compression::KIND, CompressionFilter::new);
     kind!(crate::transformation::KIND, TransformationFilter::new);
+    kind!(crate::ai::KIND, AiPromptFilter::new);
     kind!(crate::policy::KIND, PolicyFilter::new);
     filters
 }

@@ -912,3 +912,95 @@ mod transformation {
         assert_eq!(status, 400);
     }
 }
+
+mod ai_prompt {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// A backend answering with the request body it got.
+    async fn echo_body() -> TestBackend {
+        serve(|req: http::Request<hyper::body::Incoming>| async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(body)))
+        })
+        .await
+    }
+
+    async fn post(
+        addr: SocketAddr,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let (status, _, bytes) = send_body(
+            addr,
+            "POST",
+            HOST,
+            path,
+            &[("content-type", "application/json")],
+            Bytes::from(body.to_string()),
+        )
+        .await;
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn system_prompt_added_and_guard_rejects_or_masks() {
+        let b = echo_body().await;
+        let enrich = json!({"promptEnrichment": {"prepend": [{"role": "system", "content": "You are terse."}]},
+            "promptGuard": {"request": {"regex": ["(?i)secret project \\w+"], "customResponse": {"statusCode": 422, "message": "no"}}}});
+        let mask =
+            json!({"promptGuard": {"request": {"builtins": ["SSN", "Email"], "action": "Mask"}}});
+        let (_gw, addr) = start(vec![
+            route(
+                "enrich",
+                "/v1/chat",
+                &b,
+                vec![filter("AIPrompt", "enrich", enrich)],
+            ),
+            route("mask", "/mask", &b, vec![filter("AIPrompt", "mask", mask)]),
+        ])
+        .await;
+        let chat =
+            |text: &str| json!({"model": "m", "messages": [{"role": "user", "content": text}]});
+
+        let (status, got) = post(addr, "/v1/chat", chat("hello")).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            got["messages"][0],
+            json!({"role": "system", "content": "You are terse."})
+        );
+        assert_eq!(got["messages"][1]["content"], "hello");
+        assert_eq!(got["model"], "m");
+
+        let (status, err) = post(
+            addr,
+            "/v1/chat",
+            chat("tell me about Secret Project Apollo"),
+        )
+        .await;
+        assert_eq!(status, 422);
+        assert_eq!(err["error"]["message"], "no");
+
+        let parts = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "ssn 123-45-6789, mail a@b.org"}]}]});
+        let (status, got) = post(addr, "/mask", parts).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            got["messages"][0]["content"][0]["text"],
+            "ssn ****, mail ****"
+        );
+
+        let (status, _, _) = send_body(
+            addr,
+            "POST",
+            HOST,
+            "/mask",
+            &[],
+            Bytes::from_static(b"[1, 2]"),
+        )
+        .await;
+        assert_eq!(status, 400, "not a JSON object");
+    }
+}
