@@ -13,6 +13,15 @@ mod serve;
 /// The GatewayClass `controllerName` the example gateways serve unless told otherwise.
 pub const DEFAULT_CONTROLLER_NAME: &str = "gateway.pingora.rs/controller";
 
+/// The filters the example gateways know: gateway-core's built-ins (`DirectResponse`) and every
+/// kind of the `gateway-filters` crate (`TrafficPolicy`, `RateLimit`, `BasicAuth`, `APIKeyAuth`,
+/// `IPAccess`, `RequestLimits`), referenced from HTTPRoutes by `ExtensionRef`.
+pub fn filter_registry() -> gateway_core::FilterRegistry {
+    let mut registry = gateway_core::FilterRegistry::with_builtins();
+    gateway_filters::register(&mut registry);
+    registry
+}
+
 /// Installs a `tracing` subscriber reading `RUST_LOG` (default `info`). Binaries only.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -623,12 +623,52 @@ impl GatewayProxy {
         if let Err(e) = self.response_steps(session, ctx, &mut resp).await {
             tracing::warn!(error = %e, "response filter failed on a gateway response");
         }
+        let body = self.gateway_body(session, ctx, &mut resp, body);
         let empty = body.is_empty();
         session.write_response_header(Box::new(resp), empty).await?;
         if !empty {
             session.write_response_body(Some(body), true).await?;
         }
         Ok(())
+    }
+
+    /// Runs the custom response body hooks of the reached steps on the whole body of a
+    /// gateway-made response (one chunk, the end of the stream), as they run on a proxied one,
+    /// and frames the result by its length: a hook may have changed the body (compressed it) and
+    /// its header hook may have dropped `Content-Length` expecting a stream. A hook's error keeps
+    /// the body as it was.
+    fn gateway_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        resp: &mut ResponseHeader,
+        body: Bytes,
+    ) -> Bytes {
+        let RequestCtx { routed, filter, .. } = ctx;
+        let (Some(routed), Some(filter)) = (routed.as_ref(), filter.as_mut()) else {
+            return body;
+        };
+        let mut custom = routed.reached().filter_map(|s| match s {
+            Step::Custom(f) => Some(f),
+            _ => None,
+        });
+        let Some(first) = custom.next() else {
+            return body;
+        };
+        let original = body.clone();
+        let mut chunk = Some(body);
+        for f in std::iter::once(first).chain(custom) {
+            if let Err(e) = f.response_body(session, filter, &mut chunk, true) {
+                tracing::warn!(error = %e, "response body filter failed on a gateway response");
+                chunk = Some(original);
+                break;
+            }
+        }
+        let body = chunk.unwrap_or_default();
+        resp.remove_header(&http::header::TRANSFER_ENCODING);
+        // A number is always a valid header value.
+        let _ = resp.insert_header(http::header::CONTENT_LENGTH, body.len());
+        body
     }
 
     /// Chooses the endpoint of this attempt: a valid sticky session's, the filters' hint, then the

@@ -19,7 +19,7 @@ use std::time::Duration;
 use clap::Parser;
 use examples::admin::{self, AdminState};
 use examples::runner::{Input, Runner};
-use gateway_core::{FilterRegistry, Gateway};
+use gateway_core::Gateway;
 
 /// Serves Gateway API resources (GatewayClass, Gateway, HTTPRoute, ReferenceGrant, Service,
 /// EndpointSlice, Secret, Namespace) read from YAML files, reloading them when they change.
@@ -164,7 +164,7 @@ fn explain(args: ExplainArgs) -> i32 {
     };
     match gateway_core::explain::explain_config(
         translation.config,
-        &FilterRegistry::with_builtins(),
+        &examples::filter_registry(),
         &req,
     ) {
         Ok(explanation) if args.json => match serde_json::to_string_pretty(&explanation) {
@@ -225,7 +225,7 @@ async fn run(args: Args) {
     }
     examples::init_logging();
 
-    let gateway = Gateway::new(FilterRegistry::with_builtins());
+    let gateway = Gateway::new(examples::filter_registry());
     if !args.dns_servers.is_empty() {
         gateway.set_dns_servers(args.dns_servers.clone());
     }

@@ -10,7 +10,7 @@
 //! | [`HttpFilter::request_body`] | once with the whole body when a step asked for it with [`FilterCtx::buffer_request_body`]; otherwise chunk by chunk as it streams to the backend | `RequestMirror` (tees the body) |
 //! | [`HttpFilter::upstream_request`] | `upstream_request_filter`, once per attempt | — |
 //! | [`HttpFilter::response_headers`] | `response_filter`, and for every response the gateway writes itself (redirects, direct responses, errors) | `ResponseHeaderModifier`, `CORS` (annotates) |
-//! | [`HttpFilter::response_body`] | `response_body_filter`, chunk by chunk | — |
+//! | [`HttpFilter::response_body`] | `response_body_filter`, chunk by chunk; once with the whole body of a response the gateway writes itself | — |
 //! | [`HttpFilter::logging`] | at the end of every request, whatever happened | — |
 //!
 //! Only the steps a request reached take part in its response and logging hooks: when a step
@@ -134,8 +134,10 @@ pub trait HttpFilter: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Runs for each chunk of a proxied response body. Synchronous, as Pingora's phase is: do no
-    /// blocking work here.
+    /// Runs for each chunk of a proxied response body, and once with the whole body
+    /// (`end_of_stream` true) of a response the gateway writes itself (redirect, direct response,
+    /// error), which is then sent with a `Content-Length` of what the hooks left. Synchronous, as
+    /// Pingora's phase is: do no blocking work here.
     fn response_body(
         &self,
         _session: &mut Session,
