@@ -12,8 +12,9 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::crds::XBackendTrafficPolicy;
-use serde::Deserialize;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::diagnostic::Diagnostic;
@@ -108,18 +109,6 @@ impl Kind {
             Kind::XBackendTrafficPolicy => "XBackendTrafficPolicy",
         }
     }
-
-    /// The `apiVersion` the typed struct of this kind expects.
-    fn typed_api_version(self) -> &'static str {
-        match self {
-            Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute | Kind::ReferenceGrant => {
-                "gateway.networking.k8s.io/v1"
-            }
-            Kind::Namespace | Kind::Service | Kind::Secret => "v1",
-            Kind::EndpointSlice => "discovery.k8s.io/v1",
-            Kind::XBackendTrafficPolicy => "gateway.networking.x-k8s.io/v1alpha1",
-        }
-    }
 }
 
 impl fmt::Display for Kind {
@@ -201,16 +190,17 @@ impl fmt::Display for GenericKey {
     }
 }
 
-/// A parsed object: the typed struct, the document it came from, and the raw document (used to
-/// echo the object in the [`crate::StatusReport`]).
+/// A parsed object: the typed struct and the document it came from.
+///
+/// Only the typed object is kept (not the document as written): the status echo
+/// ([`crate::StatusReport`]) serializes it again ([`Resources::document`]), so fields the typed
+/// struct does not know are not echoed, as the Kubernetes API server prunes unknown fields.
 #[derive(Clone, Debug)]
 pub struct Object<T> {
-    /// The typed object.
+    /// The typed object (for kinds without a typed struct, the document as written).
     pub object: T,
     /// The `apiVersion` as written (e.g. `gateway.networking.k8s.io/v1beta1`).
     pub api_version: String,
-    /// The document as parsed (after namespace defaulting).
-    pub raw: Value,
     /// The origin label (usually a file path).
     pub origin: String,
     /// The zero-based index of the document in its origin.
@@ -247,7 +237,7 @@ pub struct Resources {
     /// XBackendTrafficPolicies.
     pub backend_traffic_policies: BTreeMap<ObjectKey, Arc<Object<XBackendTrafficPolicy>>>,
     /// Objects of every kind without a typed map above (ConfigMaps, custom filter objects,
-    /// `DirectResponse`s, ...), as written (`object` and `raw` are the same document).
+    /// `DirectResponse`s, ...), as written.
     pub others: BTreeMap<GenericKey, Arc<Object<Value>>>,
     /// Problems found while parsing: unparseable documents, broken objects, duplicates.
     pub diagnostics: Vec<Diagnostic>,
@@ -294,13 +284,17 @@ impl Resources {
 
     /// Parses a multi-document YAML text and adds its objects to this store.
     pub fn add_yaml(&mut self, text: &str, origin: &str) {
-        for doc in yaml::documents(text) {
-            match doc.value {
-                Ok(Some(value)) => self.add_value(value, origin, doc.index),
-                Ok(None) => {}
-                Err(message) => self.diagnostics.push(Diagnostic::document(
+        for chunk in yaml::split(text) {
+            match Entry::read_yaml(&chunk.text, origin, chunk.index) {
+                Read::Entry(Ok(entry)) => self.insert(entry),
+                Read::Entry(Err(e)) => {
+                    self.diagnostics
+                        .push(Diagnostic::document(origin, chunk.index, e.to_string()))
+                }
+                Read::Empty => {}
+                Read::Unparseable(message) => self.diagnostics.push(Diagnostic::document(
                     origin,
-                    doc.index,
+                    chunk.index,
                     format!("unparseable YAML: {message}"),
                 )),
             }
@@ -450,18 +444,20 @@ impl Resources {
         &self.order
     }
 
-    /// The raw document of an object, if present.
-    pub fn raw(&self, kind: Kind, key: &ObjectKey) -> Option<&Value> {
+    /// The object `kind` `key` as a JSON document, if present: its typed object serialized,
+    /// with the `apiVersion` as written. Built on each call (nothing but the typed object is
+    /// kept); [`crate::StatusReport::render`] uses it to echo the objects.
+    pub fn document(&self, kind: Kind, key: &ObjectKey) -> Option<Value> {
         match kind {
-            Kind::GatewayClass => self.gateway_classes.get(key).map(|o| &o.raw),
-            Kind::Gateway => self.gateways.get(key).map(|o| &o.raw),
-            Kind::HttpRoute => self.http_routes.get(key).map(|o| &o.raw),
-            Kind::ReferenceGrant => self.reference_grants.get(key).map(|o| &o.raw),
-            Kind::Namespace => self.namespaces.get(key).map(|o| &o.raw),
-            Kind::Service => self.services.get(key).map(|o| &o.raw),
-            Kind::Secret => self.secrets.get(key).map(|o| &o.raw),
-            Kind::EndpointSlice => self.endpoint_slices.get(key).map(|o| &o.raw),
-            Kind::XBackendTrafficPolicy => self.backend_traffic_policies.get(key).map(|o| &o.raw),
+            Kind::GatewayClass => echo(self.gateway_classes.get(key)?),
+            Kind::Gateway => echo(self.gateways.get(key)?),
+            Kind::HttpRoute => echo(self.http_routes.get(key)?),
+            Kind::ReferenceGrant => echo(self.reference_grants.get(key)?),
+            Kind::Namespace => echo(self.namespaces.get(key)?),
+            Kind::Service => echo(self.services.get(key)?),
+            Kind::Secret => echo(self.secrets.get(key)?),
+            Kind::EndpointSlice => echo(self.endpoint_slices.get(key)?),
+            Kind::XBackendTrafficPolicy => echo(self.backend_traffic_policies.get(key)?),
         }
     }
 
@@ -506,11 +502,98 @@ pub(crate) enum Entry {
     Other(GenericKey, Arc<Object<Value>>),
 }
 
+/// What reading one YAML document gave.
+#[derive(Debug)]
+pub(crate) enum Read {
+    /// Blank, comments only, or `null`.
+    Empty,
+    /// Not YAML: the parser's message.
+    Unparseable(String),
+    /// A document: its object, or why it is not one.
+    Entry(Result<Entry, DocumentError>),
+}
+
+/// The metadata of a typed object being stamped (see [`Entry::stamp`]).
+pub(crate) struct Stamp<'a> {
+    /// The API group of the object's `apiVersion`.
+    pub group: &'a str,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its metadata (namespace already defaulted), to fill in.
+    pub meta: &'a mut ObjectMeta,
+    /// A hash of its content: everything but `metadata` and `status`, as the typed object
+    /// reads it (so fields the typed struct does not know, and formatting, do not count).
+    pub content: u64,
+}
+
 impl Entry {
+    /// Reads one YAML document (`text`, document `document` of `origin`) into its object.
+    ///
+    /// A document of a typed kind is parsed straight into its typed struct, its `apiVersion`
+    /// and `kind` found first by a look at its top-level lines ([`yaml::type_meta`]). Other
+    /// documents, and any document that does not read that way (not YAML, not fitting its
+    /// schema, or written in a form the look does not understand), are parsed into a
+    /// [`Value`] and read from it ([`Entry::build`]), which gives the diagnostics.
+    pub(crate) fn read_yaml(text: &str, origin: &str, document: usize) -> Read {
+        if let Some((api_version, kind_name)) = yaml::type_meta(text)
+            && let Some(kind) = Kind::from_type(api_version, kind_name)
+            && let Some(entry) = Entry::typed_from_yaml(kind, api_version, text, origin, document)
+        {
+            return Read::Entry(entry);
+        }
+        match yaml::parse(text) {
+            Ok(None) => Read::Empty,
+            Err(message) => Read::Unparseable(message),
+            Ok(Some(value)) => Read::Entry(Entry::build(value, origin, document)),
+        }
+    }
+
+    /// The typed object of `kind` read straight from `text`; `None` when it does not read.
+    fn typed_from_yaml(
+        kind: Kind,
+        api_version: &str,
+        text: &str,
+        origin: &str,
+        document: usize,
+    ) -> Option<Result<Entry, DocumentError>> {
+        fn read<T: Typed>(
+            kind: Kind,
+            api_version: &str,
+            text: &str,
+            origin: &str,
+            document: usize,
+        ) -> Option<Result<Keyed<T>, DocumentError>> {
+            let object: T = yaml::parse_typed(text).ok()?;
+            Some(finish(
+                kind,
+                api_version.to_string(),
+                object,
+                origin,
+                document,
+            ))
+        }
+        let (a, t, o, d) = (api_version, text, origin, document);
+        Some(match kind {
+            Kind::GatewayClass => read(kind, a, t, o, d)?.map(|(k, o)| Entry::GatewayClass(k, o)),
+            Kind::Gateway => read(kind, a, t, o, d)?.map(|(k, o)| Entry::Gateway(k, o)),
+            Kind::HttpRoute => read(kind, a, t, o, d)?.map(|(k, o)| Entry::HttpRoute(k, o)),
+            Kind::ReferenceGrant => {
+                read(kind, a, t, o, d)?.map(|(k, o)| Entry::ReferenceGrant(k, o))
+            }
+            Kind::Namespace => read(kind, a, t, o, d)?.map(|(k, o)| Entry::Namespace(k, o)),
+            Kind::Service => read(kind, a, t, o, d)?.map(|(k, o)| Entry::Service(k, o)),
+            Kind::Secret => read(kind, a, t, o, d)?.map(|(k, o)| Entry::Secret(k, o)),
+            Kind::EndpointSlice => read(kind, a, t, o, d)?.map(|(k, o)| Entry::EndpointSlice(k, o)),
+            Kind::XBackendTrafficPolicy => {
+                read(kind, a, t, o, d)?.map(|(k, o)| Entry::XBackendTrafficPolicy(k, o))
+            }
+        })
+    }
+
     /// Reads one parsed document into its typed object (namespace defaulted), or tells why it
     /// cannot be (the message a [`Diagnostic`] carries).
     pub(crate) fn build(
-        mut value: Value,
+        value: Value,
         origin: &str,
         document: usize,
     ) -> Result<Entry, DocumentError> {
@@ -530,43 +613,79 @@ impl Entry {
         let Some(kind) = Kind::from_type(&api_version, &kind_name) else {
             return Entry::other(value, &api_version, kind_name, origin, document);
         };
-        let name = value
+        if value
             .pointer("/metadata/name")
             .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| Invalid(format!("{kind} has no metadata.name")))?
-            .to_string();
-        let namespace = if kind.namespaced() {
-            let ns = value
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .filter(|n| !n.is_empty())
-                .unwrap_or(DEFAULT_NAMESPACE)
-                .to_string();
-            if let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) {
-                metadata.insert("namespace".into(), Value::String(ns.clone()));
-            }
-            ns
-        } else {
-            String::new()
-        };
-        let key = ObjectKey::new(namespace, name);
-        let slot = Slot {
-            api_version,
-            raw: value,
-            origin: origin.to_string(),
-            document,
-        };
+            .is_none_or(str::is_empty)
+        {
+            return Err(Invalid(format!("{kind} has no metadata.name")));
+        }
+        fn read<T: Typed>(
+            kind: Kind,
+            api_version: String,
+            value: &Value,
+            origin: &str,
+            document: usize,
+        ) -> Result<Keyed<T>, DocumentError> {
+            // The typed structs do not check `apiVersion` against an older served version: the
+            // Gateway API kinds ignore it, the core kinds have one version.
+            let object = T::deserialize(value)
+                .map_err(|e| DocumentError::Invalid(format!("invalid {kind}: {e}")))?;
+            finish(kind, api_version, object, origin, document)
+        }
+        let (a, v, o, d) = (api_version, &value, origin, document);
         Ok(match kind {
-            Kind::GatewayClass => Entry::GatewayClass(key, parse(kind, slot)?),
-            Kind::Gateway => Entry::Gateway(key, parse(kind, slot)?),
-            Kind::HttpRoute => Entry::HttpRoute(key, parse(kind, slot)?),
-            Kind::ReferenceGrant => Entry::ReferenceGrant(key, parse(kind, slot)?),
-            Kind::Namespace => Entry::Namespace(key, parse(kind, slot)?),
-            Kind::Service => Entry::Service(key, parse(kind, slot)?),
-            Kind::Secret => Entry::Secret(key, parse(kind, slot)?),
-            Kind::EndpointSlice => Entry::EndpointSlice(key, parse(kind, slot)?),
-            Kind::XBackendTrafficPolicy => Entry::XBackendTrafficPolicy(key, parse(kind, slot)?),
+            Kind::GatewayClass => read(kind, a, v, o, d).map(|(k, o)| Entry::GatewayClass(k, o))?,
+            Kind::Gateway => read(kind, a, v, o, d).map(|(k, o)| Entry::Gateway(k, o))?,
+            Kind::HttpRoute => read(kind, a, v, o, d).map(|(k, o)| Entry::HttpRoute(k, o))?,
+            Kind::ReferenceGrant => {
+                read(kind, a, v, o, d).map(|(k, o)| Entry::ReferenceGrant(k, o))?
+            }
+            Kind::Namespace => read(kind, a, v, o, d).map(|(k, o)| Entry::Namespace(k, o))?,
+            Kind::Service => read(kind, a, v, o, d).map(|(k, o)| Entry::Service(k, o))?,
+            Kind::Secret => read(kind, a, v, o, d).map(|(k, o)| Entry::Secret(k, o))?,
+            Kind::EndpointSlice => {
+                read(kind, a, v, o, d).map(|(k, o)| Entry::EndpointSlice(k, o))?
+            }
+            Kind::XBackendTrafficPolicy => {
+                read(kind, a, v, o, d).map(|(k, o)| Entry::XBackendTrafficPolicy(k, o))?
+            }
+        })
+    }
+
+    /// Lets `stamp` fill in the metadata of a typed object (untouched if the object is shared:
+    /// it is copied first); returns what `stamp` returned, or `None` for an untyped object.
+    pub(crate) fn stamp<S>(&mut self, stamp: impl FnOnce(Stamp<'_>) -> S) -> Option<S> {
+        fn one<T: Typed, S>(
+            object: &mut Arc<Object<T>>,
+            kind: Kind,
+            stamp: impl FnOnce(Stamp<'_>) -> S,
+        ) -> S {
+            let Object {
+                object,
+                api_version,
+                ..
+            } = Arc::make_mut(object);
+            let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+            let content = content_hash(object);
+            stamp(Stamp {
+                group,
+                kind,
+                meta: object.meta_mut(),
+                content,
+            })
+        }
+        Some(match self {
+            Entry::GatewayClass(_, o) => one(o, Kind::GatewayClass, stamp),
+            Entry::Gateway(_, o) => one(o, Kind::Gateway, stamp),
+            Entry::HttpRoute(_, o) => one(o, Kind::HttpRoute, stamp),
+            Entry::ReferenceGrant(_, o) => one(o, Kind::ReferenceGrant, stamp),
+            Entry::Namespace(_, o) => one(o, Kind::Namespace, stamp),
+            Entry::Service(_, o) => one(o, Kind::Service, stamp),
+            Entry::Secret(_, o) => one(o, Kind::Secret, stamp),
+            Entry::EndpointSlice(_, o) => one(o, Kind::EndpointSlice, stamp),
+            Entry::XBackendTrafficPolicy(_, o) => one(o, Kind::XBackendTrafficPolicy, stamp),
+            Entry::Other(..) => return None,
         })
     }
 
@@ -640,9 +759,8 @@ impl Entry {
             .to_string();
         let key = GenericKey::new(group, kind, namespace, name);
         let object = Object {
-            object: value.clone(),
+            object: value,
             api_version: api_version.to_string(),
-            raw: value,
             origin: origin.to_string(),
             document,
         };
@@ -650,35 +768,118 @@ impl Entry {
     }
 }
 
-/// Everything of an [`Object`] but the typed value.
-struct Slot {
+/// A typed object read, with its key.
+type Keyed<T> = (ObjectKey, Arc<Object<T>>);
+
+/// Checks the name of a typed object just read, defaults its namespace, and wraps it.
+fn finish<T>(
+    kind: Kind,
     api_version: String,
-    raw: Value,
-    origin: String,
+    mut object: T,
+    origin: &str,
     document: usize,
+) -> Result<Keyed<T>, DocumentError>
+where
+    T: Typed,
+{
+    let meta = object.meta_mut();
+    let name = meta
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| DocumentError::Invalid(format!("{kind} has no metadata.name")))?;
+    let namespace = if kind.namespaced() {
+        let ns = meta
+            .namespace
+            .take()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+        meta.namespace = Some(ns.clone());
+        ns
+    } else {
+        String::new()
+    };
+    let object = Object {
+        object,
+        api_version,
+        origin: origin.to_string(),
+        document,
+    };
+    Ok((ObjectKey::new(namespace, name), Arc::new(object)))
 }
 
-/// Reads the typed object of `kind` from the document in `slot`, under the `apiVersion` of the
-/// typed struct (the document may use an older served version). The document is read in place
-/// (its `apiVersion` swapped for the read and put back), not copied.
-fn parse<T: DeserializeOwned>(kind: Kind, mut slot: Slot) -> Result<Arc<Object<T>>, DocumentError> {
-    let typed_version = Value::String(kind.typed_api_version().into());
-    let written = slot
-        .raw
-        .as_object_mut()
-        .and_then(|map| map.insert("apiVersion".into(), typed_version));
-    let object = T::deserialize(&slot.raw);
-    if let (Some(map), Some(written)) = (slot.raw.as_object_mut(), written) {
-        map.insert("apiVersion".into(), written);
+/// The echo of a typed object (see [`Resources::document`]).
+fn echo<T: Serialize>(object: &Object<T>) -> Option<Value> {
+    let mut value = serde_json::to_value(&object.object).ok()?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert(
+            "apiVersion".into(),
+            Value::String(object.api_version.clone()),
+        );
     }
-    let object = object.map_err(|e| DocumentError::Invalid(format!("invalid {kind}: {e}")))?;
-    Ok(Arc::new(Object {
-        object,
-        api_version: slot.api_version,
-        raw: slot.raw,
-        origin: slot.origin,
-        document: slot.document,
-    }))
+    Some(value)
+}
+
+/// A typed kind's struct: read from YAML or JSON, its metadata stamped, its content hashed.
+trait Typed: DeserializeOwned + Serialize + Clone {
+    /// The object's metadata.
+    fn meta_mut(&mut self) -> &mut ObjectMeta;
+    /// Feeds the object's content (every field but `metadata` and `status`) into `hasher`.
+    fn content(&self, hasher: &mut ContentHasher);
+}
+
+macro_rules! typed {
+    ($ty:ty, $($field:ident),+) => {
+        impl Typed for $ty {
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+            fn content(&self, hasher: &mut ContentHasher) {
+                $(hasher.field(stringify!($field), &self.$field);)+
+            }
+        }
+    };
+}
+
+typed!(GatewayClass, spec);
+typed!(Gateway, spec);
+typed!(HttpRoute, spec);
+typed!(ReferenceGrant, spec);
+typed!(Namespace, spec);
+typed!(Service, spec);
+typed!(Secret, type_, data, string_data, immutable);
+typed!(EndpointSlice, address_type, endpoints, ports);
+typed!(XBackendTrafficPolicy, spec);
+
+/// Hashes serialized fields without building them: each field is fed as its name and its JSON
+/// text (maps in the typed structs are ordered, so equal content gives equal text).
+struct ContentHasher(std::collections::hash_map::DefaultHasher);
+
+impl ContentHasher {
+    fn field<F: Serialize>(&mut self, name: &str, value: &F) {
+        use std::hash::Hash;
+        name.hash(&mut self.0);
+        // Writing into a hasher cannot fail, and the typed structs always serialize.
+        let _ = serde_json::to_writer(&mut *self, value);
+        0xffu8.hash(&mut self.0);
+    }
+}
+
+impl std::io::Write for ContentHasher {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::hash::Hasher::write(&mut self.0, buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The content hash of a typed object (see [`Stamp::content`]).
+fn content_hash<T: Typed>(object: &T) -> u64 {
+    let mut hasher = ContentHasher(Default::default());
+    object.content(&mut hasher);
+    std::hash::Hasher::finish(&hasher.0)
 }
 
 /// Access to the map holding objects of type `T`.
@@ -749,7 +950,12 @@ spec:
         let gw = &r.gateways[&ObjectKey::new("default", "gw")];
         assert_eq!(gw.api_version, "gateway.networking.k8s.io/v1beta1");
         assert_eq!(gw.object.spec.listeners.len(), 1);
-        assert_eq!(gw.raw["metadata"]["namespace"], "default");
+        assert_eq!(gw.object.metadata.namespace.as_deref(), Some("default"));
+        let echoed = r.document(Kind::Gateway, &ObjectKey::new("default", "gw"));
+        let echoed = echoed.expect("echoed");
+        assert_eq!(echoed["apiVersion"], "gateway.networking.k8s.io/v1beta1");
+        assert_eq!(echoed["metadata"]["namespace"], "default");
+        assert_eq!(echoed["spec"]["listeners"][0]["port"], 80);
         assert!(r.namespaces.contains_key(&ObjectKey::new("", "ns1")));
         assert!(r.services.contains_key(&ObjectKey::new("ns1", "svc")));
         assert!(r.diagnostics.is_empty(), "{:?}", r.diagnostics);

@@ -27,13 +27,13 @@ use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use notify::{EventKind, RecursiveMode, Watcher};
-use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::diagnostic::Diagnostic;
-use crate::resources::{DEFAULT_NAMESPACE, DocumentError, Entry, Kind, Resources};
+use crate::resources::{DocumentError, Entry, Read, Resources, Stamp};
 use crate::yaml;
 
 /// How long the file system must stay quiet before a change is reported while a file is being
@@ -61,16 +61,17 @@ pub struct Loaded {
     pub diagnostics: Vec<Diagnostic>,
 }
 
-/// Identity of an object across loads: API group, kind, namespace and name.
-type Identity = (String, String, String, String);
+/// Identity of an object across loads: API group, kind, namespace and name. Shared between the
+/// cached document that stamped it and the source's tracking (no copy per load).
+type Identity = Arc<(String, &'static str, String, String)>;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Tracked {
-    /// A hash of the content (everything but `metadata`, `status` and `apiVersion`): the whole
-    /// content is not kept, only whether it changed matters.
+    /// A hash of the typed content (everything but `metadata` and `status`, see
+    /// [`Stamp::content`]): the content is not kept, only whether it changed matters.
     content: u64,
     generation: i64,
-    created: String,
+    created: Timestamp,
 }
 
 /// What one document of a file became. Kept, keyed by a hash of the document's text, for as
@@ -88,12 +89,22 @@ enum Outcome {
     Empty,
     /// Not YAML: the parser's message.
     Unparseable(String),
-    /// Parsed and stamped: the identity and stamp given (none for documents that are not a
-    /// named object of a typed kind), and the object or why it does not fit its schema.
+    /// Parsed and stamped: the identity and stamp given (none for documents that are not an
+    /// object of a typed kind), and the object or why it is not one.
     Read {
-        stamped: Option<Box<(Identity, Tracked)>>,
+        stamped: Option<Stamped>,
         entry: Result<Entry, DocumentError>,
     },
+}
+
+/// The stamp of an object: what the tracking remembers of it, and which fields the document
+/// gave itself (those are never stamped).
+#[derive(Clone, Debug)]
+struct Stamped {
+    identity: Identity,
+    tracked: Tracked,
+    given_generation: bool,
+    given_created: bool,
 }
 
 impl CachedDoc {
@@ -104,8 +115,45 @@ impl CachedDoc {
             Outcome::Read {
                 stamped: Some(stamped),
                 ..
-            } => tracked.get(&stamped.0) == Some(&stamped.1),
+            } => tracked.get(&stamped.identity) == Some(&stamped.tracked),
             _ => true,
+        }
+    }
+
+    /// The same document stamped again against `tracked` (when it is not
+    /// [`CachedDoc::reusable`]): the object is copied and its stamped fields filled in anew;
+    /// the text is not parsed again.
+    fn restamped(&self, tracked: &HashMap<Identity, Tracked>, now: Timestamp) -> CachedDoc {
+        let outcome = match &self.outcome {
+            Outcome::Read {
+                stamped: Some(old),
+                entry: Ok(entry),
+            } => {
+                let mut entry = entry.clone();
+                let stamped = entry.stamp(|s| {
+                    if !old.given_generation {
+                        s.meta.generation = None;
+                    }
+                    if !old.given_created {
+                        s.meta.creation_timestamp = None;
+                    }
+                    stamp(tracked, s, now)
+                });
+                Outcome::Read {
+                    stamped,
+                    entry: Ok(entry),
+                }
+            }
+            Outcome::Empty => Outcome::Empty,
+            Outcome::Unparseable(m) => Outcome::Unparseable(m.clone()),
+            Outcome::Read { stamped, entry } => Outcome::Read {
+                stamped: stamped.clone(),
+                entry: entry.clone(),
+            },
+        };
+        CachedDoc {
+            len: self.len,
+            outcome,
         }
     }
 
@@ -145,8 +193,9 @@ const PARALLEL_MIN_DOCUMENTS: usize = 64;
 pub struct FileSource {
     paths: Vec<PathBuf>,
     tracked: HashMap<Identity, Tracked>,
-    /// Each file's text from its last good load (used again when the file breaks).
-    last_good: HashMap<PathBuf, String>,
+    /// Each file's documents (index and text hash) in its last good load, used again when the
+    /// file breaks; their outcomes stay in `documents` meanwhile (the text is not kept).
+    last_good: HashMap<PathBuf, Vec<(usize, u64)>>,
     /// Each file's documents from the last load (its current and last good texts).
     documents: HashMap<PathBuf, DocCache>,
     /// Documents parsed (not taken from the cache) by the last load.
@@ -198,9 +247,7 @@ impl FileSource {
 
     /// Like [`FileSource::load`], with `now` as the creation time of new objects.
     pub fn load_at(&mut self, now: Timestamp) -> Loaded {
-        let now = Timestamp::from_second(now.as_second())
-            .unwrap_or(Timestamp::UNIX_EPOCH)
-            .to_string();
+        let now = Timestamp::from_second(now.as_second()).unwrap_or(Timestamp::UNIX_EPOCH);
         let (files, mut diagnostics) = self.files();
         let mut resources = Resources::new();
         let mut seen: HashMap<Identity, Tracked> = HashMap::with_capacity(self.tracked.len());
@@ -213,7 +260,7 @@ impl FileSource {
             let mut cache = DocCache::with_capacity(previous.len());
             let (text, docs) = match std::fs::read_to_string(&file) {
                 Ok(text) => {
-                    let docs = self.read_documents(&text, &origin, &now, &previous, &mut cache);
+                    let docs = self.read_documents(&text, &origin, now, &previous, &mut cache);
                     (Some(text), docs)
                 }
                 Err(err) => {
@@ -225,7 +272,7 @@ impl FileSource {
                 }
             };
             let mut broken = text.is_none();
-            for (index, doc) in &docs {
+            for (index, _, doc) in &docs {
                 match &doc.outcome {
                     Outcome::Unparseable(message) => {
                         broken = true;
@@ -249,15 +296,23 @@ impl FileSource {
                         &origin,
                         "not applied; its last good version keeps serving until it is fixed",
                     ));
-                    let good_docs =
-                        self.read_documents(&good, &origin, &now, &previous, &mut cache);
+                    let good_docs: Vec<_> = good
+                        .iter()
+                        .filter_map(|&(index, hash)| {
+                            let doc = cache.get(&hash).or_else(|| previous.get(&hash))?;
+                            let doc = self.current(doc, index, now);
+                            cache.insert(hash, doc.clone());
+                            Some((index, hash, doc))
+                        })
+                        .collect();
                     add_documents(&mut resources, &good_docs, &origin, &mut seen);
                     last_good.insert(file.clone(), good);
                 }
                 _ => {
                     add_documents(&mut resources, &docs, &origin, &mut seen);
-                    if let (false, Some(text)) = (broken, text) {
-                        last_good.insert(file.clone(), text);
+                    if !broken {
+                        let good = docs.iter().map(|&(index, hash, _)| (index, hash));
+                        last_good.insert(file.clone(), good.collect());
                     }
                 }
             }
@@ -273,17 +328,28 @@ impl FileSource {
         }
     }
 
-    /// The outcome of every document of `text`, in order: from `previous` when the document's
-    /// text is unchanged (and its stamp would be), else parsed (in parallel when there are many).
-    /// Every outcome used is put in `cache`.
+    /// `doc` as found in the cache, for document `index` of this load: shared when its stamp
+    /// still holds, else stamped again.
+    fn current(&self, doc: &Arc<CachedDoc>, index: usize, now: Timestamp) -> Arc<CachedDoc> {
+        if doc.reusable(&self.tracked) {
+            doc.at_document(index)
+        } else {
+            Arc::new(doc.restamped(&self.tracked, now)).at_document(index)
+        }
+    }
+
+    /// The outcome of every document of `text`, in order, with its text's hash: from
+    /// `previous` when the document's text is unchanged (stamped again if its stamp would
+    /// differ), else parsed (in parallel when there are many). Every outcome used is put in
+    /// `cache`.
     fn read_documents(
         &mut self,
         text: &str,
         origin: &str,
-        now: &str,
+        now: Timestamp,
         previous: &DocCache,
         cache: &mut DocCache,
-    ) -> Vec<(usize, Arc<CachedDoc>)> {
+    ) -> Vec<(usize, u64, Arc<CachedDoc>)> {
         let chunks = yaml::split(text);
         let mut docs: Vec<(usize, u64, Option<Arc<CachedDoc>>)> = Vec::with_capacity(chunks.len());
         let mut misses = Vec::new();
@@ -292,8 +358,8 @@ impl FileSource {
             let found = cache
                 .get(&hash)
                 .or_else(|| previous.get(&hash))
-                .filter(|d| d.len == chunk.text.len() && d.reusable(&self.tracked))
-                .map(|d| d.at_document(chunk.index));
+                .filter(|d| d.len == chunk.text.len())
+                .map(|d| self.current(d, chunk.index, now));
             if found.is_none() {
                 misses.push(slot);
             }
@@ -335,7 +401,7 @@ impl FileSource {
             .filter_map(|(index, hash, doc)| {
                 let doc = doc?;
                 cache.insert(hash, doc.clone());
-                Some((index, doc))
+                Some((index, hash, doc))
             })
             .collect()
     }
@@ -344,16 +410,16 @@ impl FileSource {
 /// Adds one file's documents to `into` (problems to its diagnostics), and their stamps to `seen`.
 fn add_documents(
     into: &mut Resources,
-    docs: &[(usize, Arc<CachedDoc>)],
+    docs: &[(usize, u64, Arc<CachedDoc>)],
     origin: &str,
     seen: &mut HashMap<Identity, Tracked>,
 ) {
-    for (index, doc) in docs {
+    for (index, _, doc) in docs {
         let Outcome::Read { stamped, entry } = &doc.outcome else {
             continue;
         };
         if let Some(stamped) = stamped {
-            seen.insert(stamped.0.clone(), stamped.1.clone());
+            seen.insert(stamped.identity.clone(), stamped.tracked);
         }
         match entry {
             Ok(entry) => into.insert(entry.clone()),
@@ -370,18 +436,19 @@ fn read_document(
     text: &str,
     index: usize,
     origin: &str,
-    now: &str,
+    now: Timestamp,
 ) -> Outcome {
-    match yaml::parse(text) {
-        Ok(None) => Outcome::Empty,
-        Err(message) => Outcome::Unparseable(message),
-        Ok(Some(mut value)) => {
-            let stamped = stamp(tracked, &mut value, now).map(Box::new);
-            Outcome::Read {
-                stamped,
-                entry: Entry::build(value, origin, index),
-            }
-        }
+    match Entry::read_yaml(text, origin, index) {
+        Read::Empty => Outcome::Empty,
+        Read::Unparseable(message) => Outcome::Unparseable(message),
+        Read::Entry(Ok(mut entry)) => Outcome::Read {
+            stamped: entry.stamp(|s| stamp(tracked, s, now)),
+            entry: Ok(entry),
+        },
+        Read::Entry(Err(e)) => Outcome::Read {
+            stamped: None,
+            entry: Err(e),
+        },
     }
 }
 
@@ -393,110 +460,44 @@ fn text_hash(text: &str) -> u64 {
     hasher.finish()
 }
 
-/// Fills in generation, creationTimestamp and namespace, as described in the module docs, from
-/// what the previous load `tracked`; returns the object's identity and stamp.
-fn stamp(
-    tracked: &HashMap<Identity, Tracked>,
-    value: &mut Value,
-    now: &str,
-) -> Option<(Identity, Tracked)> {
-    let api_version = value
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let kind_name = value.get("kind").and_then(Value::as_str).unwrap_or("");
-    let kind = Kind::from_type(api_version, kind_name)?;
-    let group = api_version
-        .rsplit_once('/')
-        .map(|(g, _)| g)
-        .unwrap_or("")
-        .to_string();
-    let content = content_hash(value);
-    let metadata = value.get_mut("metadata").and_then(Value::as_object_mut)?;
-    let name = metadata
-        .get("name")
-        .and_then(Value::as_str)
-        .map(str::to_string)?;
-    let namespace = if kind.namespaced() {
-        let ns = metadata
-            .get("namespace")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .unwrap_or(DEFAULT_NAMESPACE)
-            .to_string();
-        metadata.insert("namespace".into(), Value::String(ns.clone()));
-        ns
-    } else {
-        String::new()
-    };
-    let identity = (group, kind.as_str().to_string(), namespace, name);
+/// Fills in generation and creationTimestamp, as described in the module docs, from what the
+/// previous load `tracked` (the namespace is already defaulted); returns the object's identity
+/// and stamp.
+fn stamp(tracked: &HashMap<Identity, Tracked>, object: Stamp<'_>, now: Timestamp) -> Stamped {
+    let Stamp {
+        group,
+        kind,
+        meta,
+        content,
+    } = object;
+    let given_generation = meta.generation.is_some();
+    let given_created = meta.creation_timestamp.is_some();
+    let identity = Arc::new((
+        group.to_string(),
+        kind.as_str(),
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    ));
     let previous = tracked.get(&identity);
-
-    let generation = match metadata.get("generation").and_then(Value::as_i64) {
-        Some(g) => g,
-        None => {
-            let g = match previous {
-                Some(p) if p.content == content => p.generation,
-                Some(p) => p.generation + 1,
-                None => 1,
-            };
-            metadata.insert("generation".into(), Value::from(g));
-            g
-        }
-    };
-    let created = match metadata.get("creationTimestamp").and_then(Value::as_str) {
-        Some(c) if !c.is_empty() => c.to_string(),
-        _ => {
-            let c = previous
-                .map(|p| p.created.clone())
-                .unwrap_or_else(|| now.to_string());
-            metadata.insert("creationTimestamp".into(), Value::String(c.clone()));
-            c
-        }
-    };
-    Some((
+    let generation = *meta.generation.get_or_insert_with(|| match previous {
+        Some(p) if p.content == content => p.generation,
+        Some(p) => p.generation + 1,
+        None => 1,
+    });
+    let created = meta
+        .creation_timestamp
+        .get_or_insert_with(|| Time(previous.map_or(now, |p| p.created)))
+        .0;
+    Stamped {
         identity,
-        Tracked {
+        tracked: Tracked {
             content,
             generation,
             created,
         },
-    ))
-}
-
-/// A hash of `value` without `metadata`, `status` and `apiVersion` (what a generation counts),
-/// computed without copying it: each remaining field is hashed as its key and its JSON text.
-fn content_hash(value: &Value) -> u64 {
-    use std::hash::{Hash, Hasher};
-    /// Feeds serialized JSON into a hasher.
-    struct HashWriter(std::collections::hash_map::DefaultHasher);
-    impl std::io::Write for HashWriter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.write(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+        given_generation,
+        given_created,
     }
-    let mut w = HashWriter(Default::default());
-    match value.as_object() {
-        Some(map) => {
-            for (key, field) in map {
-                if matches!(key.as_str(), "metadata" | "status" | "apiVersion") {
-                    continue;
-                }
-                key.hash(&mut w.0);
-                // Writing into a hasher cannot fail.
-                let _ = serde_json::to_writer(&mut w, field);
-                0xffu8.hash(&mut w.0);
-            }
-        }
-        None => {
-            let _ = serde_json::to_writer(&mut w, value);
-        }
-    }
-    w.0.finish()
 }
 
 fn is_yaml(path: &Path) -> bool {

@@ -96,10 +96,10 @@ impl StatusReport {
     pub fn render(&mut self, resources: &Resources) {
         let mut documents = Vec::with_capacity(resources.len());
         for (kind, key) in resources.order() {
-            let Some(raw) = resources.raw(*kind, key) else {
+            // Serialized from the typed object: only that is kept per object.
+            let Some(mut doc) = resources.document(*kind, key) else {
                 continue;
             };
-            let mut doc = raw.clone();
             let Some(map) = doc.as_object_mut() else {
                 continue;
             };
@@ -136,7 +136,7 @@ impl StatusReport {
         self.xbackend_documents.clear();
         for key in resources.other_order() {
             if let Some(object) = resources.others.get(key) {
-                let mut doc = object.raw.clone();
+                let mut doc = object.object.clone();
                 if key.group == crate::resources::GATEWAY_GROUP
                     && key.kind == "BackendTLSPolicy"
                     && let Some(status) = self

@@ -6,6 +6,7 @@ use serde_json::Value;
 use std::borrow::Cow;
 
 /// One document of a YAML stream: its index in the stream and its parse result.
+#[cfg(test)]
 #[derive(Debug)]
 pub(crate) struct Document {
     /// Zero-based index of the document in its stream.
@@ -25,6 +26,7 @@ pub(crate) struct Chunk<'a> {
 
 /// Splits `text` at document markers (`---` at the start of a line; `...` ends a document) and
 /// parses every document. A comment-only preamble before the first `---` is not a document.
+#[cfg(test)]
 pub(crate) fn documents(text: &str) -> Vec<Document> {
     split(text)
         .into_iter()
@@ -112,13 +114,73 @@ pub(crate) fn parse(chunk: &str) -> Result<Option<Value>, String> {
     if is_blank(chunk) {
         return Ok(None);
     }
-    // YAML 1.2 booleans only: `y`, `n`, `on`, `no` stay strings (names, label values).
-    let options = serde_saphyr::options! { strict_booleans: true };
-    match serde_saphyr::from_str_with_options::<Value>(chunk, options) {
+    match serde_saphyr::from_str_with_options::<Value>(chunk, options()) {
         Ok(Value::Null) => Ok(None),
         Ok(value) => Ok(Some(value)),
         Err(err) => Err(err.to_string()),
     }
+}
+
+/// Parses one document straight into `T` (no intermediate [`Value`]).
+pub(crate) fn parse_typed<T: serde::de::DeserializeOwned>(chunk: &str) -> Result<T, String> {
+    serde_saphyr::from_str_with_options::<T>(chunk, options()).map_err(|e| e.to_string())
+}
+
+/// The parser's options: YAML 1.2 booleans only (`y`, `n`, `on`, `no` stay strings: names,
+/// label values).
+fn options() -> serde_saphyr::Options {
+    serde_saphyr::options! { strict_booleans: true }
+}
+
+/// The `apiVersion` and `kind` of a document, found without parsing it: from its top-level
+/// lines `apiVersion: VALUE` and `kind: VALUE` (at the start of a line, each once, the value a
+/// plain or quoted word of letters, digits, `.`, `/`, `-`, `_`, then nothing but a comment).
+/// `None` when the document is written otherwise (a flow mapping, a value on the next line,
+/// a repeated key, ...): the caller then parses it in full.
+pub(crate) fn type_meta(chunk: &str) -> Option<(&str, &str)> {
+    let mut api_version = None;
+    let mut kind = None;
+    for line in chunk.lines() {
+        let (slot, rest) = if let Some(rest) = line.strip_prefix("apiVersion:") {
+            (&mut api_version, rest)
+        } else if let Some(rest) = line.strip_prefix("kind:") {
+            (&mut kind, rest)
+        } else if line.starts_with(['{', '[', '?', '&', '!', '*', '"', '\'']) {
+            // The document is a flow collection, a complex key, or tagged / anchored / quoted
+            // at the top level: not a plain block mapping.
+            return None;
+        } else {
+            continue;
+        };
+        if slot.is_some() {
+            return None;
+        }
+        *slot = Some(word(rest)?);
+    }
+    Some((api_version?, kind?))
+}
+
+/// The value of a `key: value` line after the colon, if it is a simple word.
+fn word(rest: &str) -> Option<&str> {
+    if !rest.starts_with([' ', '\t']) {
+        return None;
+    }
+    let rest = rest.trim_start_matches([' ', '\t']);
+    let (value, tail) = match rest.chars().next()? {
+        quote @ ('"' | '\'') => {
+            let inner = &rest[1..];
+            let end = inner.find(quote)?;
+            (&inner[..end], &inner[end + 1..])
+        }
+        _ => {
+            let end = rest.find([' ', '\t']).unwrap_or(rest.len());
+            (&rest[..end], &rest[end..])
+        }
+    };
+    let simple = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '-' | '_');
+    let tail = tail.trim_start_matches([' ', '\t']);
+    (!value.is_empty() && value.chars().all(simple) && (tail.is_empty() || tail.starts_with('#')))
+        .then_some(value)
 }
 
 #[cfg(test)]
@@ -157,6 +219,27 @@ mod tests {
             docs[0].value.as_ref().ok(),
             Some(&Some(serde_json::json!({"a": "n", "b": "yes", "c": true})))
         );
+    }
+
+    #[test]
+    fn type_meta_reads_plain_top_level_lines_only() {
+        let doc = "# c\napiVersion: gateway.networking.k8s.io/v1\nkind: \"HTTPRoute\" # x\nmetadata:\n  kind: no\n";
+        assert_eq!(
+            type_meta(doc),
+            Some(("gateway.networking.k8s.io/v1", "HTTPRoute"))
+        );
+        // Anything unusual is left to the full parse.
+        for doc in [
+            "{apiVersion: v1, kind: Service}\n",
+            "apiVersion: v1\nkind: Service\nkind: Secret\n",
+            "apiVersion: v1\nkind:\n  Service\n",
+            "apiVersion: v1\nkind: [unclosed\n",
+            "apiVersion: v1\nkind: Service x\n",
+            "apiVersion: v1\nkind:Service\n",
+            "kind: Service\n",
+        ] {
+            assert_eq!(type_meta(doc), None, "{doc}");
+        }
     }
 
     #[test]

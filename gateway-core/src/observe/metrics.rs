@@ -8,7 +8,7 @@
 //!
 //! The names, labels and meanings are an interface: see `docs/observability.md`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -230,8 +230,42 @@ impl BackendStats {
 /// Reads one counter of a [`BackendStats`].
 type BackendCounter = fn(&BackendStats) -> &AtomicU64;
 
-/// (listener, route as `namespace/name`, rule, backend).
-type RouteKey = (String, String, String, String);
+/// (listener, route as `namespace/name`, rule, backend), each interned ([`Labels`]): with
+/// 10,000 routes the listener, rule and backend labels are a handful of strings shared by every
+/// series, and each route label is stored once for the series of all its rules and backends.
+type RouteKey = (Arc<str>, Arc<str>, Arc<str>, Arc<str>);
+
+/// The route series and the label strings they share.
+#[derive(Default)]
+struct RouteSeries {
+    series: BTreeMap<RouteKey, Arc<RouteStats>>,
+    labels: Labels,
+}
+
+impl RouteSeries {
+    /// Forgets the series no table (and no request) holds any more, which belong to removed
+    /// routes, and the labels only they used.
+    fn prune(&mut self) {
+        self.series.retain(|_, s| Arc::strong_count(s) > 1);
+        self.labels.0.retain(|l| Arc::strong_count(l) > 1);
+    }
+}
+
+/// The label values of the route series, each stored once.
+#[derive(Default)]
+struct Labels(HashSet<Arc<str>>);
+
+impl Labels {
+    /// The shared copy of `value`.
+    fn intern(&mut self, value: &str) -> Arc<str> {
+        if let Some(known) = self.0.get(value) {
+            return known.clone();
+        }
+        let value: Arc<str> = Arc::from(value);
+        self.0.insert(value.clone());
+        value
+    }
+}
 
 /// Counters the gateway keeps elsewhere, read at scrape time.
 #[derive(Clone, Copy, Debug, Default)]
@@ -251,7 +285,7 @@ type RuntimeSource = Box<dyn Fn() -> RuntimeStats + Send + Sync>;
 /// The series the request path writes, and the scrape-time sources; encoded by [`Series`]'s
 /// [`Collector`] implementation.
 struct Series {
-    routes: Mutex<BTreeMap<RouteKey, Arc<RouteStats>>>,
+    routes: Mutex<RouteSeries>,
     backends: Mutex<BTreeMap<Arc<str>, Arc<BackendStats>>>,
     runtime: OnceLock<RuntimeSource>,
 }
@@ -273,20 +307,20 @@ impl Collector for Series {
         {
             // Series no table (and no request) holds any more belong to removed routes.
             let mut routes = lock(&self.routes);
-            routes.retain(|_, s| Arc::strong_count(s) > 1);
+            routes.prune();
             let mut m = encoder.encode_descriptor(
                 "http_server_request_duration",
                 "Duration of requests, from the request head received to the response sent, by listener, route, rule, backend and status class. A request that matched no route has empty route, rule and backend labels",
                 Some(&Unit::Seconds),
                 MetricType::Histogram,
             )?;
-            for ((listener, route, rule, backend), stats) in routes.iter() {
+            for ((listener, route, rule, backend), stats) in routes.series.iter() {
                 for (class, h) in stats.requests.used() {
                     let labels = [
-                        ("listener", listener.as_str()),
-                        ("route", route.as_str()),
-                        ("rule", rule.as_str()),
-                        ("backend", backend.as_str()),
+                        ("listener", &**listener),
+                        ("route", &**route),
+                        ("rule", &**rule),
+                        ("backend", &**backend),
                         ("status_class", class),
                     ];
                     h.encode(&mut m.encode_family(&labels)?)?;
@@ -548,13 +582,16 @@ impl Metrics {
         rule: &str,
         backend: &str,
     ) -> Arc<RouteStats> {
+        let mut routes = lock(&self.series.routes);
+        let labels = &mut routes.labels;
         let key = (
-            listener.to_owned(),
-            route.to_owned(),
-            rule.to_owned(),
-            backend.to_owned(),
+            labels.intern(listener),
+            labels.intern(route),
+            labels.intern(rule),
+            labels.intern(backend),
         );
-        lock(&self.series.routes)
+        routes
+            .series
             .entry(key)
             .or_insert_with(|| Arc::new(RouteStats::new()))
             .clone()
@@ -587,6 +624,8 @@ impl Metrics {
             ApplyResult::Rejected => "rejected",
         };
         self.applies.get_or_create(&[("result", label)]).inc();
+        // The series of the routes a change removed go now, not at the next scrape.
+        lock(&self.series.routes).prune();
         if result == ApplyResult::Changed {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -657,5 +696,31 @@ mod tests {
         // Dropped by every table: gone from the next scrape.
         drop(r);
         assert!(!m.encode().contains(r#"route="ns/r""#));
+    }
+
+    #[test]
+    fn route_series_share_their_labels_and_go_with_their_routes() {
+        let m = Metrics::new();
+        let a = m.route("http", "ns/a", "0", "ns/be");
+        let b = m.route("http", "ns/b", "0", "ns/be");
+        assert!(Arc::ptr_eq(&a, &m.route("http", "ns/a", "0", "ns/be")));
+        assert!(!Arc::ptr_eq(&a, &b));
+        {
+            let routes = lock(&m.series.routes);
+            // http, ns/a, ns/b, 0, ns/be: each stored once.
+            assert_eq!(routes.labels.0.len(), 5);
+            let keys: Vec<_> = routes.series.keys().collect();
+            assert!(Arc::ptr_eq(&keys[0].0, &keys[1].0));
+            assert!(Arc::ptr_eq(&keys[0].3, &keys[1].3));
+        }
+        // A route removed by a change: its series and its own label go at the next apply.
+        drop(a);
+        m.config_applied(ApplyResult::Changed, Duration::ZERO, 0);
+        let routes = lock(&m.series.routes);
+        assert_eq!(routes.series.len(), 1);
+        assert_eq!(routes.labels.0.len(), 4);
+        assert!(!routes.labels.0.contains("ns/a"));
+        drop(routes);
+        drop(b);
     }
 }

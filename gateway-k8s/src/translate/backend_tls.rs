@@ -80,7 +80,7 @@ pub(crate) fn plan(resources: &Resources) -> (Vec<TlsPolicyPlan>, BackendTlsPoli
         .map(|(k, o)| {
             (
                 ObjectKey::new(k.namespace.clone(), k.name.clone()),
-                serde_json::from_value::<BackendTlsPolicy>(o.raw.clone())
+                serde_json::from_value::<BackendTlsPolicy>(o.object.clone())
                     .map_err(|e| e.to_string()),
             )
         })
