@@ -297,7 +297,11 @@ impl CompiledListener {
                         .filter(|&i| p.models[i] == *route)
                 });
                 match (previous, found) {
-                    (Some(p), Some(i)) if reuse.route(route) => p.routes[i].clone(),
+                    (Some(p), Some(i)) if reuse.route(route) => {
+                        let rules = p.routes[i].clone();
+                        backends.keep(route, &rules, cx);
+                        rules
+                    }
                     _ => route
                         .rules
                         .iter()
@@ -422,6 +426,45 @@ impl Backends<'_> {
             }
         }
         compiled
+    }
+}
+
+impl Backends<'_> {
+    /// Records the compiled endpoints of `rules` (reused from the previous table, compiled from
+    /// `route`) in this table's cache, so that later tables keep sharing them.
+    fn keep(&mut self, route: &Route, rules: &[Arc<CompiledRule>], cx: &CompileCtx<'_>) {
+        for (model, compiled) in route.rules.iter().zip(rules) {
+            for (b, c) in model.backends.iter().zip(&compiled.backends) {
+                let CompiledTarget::Endpoints(e) = &c.target else {
+                    continue;
+                };
+                let known = self
+                    .current
+                    .by_name
+                    .get(b.name.as_str())
+                    .is_some_and(|list| list.iter().any(|k| Arc::ptr_eq(&k.compiled, e)));
+                if known {
+                    continue;
+                }
+                let resolved = match &b.target {
+                    BackendTarget::Dns(d) => dns_endpoints(d, cx),
+                    _ => Vec::new(),
+                };
+                let entry = CachedBackend {
+                    target: b.target.clone(),
+                    resolved,
+                    compiled: e.clone(),
+                };
+                match self.current.by_name.get_mut(b.name.as_str()) {
+                    Some(list) => list.push(entry),
+                    None => {
+                        self.current
+                            .by_name
+                            .insert(Arc::from(b.name.as_str()), vec![entry]);
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -60,7 +60,17 @@ fn translate_both(incremental: &mut Translator, resources: &Resources, now: Time
     let reused = incremental.translate_at(resources, now.clone());
     let fresh = translator().translate_at(resources, now);
     assert_eq!(reused.config, fresh.config);
-    assert_eq!(reused.status.to_yaml(), fresh.status.to_yaml());
+    // Condition times are the translator's memory (kept while a status holds), not part of
+    // the comparison.
+    let status = |t: &Translation| -> String {
+        t.status
+            .to_yaml()
+            .lines()
+            .filter(|l| !l.contains("lastTransitionTime"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(status(&reused), status(&fresh));
     let diagnostics = |t: &Translation| -> Vec<String> {
         t.diagnostics.iter().map(ToString::to_string).collect()
     };
@@ -165,18 +175,19 @@ fn a_changed_route_is_translated_again_and_the_others_are_reused() {
 fn a_changed_service_translates_every_route_again() {
     let v1 = fixture("incremental.yaml");
     let mut t = translator();
-    translate_both(&mut t, &v1, at(100));
-    // The Service's port 8080 now goes to 3001 (no such EndpointSlice port: no endpoints).
+    let first = translate_both(&mut t, &v1, at(100));
+    // The Service changes (translate_both checks the result against a fresh translation).
     let v2 = replaced(&v1, "Service", "store", |d| {
         d.replace("targetPort: 3000", "targetPort: 3001")
     });
     let second = translate_both(&mut t, &v2, at(200));
     assert_eq!(t.route_reuse(), (0, 3));
     let a = route(&routes(&second), "a").clone();
-    match &a.rules[0].backends[0].target {
-        BackendTarget::Endpoints(b) => assert!(b.endpoints.is_empty(), "{:?}", b.endpoints),
-        other => panic!("unexpected target {other:?}"),
-    }
+    assert!(!Arc::ptr_eq(route(&routes(&first), "a"), &a));
+    assert!(matches!(
+        &a.rules[0].backends[0].target,
+        BackendTarget::Endpoints(_)
+    ));
     // And the next translation of the same input reuses again.
     translate_both(&mut t, &v2, at(300));
     assert_eq!(t.route_reuse(), (3, 0));
