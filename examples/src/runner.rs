@@ -4,9 +4,11 @@
 //! knows about the names of XBackends changes ([`Gateway::dns_updates`]), the input is translated
 //! and applied again, so the status is published with the new resolution conditions.
 //!
-//! Nothing of a translation is kept once it is applied and its status published (the status
-//! YAML is kept compressed by the admin endpoint); the file source keeps the parsed objects of
-//! the current files, so a change parses only the documents that changed.
+//! Of a translation, the translator keeps the translated rules of each HTTPRoute (shared with
+//! the applied configuration), so that a change retranslates only the routes that changed, and
+//! the gateway's compile reuses what it compiled for the others; the status YAML is kept
+//! compressed by the admin endpoint. The file source keeps the parsed objects of the current
+//! files, so a change parses only the documents that changed.
 //! The gateway is marked ready as soon as its configuration is applied. The status is rendered
 //! and published after that, on a blocking thread, so that the next change of the files is
 //! loaded and applied without waiting for it; statuses are published in the order of the loads.
@@ -133,9 +135,12 @@ impl Runner {
         }
         self.admin.set_diagnostics(diagnostics);
         self.admin.set_ready();
+        let (routes_reused, routes_translated) = self.translator.route_reuse();
         tracing::info!(
-            translate_ms = translated.as_millis() as u64,
-            apply_ms = (started.elapsed() - translated).as_millis() as u64,
+            translate_ms = ms(translated),
+            apply_ms = ms(started.elapsed() - translated),
+            routes_reused,
+            routes_translated,
             "configuration translated and applied"
         );
         let mut status = translation.status;
@@ -203,7 +208,7 @@ impl Runner {
         let started = std::time::Instant::now();
         let loaded = source.load();
         tracing::info!(
-            load_ms = started.elapsed().as_millis() as u64,
+            load_ms = ms(started.elapsed()),
             objects = loaded.resources.len(),
             parsed_documents = source.parsed_documents(),
             "configuration files read"
@@ -257,6 +262,11 @@ impl Runner {
             }
         }
     }
+}
+
+/// `d` in milliseconds, with microseconds as the fraction (for the timing logs).
+fn ms(d: Duration) -> f64 {
+    (d.as_micros() as f64) / 1_000.0
 }
 
 /// Resolves when `dns` changes; never, once the gateway is gone.

@@ -10,6 +10,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -164,13 +165,40 @@ pub struct Listener {
     pub port: u16,
     /// Certificates served on TLS binds; chosen by SNI.
     pub tls: Option<ListenerTls>,
-    /// The routes attached to this listener.
-    pub routes: Vec<Route>,
+    /// The routes attached to this listener. Shared ([`Arc`]): a configuration source that keeps
+    /// the routes it translated (`gateway-k8s`'s `Translator` does) hands the same `Arc` for an
+    /// unchanged route, and [`crate::Gateway::apply`] then reuses what it compiled for it (an
+    /// equal route is reused too; the pointer only makes the comparison free).
+    #[serde(with = "shared_routes")]
+    pub routes: Vec<Arc<Route>>,
     /// How request paths are normalised before routing: matching, filters and the backend all
     /// see the normalised path. Default: [`PathNormalization::default`] (dot segments removed,
     /// unreserved escapes decoded, slashes merged, escaped slashes redirected).
     #[serde(default)]
     pub path_normalization: PathNormalization,
+}
+
+/// (De)serialises shared routes as plain ones (serde's own `Arc` support needs its `rc`
+/// feature, which would rebuild every crate depending on serde).
+mod shared_routes {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Route;
+
+    pub(super) fn serialize<S: Serializer>(routes: &[Arc<Route>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(routes.iter().map(|r| &**r))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<Arc<Route>>, D::Error> {
+        Ok(Vec::<Route>::deserialize(d)?
+            .into_iter()
+            .map(Arc::new)
+            .collect())
+    }
 }
 
 /// How a listener normalises the path of every request before routing
@@ -985,8 +1013,8 @@ impl Listener {
     }
 
     /// Adds a route.
-    pub fn route(mut self, route: Route) -> Self {
-        self.routes.push(route);
+    pub fn route(mut self, route: impl Into<Arc<Route>>) -> Self {
+        self.routes.push(route.into());
         self
     }
 

@@ -22,7 +22,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{BackendTarget, Config, DnsBackend, Filter};
+use crate::config::{BackendTarget, Config, DnsBackend, Filter, Route};
 
 /// The shortest time an answer is kept before it is resolved again.
 pub const MIN_TTL: Duration = Duration::from_secs(1);
@@ -70,6 +70,18 @@ fn normalize(hostname: &str) -> String {
 /// Every DNS backend `config` refers to (rule backends and mirror targets).
 pub(crate) fn targets(config: &Config) -> BTreeSet<DnsKey> {
     let mut out = BTreeSet::new();
+    for bind in &config.binds {
+        for listener in &bind.listeners {
+            for route in &listener.routes {
+                route_targets(route, &mut out);
+            }
+        }
+    }
+    out
+}
+
+/// Adds the DNS backends `route` names (backends and mirrors) to `out`.
+pub(crate) fn route_targets(route: &Route, out: &mut BTreeSet<DnsKey>) {
     let filters = |filters: &[Filter], out: &mut BTreeSet<DnsKey>| {
         for f in filters {
             if let Filter::RequestMirror(m) = f
@@ -79,22 +91,15 @@ pub(crate) fn targets(config: &Config) -> BTreeSet<DnsKey> {
             }
         }
     };
-    for bind in &config.binds {
-        for listener in &bind.listeners {
-            for route in &listener.routes {
-                for rule in &route.rules {
-                    filters(&rule.filters, &mut out);
-                    for b in &rule.backends {
-                        if let BackendTarget::Dns(d) = &b.target {
-                            out.insert(key(d));
-                        }
-                        filters(&b.filters, &mut out);
-                    }
-                }
+    for rule in &route.rules {
+        filters(&rule.filters, out);
+        for b in &rule.backends {
+            if let BackendTarget::Dns(d) = &b.target {
+                out.insert(key(d));
             }
+            filters(&b.filters, out);
         }
     }
-    out
 }
 
 /// What a watcher knows; read when tables are compiled and by [`crate::Gateway::dns_status`].

@@ -3,6 +3,14 @@
 //! A [`Table`] is built once per applied configuration, off the request path, and published
 //! through an `ArcSwap`. Everything a request needs is precomputed here: routers, validated header
 //! names and values, filter instances, cumulative backend weights, TLS certificates by SNI.
+//!
+//! Compiling is incremental ([`Table::compile`] with the active table as `previous`): the
+//! compiled rules of a route equal to one of the previous table's on the same listener are
+//! shared with it (same `Arc`s: filter instances, metric handles and backend state carry over),
+//! a listener router whose routing inputs are unchanged is shared, and the compiled endpoints
+//! of a backend are compiled once per table and shared by every rule and mirror naming it (and
+//! with the previous table while the backend is unchanged). See `docs/architecture.md`,
+//! "Incremental configuration".
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -26,7 +34,7 @@ use crate::filter::RouteInfo;
 use crate::filter::chain::Chain;
 use crate::observe::ListenerObs;
 use crate::observe::metrics::{BackendStats, Metrics, RouteStats};
-use crate::routing::BindRouter;
+use crate::routing::{self, BindRouter};
 use crate::sample::Share;
 use crate::tls::{CertIndex, ClientAuth};
 use crate::upstream_tls::{ClientConfigs, CompiledTls};
@@ -42,6 +50,11 @@ pub(crate) struct Table {
     pub(crate) rejected: Vec<String>,
     /// The addresses the DNS backends of `config` resolved to when this table was compiled.
     pub(crate) dns: DnsAddresses,
+    /// The compiled endpoints of every backend this table uses, for the next compile to reuse.
+    pub(crate) backends: BackendCache,
+    /// The generation of the endpoint picker registry this table was compiled with
+    /// ([`CompileCtx::pickers_generation`]).
+    pub(crate) pickers_generation: u64,
 }
 
 /// What compiling needs besides the configuration.
@@ -55,22 +68,48 @@ pub(crate) struct CompileCtx<'a> {
     pub(crate) tls: &'a ClientConfigs,
     /// Where the compiled rules get their metric handles.
     pub(crate) metrics: &'a Metrics,
+    /// Changes whenever a picker is registered: a table compiled with another generation is not
+    /// reused (its rules may name a picker that was missing then).
+    pub(crate) pickers_generation: u64,
 }
 
 impl Table {
     /// Compiles `config`, building custom filters and pickers through the registries and reusing
     /// backend state from the store.
-    pub(crate) fn compile(config: Config, cx: &CompileCtx<'_>) -> Result<Table> {
+    ///
+    /// With `previous` (the active table), what `config` shares with it is reused instead of
+    /// compiled again: the compiled rules of each route equal to one on the previous table's
+    /// listener of the same name (unless the route names a DNS backend whose addresses changed),
+    /// the router of each listener whose routing inputs are unchanged, and the compiled
+    /// endpoints of unchanged backends. Nothing is reused when the picker registry changed. The
+    /// result serves exactly as a compile without `previous` would.
+    pub(crate) fn compile(
+        config: Config,
+        cx: &CompileCtx<'_>,
+        previous: Option<&Table>,
+    ) -> Result<Table> {
         if let Some(field) = config.limits.invalid() {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
                 format!("limits: {field} must be above zero"),
             ));
         }
+        let previous = previous.filter(|p| p.pickers_generation == cx.pickers_generation);
+        let reuse = Reuse {
+            dns_unchanged: previous.is_some_and(|p| p.dns == *cx.dns),
+        };
+        let mut backends = Backends {
+            previous: previous.map(|p| &p.backends),
+            current: BackendCache::default(),
+        };
         let mut binds = HashMap::with_capacity(config.binds.len());
         let mut rejected = Vec::new();
         for bind in &config.binds {
-            let compiled = CompiledBind::compile(bind, cx)
+            let before = previous
+                .and_then(|p| p.binds.get(&bind.address))
+                .filter(|b| b.protocol == bind.protocol)
+                .map(|b| &**b);
+            let compiled = CompiledBind::compile(bind, cx, before, &reuse, &mut backends)
                 .map_err(|e| e.more_context(format_args!("bind {}", bind.address)))?;
             rejected.extend(compiled.router.rejected().iter().cloned());
             rejected.extend(compiled.tls_rejected.iter().cloned());
@@ -86,6 +125,8 @@ impl Table {
             binds,
             rejected,
             dns: cx.dns.clone(),
+            backends: backends.current,
+            pickers_generation: cx.pickers_generation,
         })
     }
 
@@ -135,7 +176,13 @@ pub(crate) struct CompiledBind {
 }
 
 impl CompiledBind {
-    fn compile(bind: &Bind, cx: &CompileCtx<'_>) -> Result<Self> {
+    fn compile(
+        bind: &Bind,
+        cx: &CompileCtx<'_>,
+        previous: Option<&CompiledBind>,
+        reuse: &Reuse,
+        backends: &mut Backends<'_>,
+    ) -> Result<Self> {
         let (client_auth, listeners, tls_rejected) = if bind.protocol == Protocol::Https {
             let compiled = ClientAuth::compile(&bind.listeners, bind.address);
             let listeners: Cow<'_, [Listener]> = if compiled.refused_listeners.is_empty() {
@@ -164,25 +211,25 @@ impl CompiledBind {
                 Vec::new(),
             )
         };
-        let router = BindRouter::build(&listeners)?;
+        // The previous listener of the same name, by index in `previous`.
+        let before: Vec<Option<usize>> = listeners
+            .iter()
+            .map(|l| previous.and_then(|p| p.listeners.iter().position(|pl| pl.obs.name == l.name)))
+            .collect();
+        let router = BindRouter::build_reusing(&listeners, |i| {
+            let p = previous?;
+            let j = before[i]?;
+            let pl = &p.listeners[j];
+            routing::same_routing(&listeners[i], pl.hostname.as_deref(), &pl.models)
+                .then(|| p.router.listener_router(j).cloned())
+                .flatten()
+        })?;
         let compiled_listeners = listeners
             .iter()
-            .map(|l| CompiledListener {
-                obs: Arc::new(ListenerObs::new(cx.metrics, &l.name)),
-                port: l.port,
-                path: l.path_normalization,
-                routes: l
-                    .routes
-                    .iter()
-                    .map(|route| {
-                        route
-                            .rules
-                            .iter()
-                            .enumerate()
-                            .map(|(i, rule)| Arc::new(CompiledRule::compile(l, route, i, rule, cx)))
-                            .collect()
-                    })
-                    .collect(),
+            .zip(&before)
+            .map(|(l, before)| {
+                let previous = before.and_then(|j| previous.map(|p| &p.listeners[j]));
+                CompiledListener::compile(l, cx, previous, reuse, backends)
             })
             .collect();
         let certs = if bind.protocol == Protocol::Https {
@@ -209,6 +256,226 @@ pub(crate) struct CompiledListener {
     /// How request paths are normalised before routing.
     pub(crate) path: PathNormalization,
     pub(crate) routes: Vec<Vec<Arc<CompiledRule>>>,
+    /// The listener hostname its router was compiled with (for reuse by the next table).
+    hostname: Option<String>,
+    /// The routes `routes` was compiled from, in the same order (the same `Arc`s as the
+    /// configuration's, for reuse by the next table; empty for a listener refused by its bind).
+    models: Vec<Arc<Route>>,
+}
+
+impl CompiledListener {
+    /// Compiles the rules of `listener`, taking those of a route equal to one of `previous`
+    /// (the previous table's listener of the same name) from it.
+    fn compile(
+        listener: &Listener,
+        cx: &CompileCtx<'_>,
+        previous: Option<&CompiledListener>,
+        reuse: &Reuse,
+        backends: &mut Backends<'_>,
+    ) -> Self {
+        // Routes of `previous` by name, built on the first route not found at its own index.
+        let mut by_name: Option<HashMap<(&str, &str), usize>> = None;
+        let routes = listener
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(index, route)| {
+                let found = previous.and_then(|p| {
+                    if p.models.get(index).is_some_and(|m| m == route) {
+                        return Some(index);
+                    }
+                    let names = by_name.get_or_insert_with(|| {
+                        p.models
+                            .iter()
+                            .enumerate()
+                            .map(|(i, m)| ((m.namespace.as_str(), m.name.as_str()), i))
+                            .collect()
+                    });
+                    names
+                        .get(&(route.namespace.as_str(), route.name.as_str()))
+                        .copied()
+                        .filter(|&i| p.models[i] == *route)
+                });
+                match (previous, found) {
+                    (Some(p), Some(i)) if reuse.route(route) => {
+                        let rules = p.routes[i].clone();
+                        backends.keep(route, &rules, cx);
+                        rules
+                    }
+                    _ => route
+                        .rules
+                        .iter()
+                        .enumerate()
+                        .map(|(i, rule)| {
+                            Arc::new(CompiledRule::compile(
+                                listener, route, i, rule, cx, backends,
+                            ))
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        CompiledListener {
+            obs: match previous {
+                Some(p) => p.obs.clone(),
+                None => Arc::new(ListenerObs::new(cx.metrics, &listener.name)),
+            },
+            port: listener.port,
+            path: listener.path_normalization,
+            routes,
+            hostname: listener.hostname.clone(),
+            models: listener.routes.clone(),
+        }
+    }
+}
+
+/// What decides whether compiled rules can be reused, besides the route itself.
+struct Reuse {
+    /// Every DNS backend resolves to what it resolved to for the previous table.
+    dns_unchanged: bool,
+}
+
+impl Reuse {
+    /// Whether the previous compile of a route equal to `route` serves as this one: always,
+    /// unless the route names a DNS backend and some DNS answer changed.
+    fn route(&self, route: &Route) -> bool {
+        if self.dns_unchanged {
+            return true;
+        }
+        let mut keys = std::collections::BTreeSet::new();
+        dns::route_targets(route, &mut keys);
+        keys.is_empty()
+    }
+}
+
+/// The compiled endpoints of the backends of one table, by backend name: each distinct
+/// backend (name, target and, for a DNS backend, its addresses) is compiled once and shared.
+#[derive(Default)]
+pub(crate) struct BackendCache {
+    by_name: HashMap<Arc<str>, Vec<CachedBackend>>,
+}
+
+/// One compiled backend of a [`BackendCache`].
+struct CachedBackend {
+    target: BackendTarget,
+    /// The addresses a DNS backend was compiled with (empty for other targets, whose addresses
+    /// are in `target`).
+    resolved: Vec<SocketAddr>,
+    compiled: Arc<CompiledEndpoints>,
+}
+
+impl BackendCache {
+    fn find(
+        &self,
+        name: &str,
+        target: &BackendTarget,
+        resolved: &[SocketAddr],
+    ) -> Option<&Arc<CompiledEndpoints>> {
+        self.by_name
+            .get(name)?
+            .iter()
+            .find(|c| c.target == *target && c.resolved == resolved)
+            .map(|c| &c.compiled)
+    }
+
+    /// How many distinct backends are compiled.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.by_name.values().map(Vec::len).sum()
+    }
+}
+
+/// The backends compiled for the table being built, and those of the previous table.
+struct Backends<'a> {
+    previous: Option<&'a BackendCache>,
+    current: BackendCache,
+}
+
+impl Backends<'_> {
+    /// The compiled target of backend `name`: shared with an earlier rule of this table or with
+    /// the previous table when the backend is the same, else compiled (and kept for the next
+    /// rule). Unresolved targets are not kept.
+    fn target(
+        &mut self,
+        name: &str,
+        target: &BackendTarget,
+        cx: &CompileCtx<'_>,
+    ) -> CompiledTarget {
+        let resolved: Vec<SocketAddr> = match target {
+            BackendTarget::Dns(d) => dns_endpoints(d, cx),
+            _ => Vec::new(),
+        };
+        if let Some(found) = self.current.find(name, target, &resolved) {
+            return CompiledTarget::Endpoints(found.clone());
+        }
+        let compiled = match self.previous.and_then(|p| p.find(name, target, &resolved)) {
+            Some(found) => CompiledTarget::Endpoints(found.clone()),
+            None => CompiledTarget::compile(name, target, cx),
+        };
+        if let CompiledTarget::Endpoints(e) = &compiled {
+            let entry = CachedBackend {
+                target: target.clone(),
+                resolved,
+                compiled: e.clone(),
+            };
+            match self.current.by_name.get_mut(name) {
+                Some(list) => list.push(entry),
+                None => {
+                    self.current.by_name.insert(Arc::from(name), vec![entry]);
+                }
+            }
+        }
+        compiled
+    }
+}
+
+impl Backends<'_> {
+    /// Records the compiled endpoints of `rules` (reused from the previous table, compiled from
+    /// `route`) in this table's cache, so that later tables keep sharing them.
+    fn keep(&mut self, route: &Route, rules: &[Arc<CompiledRule>], cx: &CompileCtx<'_>) {
+        for (model, compiled) in route.rules.iter().zip(rules) {
+            for (b, c) in model.backends.iter().zip(&compiled.backends) {
+                let CompiledTarget::Endpoints(e) = &c.target else {
+                    continue;
+                };
+                let known = self
+                    .current
+                    .by_name
+                    .get(b.name.as_str())
+                    .is_some_and(|list| list.iter().any(|k| Arc::ptr_eq(&k.compiled, e)));
+                if known {
+                    continue;
+                }
+                let resolved = match &b.target {
+                    BackendTarget::Dns(d) => dns_endpoints(d, cx),
+                    _ => Vec::new(),
+                };
+                let entry = CachedBackend {
+                    target: b.target.clone(),
+                    resolved,
+                    compiled: e.clone(),
+                };
+                match self.current.by_name.get_mut(b.name.as_str()) {
+                    Some(list) => list.push(entry),
+                    None => {
+                        self.current
+                            .by_name
+                            .insert(Arc::from(b.name.as_str()), vec![entry]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The endpoints DNS backend `d` resolves to now.
+fn dns_endpoints(d: &crate::config::DnsBackend, cx: &CompileCtx<'_>) -> Vec<SocketAddr> {
+    cx.dns
+        .get(&dns::key(d))
+        .into_iter()
+        .flatten()
+        .map(|ip| SocketAddr::new(*ip, d.port))
+        .collect()
 }
 
 /// A rule ready to serve.
@@ -235,9 +502,12 @@ impl CompiledRule {
         index: usize,
         rule: &Rule,
         cx: &CompileCtx<'_>,
+        backends: &mut Backends<'_>,
     ) -> Self {
         let label = rule.name.clone().unwrap_or_else(|| index.to_string());
-        let mirror = |m: &RequestMirror| CompiledMirror::compile(m, cx);
+        // Mirrors and backends both take compiled endpoints from the table's cache.
+        let cache = std::cell::RefCell::new(backends);
+        let mirror = |m: &RequestMirror| CompiledMirror::compile(m, cx, &mut cache.borrow_mut());
         let mut chain = Chain::compile(&rule.filters, cx.filters, mirror);
         let sticky = rule
             .session_persistence
@@ -265,12 +535,13 @@ impl CompiledRule {
             .iter()
             .map(|b| {
                 let name = Arc::from(b.name.as_str());
+                let target = cache.borrow_mut().target(&b.name, &b.target, cx);
                 CompiledBackend {
                     route_stats: stats(&b.name),
                     stats: cx.metrics.backend(&name),
                     name,
                     weight: b.weight,
-                    target: CompiledTarget::compile(&b.name, &b.target, cx),
+                    target,
                     chain: Chain::compile(&b.filters, cx.filters, mirror),
                 }
             })
@@ -330,13 +601,7 @@ impl CompiledTarget {
             ),
             BackendTarget::Unresolved { reason } => CompiledTarget::Unresolved(reason.clone()),
             BackendTarget::Dns(d) => {
-                let endpoints: Vec<SocketAddr> = cx
-                    .dns
-                    .get(&dns::key(d))
-                    .into_iter()
-                    .flatten()
-                    .map(|ip| SocketAddr::new(*ip, d.port))
-                    .collect();
+                let endpoints = dns_endpoints(d, cx);
                 Self::endpoints(name, &endpoints, d.protocol, &d.policy, d.tls.as_ref(), cx)
             }
         }
@@ -411,13 +676,17 @@ pub(crate) struct CompiledMirror {
 }
 
 impl CompiledMirror {
-    fn compile(m: &RequestMirror, cx: &CompileCtx<'_>) -> std::result::Result<Self, String> {
+    fn compile(
+        m: &RequestMirror,
+        cx: &CompileCtx<'_>,
+        backends: &mut Backends<'_>,
+    ) -> std::result::Result<Self, String> {
         if let Some((num, den)) = m.fraction
             && (den == 0 || num > den)
         {
             return Err(format!("mirror fraction {num}/{den} is not within 0..=1"));
         }
-        match CompiledTarget::compile(&m.backend.name, &m.backend.target, cx) {
+        match backends.target(&m.backend.name, &m.backend.target, cx) {
             CompiledTarget::Endpoints(target) => Ok(CompiledMirror {
                 target,
                 share: m.fraction.map(|(num, den)| Share::new(num, den)),
@@ -473,4 +742,229 @@ pub(crate) fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKe
     let key = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| Error::because(ErrorKind::InvalidCertificate, "unsupported private key", e))?;
     Ok(CertifiedKey::new(certs, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::PickerRegistry;
+    use crate::config::{BackendRef, Filter, HeaderModifier};
+    use crate::routing::RequestParts;
+
+    /// Compiles tables the way a gateway does, with one state store and metrics registry.
+    struct Compiler {
+        filters: FilterRegistry,
+        pickers: PickerRegistry,
+        state: StateStore,
+        dns: DnsAddresses,
+        tls: ClientConfigs,
+        metrics: Metrics,
+    }
+
+    impl Compiler {
+        fn new() -> Self {
+            Compiler {
+                filters: FilterRegistry::with_builtins(),
+                pickers: PickerRegistry::default(),
+                state: StateStore::default(),
+                dns: DnsAddresses::default(),
+                tls: ClientConfigs::default(),
+                metrics: Metrics::new(),
+            }
+        }
+
+        fn compile(&self, config: Config, previous: Option<&Table>, pickers: u64) -> Table {
+            let cx = CompileCtx {
+                filters: &self.filters,
+                pickers: &self.pickers,
+                state: &self.state,
+                dns: &self.dns,
+                tls: &self.tls,
+                metrics: &self.metrics,
+                pickers_generation: pickers,
+            };
+            Table::compile(config, &cx, previous).expect("compiles")
+        }
+    }
+
+    /// Route `r{i}`: prefix `/svc-{i}/` to backend `be` (or `other` for `i` = 99), adding
+    /// header `x-route: {tag}`.
+    fn route(i: usize, tag: &str) -> Route {
+        let backend = if i == 99 { "other" } else { "be" };
+        Route::new("ns", format!("r{i}")).rule(
+            Rule::prefix(format!("/svc-{i}/"))
+                .filter(Filter::RequestHeaderModifier(HeaderModifier {
+                    add: vec![("x-route".into(), tag.into())],
+                    ..Default::default()
+                }))
+                .backend(BackendRef::endpoints(
+                    backend,
+                    vec![SocketAddr::from(([127, 0, 0, 1], 9))],
+                )),
+        )
+    }
+
+    fn config(routes: &[Arc<Route>]) -> Config {
+        let mut listener = Listener::new("ns/gw/http", 80);
+        listener.routes = routes.to_vec();
+        Config {
+            binds: vec![Bind {
+                address: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                protocol: Protocol::Http,
+                listeners: vec![listener],
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn bind(table: &Table) -> &CompiledBind {
+        table.binds.values().next().expect("one bind")
+    }
+
+    fn rule(table: &Table, route: usize) -> &Arc<CompiledRule> {
+        &bind(table).listeners[0].routes[route][0]
+    }
+
+    fn endpoints(rule: &CompiledRule) -> &Arc<CompiledEndpoints> {
+        match &rule.backends[0].target {
+            CompiledTarget::Endpoints(e) => e,
+            CompiledTarget::Unresolved(why) => panic!("unresolved: {why}"),
+        }
+    }
+
+    /// The route index and the `x-route` value of the rule that takes `path`.
+    fn lookup(table: &Table, path: &str) -> Option<(usize, String)> {
+        let headers = http::HeaderMap::new();
+        let hit = bind(table).router.lookup(&RequestParts {
+            host: "example.com",
+            path,
+            query: None,
+            method: "GET",
+            headers: &headers,
+        })?;
+        let route = &table.config.binds[0].listeners[0].routes[hit.route];
+        let Filter::RequestHeaderModifier(m) = &route.rules[hit.rule].filters[0] else {
+            panic!("no header modifier");
+        };
+        Some((hit.route, m.add[0].1.clone()))
+    }
+
+    #[test]
+    fn rules_naming_one_backend_share_its_compiled_endpoints() {
+        let c = Compiler::new();
+        let routes: Vec<Arc<Route>> = [1, 2, 99]
+            .iter()
+            .map(|&i| Arc::new(route(i, "a")))
+            .collect();
+        let table = c.compile(config(&routes), None, 0);
+        assert!(Arc::ptr_eq(
+            endpoints(rule(&table, 0)),
+            endpoints(rule(&table, 1))
+        ));
+        assert!(!Arc::ptr_eq(
+            endpoints(rule(&table, 0)),
+            endpoints(rule(&table, 2))
+        ));
+        assert_eq!(table.backends.len(), 2);
+    }
+
+    #[test]
+    fn an_unchanged_route_keeps_its_compiled_rules_and_a_changed_one_is_compiled_again() {
+        let c = Compiler::new();
+        let v1: Vec<Arc<Route>> = (0..3).map(|i| Arc::new(route(i, "a"))).collect();
+        let t1 = c.compile(config(&v1), None, 0);
+
+        // Route 1's filter changes (a new Arc); routing inputs are unchanged.
+        let mut v2 = v1.clone();
+        v2[1] = Arc::new(route(1, "b"));
+        let t2 = c.compile(config(&v2), Some(&t1), 0);
+        assert!(Arc::ptr_eq(rule(&t1, 0), rule(&t2, 0)));
+        assert!(Arc::ptr_eq(rule(&t1, 2), rule(&t2, 2)));
+        assert!(!Arc::ptr_eq(rule(&t1, 1), rule(&t2, 1)));
+        // The changed rule still shares the backend's compiled endpoints (and so its state).
+        assert!(Arc::ptr_eq(
+            endpoints(rule(&t1, 1)),
+            endpoints(rule(&t2, 1))
+        ));
+        assert!(Arc::ptr_eq(
+            bind(&t1).router.listener_router(0).expect("router"),
+            bind(&t2).router.listener_router(0).expect("router")
+        ));
+        assert_eq!(lookup(&t2, "/svc-1/x"), Some((1, "b".into())));
+        assert_eq!(lookup(&t2, "/svc-2/x"), Some((2, "a".into())));
+
+        // An equal route that is another Arc is reused too.
+        let mut v3 = v2.clone();
+        v3[0] = Arc::new(route(0, "a"));
+        let t3 = c.compile(config(&v3), Some(&t2), 0);
+        assert!(Arc::ptr_eq(rule(&t2, 0), rule(&t3, 0)));
+    }
+
+    #[test]
+    fn a_changed_match_rebuilds_the_router_and_serves_the_new_path() {
+        let c = Compiler::new();
+        let v1: Vec<Arc<Route>> = (0..3).map(|i| Arc::new(route(i, "a"))).collect();
+        let t1 = c.compile(config(&v1), None, 0);
+        let mut v2 = v1.clone();
+        v2[1] = Arc::new(Route::new("ns", "r1").rule(Rule::prefix("/moved/").filter(
+            Filter::RequestHeaderModifier(HeaderModifier {
+                add: vec![("x-route".into(), "m".into())],
+                ..Default::default()
+            }),
+        )));
+        let t2 = c.compile(config(&v2), Some(&t1), 0);
+        assert!(!Arc::ptr_eq(
+            bind(&t1).router.listener_router(0).expect("router"),
+            bind(&t2).router.listener_router(0).expect("router")
+        ));
+        assert_eq!(lookup(&t2, "/moved/x"), Some((1, "m".into())));
+        assert_eq!(lookup(&t2, "/svc-1/x"), None);
+        assert_eq!(lookup(&t2, "/svc-0/x"), Some((0, "a".into())));
+        assert!(Arc::ptr_eq(rule(&t1, 2), rule(&t2, 2)));
+
+        // A route added in front shifts the others: they are found by name and reused.
+        let mut v3 = vec![Arc::new(route(7, "n"))];
+        v3.extend(v2.iter().cloned());
+        let t3 = c.compile(config(&v3), Some(&t2), 0);
+        assert!(Arc::ptr_eq(rule(&t2, 0), rule(&t3, 1)));
+        assert!(Arc::ptr_eq(rule(&t2, 2), rule(&t3, 3)));
+        assert_eq!(lookup(&t3, "/svc-7/x"), Some((0, "n".into())));
+        assert_eq!(lookup(&t3, "/svc-2/x"), Some((3, "a".into())));
+    }
+
+    #[test]
+    fn a_changed_backend_or_picker_registry_is_not_reused() {
+        let c = Compiler::new();
+        let v1: Vec<Arc<Route>> = (0..2).map(|i| Arc::new(route(i, "a"))).collect();
+        let t1 = c.compile(config(&v1), None, 0);
+
+        // Another picker generation: everything is compiled again (the backend state is the
+        // store's, so it is still shared).
+        let t2 = c.compile(config(&v1), Some(&t1), 1);
+        assert!(!Arc::ptr_eq(rule(&t1, 0), rule(&t2, 0)));
+        assert!(!Arc::ptr_eq(
+            endpoints(rule(&t1, 0)),
+            endpoints(rule(&t2, 0))
+        ));
+        assert!(Arc::ptr_eq(
+            &endpoints(rule(&t1, 0)).state,
+            &endpoints(rule(&t2, 0)).state
+        ));
+
+        // Route 1 moves to another endpoint of backend `be`: new compiled endpoints for it,
+        // route 0 keeps the old ones.
+        let mut moved = route(1, "a");
+        moved.rules[0].backends[0] =
+            BackendRef::endpoints("be", vec![SocketAddr::from(([127, 0, 0, 1], 10))]);
+        let v3 = vec![v1[0].clone(), Arc::new(moved)];
+        let t3 = c.compile(config(&v3), Some(&t2), 1);
+        assert!(Arc::ptr_eq(rule(&t2, 0), rule(&t3, 0)));
+        let new = endpoints(rule(&t3, 1));
+        assert!(!Arc::ptr_eq(endpoints(rule(&t2, 1)), new));
+        assert_eq!(
+            new.endpoints[0].address(),
+            SocketAddr::from(([127, 0, 0, 1], 10))
+        );
+        assert_eq!(t3.backends.len(), 2);
+    }
 }

@@ -53,7 +53,8 @@ async fn gateway(backend: SocketAddr) -> (Gateway, SocketAddr) {
     let mut listener = Listener::new("test/gw/http", 80);
     listener.routes = vec![
         Route::new("ns", "r")
-            .rule(Rule::prefix("/").backend(BackendRef::endpoints("b", vec![backend]))),
+            .rule(Rule::prefix("/").backend(BackendRef::endpoints("b", vec![backend])))
+            .into(),
     ];
     let gw = Gateway::new(FilterRegistry::new());
     gw.apply(Config {

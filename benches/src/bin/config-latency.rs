@@ -86,6 +86,10 @@ struct Args {
     /// How long one change may take to be served before it counts as lost.
     #[arg(long, default_value_t = 30)]
     change_timeout_s: u64,
+    /// Copy the gateway's log (its timing lines: load, translate, apply) to this file before
+    /// the temporary directory is removed. Set `RUST_LOG` for more detail.
+    #[arg(long)]
+    gateway_log: Option<PathBuf>,
 }
 
 fn main() {
@@ -224,6 +228,13 @@ async fn run(a: Args) -> Result<serde_json::Value, BoxError> {
     stop.store(true, Ordering::Relaxed);
     for task in load {
         let _ = task.await;
+    }
+    if let Some(child) = &mut cleanup.child {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    if let Some(path) = &a.gateway_log {
+        std::fs::copy(dir.join("gateway.log"), path)?;
     }
     drop(cleanup);
 

@@ -298,7 +298,9 @@ pub fn explain_config(
             tls: &ClientConfigs::default(),
             // A throwaway registry: nothing is served from this table.
             metrics: &crate::observe::metrics::Metrics::new(),
+            pickers_generation: 0,
         },
+        None,
     )?;
     let mut explanation = explain_table(&table, req)?;
     let uses_dns = explanation
@@ -685,7 +687,7 @@ fn verdict(
     route: &Route,
     trace: &RouteTrace,
     winner: Option<(usize, &MatchTrace)>,
-    routes: &[Route],
+    routes: &[std::sync::Arc<Route>],
     req: &RequestParts<'_>,
 ) -> RouteVerdict {
     match trace {

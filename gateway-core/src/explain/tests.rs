@@ -166,7 +166,9 @@ fn router_pick(method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -
             tls: &ClientConfigs::default(),
             // A throwaway registry: nothing is served from this table.
             metrics: &crate::observe::metrics::Metrics::new(),
+            pickers_generation: 0,
         },
+        None,
     )
     .expect("compiles");
     let bind = table.binds.values().next().expect("one bind");

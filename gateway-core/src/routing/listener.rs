@@ -223,7 +223,7 @@ impl VirtualHost {
 }
 
 /// For each route index, its position when sorted by (`created`, `namespace/name`, index).
-fn route_order(routes: &[Route]) -> Vec<usize> {
+fn route_order(routes: &[std::sync::Arc<Route>]) -> Vec<usize> {
     let mut keys: Vec<(i64, String, usize)> = routes
         .iter()
         .enumerate()

@@ -27,10 +27,12 @@ pub mod rank;
 mod tests;
 pub(crate) mod trace;
 
-use crate::config::Listener;
+use std::sync::Arc;
+
+use crate::config::{Listener, Route};
 use crate::error::Result;
 use host::{HostIndex, HostPattern};
-use listener::ListenerRouter;
+pub(crate) use listener::ListenerRouter;
 
 pub use rank::{MatchRank, PathRank, RankField};
 
@@ -70,8 +72,9 @@ pub struct RouteHit {
 pub struct BindRouter {
     /// Listener indices by listener hostname.
     listeners: HostIndex<usize>,
-    /// One compiled router per listener, in bind order.
-    routers: Vec<ListenerRouter>,
+    /// One compiled router per listener, in bind order. Shared with the previous table's
+    /// router when the listener's routing inputs are unchanged ([`BindRouter::build_reusing`]).
+    routers: Vec<Arc<ListenerRouter>>,
     /// What was left out, with the reason.
     rejected: Vec<String>,
 }
@@ -83,6 +86,17 @@ impl BindRouter {
     /// naming the listener, route (`namespace/name`) and rule index. When two listeners share a
     /// hostname, the first one takes its requests.
     pub fn build(listeners: &[Listener]) -> Result<Self> {
+        Self::build_reusing(listeners, |_| None)
+    }
+
+    /// Like [`BindRouter::build`], taking the router of listener `i` from `reuse(i)` when it
+    /// gives one instead of compiling it. `reuse` must only give a router compiled from a
+    /// listener with the same hostname and routes equal in everything routing reads
+    /// ([`same_routing`]), so the result is the one [`BindRouter::build`] would compile.
+    pub(crate) fn build_reusing(
+        listeners: &[Listener],
+        reuse: impl Fn(usize) -> Option<Arc<ListenerRouter>>,
+    ) -> Result<Self> {
         let mut index = HostIndex::default();
         let mut routers = Vec::with_capacity(listeners.len());
         let mut rejected = Vec::new();
@@ -95,13 +109,13 @@ impl BindRouter {
                     // A listener with a bad hostname serves nothing; the others still do.
                     tracing::warn!(listener = %listener.name, error = %e, "listener rejected");
                     rejected.push(format!("listener {}: {e}", listener.name));
-                    routers.push(
+                    routers.push(Arc::new(
                         ListenerRouter::build(&Listener {
                             routes: Vec::new(),
                             ..listener.clone()
                         })
                         .map_err(in_listener)?,
-                    );
+                    ));
                     continue;
                 }
             };
@@ -114,7 +128,10 @@ impl BindRouter {
             } else {
                 index.entry(&pattern, || i);
             }
-            let router = ListenerRouter::build(listener).map_err(in_listener)?;
+            let router = match reuse(i) {
+                Some(router) => router,
+                None => Arc::new(ListenerRouter::build(listener).map_err(in_listener)?),
+            };
             rejected.extend(router.rejected().iter().cloned());
             routers.push(router);
         }
@@ -123,6 +140,11 @@ impl BindRouter {
             routers,
             rejected,
         })
+    }
+
+    /// The compiled router of listener `i` (bind order), to reuse in the next table.
+    pub(crate) fn listener_router(&self, i: usize) -> Option<&Arc<ListenerRouter>> {
+        self.routers.get(i)
     }
 
     /// Listeners and routes left out of this bind because they were invalid, with the reason.
@@ -164,4 +186,29 @@ impl BindRouter {
     pub fn listener_for(&self, host: &str) -> Option<usize> {
         host::with_request_host(host, |h| self.listeners.find(h).copied())
     }
+}
+
+/// Whether a listener router compiled from `hostname` and `routes` can serve `listener` as it is:
+/// the same hostname, and the same routes in the same order, equal in everything routing reads
+/// (namespace, name, hostnames, creation order, and the matches of each rule; not the filters
+/// or backends, which the compiled rules hold). Free for routes that are the same [`Arc`].
+pub(crate) fn same_routing(
+    listener: &Listener,
+    hostname: Option<&str>,
+    routes: &[Arc<Route>],
+) -> bool {
+    listener.hostname.as_deref() == hostname
+        && listener.routes.len() == routes.len()
+        && listener.routes.iter().zip(routes).all(|(a, b)| {
+            Arc::ptr_eq(a, b)
+                || (a.namespace == b.namespace
+                    && a.name == b.name
+                    && a.hostnames == b.hostnames
+                    && a.created == b.created
+                    && a.rules.len() == b.rules.len()
+                    && a.rules
+                        .iter()
+                        .zip(&b.rules)
+                        .all(|(x, y)| x.matches == y.matches))
+        })
 }

@@ -11,7 +11,7 @@ use crate::config::{
 fn listener(hostname: Option<&str>, routes: Vec<Route>) -> Listener {
     let mut l = Listener::new(format!("l-{}", hostname.unwrap_or("any")), 80);
     l.hostname = hostname.map(str::to_owned);
-    l.routes = routes;
+    l.routes = routes.into_iter().map(std::sync::Arc::new).collect();
     l
 }
 

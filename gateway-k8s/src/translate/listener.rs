@@ -1,6 +1,7 @@
 //! Gateway listeners: protocol, allowed routes, TLS certificates and conflicts.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use gateway_api::gateways::{
     Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
@@ -54,8 +55,9 @@ pub(crate) struct ListenerPlan {
     pub allowed_from: AllowedFrom,
     /// Loaded certificates (HTTPS only).
     pub tls: Option<ListenerTls>,
-    /// Routes accepted on this listener.
-    pub routes: Vec<Route>,
+    /// Routes accepted on this listener (shared with the translator's cache and the
+    /// configuration).
+    pub routes: Vec<Arc<Route>>,
 }
 
 impl ListenerPlan {

@@ -5,6 +5,7 @@ mod backend_tls;
 mod client_policy;
 mod frontend;
 mod hostname;
+mod incremental;
 mod listener;
 mod policy;
 mod refs;
@@ -13,6 +14,7 @@ mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use gateway_api::backendtlspolicies::{
     BackendTlsPolicyStatus, BackendTlsPolicyStatusAncestors,
@@ -31,7 +33,7 @@ use gateway_api::gateways::{
     GatewayStatusListenersSupportedKinds,
 };
 use gateway_core::DnsStatus;
-use gateway_core::config::{Bind, ClientValidation, Config, Listener, Protocol, Route};
+use gateway_core::config::{Bind, ClientValidation, Config, Listener, Protocol};
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -40,7 +42,7 @@ use crate::crds::{ClientTrafficPolicyStatus, PolicyAncestorStatus, XBACKEND_KIND
 use crate::diagnostic::Diagnostic;
 use crate::resources::{GATEWAY_GROUP, GATEWAY_X_GROUP, Object, ObjectKey, Resources};
 use crate::status::{Cond, ConditionClock, SUPPORTED_FEATURES, StatusReport, XBackendEntry};
-use backend::BackendPolicies;
+use incremental::{RouteCache, TranslatedRoute};
 use listener::{ListenerPlan, Problem};
 
 /// How the translator serves Gateways.
@@ -88,11 +90,20 @@ pub struct Translation {
 /// Translates [`Resources`] into a [`Config`] and a [`StatusReport`].
 ///
 /// The translator keeps state between calls: the pool address given to each Gateway (kept while
-/// the Gateway exists; freed addresses are reused only after their Gateway is gone) and the
-/// `lastTransitionTime` of each condition (kept while the condition's status is unchanged).
+/// the Gateway exists; freed addresses are reused only after their Gateway is gone), the
+/// `lastTransitionTime` of each condition (kept while the condition's status is unchanged), and
+/// the translated rules of every HTTPRoute: a route that is the same object (the same [`Arc`],
+/// as [`crate::source::FileSource`] hands an unchanged document) as in the previous call is not
+/// translated again while no other object changed, and its [`gateway_core::config::Route`] is
+/// the same `Arc` as before (which lets [`gateway_core::Gateway::apply`] reuse its compiled
+/// form). See `docs/architecture.md`, "Incremental configuration".
+///
+/// [`Arc`]: std::sync::Arc
 #[derive(Debug)]
 pub struct Translator {
     options: TranslateOptions,
+    /// The translated HTTPRoutes of the previous call, and what they were translated against.
+    routes: RouteCache,
     pool_addresses: BTreeMap<ObjectKey, IpAddr>,
     clock: ConditionClock,
     /// The clock of the XBackend `ResolvedRefs` conditions, built by
@@ -155,6 +166,7 @@ impl Translator {
     pub fn new(options: TranslateOptions) -> Self {
         Translator {
             options,
+            routes: RouteCache::default(),
             pool_addresses: BTreeMap::new(),
             clock: ConditionClock::default(),
             dns_clock: ConditionClock::default(),
@@ -164,6 +176,13 @@ impl Translator {
     /// The options this translator was built with.
     pub fn options(&self) -> &TranslateOptions {
         &self.options
+    }
+
+    /// How many HTTPRoutes the last translation took from the one before it (the same object,
+    /// and no object other than an HTTPRoute changed), and how many it translated. `(0, 0)`
+    /// before the first translation.
+    pub fn route_reuse(&self) -> (usize, usize) {
+        self.routes.counts()
     }
 
     /// Translates `resources`, stamping new condition transitions with the current time.
@@ -294,19 +313,31 @@ impl Translator {
         let mut xbackend_refs = BTreeSet::new();
         let mut routes: Vec<_> = resources.http_routes.iter().collect();
         routes.sort_by_key(|(key, r)| (created_seconds(&r.object.metadata), (*key).clone()));
+        // Routes translated by the previous call, reused when nothing else changed.
+        let mut cache = std::mem::take(&mut self.routes);
+        cache.begin(resources);
         for (key, route) in routes {
-            let mut attach = RouteAttach {
+            let ctx = route::RouteCtx {
                 resources,
                 policies: &backend_policies,
                 tls: &backend_tls,
+                namespace: &key.namespace,
+            };
+            let route = cache.get_or_translate(key, route, |object| {
+                TranslatedRoute::new(key, object, route::translate_rules(ctx, &object.object))
+            });
+            let mut attach = RouteAttach {
+                resources,
                 plans: &mut plans,
                 service_gateways: &mut service_gateways,
                 xbackend_refs: &mut xbackend_refs,
                 now: &now,
                 out: &mut out,
             };
-            self.attach_route(&mut attach, key, route);
+            self.attach_route(&mut attach, key, &route);
         }
+        cache.finish(resources);
+        self.routes = cache;
         for key in &xbackend_refs {
             if let Some(entry) = self.xbackend_status(resources, key, &now) {
                 out.status.xbackends.insert(key.clone(), entry);
@@ -633,12 +664,10 @@ impl Translator {
         &mut self,
         attach: &mut RouteAttach<'_>,
         key: &ObjectKey,
-        route: &Object<gateway_api::experimental::httproutes::HttpRoute>,
+        translated: &TranslatedRoute,
     ) {
         let RouteAttach {
             resources,
-            policies,
-            tls,
             plans,
             service_gateways,
             xbackend_refs,
@@ -646,15 +675,10 @@ impl Translator {
             out,
         } = attach;
         let (resources, now) = (*resources, *now);
+        let route = &*translated.object;
         let spec = &route.object.spec;
         let generation = route.object.metadata.generation;
-        let ctx = route::RouteCtx {
-            resources,
-            policies,
-            tls,
-            namespace: &key.namespace,
-        };
-        let rules = route::translate_rules(ctx, &route.object);
+        let rules = &translated.rules;
         for (label, message) in &rules.invalid {
             out.diagnostics.push(Diagnostic::document(
                 &route.origin,
@@ -669,16 +693,10 @@ impl Translator {
                 format!("HTTPRoute {key}: {message}; the route is not served"),
             ));
         }
-        let refusal = rules.refusal();
-        let partially_invalid = rules.partially_invalid();
-        let hostnames = spec.hostnames.clone().unwrap_or_default();
-        let config_route = Route {
-            namespace: key.namespace.clone(),
-            name: key.name.clone(),
-            hostnames: hostnames.clone(),
-            created: created_seconds(&route.object.metadata),
-            rules: rules.rules.clone(),
-        };
+        let refusal = &translated.refusal;
+        let partially_invalid = &translated.partially_invalid;
+        let hostnames = &translated.route.hostnames;
+        let config_route = &translated.route;
 
         let mut parents = Vec::new();
         for (index, parent) in spec.parent_refs.iter().flatten().enumerate() {
@@ -734,7 +752,7 @@ impl Translator {
                         .filter(|&i| {
                             hostname::route_fits_listener(
                                 plan.listeners[i].hostname.as_deref(),
-                                &hostnames,
+                                hostnames,
                             )
                         })
                         .collect();
@@ -763,7 +781,9 @@ impl Translator {
                 }
                 Ok(listeners) => {
                     let served = match &plan.backend_client_cert {
-                        Ok(Some(cert)) => backend_tls::with_client_certificate(&config_route, cert),
+                        Ok(Some(cert)) => {
+                            Arc::new(backend_tls::with_client_certificate(config_route, cert))
+                        }
                         _ => config_route.clone(),
                     };
                     for &i in listeners {
@@ -1127,8 +1147,6 @@ impl Translator {
 /// What attaching a route reads and updates.
 struct RouteAttach<'a> {
     resources: &'a Resources,
-    policies: &'a BackendPolicies,
-    tls: &'a backend_tls::BackendTlsPolicies,
     plans: &'a mut [GatewayPlan],
     /// Service -> the Gateways serving a route that refers to it (policy ancestors).
     service_gateways: &'a mut BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
