@@ -63,7 +63,7 @@ fn route(i: usize) -> Route {
 
 fn listeners(routes: usize) -> Vec<Listener> {
     let mut any = Listener::new("bench/gw/http", 80);
-    any.routes = (0..routes).map(route).collect();
+    any.routes = (0..routes).map(|i| route(i).into()).collect();
     let wildcard = Listener::new("bench/gw/wildcard", 80)
         .hostname("*.internal.example.org")
         .route(Route::new("bench", "wildcard").rule(Rule::prefix("/")));

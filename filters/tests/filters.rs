@@ -32,7 +32,7 @@ fn filter(kind: &str, name: &str, settings: serde_json::Value) -> Filter {
 
 fn config(port: u16, routes: Vec<Route>) -> Config {
     let mut listener = Listener::new("test/gw/http", 80);
-    listener.routes = routes;
+    listener.routes = routes.into_iter().map(Into::into).collect();
     Config {
         binds: vec![Bind {
             address: SocketAddr::from(([127, 0, 0, 1], port)),

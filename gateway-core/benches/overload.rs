@@ -125,7 +125,7 @@ async fn scenario(name: &str, uploads: usize, size: usize, cap: usize) {
         ..Retry::default()
     });
     let mut listener = Listener::new("bench/gw/http", 80);
-    listener.routes = vec![Route::new("bench", "upload").rule(rule)];
+    listener.routes = vec![Route::new("bench", "upload").rule(rule).into()];
     let gw = Gateway::new(FilterRegistry::new());
     gw.apply(Config {
         binds: vec![Bind {

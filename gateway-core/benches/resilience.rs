@@ -195,7 +195,7 @@ fn free_port() -> u16 {
 
 fn config(port: u16, rule: Rule) -> Config {
     let mut listener = Listener::new("bench/gw/http", 80);
-    listener.routes = vec![Route::new("bench", "r").rule(rule)];
+    listener.routes = vec![Route::new("bench", "r").rule(rule).into()];
     Config {
         binds: vec![Bind {
             address: SocketAddr::from(([127, 0, 0, 1], port)),

@@ -91,7 +91,7 @@ fn addr(port: u16) -> SocketAddr {
 
 fn http_bind(port: u16, routes: Vec<Route>) -> Bind {
     let mut listener = Listener::new("test/gw/http", 80);
-    listener.routes = routes;
+    listener.routes = routes.into_iter().map(Into::into).collect();
     Bind {
         address: addr(port),
         protocol: Protocol::Http,

@@ -38,7 +38,7 @@ async fn explain_names_the_backend_real_requests_reach() {
             .backend(BackendRef::endpoints("v2", vec![v2.addr])),
     );
     let mut listener = Listener::new("http", 80);
-    listener.routes = vec![stable, canary];
+    listener.routes = vec![stable.into(), canary.into()];
     gw.apply(Config {
         binds: vec![Bind {
             address: addr(port),
@@ -86,7 +86,8 @@ async fn trace_context_headers_reach_the_backend_unchanged() {
     let mut listener = Listener::new("http", 80);
     listener.routes = vec![
         Route::new("ns", "r")
-            .rule(Rule::prefix("/").backend(BackendRef::endpoints("v1", vec![v1.addr]))),
+            .rule(Rule::prefix("/").backend(BackendRef::endpoints("v1", vec![v1.addr])))
+            .into(),
     ];
     gw.apply(Config {
         binds: vec![Bind {

@@ -24,7 +24,7 @@ fn addr(port: u16) -> SocketAddr {
 
 fn bind(port: u16, rule: Rule) -> Bind {
     let mut listener = Listener::new("test/gw/http", 80);
-    listener.routes = vec![Route::new("ns", "r").rule(rule)];
+    listener.routes = vec![Route::new("ns", "r").rule(rule).into()];
     Bind {
         address: addr(port),
         protocol: Protocol::Http,

@@ -26,7 +26,7 @@ fn addr(port: u16) -> SocketAddr {
 
 fn config(port: u16, routes: Vec<Route>) -> Config {
     let mut listener = Listener::new("test/gw/http", 80);
-    listener.routes = routes;
+    listener.routes = routes.into_iter().map(Into::into).collect();
     Config {
         binds: vec![Bind {
             address: addr(port),

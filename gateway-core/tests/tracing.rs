@@ -191,7 +191,13 @@ async fn gateway(backend: SocketAddr, tracing: Tracing) -> (Gateway, SocketAddr)
         Rule::prefix("/down").backend(BackendRef::endpoints("dead", vec![addr(free_port())]));
     let mut listener = Listener::new(LISTENER, 80);
     listener.hostname = Some("app.example.com".into());
-    listener.routes = vec![Route::new("ns", "r").rule(ok).rule(redirect).rule(down)];
+    listener.routes = vec![
+        Route::new("ns", "r")
+            .rule(ok)
+            .rule(redirect)
+            .rule(down)
+            .into(),
+    ];
     let cfg = Config {
         binds: vec![Bind {
             address: addr(port),

@@ -304,7 +304,8 @@ async fn new_connections_resume_the_tls_session() {
             tls_to(&be, UpstreamTls::new("abc.example.com", &ca.pem)),
         )],
     );
-    cfg.binds[0].listeners[0].routes[0].hostnames = vec!["example.com".into()];
+    std::sync::Arc::make_mut(&mut cfg.binds[0].listeners[0].routes[0]).hostnames =
+        vec!["example.com".into()];
     assert!(gw.apply(cfg).await.unwrap().changed);
     assert_eq!(get(addr(port), "example.com", "/").await.status, 200);
     assert_eq!(be.counts.full.load(Ordering::SeqCst), 1);
@@ -604,7 +605,7 @@ async fn mirrored_copies_to_a_tls_backend_use_tls() {
             tls_to(&primary, UpstreamTls::new("abc.example.com", &ca.pem)),
         )],
     );
-    cfg.binds[0].listeners[0].routes[0].rules[0]
+    std::sync::Arc::make_mut(&mut cfg.binds[0].listeners[0].routes[0]).rules[0]
         .filters
         .push(Filter::RequestMirror(Box::new(RequestMirror {
             backend: BackendRef {
