@@ -67,6 +67,14 @@ impl Runner {
         }
     }
 
+    /// Checks `ExtensionRef` filters against `registry` when translating, so a filter the gateway
+    /// cannot build is reported in the route's status (see `Translator::with_filters`). Pass the
+    /// registry the gateway serves with.
+    pub fn with_filters(mut self, registry: gateway_core::FilterRegistry) -> Self {
+        self.translator.set_filters(Some(registry));
+        self
+    }
+
     /// Calls `hook` after every apply, once the translation's transient memory (parsed objects,
     /// status documents) is freed: the example binaries use it to hand freed memory back to the
     /// OS at once instead of keeping a large configuration's peak resident.

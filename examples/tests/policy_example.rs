@@ -25,7 +25,12 @@ async fn jwt_rate_limit_and_transformation_from_the_example_yaml() {
     let config = dir.0.join("config");
     std::fs::write(config.join("policy.yaml"), text).unwrap();
     let listener: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let _gateway = file_gateway(&config, listener, std::iter::empty::<&OsStr>());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let _gateway = file_gateway(
+        &config,
+        listener,
+        [OsStr::new("--admin"), OsStr::new(&admin)],
+    );
 
     let host = "policy.example";
     let mut ready = false;
@@ -93,5 +98,77 @@ async fn jwt_rate_limit_and_transformation_from_the_example_yaml() {
             .unwrap()
             .0,
         401
+    );
+}
+
+/// A filter object whose settings its kind refuses: the route's status says why (from the
+/// translation, not only the data plane's 500), and the other route keeps serving.
+#[tokio::test]
+async fn refused_filter_settings_are_reported_in_the_route_status() {
+    let backend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    examples::demo::spawn(backend, "demo")
+        .await
+        .expect("demo backend");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policy.yaml"))
+        .expect("examples/policy.yaml")
+        .replace("- port: 9081", &format!("- port: {}", backend.port()));
+    let broken = r#"
+---
+apiVersion: gateway.pingora-gateway.dev/v1alpha1
+kind: RateLimit
+metadata: {name: broken, namespace: default}
+spec:
+  local: {requests: 0, unit: Second}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: broken, namespace: default}
+spec:
+  parentRefs: [{name: policy-example}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /broken}}]
+    filters:
+    - type: ExtensionRef
+      extensionRef: {group: gateway.pingora-gateway.dev, kind: RateLimit, name: broken}
+    backendRefs: [{name: demo, port: 80}]
+"#;
+    let dir = TempDir::new("policy-broken");
+    let config = dir.0.join("config");
+    std::fs::write(config.join("policy.yaml"), text + broken).unwrap();
+    let status_file = dir.0.join("status.yaml");
+    let listener: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let _gateway = file_gateway(
+        &config,
+        listener,
+        [OsStr::new("--status-file"), status_file.as_os_str()],
+    );
+
+    let mut status = String::new();
+    for _ in 0..200 {
+        status = std::fs::read_to_string(&status_file).unwrap_or_default();
+        if status.contains("InvalidExtensionRef") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(status.contains("InvalidExtensionRef"), "{status}");
+    assert!(
+        status.contains("local.requests: must be above 0"),
+        "{status}"
+    );
+    assert_eq!(
+        get(listener, "policy.example", "/broken", &[])
+            .await
+            .unwrap()
+            .0,
+        500
+    );
+    assert_eq!(
+        get(listener, "policy.example", "/api/x", &[])
+            .await
+            .unwrap()
+            .0,
+        401,
+        "the other route serves"
     );
 }

@@ -490,3 +490,87 @@ fn xbackend_external_hostname_is_a_dns_backend() {
         "UnsupportedProtocol",
     );
 }
+
+/// A registry that knows `filters.example.net/Widget` and refuses a `data.colour` of `red`.
+fn widget_registry() -> gateway_core::FilterRegistry {
+    struct Widget;
+    impl gateway_core::HttpFilter for Widget {}
+    let mut registry = gateway_core::FilterRegistry::with_builtins();
+    registry.register("filters.example.net", "Widget", |r: &ExtensionRef| {
+        let colour = r.config.as_ref().and_then(|c| c["data"]["colour"].as_str());
+        if colour == Some("red") {
+            return Err(gateway_core::Error::new(
+                gateway_core::ErrorKind::InvalidConfig,
+                "colour red is not allowed",
+            ));
+        }
+        Ok(std::sync::Arc::new(Widget) as std::sync::Arc<dyn gateway_core::HttpFilter>)
+    });
+    registry
+}
+
+#[test]
+fn extension_refs_are_checked_against_the_filter_registry() {
+    let mut resources = fixture("route-features.yaml");
+    let widgets = gateway_k8s::Resources::parse_yaml(
+        r#"
+apiVersion: filters.example.net/v1
+kind: Widget
+metadata: {name: red, namespace: apps}
+data: {colour: red}
+---
+apiVersion: filters.example.net/v1
+kind: Gadget
+metadata: {name: g, namespace: apps}
+data: {}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: red-widget, namespace: apps}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - filters: [{type: ExtensionRef, extensionRef: {group: filters.example.net, kind: Widget, name: red}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: unknown-kind, namespace: apps}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - filters: [{type: ExtensionRef, extensionRef: {group: filters.example.net, kind: Gadget, name: g}}]
+"#,
+        "widgets.yaml",
+    );
+    resources.merge(widgets);
+    let t = translator()
+        .with_filters(widget_registry())
+        .translate(&resources);
+
+    // The blue widget of the fixture builds: resolved as before.
+    let ok = parent_conditions(&t, "apps", "extensions");
+    assert_condition(ok, "ResolvedRefs", "True", "ResolvedRefs");
+    // Settings the factory refuses: the route says why, the rule answers 500.
+    let red = parent_conditions(&t, "apps", "red-widget");
+    assert_condition(red, "ResolvedRefs", "False", "InvalidExtensionRef");
+    assert!(
+        condition(red, "ResolvedRefs")
+            .message
+            .contains("colour red is not allowed")
+    );
+    assert!(matches!(
+        &served_route(&t, "red-widget").rules[0].filters[..],
+        [Filter::Invalid { .. }]
+    ));
+    // A kind nobody registered.
+    let unknown = parent_conditions(&t, "apps", "unknown-kind");
+    assert_condition(unknown, "ResolvedRefs", "False", "InvalidKind");
+    // Without a registry the unknown kind resolves (and answers 500 in the data plane).
+    let plain = translator().translate(&resources);
+    assert_condition(
+        parent_conditions(&plain, "apps", "unknown-kind"),
+        "ResolvedRefs",
+        "True",
+        "ResolvedRefs",
+    );
+}

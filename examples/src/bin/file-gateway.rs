@@ -148,7 +148,9 @@ fn explain(args: ExplainArgs) -> i32 {
     let options = args.source.translate_options();
     let loaded = gateway_k8s::source::FileSource::new(args.source.config).load();
     // Only the configuration is needed: no status documents.
-    let translation = gateway_k8s::Translator::new(options).translate_unrendered(&loaded.resources);
+    let translation = gateway_k8s::Translator::new(options)
+        .with_filters(examples::filter_registry())
+        .translate_unrendered(&loaded.resources);
     for d in loaded.diagnostics.iter().chain(&translation.diagnostics) {
         eprintln!("file-gateway: {d}");
     }
@@ -249,6 +251,7 @@ async fn run(args: Args) {
     }
     let options = args.source.translate_options();
     let runner = Runner::new(gateway.clone(), options, state, args.status_file)
+        .with_filters(examples::filter_registry())
         .with_limits(args.limits.limits())
         .on_applied(return_freed_memory);
     let running = tokio::spawn(runner.run(Input::Files(args.source.config)));

@@ -109,6 +109,8 @@ pub struct Translator {
     /// The clock of the XBackend `ResolvedRefs` conditions, built by
     /// [`Translator::resolution_status`].
     dns_clock: ConditionClock,
+    /// The filters `ExtensionRef`s are checked against (see [`Translator::with_filters`]).
+    filters: Option<gateway_core::FilterRegistry>,
 }
 
 /// How a Gateway got (or did not get) its address.
@@ -170,7 +172,30 @@ impl Translator {
             pool_addresses: BTreeMap::new(),
             clock: ConditionClock::default(),
             dns_clock: ConditionClock::default(),
+            filters: None,
         }
+    }
+
+    /// Checks every `ExtensionRef` filter against `registry` while translating, as the data
+    /// plane will build it: a reference to a `(group, kind)` the registry does not know makes the
+    /// route `ResolvedRefs=False` with reason `InvalidKind`, and settings the kind's factory
+    /// refuses make it `ResolvedRefs=False` with reason `InvalidExtensionRef` and the factory's
+    /// message; either way the rule answers 500, as it would without the check. Without a
+    /// registry (the default) only the project's `DirectResponse` settings are checked.
+    ///
+    /// The filters built for the check are dropped at once; use the registry the gateway serves
+    /// with. Give a new translator when the registry changes (translations of unchanged routes
+    /// are reused).
+    pub fn with_filters(mut self, registry: gateway_core::FilterRegistry) -> Self {
+        self.set_filters(Some(registry));
+        self
+    }
+
+    /// Sets or clears the registry of [`Translator::with_filters`]; forgets the reusable route
+    /// translations, which were checked against the previous one.
+    pub fn set_filters(&mut self, registry: Option<gateway_core::FilterRegistry>) {
+        self.filters = registry;
+        self.routes = RouteCache::default();
     }
 
     /// The options this translator was built with.
@@ -322,6 +347,7 @@ impl Translator {
                 policies: &backend_policies,
                 tls: &backend_tls,
                 namespace: &key.namespace,
+                filters: self.filters.as_ref(),
             };
             let route = cache.get_or_translate(key, route, |object| {
                 TranslatedRoute::new(key, object, route::translate_rules(ctx, &object.object))

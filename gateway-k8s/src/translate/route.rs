@@ -46,6 +46,8 @@ pub(crate) struct RouteCtx<'a> {
     pub tls: &'a super::backend_tls::BackendTlsPolicies,
     /// The route's namespace.
     pub namespace: &'a str,
+    /// The filters `ExtensionRef`s are checked against, if any.
+    pub filters: Option<&'a gateway_core::FilterRegistry>,
 }
 
 /// The translated rules of one HTTPRoute.
@@ -715,12 +717,27 @@ fn resolve_extension(
             rest
         }
     };
-    Ok(Filter::ExtensionRef(ExtensionRef {
+    let reference = ExtensionRef {
         group: group.to_string(),
         kind: kind.to_string(),
         name: name.to_string(),
         config: Some(config).filter(|c| !c.is_null()),
-    }))
+    };
+    if let Some(registry) = ctx.filters {
+        match registry.build(&reference) {
+            None => {
+                return Err((
+                    "InvalidKind",
+                    format!("{what}: no filter of kind {group}/{kind} is registered"),
+                ));
+            }
+            Some(Err(e)) => {
+                return Err(("InvalidExtensionRef", format!("{what} is invalid: {e}")));
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+    Ok(Filter::ExtensionRef(reference))
 }
 
 /// Translates a backend reference. An unresolved one becomes [`BackendTarget::Unresolved`]
