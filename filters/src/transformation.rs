@@ -334,32 +334,26 @@ trait EditHeaders {
     fn put(&mut self, name: HeaderName, value: HeaderValue, append: bool);
 }
 
-// Pingora's header setters fail only on invalid names or values; these are already checked.
-impl EditHeaders for RequestHeader {
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-    fn put(&mut self, name: HeaderName, value: HeaderValue, append: bool) {
-        let _ = if append {
-            self.append_header(name, value).map(|_| ())
-        } else {
-            self.insert_header(name, value)
-        };
-    }
+/// Request and response headers share Pingora's setters. They fail only on invalid names or
+/// values, which are already checked.
+macro_rules! edit_headers {
+    ($($t:ty),*) => {$(
+        impl EditHeaders for $t {
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+            fn put(&mut self, name: HeaderName, value: HeaderValue, append: bool) {
+                let _ = if append {
+                    self.append_header(name, value).map(|_| ())
+                } else {
+                    self.insert_header(name, value)
+                };
+            }
+        }
+    )*};
 }
 
-impl EditHeaders for ResponseHeader {
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-    fn put(&mut self, name: HeaderName, value: HeaderValue, append: bool) {
-        let _ = if append {
-            self.append_header(name, value).map(|_| ())
-        } else {
-            self.insert_header(name, value)
-        };
-    }
-}
+edit_headers!(RequestHeader, ResponseHeader);
 
 fn parse_body(parse_as: ParseAs, body: &[u8]) -> Option<Value> {
     match parse_as {

@@ -101,8 +101,14 @@ impl std::fmt::Debug for GlobalLimit {
     }
 }
 
+/// Lower-case hex of `bytes`, into one string (runs per request for the counter key).
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 impl GlobalLimit {
