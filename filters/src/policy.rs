@@ -25,6 +25,7 @@ use gateway_core::{
     Bytes, FilterAction, FilterCtx, HttpFilter, ProxyError, RequestHeader, ResponseHeader, Session,
     async_trait,
 };
+use gateway_k8s::crds::{PolicyTargetRef, PolicyTargetSelector};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -61,11 +62,11 @@ pub struct TrafficPolicySpec {
     /// listener), a listener (`sectionName`), an HTTPRoute (every rule) or one named rule
     /// (`sectionName`). Empty when the policy is only referenced by `ExtensionRef`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub target_refs: Vec<TargetRef>,
+    pub target_refs: Vec<PolicyTargetRef>,
     /// Targets chosen by label instead of by name: every object of the kind, in the policy's
     /// namespace, whose labels include all of `matchLabels`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub target_selectors: Vec<TargetSelector>,
+    pub target_selectors: Vec<PolicyTargetSelector>,
     /// See [`IpAccessSpec`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_access: Option<IpAccessSpec>,
@@ -95,34 +96,6 @@ pub struct TrafficPolicySpec {
     pub compression: Option<CompressionSpec>,
 }
 
-/// A target of a policy by name (`LocalPolicyTargetReferenceWithSectionName`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TargetRef {
-    /// `gateway.networking.k8s.io`.
-    pub group: String,
-    /// `Gateway` or `HTTPRoute`.
-    pub kind: String,
-    /// The object's name.
-    pub name: String,
-    /// A listener of the Gateway, or a rule of the HTTPRoute, by name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub section_name: Option<String>,
-}
-
-/// A target of a policy by label.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TargetSelector {
-    /// `gateway.networking.k8s.io`.
-    pub group: String,
-    /// `Gateway` or `HTTPRoute`.
-    pub kind: String,
-    /// Labels the targets must all have.
-    #[serde(default)]
-    pub match_labels: std::collections::BTreeMap<String, String>,
-}
-
 /// The status of a policy: one entry per ancestor (Gateway) it was considered for.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PolicyStatus {
@@ -144,61 +117,89 @@ impl std::fmt::Debug for PolicyFilter {
     }
 }
 
+/// Where [`PolicyFilter::assemble`] gets the filter of each section.
+pub(crate) trait Sections {
+    /// The filter of `section` with settings `spec`, built by `build`.
+    fn get<S: Serialize, F: HttpFilter>(
+        &mut self,
+        section: &'static str,
+        spec: S,
+        build: fn(S) -> Result<F, SpecError>,
+    ) -> Result<Arc<dyn HttpFilter>, SpecError>;
+}
+
+/// Every section built anew ([`PolicyFilter::new`]).
+struct FreshSections;
+
+impl Sections for FreshSections {
+    fn get<S: Serialize, F: HttpFilter>(
+        &mut self,
+        _section: &'static str,
+        spec: S,
+        build: fn(S) -> Result<F, SpecError>,
+    ) -> Result<Arc<dyn HttpFilter>, SpecError> {
+        Ok(Arc::new(build(spec)?))
+    }
+}
+
+/// Sections shared through [`Filters`](crate::Filters), keyed by section, the object the
+/// section came from ([`gateway_core::config::ExtensionRef::origin`]) and its settings.
+pub(crate) struct CachedSections<'a> {
+    pub filters: &'a crate::Filters,
+    pub reference: &'a gateway_core::config::ExtensionRef,
+}
+
+impl Sections for CachedSections<'_> {
+    fn get<S: Serialize, F: HttpFilter>(
+        &mut self,
+        section: &'static str,
+        spec: S,
+        build: fn(S) -> Result<F, SpecError>,
+    ) -> Result<Arc<dyn HttpFilter>, SpecError> {
+        let settings = serde_json::to_string(&spec).unwrap_or_default();
+        let origin = self.reference.origin(section).to_string();
+        self.filters.cached((KIND, section, origin, settings), || {
+            Ok(Arc::new(build(spec)?))
+        })
+    }
+}
+
 impl PolicyFilter {
     /// Builds every section of `spec`; an error names the section (`rateLimit.local.requests`).
     /// A policy with no section is refused: it would do nothing.
     pub fn new(spec: TrafficPolicySpec) -> Result<Self, SpecError> {
-        fn step<S, F: HttpFilter>(
-            steps: &mut Vec<Arc<dyn HttpFilter>>,
-            section: &str,
-            spec: Option<S>,
-            build: impl FnOnce(S) -> Result<F, SpecError>,
-        ) -> Result<(), SpecError> {
-            if let Some(s) = spec {
-                steps.push(Arc::new(build(s).map_err(|e| e.within(section))?));
-            }
-            Ok(())
-        }
+        Self::assemble(spec, &mut FreshSections)
+    }
+
+    /// [`PolicyFilter::new`], with each section's filter from `sections`.
+    pub(crate) fn assemble(
+        spec: TrafficPolicySpec,
+        sections: &mut impl Sections,
+    ) -> Result<Self, SpecError> {
         let mut steps = Vec::new();
-        step(&mut steps, "ipAccess", spec.ip_access, IpAccessFilter::new)?;
-        step(
-            &mut steps,
-            "requestLimits",
-            spec.request_limits,
-            RequestLimitsFilter::new,
-        )?;
-        step(&mut steps, "jwt", spec.jwt, JwtAuthFilter::new)?;
-        step(
-            &mut steps,
-            "basicAuth",
-            spec.basic_auth,
-            BasicAuthFilter::new,
-        )?;
-        step(
-            &mut steps,
-            "apiKeyAuth",
-            spec.api_key_auth,
-            ApiKeyAuthFilter::new,
-        )?;
-        step(
-            &mut steps,
-            "rateLimit",
-            spec.rate_limit,
-            RateLimitFilter::new,
-        )?;
-        step(&mut steps, "ai", spec.ai, AiPromptFilter::new)?;
-        step(
-            &mut steps,
-            "transformation",
-            spec.transformation,
-            TransformationFilter::new,
-        )?;
-        step(
-            &mut steps,
-            "compression",
-            spec.compression,
-            CompressionFilter::new,
-        )?;
+        let mut step = |section: &'static str, filter: Option<Result<Arc<dyn HttpFilter>, SpecError>>| {
+            if let Some(filter) = filter {
+                steps.push(filter.map_err(|e| e.within(section))?);
+            }
+            Ok::<_, SpecError>(())
+        };
+        macro_rules! section {
+            ($name:literal, $field:ident, $build:path) => {
+                step(
+                    $name,
+                    spec.$field.map(|s| sections.get($name, s, $build)),
+                )?
+            };
+        }
+        section!("ipAccess", ip_access, IpAccessFilter::new);
+        section!("requestLimits", request_limits, RequestLimitsFilter::new);
+        section!("jwt", jwt, JwtAuthFilter::new);
+        section!("basicAuth", basic_auth, BasicAuthFilter::new);
+        section!("apiKeyAuth", api_key_auth, ApiKeyAuthFilter::new);
+        section!("rateLimit", rate_limit, RateLimitFilter::new);
+        section!("ai", ai, AiPromptFilter::new);
+        section!("transformation", transformation, TransformationFilter::new);
+        section!("compression", compression, CompressionFilter::new);
         if steps.is_empty() {
             return Err(SpecError::invalid("spec", "sets no filter section"));
         }

@@ -31,8 +31,8 @@ pub struct Filters {
     built: Arc<Mutex<HashMap<BuiltKey, Weak<dyn HttpFilter>>>>,
 }
 
-/// Kind, object name, and the settings as JSON text.
-type BuiltKey = (&'static str, String, String);
+/// Kind, section (empty for a whole object), object name, and the settings as JSON text.
+type BuiltKey = (&'static str, &'static str, String, String);
 
 impl std::fmt::Debug for Filters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,17 +55,31 @@ impl Filters {
         F: HttpFilter,
     {
         let settings = reference.config.clone().unwrap_or(serde_json::Value::Null);
-        let key = (kind, reference.name.clone(), settings.to_string());
+        let key = (kind, "", reference.name.clone(), settings.to_string());
+        let filter = self.cached(key, || {
+            let spec: S = serde_json::from_value(settings).map_err(|e| SpecError::Schema {
+                kind,
+                message: e.to_string(),
+            })?;
+            Ok(Arc::new(build(spec)?))
+        })?;
+        Ok(filter)
+    }
+
+    /// The filter for `key`, built earlier and still in use, else a new one from `build`. The
+    /// lock is not held while building, so a build may itself ask for cached parts.
+    pub(crate) fn cached(
+        &self,
+        key: BuiltKey,
+        build: impl FnOnce() -> Result<Arc<dyn HttpFilter>, SpecError>,
+    ) -> Result<Arc<dyn HttpFilter>, SpecError> {
         // Called when a configuration is applied, never on the request path.
-        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(filter) = built.get(&key).and_then(Weak::upgrade) {
+        let lock = || self.built.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(filter) = lock().get(&key).and_then(Weak::upgrade) {
             return Ok(filter);
         }
-        let spec: S = serde_json::from_value(settings).map_err(|e| SpecError::Schema {
-            kind,
-            message: e.to_string(),
-        })?;
-        let filter: Arc<dyn HttpFilter> = Arc::new(build(spec)?);
+        let filter = build()?;
+        let mut built = lock();
         built.retain(|_, w| w.strong_count() > 0);
         built.insert(key, Arc::downgrade(&filter));
         Ok(filter)
@@ -83,12 +97,15 @@ impl Filters {
 pub fn register(registry: &mut FilterRegistry) -> Filters {
     let filters = Filters::default();
     macro_rules! kind {
-        ($kind:expr, $build:expr) => {{
+        ($register:ident, $kind:expr, $build:expr) => {{
             let f = filters.clone();
-            registry.register(GROUP, $kind, move |r: &ExtensionRef| {
+            registry.$register(GROUP, $kind, move |r: &ExtensionRef| {
                 f.get_or_build($kind, r, $build)
             });
         }};
+        ($kind:expr, $build:expr) => {
+            kind!(register, $kind, $build)
+        };
     }
     kind!(crate::access::KIND, IpAccessFilter::new);
     kind!(crate::limits::KIND, RequestLimitsFilter::new);
@@ -99,6 +116,25 @@ pub fn register(registry: &mut FilterRegistry) -> Filters {
     kind!(crate::compression::KIND, CompressionFilter::new);
     kind!(crate::transformation::KIND, TransformationFilter::new);
     kind!(crate::ai::KIND, AiPromptFilter::new);
-    kind!(crate::policy::KIND, PolicyFilter::new);
+    // The one kind that attaches itself by targetRefs / targetSelectors. Its sections are
+    // cached on their own, per object they came from (see `ExtensionRef::origins`), so a
+    // policy merged with different others keeps one rate-limit budget.
+    let f = filters.clone();
+    registry.register_policy(GROUP, crate::policy::KIND, move |r: &ExtensionRef| {
+        let settings = r.config.clone().unwrap_or(serde_json::Value::Null);
+        let key = (crate::policy::KIND, "", r.name.clone(), settings.to_string());
+        let filter = f.cached(key, || {
+            let spec = serde_json::from_value(settings).map_err(|e| SpecError::Schema {
+                kind: crate::policy::KIND,
+                message: e.to_string(),
+            })?;
+            let mut sections = crate::policy::CachedSections {
+                filters: &f,
+                reference: r,
+            };
+            Ok(Arc::new(PolicyFilter::assemble(spec, &mut sections)?))
+        })?;
+        Ok(filter)
+    });
     filters
 }

@@ -587,6 +587,13 @@ pub struct ExtensionRef {
     /// by the configuration source. `None` when the filter needs no settings or was built in Rust
     /// without them.
     pub config: Option<serde_json::Value>,
+    /// For a policy merged from several attached objects (see
+    /// [`FilterRegistry::register_policy`](crate::FilterRegistry::register_policy)): the object
+    /// each top-level field of `config` came from, as `namespace/name`, so that a filter can keep
+    /// one state (a rate limiter's budget) per contributing object whatever it was merged with.
+    /// Empty for a plain reference: every field then comes from `name`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub origins: std::collections::BTreeMap<String, String>,
 }
 
 impl ExtensionRef {
@@ -597,7 +604,14 @@ impl ExtensionRef {
             kind: kind.into(),
             name: name.into(),
             config: None,
+            origins: Default::default(),
         }
+    }
+
+    /// The object `field` of [`ExtensionRef::config`] came from: its entry in
+    /// [`ExtensionRef::origins`], else [`ExtensionRef::name`].
+    pub fn origin(&self, field: &str) -> &str {
+        self.origins.get(field).map_or(&self.name, String::as_str)
     }
 
     /// Attaches the referenced object's settings.

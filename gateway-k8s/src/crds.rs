@@ -120,20 +120,36 @@ pub struct ClientTrafficPolicySpec {
     pub path: Option<ClientTrafficPolicyPath>,
 }
 
-/// A target of a [`ClientTrafficPolicy`]: a Gateway in the policy's namespace
-/// (`LocalPolicyTargetReferenceWithSectionName`).
+/// A target of a policy by name, in the policy's namespace
+/// (`LocalPolicyTargetReferenceWithSectionName`): a Gateway (of a [`ClientTrafficPolicy`] or
+/// an attached filter policy) or an HTTPRoute (of an attached filter policy).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyTargetRef {
     /// `gateway.networking.k8s.io`.
     pub group: String,
-    /// `Gateway`.
+    /// `Gateway` or `HTTPRoute`.
     pub kind: String,
-    /// The Gateway's name.
+    /// The object's name.
     pub name: String,
-    /// A listener name: the policy applies to that listener only.
+    /// A listener of the Gateway, or a rule of the HTTPRoute, by name: the policy applies to
+    /// that section only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub section_name: Option<String>,
+}
+
+/// A target of a policy by label (`LocalPolicyTargetSelector`): every object of `group` and
+/// `kind`, in the policy's namespace, whose labels include all of `matchLabels`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyTargetSelector {
+    /// `gateway.networking.k8s.io`.
+    pub group: String,
+    /// `Gateway` or `HTTPRoute`.
+    pub kind: String,
+    /// Labels the targets must all have. Empty: every object of the kind in the namespace.
+    #[serde(default)]
+    pub match_labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Request path normalisation settings of a [`ClientTrafficPolicy`]. Dot segments are always
@@ -163,15 +179,19 @@ pub enum EscapedSlashesAction {
     UnescapeAndRedirect,
 }
 
-/// The status this controller writes on a [`ClientTrafficPolicy`]: one entry per target
-/// (`PolicyAncestorStatus` of GEP-713), with an `Accepted` condition: `True` (`Accepted`), or
-/// `False` with reason `Invalid`, `TargetNotFound` or `Conflicted`.
+/// The status this controller writes on a policy (a [`ClientTrafficPolicy`], or a filter
+/// policy attached by `targetRefs`): one entry per ancestor (`PolicyAncestorStatus` of
+/// GEP-713), with an `Accepted` condition: `True` (`Accepted`), or `False` with reason
+/// `Invalid`, `TargetNotFound` or `Conflicted`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct ClientTrafficPolicyStatus {
-    /// One entry per target, in `targetRefs` order; at most 16.
+pub struct PolicyStatus {
+    /// One entry per ancestor; at most 16.
     #[serde(default)]
     pub ancestors: Vec<PolicyAncestorStatus>,
 }
+
+/// The status of a [`ClientTrafficPolicy`]: one entry per target, in `targetRefs` order.
+pub type ClientTrafficPolicyStatus = PolicyStatus;
 
 /// The status of a policy for one ancestor (the targeted Gateway, or one of its listeners).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

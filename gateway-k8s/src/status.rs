@@ -10,10 +10,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::Value;
 
 use crate::crds::{
-    CLIENT_TRAFFIC_POLICY_KIND, ClientTrafficPolicyStatus, DIRECT_RESPONSE_GROUP, XBACKEND_KIND,
-    XBackendStatus,
+    CLIENT_TRAFFIC_POLICY_KIND, ClientTrafficPolicyStatus, DIRECT_RESPONSE_GROUP, PolicyStatus,
+    XBACKEND_KIND, XBackendStatus,
 };
-use crate::resources::{GATEWAY_X_GROUP, Kind, ObjectKey, Resources};
+use crate::resources::{GATEWAY_X_GROUP, GenericKey, Kind, ObjectKey, Resources};
 
 /// The Gateway API features this implementation supports, as written into
 /// `GatewayClass.status.supportedFeatures` (sorted, as the specification asks).
@@ -74,6 +74,8 @@ pub struct StatusReport {
         BTreeMap<ObjectKey, gateway_api::backendtlspolicies::BackendTlsPolicyStatus>,
     pub(crate) xbackends: BTreeMap<ObjectKey, XBackendEntry>,
     pub(crate) client_traffic_policies: BTreeMap<ObjectKey, ClientTrafficPolicyStatus>,
+    /// Filter policies attached by `targetRefs` / `targetSelectors`, by kind and object.
+    pub(crate) attached_policies: BTreeMap<GenericKey, PolicyStatus>,
     pub(crate) documents: Vec<Value>,
     /// Where each XBackend with a status sits in `documents`.
     pub(crate) xbackend_documents: BTreeMap<ObjectKey, usize>,
@@ -151,6 +153,9 @@ impl StatusReport {
                         set_status(&mut doc, status);
                     }
                 }
+                if let Some(status) = self.attached_policies.get(key) {
+                    set_status(&mut doc, status);
+                }
                 if key.group == GATEWAY_X_GROUP && key.kind == XBACKEND_KIND {
                     let key = ObjectKey::new(key.namespace.clone(), key.name.clone());
                     if let Some(entry) = self.xbackends.get(&key) {
@@ -212,6 +217,21 @@ impl StatusReport {
     ) -> Option<&ClientTrafficPolicyStatus> {
         self.client_traffic_policies
             .get(&ObjectKey::new(namespace, name))
+    }
+
+    /// The status of the attached filter policy `group`/`kind` `namespace/name` (a kind a
+    /// filter registry marks as a policy, e.g. `TrafficPolicy`): one ancestor entry per Gateway
+    /// its targets reach (or per target that does not exist). `None` when it has no
+    /// `targetRefs` / `targetSelectors`, or targets only objects of other controllers.
+    pub fn attached_policy(
+        &self,
+        group: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Option<&PolicyStatus> {
+        self.attached_policies
+            .get(&GenericKey::new(group, kind, namespace, name))
     }
 
     /// The status of XBackend `namespace/name`, if a route attached to one of our Gateways refers

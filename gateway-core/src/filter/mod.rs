@@ -182,6 +182,8 @@ where
 #[derive(Clone, Default)]
 pub struct FilterRegistry {
     factories: HashMap<(String, String), Arc<dyn FilterFactory>>,
+    /// The kinds registered with [`FilterRegistry::register_policy`], in registration order.
+    policies: Vec<(String, String)>,
 }
 
 impl FilterRegistry {
@@ -202,16 +204,45 @@ impl FilterRegistry {
         registry
     }
 
-    /// Registers `factory` for `ExtensionRef`s of `group` and `kind`, replacing an earlier one.
+    /// Registers `factory` for `ExtensionRef`s of `group` and `kind`, replacing an earlier one
+    /// (and its policy mark, see [`FilterRegistry::register_policy`]).
     pub fn register(
         &mut self,
         group: impl Into<String>,
         kind: impl Into<String>,
         factory: impl FilterFactory,
     ) -> &mut Self {
-        self.factories
-            .insert((group.into(), kind.into()), Arc::new(factory));
+        let key = (group.into(), kind.into());
+        self.policies.retain(|k| *k != key);
+        self.factories.insert(key, Arc::new(factory));
         self
+    }
+
+    /// Registers `factory` for `group` and `kind` like [`FilterRegistry::register`], and marks the
+    /// kind as a *policy*: besides being named by `ExtensionRef`s, its objects may attach
+    /// themselves to Gateways, listeners, routes and rules. gateway-core does nothing else with
+    /// the mark; a configuration source that reads attachments (gateway-k8s reads
+    /// `spec.targetRefs` and `spec.targetSelectors`, GEP-713) asks [`FilterRegistry::policy_kinds`]
+    /// which kinds to read, merges the attached objects' settings, and puts an
+    /// [`ExtensionRef`](crate::config::ExtensionRef) with the merged settings on each rule.
+    pub fn register_policy(
+        &mut self,
+        group: impl Into<String>,
+        kind: impl Into<String>,
+        factory: impl FilterFactory,
+    ) -> &mut Self {
+        let key = (group.into(), kind.into());
+        if !self.policies.contains(&key) {
+            self.policies.push(key.clone());
+        }
+        self.factories.insert(key, Arc::new(factory));
+        self
+    }
+
+    /// The kinds registered with [`FilterRegistry::register_policy`], as `(group, kind)`, in
+    /// registration order.
+    pub fn policy_kinds(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.policies.iter().map(|(g, k)| (g.as_str(), k.as_str()))
     }
 
     /// Registers one shared filter for every object of `group` and `kind`.

@@ -1,5 +1,6 @@
 //! The translator: resources in, configuration and status out. No I/O.
 
+mod attached;
 mod backend;
 mod backend_tls;
 mod client_policy;
@@ -38,7 +39,9 @@ use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::crds::{ClientTrafficPolicyStatus, PolicyAncestorStatus, XBACKEND_KIND, XBackendStatus};
+use crate::crds::{
+    PolicyAncestorRef, PolicyAncestorStatus, PolicyStatus, XBACKEND_KIND, XBackendStatus,
+};
 use crate::diagnostic::Diagnostic;
 use crate::resources::{GATEWAY_GROUP, GATEWAY_X_GROUP, Object, ObjectKey, Resources};
 use crate::status::{Cond, ConditionClock, SUPPORTED_FEATURES, StatusReport, XBackendEntry};
@@ -324,10 +327,25 @@ impl Translator {
         out.diagnostics
             .extend(client_policies.diagnostics.iter().cloned());
         for plan in &client_policies.plans {
-            if let Some(status) = self.client_policy_status(plan, &now) {
+            let scope = format!("ClientTrafficPolicy/{}", plan.key);
+            if let Some(status) =
+                self.policy_ancestors_status(&scope, plan.generation, &plan.ancestors, &now)
+            {
                 out.status
                     .client_traffic_policies
                     .insert(plan.key.clone(), status);
+            }
+        }
+
+        // Filter policies attached by targetRefs / targetSelectors.
+        let attached = attached::plan(resources, &ours, self.filters.as_ref());
+        out.diagnostics.extend(attached.diagnostics.iter().cloned());
+        for plan in &attached.plans {
+            let scope = format!("{}/{}", plan.key.kind, plan.key);
+            if let Some(status) =
+                self.policy_ancestors_status(&scope, plan.generation, &plan.ancestors, &now)
+            {
+                out.status.attached_policies.insert(plan.key.clone(), status);
             }
         }
 
@@ -357,6 +375,7 @@ impl Translator {
                 plans: &mut plans,
                 service_gateways: &mut service_gateways,
                 xbackend_refs: &mut xbackend_refs,
+                attached: &attached,
                 now: &now,
                 out: &mut out,
             };
@@ -697,6 +716,7 @@ impl Translator {
             plans,
             service_gateways,
             xbackend_refs,
+            attached,
             now,
             out,
         } = attach;
@@ -813,7 +833,9 @@ impl Translator {
                         _ => config_route.clone(),
                     };
                     for &i in listeners {
-                        plan.listeners[i].routes.push(served.clone());
+                        let l = &mut plan.listeners[i];
+                        l.routes
+                            .push(attached.apply(&gateway_key, &l.name, key, &served));
                     }
                     xbackend_refs.extend(rules.xbackends.iter().cloned());
                     for service in &rules.services {
@@ -971,27 +993,29 @@ impl Translator {
         Some(BackendTlsPolicyStatus { ancestors })
     }
 
-    /// The status of a ClientTrafficPolicy: one entry per target it reports on. `None` when it
-    /// targets only Gateways of other controllers.
-    fn client_policy_status(
+    /// The status of a policy (a ClientTrafficPolicy or an attached filter policy) from its
+    /// decided ancestors; `scope` names the policy for the condition clock. `None` when there is
+    /// no ancestor to report on (it targets only objects of other controllers).
+    fn policy_ancestors_status(
         &mut self,
-        plan: &client_policy::ClientPolicyPlan,
+        scope: &str,
+        generation: Option<i64>,
+        ancestors: &[(PolicyAncestorRef, Result<String, Problem>)],
         now: &Time,
-    ) -> Option<ClientTrafficPolicyStatus> {
-        if plan.ancestors.is_empty() {
+    ) -> Option<PolicyStatus> {
+        if ancestors.is_empty() {
             return None;
         }
-        let ancestors = plan
-            .ancestors
+        let ancestors = ancestors
             .iter()
             .map(|(ancestor, outcome)| {
                 let mut scope = format!(
-                    "ClientTrafficPolicy/{}/ancestor/{}/{}",
-                    plan.key, ancestor.namespace, ancestor.name
+                    "{scope}/ancestor/{}/{}/{}/{}",
+                    ancestor.kind, ancestor.namespace, ancestor.name,
+                    ancestor.section_name.as_deref().unwrap_or("")
                 );
-                if let Some(section) = &ancestor.section_name {
-                    scope.push('/');
-                    scope.push_str(section);
+                if ancestor.section_name.is_none() {
+                    scope.pop();
                 }
                 let cond = match outcome {
                     Ok(message) => Cond::new("Accepted", true, "Accepted", message.clone()),
@@ -1000,11 +1024,11 @@ impl Translator {
                 PolicyAncestorStatus {
                     ancestor_ref: ancestor.clone(),
                     controller_name: self.options.controller_name.clone(),
-                    conditions: vec![self.clock.build(&scope, cond, plan.generation, now)],
+                    conditions: vec![self.clock.build(&scope, cond, generation, now)],
                 }
             })
             .collect();
-        Some(ClientTrafficPolicyStatus { ancestors })
+        Some(PolicyStatus { ancestors })
     }
 
     fn gateway_status(&mut self, plan: &GatewayPlan, now: &Time) -> GatewayStatus {
@@ -1178,6 +1202,8 @@ struct RouteAttach<'a> {
     service_gateways: &'a mut BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
     /// The XBackends that routes attached to our Gateways refer to.
     xbackend_refs: &'a mut BTreeSet<ObjectKey>,
+    /// Filter policies attached to Gateways, listeners, routes and rules.
+    attached: &'a attached::AttachedPolicies,
     now: &'a Time,
     out: &'a mut Translation,
 }

@@ -722,6 +722,7 @@ fn resolve_extension(
         kind: kind.to_string(),
         name: name.to_string(),
         config: Some(config).filter(|c| !c.is_null()),
+        origins: Default::default(),
     };
     if let Some(registry) = ctx.filters {
         match registry.build(&reference) {

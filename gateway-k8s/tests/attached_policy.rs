@@ -1,0 +1,230 @@
+//! Filter policies attached by targetRefs / targetSelectors: YAML in, merged `ExtensionRef`s on
+//! each rule and policy status out.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use gateway_core::config::{ExtensionRef, Filter};
+use gateway_k8s::Translation;
+use serde_json::json;
+
+const GROUP: &str = "filters.example.net";
+
+/// A registry with the policy kind `Stamp`, whose settings must not contain `bad`.
+fn registry() -> gateway_core::FilterRegistry {
+    struct Stamp;
+    impl gateway_core::HttpFilter for Stamp {}
+    let mut registry = gateway_core::FilterRegistry::with_builtins();
+    registry.register_policy(GROUP, "Stamp", |r: &ExtensionRef| {
+        if r.config.as_ref().is_some_and(|c| c.get("bad").is_some()) {
+            return Err(gateway_core::Error::new(
+                gateway_core::ErrorKind::InvalidConfig,
+                "bad is not a setting",
+            ));
+        }
+        Ok(Arc::new(Stamp) as Arc<dyn gateway_core::HttpFilter>)
+    });
+    registry
+}
+
+fn translate() -> Translation {
+    translator()
+        .with_filters(registry())
+        .translate(&fixture("attached-policy.yaml"))
+}
+
+/// The attached `Stamp` reference of rule `rule` of route `route` on `listener`, if any.
+fn stamp(t: &Translation, listener: &str, route: &str, rule: usize) -> Option<ExtensionRef> {
+    let l = t
+        .config
+        .binds
+        .iter()
+        .flat_map(|b| &b.listeners)
+        .find(|l| l.name == listener)
+        .unwrap_or_else(|| panic!("no listener {listener}"));
+    let r = l
+        .routes
+        .iter()
+        .find(|r| r.name == route)
+        .unwrap_or_else(|| panic!("no route {route} on {listener}"));
+    let stamps: Vec<&ExtensionRef> = r.rules[rule]
+        .filters
+        .iter()
+        .filter_map(|f| match f {
+            Filter::ExtensionRef(e) if e.kind == "Stamp" => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert!(stamps.len() <= 1, "one reference per kind: {stamps:?}");
+    // Attached policies run before the rule's own filters.
+    if !stamps.is_empty() {
+        assert!(matches!(&r.rules[rule].filters[0], Filter::ExtensionRef(e) if e.kind == "Stamp"));
+    }
+    stamps.first().map(|e| (*e).clone())
+}
+
+#[test]
+fn settings_merge_per_field_from_gateway_to_rule() {
+    let t = translate();
+    let cart = stamp(&t, "apps/gw/http", "shop", 0).expect("cart has policies");
+    assert_eq!(
+        cart.config,
+        Some(json!({"a": "rule", "b": "gateway", "c": "route"}))
+    );
+    assert_eq!(cart.group, GROUP);
+    assert_eq!(cart.origin("a"), "apps/cart-rule");
+    assert_eq!(cart.origin("b"), "apps/gateway-wide");
+    assert_eq!(cart.origin("c"), "apps/by-label");
+
+    let home = stamp(&t, "apps/gw/http", "shop", 1).expect("home has policies");
+    assert_eq!(
+        home.config,
+        Some(json!({"a": "gateway", "b": "gateway", "c": "route"}))
+    );
+    assert_eq!(home.origin("a"), "apps/gateway-wide");
+
+    // Listener api replaces b.
+    let cart_api = stamp(&t, "apps/gw/api", "shop", 0).expect("cart on api");
+    assert_eq!(
+        cart_api.config,
+        Some(json!({"a": "rule", "b": "listener", "c": "route"}))
+    );
+    assert_eq!(cart_api.origin("b"), "apps/api-listener");
+
+    // Route plain: `late` applies to the route (its Gateway target is Conflicted), `broken`
+    // nowhere.
+    let plain = stamp(&t, "apps/gw/api", "plain", 0).expect("plain has policies");
+    assert_eq!(
+        plain.config,
+        Some(json!({"a": "gateway", "b": "listener", "c": "late"}))
+    );
+}
+
+#[test]
+fn a_single_policy_is_referenced_by_its_own_name() {
+    let mut resources = fixture("attached-policy.yaml");
+    for name in ["api-listener", "by-label", "cart-rule", "late"] {
+        resources
+            .others
+            .retain(|k, _| !(k.kind == "Stamp" && k.name == name));
+    }
+    let t = translator().with_filters(registry()).translate(&resources);
+    let home = stamp(&t, "apps/gw/http", "shop", 1).expect("gateway-wide applies");
+    assert_eq!(home.name, "apps/gateway-wide");
+    assert!(home.origins.is_empty());
+    assert_eq!(home.config, Some(json!({"a": "gateway", "b": "gateway"})));
+}
+
+#[test]
+fn nothing_is_attached_without_a_registry_or_to_other_controllers() {
+    let t = translator().translate(&fixture("attached-policy.yaml"));
+    assert_eq!(stamp(&t, "apps/gw/http", "shop", 0), None);
+    assert!(t.status.attached_policy(GROUP, "Stamp", "apps", "gateway-wide").is_none());
+
+    let t = translate();
+    // Route foreign is served by another controller: not in our config at all, and no status.
+    assert!(t.status.http_route("apps", "foreign").is_none());
+}
+
+/// (ancestor kind, name, sectionName, status, reason) of each ancestor entry.
+fn ancestors(t: &Translation, policy: &str) -> Vec<(String, String, Option<String>, String, String)> {
+    let status = t
+        .status
+        .attached_policy(GROUP, "Stamp", "apps", policy)
+        .unwrap_or_else(|| panic!("no status for {policy}"));
+    status
+        .ancestors
+        .iter()
+        .map(|a| {
+            assert_eq!(a.controller_name, CONTROLLER);
+            assert_eq!(a.ancestor_ref.namespace, "apps");
+            let c = condition(&a.conditions, "Accepted");
+            (
+                a.ancestor_ref.kind.clone(),
+                a.ancestor_ref.name.clone(),
+                a.ancestor_ref.section_name.clone(),
+                c.status.clone(),
+                c.reason.clone(),
+            )
+        })
+        .collect()
+}
+
+fn entry(
+    kind: &str,
+    name: &str,
+    section: Option<&str>,
+    status: &str,
+    reason: &str,
+) -> (String, String, Option<String>, String, String) {
+    (
+        kind.into(),
+        name.into(),
+        section.map(Into::into),
+        status.into(),
+        reason.into(),
+    )
+}
+
+#[test]
+fn status_reports_accepted_conflicted_target_not_found_and_invalid() {
+    let t = translate();
+    let gw = |section, status, reason| entry("Gateway", "gw", section, status, reason);
+    assert_eq!(ancestors(&t, "gateway-wide"), [gw(None, "True", "Accepted")]);
+    assert_eq!(ancestors(&t, "api-listener"), [gw(Some("api"), "True", "Accepted")]);
+    // Route targets report on the route's parent Gateways.
+    assert_eq!(ancestors(&t, "by-label"), [gw(None, "True", "Accepted")]);
+    assert_eq!(ancestors(&t, "cart-rule"), [gw(None, "True", "Accepted")]);
+    assert_eq!(
+        ancestors(&t, "late"),
+        [
+            gw(None, "False", "Conflicted"),
+            gw(Some("api"), "True", "Accepted")
+        ]
+    );
+    assert_eq!(
+        ancestors(&t, "lost"),
+        [
+            entry("Gateway", "missing", None, "False", "TargetNotFound"),
+            gw(Some("nope"), "False", "TargetNotFound"),
+            gw(None, "False", "TargetNotFound"),
+            entry("Service", "svc", None, "False", "Invalid"),
+        ]
+    );
+    assert_eq!(ancestors(&t, "broken"), [gw(Some("api"), "False", "Invalid")]);
+    let broken = t.status.attached_policy(GROUP, "Stamp", "apps", "broken").unwrap();
+    let c = condition(&broken.ancestors[0].conditions, "Accepted");
+    assert!(c.message.contains("bad is not a setting"), "{c:?}");
+    assert_eq!(c.observed_generation, Some(7));
+    assert!(t.status.attached_policy(GROUP, "Stamp", "apps", "unattached").is_none());
+
+    // The status is echoed on the policy's document.
+    let doc = t
+        .status
+        .documents()
+        .iter()
+        .find(|d| d["kind"] == "Stamp" && d["metadata"]["name"] == "late")
+        .expect("late echoed");
+    assert_eq!(doc["status"]["ancestors"][0]["conditions"][0]["reason"], "Conflicted");
+}
+
+#[test]
+fn removing_the_older_policy_lets_the_conflicted_one_apply() {
+    let mut resources = fixture("attached-policy.yaml");
+    resources
+        .others
+        .retain(|k, _| !(k.kind == "Stamp" && k.name == "gateway-wide"));
+    let t = translator().with_filters(registry()).translate(&resources);
+    let home = stamp(&t, "apps/gw/http", "shop", 1).expect("late applies on gw");
+    // c from the route-level by-label wins over the Gateway-level late.
+    assert_eq!(home.config, Some(json!({"c": "route"})));
+    assert_eq!(home.name, "apps/by-label");
+    let cart = stamp(&t, "apps/gw/http", "shop", 0).unwrap();
+    assert_eq!(cart.config, Some(json!({"a": "rule", "c": "route"})));
+    assert_eq!(
+        ancestors(&t, "late")[0],
+        entry("Gateway", "gw", None, "True", "Accepted")
+    );
+}
