@@ -1,5 +1,6 @@
-//! `examples/policy.yaml` served by `file-gateway`: a TrafficPolicy with JWT, a per-user rate
-//! limit and a templated header, from YAML, through real sockets.
+//! `examples/policy.yaml` served by `file-gateway`: TrafficPolicies attached by targetRefs (one
+//! on the Gateway, one on a rule) with request limits, JWT, a per-user rate limit and a
+//! templated header, from YAML, through real sockets.
 
 mod support;
 
@@ -43,6 +44,16 @@ async fn jwt_rate_limit_and_transformation_from_the_example_yaml() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(ready, "file-gateway never answered");
+
+    // Rule `public`: only the Gateway's policy (request limits), no token needed.
+    assert_eq!(get(listener, host, "/public/x", &[]).await.unwrap().0, 200);
+    let many: Vec<(String, String)> = (0..20).map(|i| (format!("x-h{i}"), "v".into())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    assert_eq!(
+        get(listener, host, "/public/x", &many).await.unwrap().0,
+        431,
+        "the Gateway's request limits apply to every rule"
+    );
 
     let alice = format!("Bearer {ALICE}");
     let (status, body) = get(
@@ -131,16 +142,29 @@ spec:
     - type: ExtensionRef
       extensionRef: {group: gateway.pingora-gateway.dev, kind: RateLimit, name: broken}
     backendRefs: [{name: demo, port: 80}]
+---
+apiVersion: gateway.pingora-gateway.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: broken-attached, namespace: default}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: api}]
+  requestLimits: {maxHeaders: 0}
 "#;
     let dir = TempDir::new("policy-broken");
     let config = dir.0.join("config");
     std::fs::write(config.join("policy.yaml"), text + broken).unwrap();
     let status_file = dir.0.join("status.yaml");
     let listener: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let admin = format!("127.0.0.1:{}", free_port());
     let _gateway = file_gateway(
         &config,
         listener,
-        [OsStr::new("--status-file"), status_file.as_os_str()],
+        [
+            OsStr::new("--status-file"),
+            status_file.as_os_str(),
+            OsStr::new("--admin"),
+            OsStr::new(&admin),
+        ],
     );
 
     let mut status = String::new();
@@ -155,6 +179,21 @@ spec:
     assert!(
         status.contains("local.requests: must be above 0"),
         "{status}"
+    );
+    // The attached policy with refused settings: Invalid in its own status, applied nowhere.
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&status).unwrap();
+    let attached = docs
+        .iter()
+        .find(|d| d["kind"] == "TrafficPolicy" && d["metadata"]["name"] == "broken-attached")
+        .expect("broken-attached echoed");
+    let condition = &attached["status"]["ancestors"][0]["conditions"][0];
+    assert_eq!(condition["reason"], "Invalid", "{attached}");
+    assert!(
+        condition["message"]
+            .as_str()
+            .unwrap()
+            .contains("requestLimits.maxHeaders"),
+        "{attached}"
     );
     assert_eq!(
         get(listener, "policy.example", "/broken", &[])
