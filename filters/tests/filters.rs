@@ -1004,3 +1004,55 @@ mod ai_prompt {
         assert_eq!(status, 400, "not a JSON object");
     }
 }
+
+/// Two rules whose attached policies merge a Gateway-wide `rateLimit` with different route-level
+/// sections: the rate-limit section is one state per object it came from (`origins`), so both
+/// rules spend one budget; a route's own `rateLimit` is a budget of its own.
+#[tokio::test]
+async fn merged_policy_sections_keep_one_state_per_origin() {
+    let b = backend("b").await;
+    let shared = json!({"local": {"requests": 2, "unit": "Minute"}});
+    let merged = |name: &str, origins: &[(&str, &str)], settings: serde_json::Value| {
+        let mut r = ExtensionRef::new(gateway_filters::GROUP, "TrafficPolicy", name)
+            .with_config(settings);
+        r.origins = origins
+            .iter()
+            .map(|(f, o)| (f.to_string(), o.to_string()))
+            .collect();
+        Filter::ExtensionRef(r)
+    };
+    let one = merged(
+        "apps/gw+apps/one",
+        &[("rateLimit", "apps/gw"), ("requestLimits", "apps/one")],
+        json!({"rateLimit": shared, "requestLimits": {"maxHeaders": 50}}),
+    );
+    let two = merged(
+        "apps/gw+apps/two",
+        &[("rateLimit", "apps/gw"), ("requestLimits", "apps/two")],
+        json!({"rateLimit": shared, "requestLimits": {"maxHeaders": 60}}),
+    );
+    let own = merged(
+        "apps/gw+apps/own",
+        &[("rateLimit", "apps/own"), ("requestLimits", "apps/gw")],
+        json!({"rateLimit": shared, "requestLimits": {"maxHeaders": 50}}),
+    );
+    let (_gw, addr) = start(vec![
+        route("one", "/one", &b, vec![one]),
+        route("two", "/two", &b, vec![two]),
+        route("own", "/own", &b, vec![own]),
+    ])
+    .await;
+    assert_eq!(get_with(addr, HOST, "/one", &[]).await.status, 200);
+    assert_eq!(get_with(addr, HOST, "/two", &[]).await.status, 200);
+    assert_eq!(
+        get_with(addr, HOST, "/one", &[]).await.status,
+        429,
+        "the Gateway's budget of 2 is spent by both rules"
+    );
+    assert_eq!(get_with(addr, HOST, "/two", &[]).await.status, 429);
+    assert_eq!(
+        get_with(addr, HOST, "/own", &[]).await.status,
+        200,
+        "a section from another object has its own budget"
+    );
+}
