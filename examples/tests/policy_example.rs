@@ -211,3 +211,123 @@ spec:
         "the other route serves"
     );
 }
+
+/// API keys and htpasswd users read from Secrets (one in another namespace, allowed by a
+/// ReferenceGrant); rewriting a Secret changes who gets in, without touching the policies.
+#[tokio::test]
+async fn api_keys_and_users_come_from_secrets_and_follow_their_changes() {
+    let backend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    examples::demo::spawn(backend, "demo")
+        .await
+        .expect("demo backend");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policy.yaml"))
+        .expect("examples/policy.yaml")
+        .replace("- port: 9081", &format!("- port: {}", backend.port()));
+    let routes = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: secured, namespace: default}
+spec:
+  parentRefs: [{name: policy-example}]
+  hostnames: [secured.example]
+  rules:
+  - name: keyed
+    matches: [{path: {type: PathPrefix, value: /keyed}}]
+    backendRefs: [{name: demo, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /basic}}]
+    filters:
+    - type: ExtensionRef
+      extensionRef: {group: gateway.pingora-gateway.dev, kind: BasicAuth, name: vault-users}
+    backendRefs: [{name: demo, port: 80}]
+---
+apiVersion: gateway.pingora-gateway.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: keyed, namespace: default}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: secured, sectionName: keyed}]
+  apiKeyAuth:
+    keysFrom: [{secretRef: {name: api-keys}}]
+---
+apiVersion: gateway.pingora-gateway.dev/v1alpha1
+kind: BasicAuth
+metadata: {name: vault-users, namespace: default}
+spec:
+  htpasswdFrom: {secretRef: {name: users, namespace: vault}}
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: basic-auth-users, namespace: vault}
+spec:
+  from: [{group: gateway.pingora-gateway.dev, kind: BasicAuth, namespace: default}]
+  to: [{group: "", kind: Secret}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: users, namespace: vault}
+stringData: {.htpasswd: "bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g="}
+"#;
+    let keys = |key: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: api-keys, namespace: default}}\nstringData: {{alice: {key}}}\n"
+        )
+    };
+    let dir = TempDir::new("policy-secrets");
+    let config = dir.0.join("config");
+    std::fs::write(config.join("policy.yaml"), text + routes).unwrap();
+    std::fs::write(config.join("keys.yaml"), keys("key-a")).unwrap();
+    let listener: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let _gateway = file_gateway(
+        &config,
+        listener,
+        [OsStr::new("--admin"), OsStr::new(&admin)],
+    );
+    let host = "secured.example";
+    let status_of = |path: &'static str, headers: Vec<(&'static str, String)>| async move {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        get(listener, host, path, &headers).await.map(|(s, _)| s)
+    };
+    let mut first = Err(String::new());
+    for _ in 0..200 {
+        first = status_of("/keyed", vec![("x-api-key", "key-a".into())]).await;
+        if first == Ok(200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(first, Ok(200), "the key from the Secret lets alice in");
+    assert_eq!(status_of("/keyed", vec![]).await, Ok(401));
+    assert_eq!(
+        status_of("/keyed", vec![("x-api-key", "key-b".into())]).await,
+        Ok(401)
+    );
+    let bob = format!("Basic {}", base64("bob:password"));
+    assert_eq!(
+        status_of("/basic", vec![("authorization", bob.clone())]).await,
+        Ok(200),
+        "users from a Secret in another namespace, granted"
+    );
+    assert_eq!(status_of("/basic", vec![]).await, Ok(401));
+
+    // The Secret changes: the new key works, the old one no longer does.
+    std::fs::write(config.join("keys.yaml"), keys("key-b")).unwrap();
+    let mut now = Err(String::new());
+    for _ in 0..200 {
+        now = status_of("/keyed", vec![("x-api-key", "key-b".into())]).await;
+        if now == Ok(200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(now, Ok(200));
+    assert_eq!(
+        status_of("/keyed", vec![("x-api-key", "key-a".into())]).await,
+        Ok(401)
+    );
+}
+
+fn base64(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}

@@ -46,6 +46,7 @@ pub mod limits;
 pub mod policy;
 pub mod rate_limit;
 mod registry;
+pub mod secret;
 mod request;
 mod respond;
 pub mod transformation;

@@ -54,7 +54,8 @@ impl Filters {
         S: DeserializeOwned,
         F: HttpFilter,
     {
-        let settings = reference.config.clone().unwrap_or(serde_json::Value::Null);
+        let mut settings = reference.config.clone().unwrap_or(serde_json::Value::Null);
+        crate::secret::fill(&mut settings, &reference.secrets)?;
         let key = (kind, "", reference.name.clone(), settings.to_string());
         let filter = self.cached(key, || {
             let spec: S = serde_json::from_value(settings).map_err(|e| SpecError::Schema {
@@ -121,7 +122,8 @@ pub fn register(registry: &mut FilterRegistry) -> Filters {
     // policy merged with different others keeps one rate-limit budget.
     let f = filters.clone();
     registry.register_policy(GROUP, crate::policy::KIND, move |r: &ExtensionRef| {
-        let settings = r.config.clone().unwrap_or(serde_json::Value::Null);
+        let mut settings = r.config.clone().unwrap_or(serde_json::Value::Null);
+        crate::secret::fill(&mut settings, &r.secrets)?;
         let key = (crate::policy::KIND, "", r.name.clone(), settings.to_string());
         let filter = f.cached(key, || {
             let spec = serde_json::from_value(settings).map_err(|e| SpecError::Schema {

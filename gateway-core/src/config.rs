@@ -8,6 +8,7 @@
 //! The model is declarative and cheap to compare: [`crate::Gateway::apply`] compiles it into an
 //! immutable routing table and swaps it in only when it differs from the active one.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -592,8 +593,48 @@ pub struct ExtensionRef {
     /// each top-level field of `config` came from, as `namespace/name`, so that a filter can keep
     /// one state (a rate limiter's budget) per contributing object whatever it was merged with.
     /// Empty for a plain reference: every field then comes from `name`.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub origins: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub origins: BTreeMap<String, String>,
+    /// The Secrets that `secretRef`s in `config` name, resolved by the configuration source
+    /// (gateway-k8s resolves each `{"secretRef": {"name", "namespace"}}` object found in the
+    /// settings, with ReferenceGrants for other namespaces). Never serialized: `/config` shows
+    /// the references, not the data. Empty by default.
+    #[serde(skip)]
+    pub secrets: SecretData,
+}
+
+/// The data of Secrets, by `namespace/name` (or the name alone, when a reference has no
+/// namespace), then key, decoded as UTF-8 text. Cheap to clone; its `Debug` shows only the
+/// Secrets' names.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretData(Arc<BTreeMap<String, BTreeMap<String, String>>>);
+
+impl SecretData {
+    /// Secret data from `(namespace/name, key -> text)` pairs.
+    pub fn new(secrets: BTreeMap<String, BTreeMap<String, String>>) -> Self {
+        SecretData(Arc::new(secrets))
+    }
+
+    /// The data of Secret `id` (`namespace/name`), if it was resolved.
+    pub fn get(&self, id: &str) -> Option<&BTreeMap<String, String>> {
+        self.0.get(id)
+    }
+
+    /// Whether no Secret was resolved.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Every resolved Secret, by id.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &BTreeMap<String, String>)> {
+        self.0.iter()
+    }
+}
+
+impl fmt::Debug for SecretData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 impl ExtensionRef {
@@ -605,6 +646,7 @@ impl ExtensionRef {
             name: name.into(),
             config: None,
             origins: Default::default(),
+            secrets: Default::default(),
         }
     }
 

@@ -228,3 +228,155 @@ fn removing_the_older_policy_lets_the_conflicted_one_apply() {
         entry("Gateway", "gw", None, "True", "Accepted")
     );
 }
+
+const SECRETS: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: creds, namespace: apps}
+stringData: {token: s3cret}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: shared, namespace: vault}
+data: {token: b3RoZXI=}
+---
+apiVersion: filters.example.net/v1
+kind: Stamp
+metadata: {name: with-secret, namespace: apps}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: plain}]
+  a: {secretRef: {name: creds}}
+---
+apiVersion: filters.example.net/v1
+kind: Stamp
+metadata: {name: foreign-secret, namespace: apps}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: shop}]
+  c: {nested: [{secretRef: {name: shared, namespace: vault}}]}
+"#;
+
+fn with_secrets(extra: &str) -> gateway_k8s::Resources {
+    let mut text = fixture_text("attached-policy.yaml");
+    text.push_str("\n---\n");
+    text.push_str(SECRETS);
+    text.push_str(extra);
+    let resources = gateway_k8s::Resources::parse_yaml(&text, "secrets");
+    assert!(resources.diagnostics.is_empty(), "{:?}", resources.diagnostics);
+    resources
+}
+
+#[test]
+fn secret_references_resolve_with_reference_grants() {
+    let t = translator()
+        .with_filters(registry())
+        .translate(&with_secrets(""));
+    let plain = stamp(&t, "apps/gw/api", "plain", 0).unwrap();
+    // The namespace is written into the reference; the data travels beside the settings.
+    assert_eq!(
+        plain.config.as_ref().unwrap()["a"],
+        json!({"secretRef": {"name": "creds", "namespace": "apps"}})
+    );
+    assert_eq!(
+        plain.secrets.get("apps/creds").and_then(|d| d.get("token")).map(String::as_str),
+        Some("s3cret")
+    );
+    let rendered = serde_json::to_string(&t.config).unwrap();
+    assert!(!rendered.contains("s3cret"), "secret data is never serialized");
+
+    // Another namespace without a ReferenceGrant: the policy is Invalid and applies nowhere.
+    let status = ancestors(&t, "foreign-secret");
+    assert_eq!(status, [entry("Gateway", "gw", None, "False", "Invalid")]);
+    let c = &t
+        .status
+        .attached_policy(GROUP, "Stamp", "apps", "foreign-secret")
+        .unwrap()
+        .ancestors[0]
+        .conditions[0];
+    assert!(c.message.contains("ReferenceGrant"), "{c:?}");
+    let home = stamp(&t, "apps/gw/http", "shop", 1).unwrap();
+    assert_eq!(home.config.as_ref().unwrap()["c"], "route");
+
+    // With the grant it resolves.
+    let grant = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: stamps, namespace: vault}
+spec:
+  from: [{group: filters.example.net, kind: Stamp, namespace: apps}]
+  to: [{group: "", kind: Secret}]
+"#;
+    let t = translator()
+        .with_filters(registry())
+        .translate(&with_secrets(grant));
+    assert_eq!(ancestors(&t, "foreign-secret")[0].4, "Accepted");
+    let home = stamp(&t, "apps/gw/http", "shop", 1).unwrap();
+    assert_eq!(
+        home.secrets.get("vault/shared").and_then(|d| d.get("token")).map(String::as_str),
+        Some("other")
+    );
+}
+
+#[test]
+fn extension_refs_resolve_secrets_too_and_report_missing_ones() {
+    let extra = r#"
+---
+apiVersion: filters.example.net/v1
+kind: Stamp
+metadata: {name: by-ref, namespace: apps}
+spec:
+  a: {secretRef: {name: creds}}
+---
+apiVersion: filters.example.net/v1
+kind: Stamp
+metadata: {name: missing, namespace: apps}
+spec:
+  a: {secretRef: {name: nowhere}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: refs, namespace: apps}
+spec:
+  parentRefs: [{name: gw, sectionName: http}]
+  hostnames: [refs.example.com]
+  rules:
+  - filters:
+    - {type: ExtensionRef, extensionRef: {group: filters.example.net, kind: Stamp, name: by-ref}}
+    backendRefs: [{name: svc, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: broken-refs, namespace: apps}
+spec:
+  parentRefs: [{name: gw, sectionName: http}]
+  hostnames: [broken.example.com]
+  rules:
+  - filters:
+    - {type: ExtensionRef, extensionRef: {group: filters.example.net, kind: Stamp, name: missing}}
+    backendRefs: [{name: svc, port: 80}]
+"#;
+    let t = translator()
+        .with_filters(registry())
+        .translate(&with_secrets(extra));
+    let route = t
+        .config
+        .binds
+        .iter()
+        .flat_map(|b| &b.listeners)
+        .flat_map(|l| &l.routes)
+        .find(|r| r.name == "refs")
+        .unwrap();
+    let by_ref = route.rules[0]
+        .filters
+        .iter()
+        .find_map(|f| match f {
+            Filter::ExtensionRef(e) if e.name == "by-ref" => Some(e),
+            _ => None,
+        })
+        .unwrap();
+    assert!(by_ref.secrets.get("apps/creds").is_some());
+    let status = t.status.http_route("apps", "broken-refs").unwrap();
+    let c = condition(&status.parents[0].conditions, "ResolvedRefs");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "InvalidExtensionRef"));
+    assert!(c.message.contains("Secret apps/nowhere does not exist"), "{c:?}");
+}

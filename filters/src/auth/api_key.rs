@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::digest;
 use crate::SpecError;
+use crate::secret::SecretSource;
 use crate::request::Location;
 use crate::respond::answer;
 
@@ -35,8 +36,14 @@ pub const KIND: &str = "APIKeyAuth";
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApiKeyAuthSpec {
-    /// The accepted keys and the client each belongs to. At least one.
+    /// The accepted keys and the client each belongs to. With `keysFrom`, at least one key in
+    /// all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<ApiKey>,
+    /// More keys, from Secrets: each entry of a Secret's data is one client, its key the
+    /// client's id and its value the API key (`key` set: that entry only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys_from: Vec<SecretSource>,
     /// Where the key is looked for, in order. Default: the `x-api-key` header.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extract_from: Vec<KeySource>,
@@ -99,22 +106,31 @@ fn header_name(field: &str, name: &str) -> Result<HeaderName, SpecError> {
 impl ApiKeyAuthFilter {
     /// Checks `spec`: at least one key, no empty or repeated key, valid header names.
     pub fn new(spec: ApiKeyAuthSpec) -> Result<Self, SpecError> {
-        if spec.keys.is_empty() {
+        let mut all: Vec<(String, &str, &str)> = spec
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (format!("keys[{i}].key"), k.client.as_str(), k.key.as_str()))
+            .collect();
+        for (i, source) in spec.keys_from.iter().enumerate() {
+            let field = format!("keysFrom[{i}]");
+            for (client, key) in source.entries(&field)? {
+                all.push((format!("{field} entry {client}"), client, key.trim()));
+            }
+        }
+        if all.is_empty() {
             return Err(SpecError::invalid("keys", "at least one key is needed"));
         }
-        let mut keys = HashMap::with_capacity(spec.keys.len());
-        for (i, k) in spec.keys.iter().enumerate() {
-            if k.key.is_empty() {
-                return Err(SpecError::invalid(format!("keys[{i}].key"), "is empty"));
+        let mut keys = HashMap::with_capacity(all.len());
+        for (field, client, key) in all {
+            if key.is_empty() {
+                return Err(SpecError::invalid(field, "is empty"));
             }
             if keys
-                .insert(digest(k.key.as_bytes()), k.client.clone())
+                .insert(digest(key.as_bytes()), client.to_string())
                 .is_some()
             {
-                return Err(SpecError::invalid(
-                    format!("keys[{i}].key"),
-                    "is the same as an earlier key",
-                ));
+                return Err(SpecError::invalid(field, "is the same as an earlier key"));
             }
         }
         let mut sources = Vec::new();

@@ -26,6 +26,7 @@ use sha1::{Digest, Sha1};
 
 use super::{digest, same};
 use crate::SpecError;
+use crate::secret::SecretSource;
 use crate::respond::answer;
 
 /// The kind of [`BasicAuth`] objects.
@@ -44,8 +45,14 @@ pub const KIND: &str = "BasicAuth";
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BasicAuthSpec {
-    /// The users, as the text of an htpasswd file (one `user:hash` line each).
+    /// The users, as the text of an htpasswd file (one `user:hash` line each). Default: none
+    /// (then `htpasswdFrom` must give some).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub htpasswd: String,
+    /// More users, from the htpasswd text in a Secret: its key `.htpasswd` (or `key`, or its
+    /// only entry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub htpasswd_from: Option<SecretSource>,
     /// The realm named in `WWW-Authenticate`. Default: `gateway`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub realm: Option<String>,
@@ -84,12 +91,27 @@ impl BasicAuthFilter {
     /// Parses the htpasswd text and checks the other fields.
     pub fn new(spec: BasicAuthSpec) -> Result<Self, SpecError> {
         let mut users = HashMap::new();
-        for (i, line) in spec.htpasswd.lines().enumerate() {
+        let from_secret = match &spec.htpasswd_from {
+            Some(source) => source.text("htpasswdFrom", ".htpasswd")?,
+            None => "",
+        };
+        let lines = spec
+            .htpasswd
+            .lines()
+            .enumerate()
+            .map(|(i, l)| (i, l, "htpasswd"))
+            .chain(
+                from_secret
+                    .lines()
+                    .enumerate()
+                    .map(|(i, l)| (i, l, "htpasswdFrom")),
+            );
+        for (i, line, origin) in lines {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let field = || format!("htpasswd line {}", i + 1);
+            let field = || format!("{origin} line {}", i + 1);
             let (user, hash) = line
                 .split_once(':')
                 .ok_or_else(|| SpecError::invalid(field(), "not of the form user:hash"))?;
@@ -121,7 +143,10 @@ impl BasicAuthFilter {
             }
         }
         if users.is_empty() {
-            return Err(SpecError::invalid("htpasswd", "has no users"));
+            return Err(SpecError::invalid(
+                "htpasswd",
+                "has no users (neither inline nor from htpasswdFrom)",
+            ));
         }
         let realm = spec.realm.as_deref().unwrap_or("gateway");
         if realm.contains(['"', '\\']) || realm.chars().any(char::is_control) {

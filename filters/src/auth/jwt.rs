@@ -41,6 +41,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use crate::SpecError;
+use crate::secret::SecretSource;
 use crate::request::Location;
 use crate::respond::answer;
 
@@ -109,6 +110,8 @@ pub enum JwksSpec {
     File(String),
     /// A URL serving a JWKS JSON document.
     Remote(RemoteJwksSpec),
+    /// A JWKS JSON document in a Secret: its key `jwks` (or `key`, or its only entry).
+    Secret(SecretSource),
 }
 
 /// A JWKS fetched from a URL.
@@ -398,6 +401,12 @@ impl Provider {
             JwksSpec::Inline(text) => Keys::Static(Arc::new(
                 parse_jwks(&text).map_err(|e| SpecError::invalid("jwks.inline", e))?,
             )),
+            JwksSpec::Secret(source) => {
+                let text = source.text("jwks.secret", "jwks")?;
+                Keys::Static(Arc::new(
+                    parse_jwks(text).map_err(|e| SpecError::invalid("jwks.secret", e))?,
+                ))
+            }
             JwksSpec::File(path) => {
                 let text = std::fs::read_to_string(&path)
                     .map_err(|e| SpecError::invalid("jwks.file", format!("{path}: {e}")))?;
@@ -658,6 +667,43 @@ mod tests {
     use super::*;
 
     const HMAC_JWKS: &str = r#"{"keys": [{"kty": "oct", "kid": "k1", "alg": "HS256", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"}]}"#;
+
+    #[test]
+    fn jwks_from_a_secret_is_read_from_its_filled_data() {
+        let mut settings = serde_json::json!({
+            "providers": [{"name": "a", "jwks": {"secret": {"secretRef": {"name": "keys", "namespace": "apps"}}}}]
+        });
+        let mut secrets = std::collections::BTreeMap::new();
+        secrets.insert(
+            "apps/keys".to_string(),
+            [("jwks".to_string(), HMAC_JWKS.to_string())].into(),
+        );
+        let secrets = gateway_core::config::SecretData::new(secrets);
+        crate::secret::fill(&mut settings, &secrets).unwrap();
+        let spec: JwtAuthSpec = serde_json::from_value(settings.clone()).unwrap();
+        assert!(JwtAuthFilter::new(spec).is_ok());
+
+        // Unresolved: refused, naming the Secret.
+        let mut unresolved = settings.clone();
+        unresolved["providers"][0]["jwks"]["secret"]
+            .as_object_mut()
+            .unwrap()
+            .remove("data");
+        let empty = gateway_core::config::SecretData::default();
+        assert_eq!(
+            crate::secret::fill(&mut unresolved, &empty)
+                .unwrap_err()
+                .to_string(),
+            "secretRef: Secret apps/keys was not resolved"
+        );
+        // A Secret without the key.
+        settings["providers"][0]["jwks"]["secret"]["key"] = "other".into();
+        let spec: JwtAuthSpec = serde_json::from_value(settings).unwrap();
+        assert_eq!(
+            JwtAuthFilter::new(spec).unwrap_err().to_string(),
+            "providers[0].jwks.secret: Secret keys has no key other"
+        );
+    }
 
     #[test]
     fn jwks_errors_and_provider_fields_are_named() {

@@ -35,11 +35,13 @@ use std::sync::Arc;
 
 use gateway_api::experimental::httproutes::HttpRoute;
 use gateway_core::FilterRegistry;
-use gateway_core::config::{ExtensionRef, Filter, Route};
+use gateway_core::config::{ExtensionRef, Filter, Route, SecretData};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Map, Value};
 
 use super::listener::Problem;
+use super::refs::RefFrom;
+use super::secret_refs;
 use crate::crds::{PolicyAncestorRef, PolicyTargetRef, PolicyTargetSelector};
 use crate::diagnostic::Diagnostic;
 use crate::resources::{GATEWAY_GROUP, GenericKey, ObjectKey, Resources};
@@ -64,6 +66,8 @@ struct Layer {
     /// `namespace/name` of the policy.
     origin: String,
     settings: Arc<Map<String, Value>>,
+    /// The Secrets its settings name.
+    secrets: SecretData,
 }
 
 /// What was decided about one policy, for its status.
@@ -96,7 +100,7 @@ struct Parsed<'a> {
     meta: ObjectMeta,
     refs: Vec<PolicyTargetRef>,
     selectors: Vec<PolicyTargetSelector>,
-    settings: Result<Arc<Map<String, Value>>, String>,
+    settings: Result<(Arc<Map<String, Value>>, SecretData), String>,
     raw: &'a Value,
 }
 
@@ -163,7 +167,7 @@ pub(crate) fn plan(
             // Only referenced by `ExtensionRef`s: nothing to attach, no status.
             continue;
         }
-        let settings = settings(registry, key, raw);
+        let settings = settings(registry, resources, key, raw);
         policies.push(Parsed {
             key: key.clone(),
             kind,
@@ -194,23 +198,36 @@ pub(crate) fn plan(
     out
 }
 
-/// The settings of a policy (its `spec` less the attachment fields), checked by building its
-/// filter once; `Err` with the filter's message when they do not build.
+/// The settings of a policy (its `spec` less the attachment fields, Secret references
+/// resolved), checked by building its filter once; `Err` with the reason when they do not
+/// build.
 fn settings(
     registry: &FilterRegistry,
+    resources: &Resources,
     key: &GenericKey,
     raw: &Value,
-) -> Result<Arc<Map<String, Value>>, String> {
+) -> Result<(Arc<Map<String, Value>>, SecretData), String> {
     let mut spec = match raw.get("spec") {
         Some(Value::Object(spec)) => spec.clone(),
         _ => return Err("the policy has no spec".into()),
     };
     spec.remove("targetRefs");
     spec.remove("targetSelectors");
+    let mut spec = Value::Object(spec);
+    let from = RefFrom {
+        group: &key.group,
+        kind: &key.kind,
+        namespace: &key.namespace,
+    };
+    let secrets = secret_refs::resolve(resources, from, &mut spec).map_err(|(_, m)| m)?;
     let mut check = ExtensionRef::new(key.group.clone(), key.kind.clone(), key.name.clone());
-    check.config = Some(Value::Object(spec.clone()));
+    check.config = Some(spec);
+    check.secrets = secrets.clone();
     match registry.build(&check) {
-        Some(Ok(_)) => Ok(Arc::new(spec)),
+        Some(Ok(_)) => match check.config {
+            Some(Value::Object(spec)) => Ok((Arc::new(spec), secrets)),
+            _ => Err("the policy has no spec".into()),
+        },
         Some(Err(e)) => Err(format!("invalid settings: {e}")),
         None => Err(format!("no filter of kind {}/{} is registered", key.group, key.kind)),
     }
@@ -362,7 +379,7 @@ fn decide(
     };
     let outcome = match &policy.settings {
         Err(message) => Err(("Invalid", message.clone())),
-        Ok(settings) => {
+        Ok((settings, secrets)) => {
             let layers = out.layers.entry(slot.clone()).or_default();
             if let Some(owner) = layers.iter().find(|l| l.kind == policy.kind) {
                 Err((
@@ -378,6 +395,7 @@ fn decide(
                     kind: policy.kind,
                     origin: format!("{}/{}", policy.key.namespace, policy.key.name),
                     settings: settings.clone(),
+                    secrets: secrets.clone(),
                 });
                 if let Slot::Rule(route, _) = &slot {
                     out.rule_routes.insert(route.clone());
@@ -505,10 +523,14 @@ fn merge<'a>(
     let mut config = Map::new();
     let mut origins = BTreeMap::new();
     let mut names: Vec<&str> = Vec::new();
+    let mut secrets = BTreeMap::new();
     for layer in layers {
         for (field, value) in layer.settings.iter() {
             config.insert(field.clone(), value.clone());
             origins.insert(field.clone(), layer.origin.clone());
+        }
+        for (id, data) in layer.secrets.iter() {
+            secrets.insert(id.clone(), data.clone());
         }
     }
     for origin in origins.values() {
@@ -524,6 +546,7 @@ fn merge<'a>(
     let single = names.len() == 1;
     let mut reference = ExtensionRef::new(group, kind, name);
     reference.config = Some(Value::Object(config));
+    reference.secrets = SecretData::new(secrets);
     if !single {
         reference.origins = origins;
     }

@@ -11,6 +11,7 @@ mod listener;
 mod policy;
 mod refs;
 mod route;
+mod secret_refs;
 mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -33,6 +33,8 @@ use gateway_core::config::{
 
 use super::backend::{self, BackendPolicies, BackendRefSpec};
 use super::listener::Problem;
+use super::refs::RefFrom;
+use super::secret_refs;
 use super::validate;
 use crate::crds::{DIRECT_RESPONSE_GROUP, DIRECT_RESPONSE_KIND, DirectResponse};
 use crate::resources::{Kind, ObjectKey, Resources};
@@ -717,12 +719,21 @@ fn resolve_extension(
             rest
         }
     };
+    let mut config = config;
+    let from = RefFrom {
+        group,
+        kind,
+        namespace: ctx.namespace,
+    };
+    let secrets = secret_refs::resolve(ctx.resources, from, &mut config)
+        .map_err(|(reason, message)| (reason, format!("{what}: {message}")))?;
     let reference = ExtensionRef {
         group: group.to_string(),
         kind: kind.to_string(),
         name: name.to_string(),
         config: Some(config).filter(|c| !c.is_null()),
         origins: Default::default(),
+        secrets,
     };
     if let Some(registry) = ctx.filters {
         match registry.build(&reference) {
