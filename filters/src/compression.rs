@@ -14,7 +14,6 @@
 //! streaming), and the stream is finished with the last chunk. Levels per algorithm (defaults:
 //! gzip 6, brotli 4, zstd 3).
 
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use gateway_core::{FilterAction, FilterCtx, HttpFilter, ResponseHeader, Session, async_trait};
@@ -188,10 +187,9 @@ pub struct CompressionFilter {
 #[derive(Clone, Copy)]
 struct Chosen(CompressionAlgorithm, u32);
 
-/// The encoder of a response being compressed. In the request's extensions, which need `Clone`
-/// values: shared behind a mutex that only this request's body hook ever takes.
-#[derive(Clone)]
-struct Compressing(Arc<Mutex<Option<Encoder>>>);
+/// The encoder of a response being compressed, in the request's state
+/// ([`FilterCtx::insert_state`]): reached by `&mut`, no lock.
+struct Compressing(Option<Encoder>);
 
 impl CompressionFilter {
     /// Checks `spec`: levels in range, algorithms not repeated, media types not empty.
@@ -364,8 +362,7 @@ impl HttpFilter for CompressionFilter {
         let Ok(encoder) = algorithm.encoder(level) else {
             return Ok(());
         };
-        ctx.extensions_mut()
-            .insert(Compressing(Arc::new(Mutex::new(Some(encoder)))));
+        ctx.insert_state(Compressing(Some(encoder)));
         response.remove_header(&http::header::CONTENT_LENGTH);
         // Valid static names and values: these cannot fail.
         let _ = response.insert_header(http::header::CONTENT_ENCODING, algorithm.token());
@@ -389,15 +386,14 @@ impl HttpFilter for CompressionFilter {
         body: &mut Option<Bytes>,
         end_of_stream: bool,
     ) -> gateway_core::Result<()> {
-        let Some(Compressing(encoder)) = ctx.extensions().get::<Compressing>() else {
+        let Some(Compressing(encoder)) = ctx.state_mut::<Compressing>() else {
             return Ok(());
         };
         let input = body.as_deref().unwrap_or(&[]);
         if input.is_empty() && !end_of_stream {
             return Ok(());
         }
-        let mut encoder = encoder.lock().unwrap_or_else(|e| e.into_inner());
-        let out = Encoder::encode(&mut encoder, input, end_of_stream).map_err(|e| {
+        let out = Encoder::encode(encoder, input, end_of_stream).map_err(|e| {
             gateway_core::Error::new(
                 gateway_core::ErrorKind::Internal,
                 format!("compression: {e}"),

@@ -26,7 +26,6 @@
 //! whose rendered value is not a valid header value is left out (logged).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -146,13 +145,12 @@ impl std::fmt::Debug for TransformationFilter {
     }
 }
 
-/// The request as response templates see it, captured in `request_headers`.
-#[derive(Clone)]
-struct SeenRequest(Arc<Value>);
+/// The request as response templates see it, captured in `request_headers` (request state,
+/// [`FilterCtx::insert_state`]).
+struct SeenRequest(Value);
 
-/// A response body being collected for its template.
-#[derive(Clone)]
-struct Collecting(Arc<Mutex<Option<BytesMut>>>);
+/// A response body being collected for its template (request state; `None` once given up).
+struct Collecting(Option<BytesMut>);
 
 fn header_map(headers: &HeaderMap) -> BTreeMap<String, String> {
     let mut out: BTreeMap<String, String> = BTreeMap::new();
@@ -383,7 +381,7 @@ impl HttpFilter for TransformationFilter {
             {
                 map.insert("request_headers".into(), h);
             }
-            ctx.extensions_mut().insert(SeenRequest(Arc::new(seen)));
+            ctx.insert_state(SeenRequest(seen));
         }
         Ok(FilterAction::Continue)
     }
@@ -428,10 +426,10 @@ impl HttpFilter for TransformationFilter {
         let Some(side) = &self.response else {
             return Ok(());
         };
-        let Some(SeenRequest(seen)) = ctx.extensions().get::<SeenRequest>().cloned() else {
+        let Some(SeenRequest(seen)) = ctx.state::<SeenRequest>() else {
             return Ok(());
         };
-        let mut context = (*seen).clone();
+        let mut context = seen.clone();
         if let Some(map) = context.as_object_mut() {
             map.insert("status".into(), response.status.as_u16().into());
             map.insert(
@@ -448,9 +446,8 @@ impl HttpFilter for TransformationFilter {
                     serde_json::to_value(header_map(&response.headers)).unwrap_or_default(),
                 );
             }
-            ctx.extensions_mut().insert(SeenRequest(Arc::new(context)));
-            ctx.extensions_mut()
-                .insert(Collecting(Arc::new(Mutex::new(Some(BytesMut::new())))));
+            ctx.insert_state(SeenRequest(context));
+            ctx.insert_state(Collecting(Some(BytesMut::new())));
         }
         Ok(())
     }
@@ -466,10 +463,9 @@ impl HttpFilter for TransformationFilter {
         else {
             return Ok(());
         };
-        let Some(Collecting(collecting)) = ctx.extensions().get::<Collecting>().cloned() else {
+        let Some(Collecting(slot)) = ctx.state_mut::<Collecting>() else {
             return Ok(());
         };
-        let mut slot = collecting.lock().unwrap_or_else(|e| e.into_inner());
         let Some(buf) = slot.as_mut() else {
             // Gave up on this body: it passes unchanged.
             return Ok(());
@@ -495,9 +491,8 @@ impl HttpFilter for TransformationFilter {
             return Ok(());
         };
         let mut context = ctx
-            .extensions()
-            .get::<SeenRequest>()
-            .map(|s| (*s.0).clone())
+            .remove_state::<SeenRequest>()
+            .map(|s| s.0)
             .unwrap_or_default();
         if let Some(map) = context.as_object_mut() {
             map.insert("body".into(), parsed);

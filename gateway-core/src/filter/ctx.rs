@@ -1,5 +1,6 @@
 //! The per-request context every filter hook gets.
 
+use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -46,6 +47,8 @@ pub enum ClientCertStatus {
 pub struct FilterCtx {
     route: Arc<RouteInfo>,
     extensions: http::Extensions,
+    /// Values of [`FilterCtx::insert_state`]: few per request, so a list searched by type.
+    state: Vec<Box<dyn Any + Send + Sync>>,
     backend: Option<Arc<str>>,
     wanted_backend: Option<String>,
     preferred_endpoint: Option<SocketAddr>,
@@ -60,6 +63,7 @@ impl FilterCtx {
         FilterCtx {
             route,
             extensions: http::Extensions::new(),
+            state: Vec::new(),
             backend: None,
             wanted_backend: None,
             preferred_endpoint: None,
@@ -107,6 +111,32 @@ impl FilterCtx {
     /// Typed per-request values, mutable.
     pub fn extensions_mut(&mut self) -> &mut http::Extensions {
         &mut self.extensions
+    }
+
+    /// Stores a per-request value that need not be `Clone` (an encoder, a buffer being
+    /// filled), one per type, replacing and returning an earlier one. Unlike
+    /// [`FilterCtx::extensions_mut`], values are reached by reference only, so a filter keeps
+    /// mutable state across its hooks without a lock. Dropped when the request ends.
+    pub fn insert_state<T: Send + Sync + 'static>(&mut self, value: T) -> Option<T> {
+        let old = self.remove_state::<T>();
+        self.state.push(Box::new(value));
+        old
+    }
+
+    /// The value of type `T` stored by [`FilterCtx::insert_state`], if any.
+    pub fn state<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.state.iter().find_map(|v| v.downcast_ref::<T>())
+    }
+
+    /// The value of type `T` stored by [`FilterCtx::insert_state`], mutable.
+    pub fn state_mut<T: Send + Sync + 'static>(&mut self) -> Option<&mut T> {
+        self.state.iter_mut().find_map(|v| v.downcast_mut::<T>())
+    }
+
+    /// Takes the value of type `T` stored by [`FilterCtx::insert_state`] out of the request.
+    pub fn remove_state<T: Send + Sync + 'static>(&mut self) -> Option<T> {
+        let index = self.state.iter().position(|v| v.is::<T>())?;
+        self.state.swap_remove(index).downcast::<T>().ok().map(|v| *v)
     }
 
     /// Asks for the whole request body, up to `limit` bytes, before the endpoint is chosen: the
@@ -159,5 +189,31 @@ impl FilterCtx {
 
     pub(crate) fn set_body(&mut self, body: Bytes) {
         self.body = Some(body);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_holds_one_value_per_type_by_reference() {
+        struct Buffer(Vec<u8>);
+        let mut ctx = FilterCtx::new(Arc::new(RouteInfo {
+            listener: "l".into(),
+            namespace: "n".into(),
+            route: "r".into(),
+            rule: "0".into(),
+        }));
+        assert!(ctx.state::<Buffer>().is_none());
+        assert!(ctx.insert_state(Buffer(vec![1])).is_none());
+        ctx.insert_state(7u32);
+        ctx.state_mut::<Buffer>().unwrap().0.push(2);
+        assert_eq!(ctx.state::<Buffer>().unwrap().0, [1, 2]);
+        let old = ctx.insert_state(Buffer(vec![9])).unwrap();
+        assert_eq!(old.0, [1, 2]);
+        assert_eq!(ctx.remove_state::<Buffer>().unwrap().0, [9]);
+        assert!(ctx.state::<Buffer>().is_none());
+        assert_eq!(ctx.state::<u32>(), Some(&7));
     }
 }
