@@ -43,12 +43,16 @@ def backend_conf(d):
     os.makedirs(f'{d}/www', exist_ok=True)
     with open(f'{d}/www/large.bin', 'wb') as f:
         f.write(b'x' * LARGE)
+    # A compressible 100 KB text body (the filters' compression measurement).
+    with open(f'{d}/www/text100k.txt', 'wb') as f:
+        f.write((b'{"id": 12345, "name": "gateway", "tags": ["a", "b", "c"]}\n' * 2000)[:100_000])
     write(f'{d}/backend.conf', f"""daemon off; worker_processes 1; pid {d}/backend.pid; error_log {d}/backend.err warn;
 worker_rlimit_nofile 65536;
 events {{ worker_connections 16384; }}
 http {{ access_log off; keepalive_requests 1000000;
   server {{ listen 127.0.0.1:{BE1} reuseport; listen 127.0.0.1:{BE2} reuseport;
     location ~ /large$ {{ root {d}/www; try_files /large.bin =404; }}
+    location ~ /text100k$ {{ root {d}/www; default_type text/plain; try_files /text100k.txt =404; }}
     location / {{ return 200 "ok\\n"; }} }} }}
 """)
     return ['nginx', '-c', f'{d}/backend.conf']

@@ -9,12 +9,17 @@ time), so this compares builds on a busy machine. Allocations are the calls into
 allocation entry points (file-gateway's global allocator).
 
   python3 benches/profile/callgrind.py --gateway target/release/file-gateway \
-      --loadgen target/release/loadgen [--routes 10] [--seconds 20] [--connections 50] [--port-offset N]
+      --loadgen target/release/loadgen [--routes 10] [--seconds 20] [--connections 50] [--port-offset N] \
+      [--extra-config policy.yaml] [--loadgen-arg=--header=authorization:Bearer...]
+
+`--extra-config` adds a YAML file to the gateway's configuration (e.g. a TrafficPolicy attached
+to the Gateway `gw`: the cost a filter adds is the difference with a run without it);
+`--loadgen-arg` passes an argument to every load generator run (headers, method, body, tail).
 
 Prints one JSON object: requests, instructions_per_request, allocations_per_request,
 reallocations_per_request and the callgrind output file (for callgrind_annotate).
 """
-import argparse, json, os, re, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, re, subprocess, sys, tempfile, time, urllib.error, urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'peers'))
 import peers  # noqa: E402  (the route table and backend of the peer comparison)
@@ -71,6 +76,9 @@ def ready(port, timeout=1800):
             with urllib.request.urlopen(f'http://127.0.0.1:{port}/svc-0/x', timeout=2) as r:
                 if r.status == 200:
                     return
+        except urllib.error.HTTPError as e:
+            if e.code < 500:  # answered by a filter (e.g. 401 from an authentication policy)
+                return
         except Exception:
             pass
         time.sleep(0.2)
@@ -86,6 +94,8 @@ def main():
     ap.add_argument('--connections', type=int, default=50)
     ap.add_argument('--port-offset', type=int, default=0, help='added to every port (concurrent runs)')
     ap.add_argument('--out', help='callgrind output file (default: in a temporary directory)')
+    ap.add_argument('--extra-config', help='a YAML file added to the gateway configuration')
+    ap.add_argument('--loadgen-arg', action='append', default=[], help='passed to the load generator')
     a = ap.parse_args()
     use_ports(a.port_offset)
     d = tempfile.mkdtemp(prefix='gw-callgrind-')
@@ -93,6 +103,9 @@ def main():
     log = open(f'{d}/log', 'w')
     backend = subprocess.Popen(peers.backend_conf(d), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     cmd = peers.gateway_conf(d, a.routes, set(), os.path.abspath(a.gateway))
+    if a.extra_config:
+        with open(a.extra_config) as src, open(f'{d}/gw/extra.yaml', 'w') as dst:
+            dst.write(src.read())
     gw = subprocess.Popen(['valgrind', '--tool=callgrind', f'--callgrind-out-file={out}', '--dump-line=no',
                            '--collect-atstart=yes'] + cmd, stdout=log, stderr=subprocess.STDOUT,
                           start_new_session=True)
@@ -107,7 +120,7 @@ def main():
             time.sleep(1)
         url = f'http://127.0.0.1:{peers.PROXY_PORT}/'
         load = [a.loadgen, '--url', url, '--routes', str(a.routes), '--rate', '0',
-                '--connections', str(a.connections)]
+                '--connections', str(a.connections)] + a.loadgen_arg
         subprocess.run(load + ['--duration', '3'], check=True, capture_output=True)
         subprocess.run(['callgrind_control', '-z', str(gw.pid)], check=True, capture_output=True)
         r = subprocess.run(load + ['--duration', str(a.seconds)], check=True, capture_output=True, text=True)
@@ -124,7 +137,7 @@ def main():
     total, allocs, reallocs = counts(path)
     n = result.get('requests') or result.get('ok') or 0
     errors = result.get('errors', 0)
-    print(json.dumps({'routes': a.routes, 'requests': n, 'errors': errors, 'instructions_per_request': round(total / n),
+    print(json.dumps({'routes': a.routes, 'requests': n, 'errors': errors, 'non_2xx': result.get('non_2xx'), 'instructions_per_request': round(total / n),
                       'allocations_per_request': round(allocs / n, 2),
                       'reallocations_per_request': round(reallocs / n, 2), 'callgrind': path}))
 

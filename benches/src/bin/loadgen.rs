@@ -44,7 +44,7 @@ use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use http::{Request, Uri};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
@@ -66,6 +66,22 @@ struct Args {
     /// table); 0 keeps the URL's path.
     #[arg(long, default_value_t = 0)]
     routes: u32,
+
+    /// The last path segment with `--routes` (`/svc-{i}/{tail}`).
+    #[arg(long, default_value = "x")]
+    tail: String,
+
+    /// A request header `name: value` sent with every request (repeatable).
+    #[arg(long = "header")]
+    headers: Vec<String>,
+
+    /// The request method.
+    #[arg(long, default_value = "GET")]
+    method: String,
+
+    /// The request body sent with every request (a `content-length` body); default: none.
+    #[arg(long)]
+    body: Option<String>,
 
     /// Total requests per second across all senders; 0: closed loop (as fast as answered).
     #[arg(long, default_value_t = 0)]
@@ -130,12 +146,16 @@ struct Target {
     scheme: &'static str,
     host: String,
     routes: u32,
+    tail: String,
     path: String,
+    method: http::Method,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    body: Bytes,
 }
 
 enum Sender {
-    H1(http1::SendRequest<Empty<Bytes>>),
-    H2(http2::SendRequest<Empty<Bytes>>),
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
 }
 
 impl Target {
@@ -194,10 +214,21 @@ impl Target {
             scheme,
             host,
             routes: a.routes,
+            tail: a.tail.clone(),
             path: a
                 .url
                 .path_and_query()
                 .map_or("/".to_owned(), |p| p.to_string()),
+            method: a.method.parse()?,
+            headers: a
+                .headers
+                .iter()
+                .map(|h| {
+                    let (name, value) = h.split_once(':').ok_or("--header needs name: value")?;
+                    Ok::<_, BoxError>((name.trim().parse()?, value.trim().parse()?))
+                })
+                .collect::<Result<_, _>>()?,
+            body: Bytes::from(a.body.clone().unwrap_or_default()),
         })
     }
 
@@ -229,17 +260,17 @@ impl Target {
         }
     }
 
-    fn request(&self, rng: &mut u64, close: bool) -> Request<Empty<Bytes>> {
+    fn request(&self, rng: &mut u64, close: bool) -> Request<Full<Bytes>> {
         let path = if self.routes > 0 {
             // xorshift64: cheap, and every sender has its own sequence.
             *rng ^= *rng << 13;
             *rng ^= *rng >> 7;
             *rng ^= *rng << 17;
-            format!("/svc-{}/x", *rng % u64::from(self.routes))
+            format!("/svc-{}/{}", *rng % u64::from(self.routes), self.tail)
         } else {
             self.path.clone()
         };
-        let mut b = Request::get(if self.h2 {
+        let mut b = Request::builder().method(self.method.clone()).uri(if self.h2 {
             format!("{}://{}{path}", self.scheme, self.host)
         } else {
             path
@@ -250,7 +281,11 @@ impl Target {
                 b = b.header(http::header::CONNECTION, "close");
             }
         }
-        b.body(Empty::new()).expect("a valid request")
+        for (name, value) in &self.headers {
+            b = b.header(name, value);
+        }
+        b.body(Full::new(self.body.clone()))
+            .expect("a valid request")
     }
 }
 
@@ -266,7 +301,7 @@ enum Exchange {
 }
 
 /// Sends one request and reads the whole body.
-async fn exchange(sender: &mut Sender, req: Request<Empty<Bytes>>) -> Exchange {
+async fn exchange(sender: &mut Sender, req: Request<Full<Bytes>>) -> Exchange {
     let sent = match sender {
         Sender::H1(s) => match s.ready().await {
             Ok(()) => s.send_request(req).await,
