@@ -41,6 +41,8 @@ def write(path, text):
 
 def backend_conf(d):
     os.makedirs(f'{d}/www', exist_ok=True)
+    # nginx's workers run as an unprivileged user: the files must be reachable (mkdtemp is 0700).
+    os.chmod(d, 0o755)
     with open(f'{d}/www/large.bin', 'wb') as f:
         f.write(b'x' * LARGE)
     # A compressible 100 KB text body (the filters' compression measurement).
