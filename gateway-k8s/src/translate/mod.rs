@@ -42,7 +42,7 @@ use crate::crds::{ClientTrafficPolicyStatus, PolicyAncestorStatus, XBACKEND_KIND
 use crate::diagnostic::Diagnostic;
 use crate::resources::{GATEWAY_GROUP, GATEWAY_X_GROUP, Object, ObjectKey, Resources};
 use crate::status::{Cond, ConditionClock, SUPPORTED_FEATURES, StatusReport, XBackendEntry};
-use incremental::{RouteCache, TranslatedRoute};
+use incremental::{RouteAttachment, RouteCache, TranslatedRoute};
 use listener::{ListenerPlan, Problem};
 
 /// How the translator serves Gateways.
@@ -195,7 +195,7 @@ impl Translator {
     /// translations, which were checked against the previous one.
     pub fn set_filters(&mut self, registry: Option<gateway_core::FilterRegistry>) {
         self.filters = registry;
-        self.routes = RouteCache::default();
+        self.routes.forget_translations();
     }
 
     /// The options this translator was built with.
@@ -336,12 +336,17 @@ impl Translator {
         let (tls_plans, backend_tls) = backend_tls::plan(resources);
         let mut service_gateways = BTreeMap::new();
         let mut xbackend_refs = BTreeSet::new();
-        let mut routes: Vec<_> = resources.http_routes.iter().collect();
-        routes.sort_by_key(|(key, r)| (created_seconds(&r.object.metadata), (*key).clone()));
+        let mut routes: Vec<_> = resources
+            .http_routes
+            .iter()
+            .map(|(key, r)| (created_seconds(&r.object.metadata), key, r))
+            .collect();
+        // Stable, and the map's order breaks ties: oldest first, then by key.
+        routes.sort_by_key(|(created, _, _)| *created);
         // Routes translated by the previous call, reused when nothing else changed.
         let mut cache = std::mem::take(&mut self.routes);
         cache.begin(resources);
-        for (key, route) in routes {
+        for (_, key, route) in routes {
             let ctx = route::RouteCtx {
                 resources,
                 policies: &backend_policies,
@@ -360,7 +365,7 @@ impl Translator {
                 now: &now,
                 out: &mut out,
             };
-            self.attach_route(&mut attach, key, &route);
+            self.attach_route(&mut attach, &mut cache, key, &route);
         }
         cache.finish(resources);
         self.routes = cache;
@@ -685,12 +690,15 @@ impl Translator {
     }
 
     /// Computes the route's status for each parentRef naming one of our Gateways and attaches
-    /// it to the listeners that accept it.
+    /// it to the listeners that accept it. When `cache` holds the attachment computed from this
+    /// very translation, it is replayed instead (see `incremental`); either way the attachment
+    /// is remembered for the next translation.
     fn attach_route(
-        &mut self,
+        &self,
         attach: &mut RouteAttach<'_>,
+        cache: &mut RouteCache,
         key: &ObjectKey,
-        translated: &TranslatedRoute,
+        translated: &Arc<TranslatedRoute>,
     ) {
         let RouteAttach {
             resources,
@@ -719,12 +727,53 @@ impl Translator {
                 format!("HTTPRoute {key}: {message}; the route is not served"),
             ));
         }
+        // Served on a listener of `gateway_key`: the policies and XBackends of its rules count
+        // for that Gateway.
+        let mut served_by = |gateway_key: &ObjectKey| {
+            xbackend_refs.extend(rules.xbackends.iter().cloned());
+            for service in &rules.services {
+                let gateways = match service_gateways.get_mut(service) {
+                    Some(gateways) => gateways,
+                    None => service_gateways.entry(service.clone()).or_default(),
+                };
+                if !gateways.contains(gateway_key) {
+                    gateways.insert(gateway_key.clone());
+                }
+            }
+        };
+
+        if let Some(previous) = cache.reusable_attachment(key, translated) {
+            for (gateway_key, listeners, served) in &previous.served {
+                if let Some(plan) = plans.iter_mut().find(|p| p.key == *gateway_key) {
+                    for &i in listeners {
+                        plan.listeners[i].routes.push(served.clone());
+                    }
+                }
+                served_by(gateway_key);
+            }
+            if let Some(status) = &previous.status {
+                out.status.http_routes.insert(key.clone(), status.clone());
+            }
+            return;
+        }
+
+        let previous = cache.attachment(key);
+        // A condition keeps its previous transition time while its status holds.
+        let condition = |index: usize, cond: Cond<'_>| {
+            let status = if cond.ok { "True" } else { "False" };
+            let time = previous
+                .and_then(|p| p.previous_time(index, cond.type_, status))
+                .unwrap_or(now);
+            crate::status::condition(cond, generation, time)
+        };
         let refusal = &translated.refusal;
         let partially_invalid = &translated.partially_invalid;
         let hostnames = &translated.route.hostnames;
         let config_route = &translated.route;
 
         let mut parents = Vec::new();
+        let mut parent_indices = Vec::new();
+        let mut served_on = Vec::new();
         for (index, parent) in spec.parent_refs.iter().flatten().enumerate() {
             let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
             let kind = parent.kind.as_deref().unwrap_or("Gateway");
@@ -736,10 +785,13 @@ impl Translator {
                 .as_deref()
                 .filter(|n| !n.is_empty())
                 .unwrap_or(&key.namespace);
-            let gateway_key = ObjectKey::new(namespace, parent.name.clone());
-            let Some(plan) = plans.iter_mut().find(|p| p.key == gateway_key) else {
+            let Some(plan) = plans
+                .iter_mut()
+                .find(|p| p.key.namespace == namespace && p.key.name == parent.name)
+            else {
                 continue;
             };
+            let gateway_key = &plan.key;
             let selected: Vec<usize> = plan
                 .listeners
                 .iter()
@@ -793,16 +845,13 @@ impl Translator {
                 }
             };
 
-            let scope = format!("HTTPRoute/{key}/parent/{index}");
             let mut conditions: Vec<Condition> = Vec::new();
-            match &accepted {
+            match accepted {
                 Ok(_) if refusal.is_some() => {
                     let message = refusal.clone().unwrap_or_default();
-                    conditions.push(self.clock.build(
-                        &scope,
+                    conditions.push(condition(
+                        index,
                         Cond::new("Accepted", false, "UnsupportedValue", message),
-                        generation,
-                        now,
                     ));
                 }
                 Ok(listeners) => {
@@ -812,42 +861,32 @@ impl Translator {
                         }
                         _ => config_route.clone(),
                     };
-                    for &i in listeners {
+                    for &i in &listeners {
                         plan.listeners[i].routes.push(served.clone());
                     }
-                    xbackend_refs.extend(rules.xbackends.iter().cloned());
-                    for service in &rules.services {
-                        service_gateways
-                            .entry(service.clone())
-                            .or_insert_with(BTreeSet::new)
-                            .insert(gateway_key.clone());
-                    }
-                    conditions.push(self.clock.build(
-                        &scope,
+                    let gateway_key = plan.key.clone();
+                    served_by(&gateway_key);
+                    served_on.push((gateway_key, listeners, served));
+                    conditions.push(condition(
+                        index,
                         Cond::new("Accepted", true, "Accepted", "accepted"),
-                        generation,
-                        now,
                     ));
                     if let Some(message) = &partially_invalid {
-                        conditions.push(self.clock.build(
-                            &scope,
+                        conditions.push(condition(
+                            index,
                             Cond::new(
                                 "PartiallyInvalid",
                                 true,
                                 "UnsupportedValue",
                                 message.clone(),
                             ),
-                            generation,
-                            now,
                         ));
                     }
                 }
                 Err((reason, message)) => {
-                    conditions.push(self.clock.build(
-                        &scope,
-                        Cond::new("Accepted", false, reason, message.clone()),
-                        generation,
-                        now,
+                    conditions.push(condition(
+                        index,
+                        Cond::new("Accepted", false, reason, message),
                     ));
                 }
             }
@@ -862,7 +901,8 @@ impl Translator {
                     Cond::new("ResolvedRefs", false, reason, message.clone())
                 }
             };
-            conditions.push(self.clock.build(&scope, resolved, generation, now));
+            conditions.push(condition(index, resolved));
+            parent_indices.push(index);
             parents.push(HttpRouteStatusParents {
                 conditions,
                 controller_name: self.options.controller_name.clone(),
@@ -876,11 +916,19 @@ impl Translator {
                 },
             });
         }
-        if !parents.is_empty() {
-            out.status
-                .http_routes
-                .insert(key.clone(), HttpRouteStatus { parents });
+        let status = (!parents.is_empty()).then(|| Arc::new(HttpRouteStatus { parents }));
+        if let Some(status) = &status {
+            out.status.http_routes.insert(key.clone(), status.clone());
         }
+        cache.remember_attachment(
+            key,
+            RouteAttachment {
+                translated: translated.clone(),
+                status,
+                parent_indices,
+                served: served_on,
+            },
+        );
     }
 
     /// The status of an XBackendTrafficPolicy: one entry per Gateway it is relevant to. `None`
