@@ -163,12 +163,19 @@ impl Table {
     }
 }
 
+/// What the certificate index of a bind reads of one listener: its name, hostname and first
+/// certificate.
+type CertInput = (String, Option<String>, Option<crate::config::Certificate>);
+
 /// One bind, compiled.
 pub(crate) struct CompiledBind {
     pub(crate) protocol: Protocol,
     pub(crate) router: BindRouter,
     pub(crate) listeners: Vec<CompiledListener>,
-    pub(crate) certs: CertIndex,
+    pub(crate) certs: Arc<CertIndex>,
+    /// What `certs` was built from: each listener's name, hostname and first certificate (for
+    /// reuse by the next table; empty on plain HTTP).
+    cert_inputs: Vec<CertInput>,
     /// Client certificate validation (TLS binds; `Off` on plain HTTP).
     pub(crate) client_auth: ClientAuth,
     /// TLS settings left out, with the reason (see [`ClientAuth::compile`]).
@@ -232,16 +239,29 @@ impl CompiledBind {
                 CompiledListener::compile(l, cx, previous, reuse, backends)
             })
             .collect();
-        let certs = if bind.protocol == Protocol::Https {
-            CertIndex::build(&listeners)?
+        // The certificates are parsed again only when some listener's hostname or certificate
+        // changed.
+        let (certs, cert_inputs) = if bind.protocol == Protocol::Https {
+            let inputs: Vec<CertInput> = listeners
+                .iter()
+                .map(|l| {
+                    let cert = l.tls.as_ref().and_then(|t| t.certificates.first());
+                    (l.name.clone(), l.hostname.clone(), cert.cloned())
+                })
+                .collect();
+            match previous.filter(|p| p.cert_inputs == inputs) {
+                Some(p) => (p.certs.clone(), inputs),
+                None => (Arc::new(CertIndex::build(&listeners)?), inputs),
+            }
         } else {
-            CertIndex::default()
+            (Arc::new(CertIndex::default()), Vec::new())
         };
         Ok(CompiledBind {
             protocol: bind.protocol,
             router,
             listeners: compiled_listeners,
             certs,
+            cert_inputs,
             client_auth,
             tls_rejected,
         })

@@ -1,6 +1,7 @@
 //! The computed status of every resource, and its YAML / JSON rendering.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use gateway_api::experimental::httproutes::HttpRouteStatus;
 use gateway_api::experimental::xbackendtrafficpolicies::XBackendTrafficPolicyStatus;
@@ -68,7 +69,8 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
 pub struct StatusReport {
     pub(crate) gateway_classes: BTreeMap<String, GatewayClassStatus>,
     pub(crate) gateways: BTreeMap<ObjectKey, GatewayStatus>,
-    pub(crate) http_routes: BTreeMap<ObjectKey, HttpRouteStatus>,
+    /// Shared with the translator, which reuses the status of an unchanged route.
+    pub(crate) http_routes: BTreeMap<ObjectKey, Arc<HttpRouteStatus>>,
     pub(crate) backend_traffic_policies: BTreeMap<ObjectKey, XBackendTrafficPolicyStatus>,
     pub(crate) backend_tls_policies:
         BTreeMap<ObjectKey, gateway_api::backendtlspolicies::BackendTlsPolicyStatus>,
@@ -123,7 +125,7 @@ impl StatusReport {
                 Kind::HttpRoute => self
                     .http_routes
                     .get(key)
-                    .and_then(|s| serde_json::to_value(s).ok()),
+                    .and_then(|s| serde_json::to_value(&**s).ok()),
                 Kind::XBackendTrafficPolicy => self
                     .backend_traffic_policies
                     .get(key)
@@ -194,7 +196,9 @@ impl StatusReport {
     /// The status of HTTPRoute `namespace/name`: one entry per parentRef that names one of our
     /// Gateways. `None` when the route names none.
     pub fn http_route(&self, namespace: &str, name: &str) -> Option<&HttpRouteStatus> {
-        self.http_routes.get(&ObjectKey::new(namespace, name))
+        self.http_routes
+            .get(&ObjectKey::new(namespace, name))
+            .map(|s| &**s)
     }
 
     /// The status of XBackendTrafficPolicy `namespace/name`: one ancestor entry per Gateway of
@@ -338,14 +342,19 @@ impl ConditionClock {
             _ => now.clone(),
         };
         self.current.insert(key, (status.to_string(), time.clone()));
-        Condition {
-            last_transition_time: time,
-            message: cond.message,
-            observed_generation: generation,
-            reason: cond.reason.to_string(),
-            status: status.to_string(),
-            type_: cond.type_.to_string(),
-        }
+        condition(cond, generation, &time)
+    }
+}
+
+/// The condition `cond` of an object at `generation`, which last transitioned at `time`.
+pub(crate) fn condition(cond: Cond<'_>, generation: Option<i64>, time: &Time) -> Condition {
+    Condition {
+        last_transition_time: time.clone(),
+        message: cond.message,
+        observed_generation: generation,
+        reason: cond.reason.to_string(),
+        status: if cond.ok { "True" } else { "False" }.to_string(),
+        type_: cond.type_.to_string(),
     }
 }
 

@@ -222,3 +222,74 @@ fn a_changed_gateway_translates_every_route_again_and_statuses_follow_it() {
     translate_both(&mut t, &v1, at(300));
     assert_eq!(t.route_reuse(), (0, 3));
 }
+
+/// The full status YAML, condition times included.
+fn full_status(t: &Translation) -> String {
+    t.status.to_yaml()
+}
+
+#[test]
+fn reused_statuses_equal_recomputed_ones_condition_times_included() {
+    // `reusing` reuses translations and statuses; `recomputing` sees the same inputs at the same
+    // times but forgets its translations before each step (`set_filters` does), so it computes
+    // every status again from its remembered condition times.
+    let mut reusing = translator();
+    let mut recomputing = translator();
+    let v1 = fixture("incremental.yaml");
+    let v2 = replaced(&v1, "HTTPRoute", "b", |d| {
+        d.replace("value: b1", "value: b2")
+            .replace("generation: 1", "generation: 2")
+    });
+    let v3 = replaced(&v2, "HTTPRoute", "a", |d| {
+        d.replace("name: x-route", "name: \"bad header\"")
+    });
+    let v4 = replaced(&v3, "HTTPRoute", "a", |d| {
+        d.replace("value: a1", "value: a2")
+    });
+    let v5 = replaced(&v4, "Service", "store", |d| {
+        d.replace("targetPort: 3000", "targetPort: 3001")
+    });
+    let mut previous: Option<Translation> = None;
+    for (step, resources) in [&v1, &v2, &v2, &v3, &v4, &v5, &v1].into_iter().enumerate() {
+        let now = at(100 * (step as i64 + 1));
+        let reused = translate_both(&mut reusing, resources, now.clone());
+        recomputing.set_filters(None);
+        let recomputed = recomputing.translate_at(resources, now);
+        assert_eq!(reused.config, recomputed.config, "step {step}");
+        assert_eq!(
+            full_status(&reused),
+            full_status(&recomputed),
+            "step {step}"
+        );
+        previous = Some(reused);
+    }
+    let last = previous.expect("translated");
+    // Route c never changed: its ResolvedRefs=False condition kept its first time throughout.
+    let c = last.status.http_route("shop", "c").expect("status");
+    assert_eq!(c.parents[0].conditions[0].last_transition_time, at(100));
+}
+
+#[test]
+fn an_unchanged_route_shares_its_status_with_the_previous_translation() {
+    let v1 = fixture("incremental.yaml");
+    let mut t = translator();
+    let first = translate_both(&mut t, &v1, at(100));
+    let v2 = replaced(&v1, "HTTPRoute", "b", |d| {
+        d.replace("value: b1", "value: b2")
+            .replace("generation: 1", "generation: 2")
+    });
+    let second = translate_both(&mut t, &v2, at(200));
+    let same = |name: &str| {
+        std::ptr::eq(
+            first.status.http_route("shop", name).expect("status"),
+            second.status.http_route("shop", name).expect("status"),
+        )
+    };
+    assert!(same("a"), "route a's status was computed again");
+    assert!(same("c"), "route c's status was computed again");
+    assert!(!same("b"), "route b's status was reused");
+    // b's Accepted condition held (True): it keeps its time, with the new generation.
+    let b = second.status.http_route("shop", "b").expect("status");
+    assert_eq!(b.parents[0].conditions[0].last_transition_time, at(100));
+    assert_eq!(b.parents[0].conditions[0].observed_generation, Some(2));
+}

@@ -9,16 +9,25 @@
 //! pointer comparison. The cache keeps a clone of each `Arc` it compared, so a pointer can
 //! never be freed and reused by another object while it is remembered.
 //!
-//! Only the rules are reused. Everything that depends on other routes or on the Gateways
-//! (listener attachment, every status condition, `attachedRoutes`, policy ancestors) is
-//! computed again by every translation from the reused rules, so statuses are exactly those
+//! The attachment of a route to the Gateways (the listeners it is served on and its status)
+//! depends only on the route and on objects other than HTTPRoutes, never on another route. So
+//! it is reused with the translation: when a route's translation is the one of the previous
+//! call (the same `Arc<TranslatedRoute>`), its attachment is replayed (the same
+//! [`Arc`]`<HttpRouteStatus>`, the same served routes) instead of computed again. What depends
+//! on all routes together (`attachedRoutes`, policy ancestors, XBackend statuses) is still
+//! computed by every translation, from the replayed attachments, so statuses are exactly those
 //! of a translation from scratch.
+//!
+//! The attachments also keep the `lastTransitionTime` of each route condition: when a route's
+//! status is computed again, a condition whose status is unchanged keeps the time it has in the
+//! route's previous status (see [`RouteAttachment::previous_time`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use gateway_api::experimental::httproutes::HttpRoute;
+use gateway_api::experimental::httproutes::{HttpRoute, HttpRouteStatus};
 use gateway_core::config::Route;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::created_seconds;
 use super::route::RouteRules;
@@ -63,6 +72,38 @@ impl TranslatedRoute {
     }
 }
 
+/// What attaching one route to the Gateways gave (see the module documentation).
+#[derive(Debug)]
+pub(super) struct RouteAttachment {
+    /// The translation it was computed from: the attachment is reused only with this very
+    /// translation (kept alive so that the pointer comparison stays sound).
+    pub translated: Arc<TranslatedRoute>,
+    /// The route's status; `None` when no parentRef names one of our Gateways.
+    pub status: Option<Arc<HttpRouteStatus>>,
+    /// The parentRef index of each entry of `status.parents`, in the same order.
+    pub parent_indices: Vec<usize>,
+    /// Where the route is served: the Gateway, and per listener (its index in the Gateway's
+    /// plan) the route as served there (the translation's, or a copy with the Gateway's backend
+    /// client certificate and the filter policies attached on that listener).
+    pub served: Vec<(ObjectKey, Vec<(usize, Arc<Route>)>)>,
+}
+
+impl RouteAttachment {
+    /// The `lastTransitionTime` to keep for condition `type_` of parentRef `parent` when its
+    /// status is `status` (`"True"` / `"False"`): the previous one when the condition had that
+    /// status, else `None` (it transitions now).
+    pub fn previous_time(&self, parent: usize, type_: &str, status: &str) -> Option<&Time> {
+        let at = self.parent_indices.iter().position(|&i| i == parent)?;
+        let parents = &self.status.as_ref()?.parents;
+        parents
+            .get(at)?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map(|c| &c.last_transition_time)
+    }
+}
+
 /// The translated routes of the previous translation and the other objects they were
 /// translated against.
 #[derive(Debug, Default)]
@@ -70,6 +111,9 @@ pub(super) struct RouteCache {
     /// Every object but the HTTPRoutes, as of the previous translation.
     inputs: Option<Inputs>,
     routes: HashMap<ObjectKey, Arc<TranslatedRoute>>,
+    /// The attachment of every route of the previous translation. Kept when the translations
+    /// are forgotten (its condition times still hold); reused only with its own translation.
+    attachments: HashMap<ObjectKey, RouteAttachment>,
     /// How many routes the current (or last) translation reused and translated.
     reused: usize,
     translated: usize,
@@ -108,10 +152,47 @@ impl RouteCache {
         t
     }
 
+    /// Forgets every translation (and so every reusable attachment); condition times are kept.
+    pub fn forget_translations(&mut self) {
+        self.inputs = None;
+        self.routes.clear();
+    }
+
+    /// The attachment of route `key` made by the previous translation (or earlier in this one).
+    pub fn attachment(&self, key: &ObjectKey) -> Option<&RouteAttachment> {
+        self.attachments.get(key)
+    }
+
+    /// The attachment of route `key` when it was computed from `translated` (and so holds for
+    /// it now: nothing else it depends on changed, or the translation would not be reused).
+    pub fn reusable_attachment(
+        &self,
+        key: &ObjectKey,
+        translated: &Arc<TranslatedRoute>,
+    ) -> Option<&RouteAttachment> {
+        self.attachments
+            .get(key)
+            .filter(|a| Arc::ptr_eq(&a.translated, translated))
+    }
+
+    /// Remembers the attachment of route `key` for the next translation.
+    pub fn remember_attachment(&mut self, key: &ObjectKey, attachment: RouteAttachment) {
+        match self.attachments.get_mut(key) {
+            Some(slot) => *slot = attachment,
+            None => {
+                self.attachments.insert(key.clone(), attachment);
+            }
+        }
+    }
+
     /// Ends a translation of `resources`: forgets the routes that are gone.
     pub fn finish(&mut self, resources: &Resources) {
         if self.routes.len() != resources.http_routes.len() {
             self.routes
+                .retain(|key, _| resources.http_routes.contains_key(key));
+        }
+        if self.attachments.len() != resources.http_routes.len() {
+            self.attachments
                 .retain(|key, _| resources.http_routes.contains_key(key));
         }
         tracing::debug!(

@@ -35,7 +35,7 @@ use gateway_api::gateways::{
     GatewayStatusListenersSupportedKinds,
 };
 use gateway_core::DnsStatus;
-use gateway_core::config::{Bind, ClientValidation, Config, Listener, Protocol};
+use gateway_core::config::{Bind, ClientValidation, Config, Listener, Protocol, Route};
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -46,7 +46,7 @@ use crate::crds::{
 use crate::diagnostic::Diagnostic;
 use crate::resources::{GATEWAY_GROUP, GATEWAY_X_GROUP, Object, ObjectKey, Resources};
 use crate::status::{Cond, ConditionClock, SUPPORTED_FEATURES, StatusReport, XBackendEntry};
-use incremental::{RouteCache, TranslatedRoute};
+use incremental::{RouteAttachment, RouteCache, TranslatedRoute};
 use listener::{ListenerPlan, Problem};
 
 /// How the translator serves Gateways.
@@ -199,7 +199,7 @@ impl Translator {
     /// translations, which were checked against the previous one.
     pub fn set_filters(&mut self, registry: Option<gateway_core::FilterRegistry>) {
         self.filters = registry;
-        self.routes = RouteCache::default();
+        self.routes.forget_translations();
     }
 
     /// The options this translator was built with.
@@ -355,12 +355,17 @@ impl Translator {
         let (tls_plans, backend_tls) = backend_tls::plan(resources);
         let mut service_gateways = BTreeMap::new();
         let mut xbackend_refs = BTreeSet::new();
-        let mut routes: Vec<_> = resources.http_routes.iter().collect();
-        routes.sort_by_key(|(key, r)| (created_seconds(&r.object.metadata), (*key).clone()));
+        let mut routes: Vec<_> = resources
+            .http_routes
+            .iter()
+            .map(|(key, r)| (created_seconds(&r.object.metadata), key, r))
+            .collect();
+        // Stable, and the map's order breaks ties: oldest first, then by key.
+        routes.sort_by_key(|(created, _, _)| *created);
         // Routes translated by the previous call, reused when nothing else changed.
         let mut cache = std::mem::take(&mut self.routes);
         cache.begin(resources);
-        for (key, route) in routes {
+        for (_, key, route) in routes {
             let ctx = route::RouteCtx {
                 resources,
                 policies: &backend_policies,
@@ -380,7 +385,7 @@ impl Translator {
                 now: &now,
                 out: &mut out,
             };
-            self.attach_route(&mut attach, key, &route);
+            self.attach_route(&mut attach, &mut cache, key, &route);
         }
         cache.finish(resources);
         self.routes = cache;
@@ -705,12 +710,15 @@ impl Translator {
     }
 
     /// Computes the route's status for each parentRef naming one of our Gateways and attaches
-    /// it to the listeners that accept it.
+    /// it to the listeners that accept it. When `cache` holds the attachment computed from this
+    /// very translation, it is replayed instead (see `incremental`); either way the attachment
+    /// is remembered for the next translation.
     fn attach_route(
-        &mut self,
+        &self,
         attach: &mut RouteAttach<'_>,
+        cache: &mut RouteCache,
         key: &ObjectKey,
-        translated: &TranslatedRoute,
+        translated: &Arc<TranslatedRoute>,
     ) {
         let RouteAttach {
             resources,
@@ -740,12 +748,53 @@ impl Translator {
                 format!("HTTPRoute {key}: {message}; the route is not served"),
             ));
         }
+        // Served on a listener of `gateway_key`: the policies and XBackends of its rules count
+        // for that Gateway.
+        let mut served_by = |gateway_key: &ObjectKey| {
+            xbackend_refs.extend(rules.xbackends.iter().cloned());
+            for service in &rules.services {
+                let gateways = match service_gateways.get_mut(service) {
+                    Some(gateways) => gateways,
+                    None => service_gateways.entry(service.clone()).or_default(),
+                };
+                if !gateways.contains(gateway_key) {
+                    gateways.insert(gateway_key.clone());
+                }
+            }
+        };
+
+        if let Some(previous) = cache.reusable_attachment(key, translated) {
+            for (gateway_key, listeners) in &previous.served {
+                if let Some(plan) = plans.iter_mut().find(|p| p.key == *gateway_key) {
+                    for (i, served) in listeners {
+                        plan.listeners[*i].routes.push(served.clone());
+                    }
+                }
+                served_by(gateway_key);
+            }
+            if let Some(status) = &previous.status {
+                out.status.http_routes.insert(key.clone(), status.clone());
+            }
+            return;
+        }
+
+        let previous = cache.attachment(key);
+        // A condition keeps its previous transition time while its status holds.
+        let condition = |index: usize, cond: Cond<'_>| {
+            let status = if cond.ok { "True" } else { "False" };
+            let time = previous
+                .and_then(|p| p.previous_time(index, cond.type_, status))
+                .unwrap_or(now);
+            crate::status::condition(cond, generation, time)
+        };
         let refusal = &translated.refusal;
         let partially_invalid = &translated.partially_invalid;
         let hostnames = &translated.route.hostnames;
         let config_route = &translated.route;
 
         let mut parents = Vec::new();
+        let mut parent_indices = Vec::new();
+        let mut served_on = Vec::new();
         for (index, parent) in spec.parent_refs.iter().flatten().enumerate() {
             let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
             let kind = parent.kind.as_deref().unwrap_or("Gateway");
@@ -757,10 +806,13 @@ impl Translator {
                 .as_deref()
                 .filter(|n| !n.is_empty())
                 .unwrap_or(&key.namespace);
-            let gateway_key = ObjectKey::new(namespace, parent.name.clone());
-            let Some(plan) = plans.iter_mut().find(|p| p.key == gateway_key) else {
+            let Some(plan) = plans
+                .iter_mut()
+                .find(|p| p.key.namespace == namespace && p.key.name == parent.name)
+            else {
                 continue;
             };
+            let gateway_key = &plan.key;
             let selected: Vec<usize> = plan
                 .listeners
                 .iter()
@@ -814,16 +866,13 @@ impl Translator {
                 }
             };
 
-            let scope = format!("HTTPRoute/{key}/parent/{index}");
             let mut conditions: Vec<Condition> = Vec::new();
-            match &accepted {
+            match accepted {
                 Ok(_) if refusal.is_some() => {
                     let message = refusal.clone().unwrap_or_default();
-                    conditions.push(self.clock.build(
-                        &scope,
+                    conditions.push(condition(
+                        index,
                         Cond::new("Accepted", false, "UnsupportedValue", message),
-                        generation,
-                        now,
                     ));
                 }
                 Ok(listeners) => {
@@ -833,44 +882,40 @@ impl Translator {
                         }
                         _ => config_route.clone(),
                     };
-                    for &i in listeners {
-                        let l = &mut plan.listeners[i];
-                        l.routes
-                            .push(attached.apply(&gateway_key, &l.name, key, &served));
-                    }
-                    xbackend_refs.extend(rules.xbackends.iter().cloned());
-                    for service in &rules.services {
-                        service_gateways
-                            .entry(service.clone())
-                            .or_insert_with(BTreeSet::new)
-                            .insert(gateway_key.clone());
-                    }
-                    conditions.push(self.clock.build(
-                        &scope,
+                    // Each listener gets the route with the filter policies attached to it
+                    // there (the same `Arc` when none is).
+                    let per_listener: Vec<(usize, Arc<Route>)> = listeners
+                        .iter()
+                        .map(|&i| {
+                            let l = &mut plan.listeners[i];
+                            let route = attached.apply(&plan.key, &l.name, key, &served);
+                            l.routes.push(route.clone());
+                            (i, route)
+                        })
+                        .collect();
+                    let gateway_key = plan.key.clone();
+                    served_by(&gateway_key);
+                    served_on.push((gateway_key, per_listener));
+                    conditions.push(condition(
+                        index,
                         Cond::new("Accepted", true, "Accepted", "accepted"),
-                        generation,
-                        now,
                     ));
                     if let Some(message) = &partially_invalid {
-                        conditions.push(self.clock.build(
-                            &scope,
+                        conditions.push(condition(
+                            index,
                             Cond::new(
                                 "PartiallyInvalid",
                                 true,
                                 "UnsupportedValue",
                                 message.clone(),
                             ),
-                            generation,
-                            now,
                         ));
                     }
                 }
                 Err((reason, message)) => {
-                    conditions.push(self.clock.build(
-                        &scope,
-                        Cond::new("Accepted", false, reason, message.clone()),
-                        generation,
-                        now,
+                    conditions.push(condition(
+                        index,
+                        Cond::new("Accepted", false, reason, message),
                     ));
                 }
             }
@@ -885,7 +930,8 @@ impl Translator {
                     Cond::new("ResolvedRefs", false, reason, message.clone())
                 }
             };
-            conditions.push(self.clock.build(&scope, resolved, generation, now));
+            conditions.push(condition(index, resolved));
+            parent_indices.push(index);
             parents.push(HttpRouteStatusParents {
                 conditions,
                 controller_name: self.options.controller_name.clone(),
@@ -899,11 +945,19 @@ impl Translator {
                 },
             });
         }
-        if !parents.is_empty() {
-            out.status
-                .http_routes
-                .insert(key.clone(), HttpRouteStatus { parents });
+        let status = (!parents.is_empty()).then(|| Arc::new(HttpRouteStatus { parents }));
+        if let Some(status) = &status {
+            out.status.http_routes.insert(key.clone(), status.clone());
         }
+        cache.remember_attachment(
+            key,
+            RouteAttachment {
+                translated: translated.clone(),
+                status,
+                parent_indices,
+                served: served_on,
+            },
+        );
     }
 
     /// The status of an XBackendTrafficPolicy: one entry per Gateway it is relevant to. `None`
