@@ -800,12 +800,21 @@ where
         String::new()
     };
     let object = Object {
-        object,
+        object: compact(object),
         api_version,
         origin: origin.to_string(),
         document,
     };
     Ok((ObjectKey::new(namespace, name), Arc::new(object)))
+}
+
+/// `object` with every list at its length. Deserializing grows each list by pushing (the YAML
+/// reader gives no length up front), so a list of one element keeps room for four: with the
+/// large generated Gateway API structs that is most of a parsed HTTPRoute's memory, and parsed
+/// objects stay in memory as long as their document is unchanged ([`crate::source::FileSource`]).
+/// A clone allocates every list (and string) at its exact length.
+fn compact<T: Clone>(object: T) -> T {
+    object.clone()
 }
 
 /// The echo of a typed object (see [`Resources::document`]).

@@ -72,7 +72,9 @@ struct Args {
 }
 
 /// mimalloc instead of the system allocator: cheaper allocation on the request path, and freed
-/// memory goes back to the OS (docs/benchmarks.md has the numbers).
+/// memory goes back to the OS (docs/benchmarks.md has the numbers). The `system-allocator`
+/// feature keeps the system allocator, for heap profilers such as heaptrack.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -83,7 +85,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn return_freed_memory() {
     // SAFETY: `mi_collect` only walks the allocator's own free lists; it takes no pointers and
     // may be called from any thread at any time.
-    unsafe { libmimalloc_sys::mi_collect(true) }
+    #[cfg(not(feature = "system-allocator"))]
+    unsafe {
+        libmimalloc_sys::mi_collect(true)
+    }
 }
 
 /// Turns transparent huge pages off for this process. mimalloc asks the kernel for huge pages

@@ -84,6 +84,8 @@ impl Chain {
                 }
             }
         }
+        // Pushing leaves room for four steps: a compiled chain lives as long as its rule.
+        chain.steps.shrink_to_fit();
         chain
     }
 }
