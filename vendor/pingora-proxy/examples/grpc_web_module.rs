@@ -30,7 +30,6 @@ use pingora_proxy::{ProxyHttp, Session};
 
 pub struct GrpcWebBridgeProxy;
 
-#[async_trait]
 impl ProxyHttp for GrpcWebBridgeProxy {
     type CTX = ();
     fn new_ctx(&self) -> Self::CTX {}

@@ -26,7 +26,6 @@ use pingora_proxy::{ProxyHttp, Session};
 
 pub struct LB(Arc<LoadBalancer<RoundRobin>>);
 
-#[async_trait]
 impl ProxyHttp for LB {
     type CTX = ();
     fn new_ctx(&self) -> Self::CTX {}

@@ -55,7 +55,6 @@ static RATE_LIMITER: Lazy<Rate> = Lazy::new(|| Rate::new(Duration::from_secs(1))
 // max request per second per client
 static MAX_REQ_PER_SEC: isize = 1;
 
-#[async_trait]
 impl ProxyHttp for LB {
     type CTX = ();
 

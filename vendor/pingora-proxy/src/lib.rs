@@ -896,6 +896,16 @@ impl Session {
         }
     }
 
+    /// PATCH(pingora-gateway): [`Self::write_response_tasks`] for one task, without the
+    /// vector (the sequential HTTP/1 path writes each task as it is read).
+    pub(crate) async fn write_response_task(&mut self, mut task: HttpTask) -> Result<bool> {
+        let mut seen_upgraded = self.downstream_task_seen_upgraded || self.was_upgraded();
+        self.downstream_response_task_filter(&mut task, &mut seen_upgraded)
+            .await?;
+        self.downstream_task_seen_upgraded = seen_upgraded;
+        self.downstream_session.response_duplex(task).await
+    }
+
     pub async fn write_response_tasks(&mut self, mut tasks: Vec<HttpTask>) -> Result<bool> {
         let mut seen_upgraded = self.downstream_task_seen_upgraded || self.was_upgraded();
         for task in tasks.iter_mut() {
@@ -1962,7 +1972,6 @@ mod tests {
 
     struct DefaultRetryProxy;
 
-    #[async_trait]
     impl ProxyHttp for DefaultRetryProxy {
         type CTX = ();
 
@@ -2570,7 +2579,6 @@ mod tests {
 
     struct NoopProxy;
 
-    #[async_trait]
     impl ProxyHttp for NoopProxy {
         type CTX = ();
         fn new_ctx(&self) -> Self::CTX {}

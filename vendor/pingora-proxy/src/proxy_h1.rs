@@ -139,6 +139,24 @@ where
             Err(e) => return (false, false, Some(e)),
         };
 
+        // PATCH(pingora-gateway): a request whose body is already complete (no body, or a
+        // retry's buffered body) needs no concurrent halves; see `proxy_1to1_sequential`.
+        if downstream_custom_message_writer.is_none()
+            && downstream_custom_message_reader.is_none()
+            && sequential_eligible(session)
+        {
+            session.as_mut().enable_retry_buffering();
+            return match self
+                .proxy_1to1_sequential(session, client_session, ctx)
+                .await
+            {
+                Ok((downstream_can_reuse, upstream_can_reuse)) => {
+                    (downstream_can_reuse, upstream_can_reuse, None)
+                }
+                Err(e) => (false, false, Some(e)),
+            };
+        }
+
         let (tx_upstream, rx_upstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
         let (tx_downstream, rx_downstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
 
@@ -188,6 +206,179 @@ where
                 (downstream_can_reuse, upstream_can_reuse, None)
             }
             Err(e) => (false, false, Some(e)),
+        }
+    }
+
+    /// PATCH(pingora-gateway): the HTTP/1 -> HTTP/1 exchange of a request whose body is
+    /// complete before the request is sent (see `sequential_eligible`), run in one future
+    /// instead of `proxy_handle_downstream` and `proxy_handle_upstream` joined by two task
+    /// channels: the (empty or buffered) body goes up first, then each response task is read,
+    /// filtered and written downstream as it comes, while the downstream connection is watched
+    /// for a close exactly as `proxy_handle_downstream` watches it. The filters, their order and
+    /// the reuse decisions are those of the two halves (each step below names the code it
+    /// mirrors); only the channels, their tasks' batching vectors and the join are gone.
+    ///
+    /// Returns whether the downstream and the upstream connections can be reused.
+    async fn proxy_1to1_sequential(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+    ) -> Result<(bool, bool)>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        // proxy_handle_downstream: the retry buffer or the empty body, through the body filters.
+        let buffer = session.as_ref().get_retry_buffer();
+        let body = self.request_body_task(session, buffer, ctx).await?;
+
+        // proxy_handle_upstream: write it; a failed write still lets the response be read, but
+        // the upstream connection is not reused and a response read error reports this one.
+        let mut upstream_can_reuse = true;
+        let mut send_error = None;
+        if let Err(e) = send_body_to1(client_session, Some(body)).await {
+            warn!("send error, draining read buf: {e}");
+            upstream_can_reuse = false;
+            send_error = Some(e);
+        }
+
+        let mut serve_from_cache = proxy_cache::ServeFromCache::new();
+        let mut range_body_filter = proxy_cache::range_filter::RangeBodyFilter::new();
+        // proxy_handle_downstream polls the downstream for a close (the body is done) until an
+        // error, which aborts the request; `idle_polled` stops the poll if it ever returns.
+        let mut idle_polled = false;
+        let mut response_read_done = false;
+        loop {
+            let read = tokio::select! {
+                biased;
+                res = client_session.read_response_task() => res,
+                idle = session.downstream_session.read_body_or_idle(true), if !idle_polled => {
+                    match idle {
+                        Err(e) => return Err(e.into_down()),
+                        Ok(_) => {
+                            idle_polled = true;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let task = match read {
+                Ok(task) => task,
+                Err(e) => {
+                    // proxy_handle_upstream pushes the error downstream, where writing it
+                    // fails the request; the upstream connection is not reused.
+                    let failed = HttpTask::Failed(send_error.take().unwrap_or(e).into_up());
+                    self.sequential_response_task(
+                        session,
+                        ctx,
+                        failed,
+                        &mut serve_from_cache,
+                        &mut range_body_filter,
+                    )
+                    .await?;
+                    upstream_can_reuse = false;
+                    break;
+                }
+            };
+            response_read_done = task.is_end();
+            let response_written_done = self
+                .sequential_response_task(
+                    session,
+                    ctx,
+                    task,
+                    &mut serve_from_cache,
+                    &mut range_body_filter,
+                )
+                .await?;
+            if response_read_done || response_written_done {
+                break;
+            }
+        }
+
+        // proxy_handle_downstream's end: finish the response body.
+        let mut reuse_downstream = true;
+        if let Err(e) = session.as_mut().finish_body().await {
+            error!("Error finish sending body to downstream: {}", e);
+            reuse_downstream = false;
+        }
+
+        // proxy_handle_upstream when the downstream half finished first: the next upstream
+        // task decides whether the connection is at a message boundary.
+        if !response_read_done && upstream_can_reuse {
+            upstream_can_reuse = matches!(
+                client_session.read_response_task().await,
+                Ok(task) if task.is_end()
+            );
+        }
+        Ok((reuse_downstream, upstream_can_reuse))
+    }
+
+    /// PATCH(pingora-gateway): one response task of `proxy_1to1_sequential` through what
+    /// `process_upstream_tasks` runs on it (cache revalidation is skipped: the sequential path
+    /// is only taken with the cache disabled), then written downstream. Returns whether the
+    /// response is complete downstream.
+    async fn sequential_response_task(
+        &self,
+        session: &mut Session,
+        ctx: &mut SV::CTX,
+        #[allow(unused_mut)] mut task: HttpTask,
+        serve_from_cache: &mut ServeFromCache,
+        range_body_filter: &mut RangeBodyFilter,
+    ) -> Result<bool>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        #[cfg(feature = "upstream_modules")]
+        if let HttpTask::Header(header, end_of_stream) = &task {
+            self.inner
+                .adjust_upstream_modules(session, header, *end_of_stream, ctx)
+                .await?;
+        }
+        #[cfg(feature = "upstream_modules")]
+        session.upstream_modules_filter_task(&mut task).await?;
+        session.upstream_compression.response_filter(&mut task);
+        let task = self
+            .h1_response_filter(
+                session,
+                task,
+                ctx,
+                serve_from_cache,
+                range_body_filter,
+                false,
+            )
+            .await?;
+        session.write_response_task(task).await
+    }
+
+    /// PATCH(pingora-gateway): `send_body_to_pipe` for the complete body of the sequential path
+    /// (`end_of_body` is true): the same filters, and the task it would send to the pipe.
+    async fn request_body_task(
+        &self,
+        session: &mut Session,
+        mut data: Option<Bytes>,
+        ctx: &mut SV::CTX,
+    ) -> Result<HttpTask>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        session
+            .downstream_modules_ctx
+            .request_body_filter(&mut data, true)
+            .await?;
+        self.inner
+            .request_body_filter(session, &mut data, true, ctx)
+            .await?;
+        debug!(
+            "Read {} bytes body from downstream",
+            data.as_ref().map_or(-1, |d| d.len() as isize)
+        );
+        if session.was_upgraded() {
+            Ok(HttpTask::UpgradedBody(data, true))
+        } else {
+            Ok(HttpTask::Body(data, true))
         }
     }
 
@@ -1072,6 +1263,22 @@ where
     }
 }
 
+/// PATCH(pingora-gateway): whether `proxy_1to1` can run the exchange sequentially
+/// (`proxy_1to1_sequential`): an HTTP/1 downstream, no upgrade on either side, the cache neither
+/// enabled nor bypassed, and a request body that is complete before the request is sent (none,
+/// or a retry's buffered copy of all of it). Everything else keeps the concurrent halves (a body
+/// still arriving must stream while the response may already come back).
+fn sequential_eligible(session: &mut Session) -> bool {
+    session.downstream_session.as_http1().is_some()
+        && !session.downstream_session.is_upgrade_req()
+        && !session.was_upgraded()
+        && !matches!(session.h1_upgrade_request_status.upstream, Some(true))
+        && !session.cache.enabled()
+        && !session.cache.bypassing()
+        && session.as_mut().is_body_done()
+        && (session.as_mut().is_body_empty() || session.as_ref().get_retry_buffer().is_some())
+}
+
 pub(crate) async fn send_body_to1(
     client_session: &mut HttpSessionV1,
     recv_task: Option<HttpTask>,
@@ -1165,7 +1372,6 @@ mod tests {
 
     struct ResponseFilter101;
 
-    #[async_trait]
     impl ProxyHttp for ResponseFilter101 {
         type CTX = ();
 
