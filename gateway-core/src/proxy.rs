@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::Uri;
 use pingora_core::modules::http::HttpModules;
@@ -831,7 +830,6 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-#[async_trait]
 impl ProxyHttp for GatewayProxy {
     type CTX = RequestCtx;
 

@@ -302,6 +302,17 @@ impl Session {
         }
     }
 
+    /// PATCH(pingora-gateway): writes one response task, like `response_duplex_vec` with a
+    /// one-element vector but without allocating the vector (HTTP/1 writes it directly, as
+    /// `response_duplex_vec` does for a single task; the other kinds go through
+    /// `response_duplex_vec`).
+    pub async fn response_duplex(&mut self, task: HttpTask) -> Result<bool> {
+        match self {
+            Self::H1(s) => s.response_duplex(task).await,
+            _ => self.response_duplex_vec(vec![task]).await,
+        }
+    }
+
     pub async fn response_duplex_vec(&mut self, tasks: Vec<HttpTask>) -> Result<bool> {
         match self {
             Self::H1(s) => s.response_duplex_vec(tasks).await,

@@ -1505,7 +1505,9 @@ impl HttpSession {
         Ok(())
     }
 
-    async fn response_duplex(&mut self, task: HttpTask) -> Result<bool> {
+    /// Writes one response task (what `response_duplex_vec` does for a one-element vector).
+    /// PATCH(pingora-gateway): public, for `ServerSession::response_duplex`.
+    pub async fn response_duplex(&mut self, task: HttpTask) -> Result<bool> {
         let end_stream = match task {
             HttpTask::Header(header, end_stream) => {
                 self.write_response_header(header)
