@@ -14,7 +14,6 @@
 //! streaming), and the stream is finished with the last chunk. Levels per algorithm (defaults:
 //! gzip 6, brotli 4, zstd 3).
 
-
 use bytes::Bytes;
 use gateway_core::{FilterAction, FilterCtx, HttpFilter, ResponseHeader, Session, async_trait};
 use kube::CustomResource;

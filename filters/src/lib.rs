@@ -46,9 +46,9 @@ pub mod limits;
 pub mod policy;
 pub mod rate_limit;
 mod registry;
-pub mod secret;
 mod request;
 mod respond;
+pub mod secret;
 pub mod transformation;
 
 pub use error::SpecError;

@@ -177,18 +177,16 @@ impl PolicyFilter {
         sections: &mut impl Sections,
     ) -> Result<Self, SpecError> {
         let mut steps = Vec::new();
-        let mut step = |section: &'static str, filter: Option<Result<Arc<dyn HttpFilter>, SpecError>>| {
-            if let Some(filter) = filter {
-                steps.push(filter.map_err(|e| e.within(section))?);
-            }
-            Ok::<_, SpecError>(())
-        };
+        let mut step =
+            |section: &'static str, filter: Option<Result<Arc<dyn HttpFilter>, SpecError>>| {
+                if let Some(filter) = filter {
+                    steps.push(filter.map_err(|e| e.within(section))?);
+                }
+                Ok::<_, SpecError>(())
+            };
         macro_rules! section {
             ($name:literal, $field:ident, $build:path) => {
-                step(
-                    $name,
-                    spec.$field.map(|s| sections.get($name, s, $build)),
-                )?
+                step($name, spec.$field.map(|s| sections.get($name, s, $build)))?
             };
         }
         section!("ipAccess", ip_access, IpAccessFilter::new);

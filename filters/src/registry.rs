@@ -124,7 +124,12 @@ pub fn register(registry: &mut FilterRegistry) -> Filters {
     registry.register_policy(GROUP, crate::policy::KIND, move |r: &ExtensionRef| {
         let mut settings = r.config.clone().unwrap_or(serde_json::Value::Null);
         crate::secret::fill(&mut settings, &r.secrets)?;
-        let key = (crate::policy::KIND, "", r.name.clone(), settings.to_string());
+        let key = (
+            crate::policy::KIND,
+            "",
+            r.name.clone(),
+            settings.to_string(),
+        );
         let filter = f.cached(key, || {
             let spec = serde_json::from_value(settings).map_err(|e| SpecError::Schema {
                 kind: crate::policy::KIND,

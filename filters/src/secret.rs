@@ -101,9 +101,9 @@ pub(crate) fn fill(settings: &mut Value, secrets: &SecretData) -> Result<(), Spe
                             .collect();
                         map.insert("data".into(), Value::Object(data));
                     }
-                    None if map.get("data").is_some_and(|d| {
-                        d.as_object().is_some_and(|d| !d.is_empty())
-                    }) => {}
+                    None if map
+                        .get("data")
+                        .is_some_and(|d| d.as_object().is_some_and(|d| !d.is_empty())) => {}
                     None => {
                         return Err(SpecError::invalid(
                             "secretRef",

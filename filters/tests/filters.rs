@@ -1013,8 +1013,8 @@ async fn merged_policy_sections_keep_one_state_per_origin() {
     let b = backend("b").await;
     let shared = json!({"local": {"requests": 2, "unit": "Minute"}});
     let merged = |name: &str, origins: &[(&str, &str)], settings: serde_json::Value| {
-        let mut r = ExtensionRef::new(gateway_filters::GROUP, "TrafficPolicy", name)
-            .with_config(settings);
+        let mut r =
+            ExtensionRef::new(gateway_filters::GROUP, "TrafficPolicy", name).with_config(settings);
         r.origins = origins
             .iter()
             .map(|(f, o)| (f.to_string(), o.to_string()))

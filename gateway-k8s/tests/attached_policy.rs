@@ -121,7 +121,11 @@ fn a_single_policy_is_referenced_by_its_own_name() {
 fn nothing_is_attached_without_a_registry_or_to_other_controllers() {
     let t = translator().translate(&fixture("attached-policy.yaml"));
     assert_eq!(stamp(&t, "apps/gw/http", "shop", 0), None);
-    assert!(t.status.attached_policy(GROUP, "Stamp", "apps", "gateway-wide").is_none());
+    assert!(
+        t.status
+            .attached_policy(GROUP, "Stamp", "apps", "gateway-wide")
+            .is_none()
+    );
 
     let t = translate();
     // Route foreign is served by another controller: not in our config at all, and no status.
@@ -129,7 +133,10 @@ fn nothing_is_attached_without_a_registry_or_to_other_controllers() {
 }
 
 /// (ancestor kind, name, sectionName, status, reason) of each ancestor entry.
-fn ancestors(t: &Translation, policy: &str) -> Vec<(String, String, Option<String>, String, String)> {
+fn ancestors(
+    t: &Translation,
+    policy: &str,
+) -> Vec<(String, String, Option<String>, String, String)> {
     let status = t
         .status
         .attached_policy(GROUP, "Stamp", "apps", policy)
@@ -172,8 +179,14 @@ fn entry(
 fn status_reports_accepted_conflicted_target_not_found_and_invalid() {
     let t = translate();
     let gw = |section, status, reason| entry("Gateway", "gw", section, status, reason);
-    assert_eq!(ancestors(&t, "gateway-wide"), [gw(None, "True", "Accepted")]);
-    assert_eq!(ancestors(&t, "api-listener"), [gw(Some("api"), "True", "Accepted")]);
+    assert_eq!(
+        ancestors(&t, "gateway-wide"),
+        [gw(None, "True", "Accepted")]
+    );
+    assert_eq!(
+        ancestors(&t, "api-listener"),
+        [gw(Some("api"), "True", "Accepted")]
+    );
     // Route targets report on the route's parent Gateways.
     assert_eq!(ancestors(&t, "by-label"), [gw(None, "True", "Accepted")]);
     assert_eq!(ancestors(&t, "cart-rule"), [gw(None, "True", "Accepted")]);
@@ -193,12 +206,22 @@ fn status_reports_accepted_conflicted_target_not_found_and_invalid() {
             entry("Service", "svc", None, "False", "Invalid"),
         ]
     );
-    assert_eq!(ancestors(&t, "broken"), [gw(Some("api"), "False", "Invalid")]);
-    let broken = t.status.attached_policy(GROUP, "Stamp", "apps", "broken").unwrap();
+    assert_eq!(
+        ancestors(&t, "broken"),
+        [gw(Some("api"), "False", "Invalid")]
+    );
+    let broken = t
+        .status
+        .attached_policy(GROUP, "Stamp", "apps", "broken")
+        .unwrap();
     let c = condition(&broken.ancestors[0].conditions, "Accepted");
     assert!(c.message.contains("bad is not a setting"), "{c:?}");
     assert_eq!(c.observed_generation, Some(7));
-    assert!(t.status.attached_policy(GROUP, "Stamp", "apps", "unattached").is_none());
+    assert!(
+        t.status
+            .attached_policy(GROUP, "Stamp", "apps", "unattached")
+            .is_none()
+    );
 
     // The status is echoed on the policy's document.
     let doc = t
@@ -207,7 +230,10 @@ fn status_reports_accepted_conflicted_target_not_found_and_invalid() {
         .iter()
         .find(|d| d["kind"] == "Stamp" && d["metadata"]["name"] == "late")
         .expect("late echoed");
-    assert_eq!(doc["status"]["ancestors"][0]["conditions"][0]["reason"], "Conflicted");
+    assert_eq!(
+        doc["status"]["ancestors"][0]["conditions"][0]["reason"],
+        "Conflicted"
+    );
 }
 
 #[test]
@@ -261,7 +287,11 @@ fn with_secrets(extra: &str) -> gateway_k8s::Resources {
     text.push_str(SECRETS);
     text.push_str(extra);
     let resources = gateway_k8s::Resources::parse_yaml(&text, "secrets");
-    assert!(resources.diagnostics.is_empty(), "{:?}", resources.diagnostics);
+    assert!(
+        resources.diagnostics.is_empty(),
+        "{:?}",
+        resources.diagnostics
+    );
     resources
 }
 
@@ -277,11 +307,18 @@ fn secret_references_resolve_with_reference_grants() {
         json!({"secretRef": {"name": "creds", "namespace": "apps"}})
     );
     assert_eq!(
-        plain.secrets.get("apps/creds").and_then(|d| d.get("token")).map(String::as_str),
+        plain
+            .secrets
+            .get("apps/creds")
+            .and_then(|d| d.get("token"))
+            .map(String::as_str),
         Some("s3cret")
     );
     let rendered = serde_json::to_string(&t.config).unwrap();
-    assert!(!rendered.contains("s3cret"), "secret data is never serialized");
+    assert!(
+        !rendered.contains("s3cret"),
+        "secret data is never serialized"
+    );
 
     // Another namespace without a ReferenceGrant: the policy is Invalid and applies nowhere.
     let status = ancestors(&t, "foreign-secret");
@@ -312,7 +349,10 @@ spec:
     assert_eq!(ancestors(&t, "foreign-secret")[0].4, "Accepted");
     let home = stamp(&t, "apps/gw/http", "shop", 1).unwrap();
     assert_eq!(
-        home.secrets.get("vault/shared").and_then(|d| d.get("token")).map(String::as_str),
+        home.secrets
+            .get("vault/shared")
+            .and_then(|d| d.get("token"))
+            .map(String::as_str),
         Some("other")
     );
 }
@@ -377,6 +417,48 @@ spec:
     assert!(by_ref.secrets.get("apps/creds").is_some());
     let status = t.status.http_route("apps", "broken-refs").unwrap();
     let c = condition(&status.parents[0].conditions, "ResolvedRefs");
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "InvalidExtensionRef"));
-    assert!(c.message.contains("Secret apps/nowhere does not exist"), "{c:?}");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "InvalidExtensionRef")
+    );
+    assert!(
+        c.message.contains("Secret apps/nowhere does not exist"),
+        "{c:?}"
+    );
+}
+
+#[test]
+fn routes_reused_by_the_next_translation_keep_their_attached_policies() {
+    let mut translator = translator().with_filters(registry());
+    let resources = fixture("attached-policy.yaml");
+    let first = translator.translate(&resources);
+    // Only another route changes (a new object for it; every other object the same `Arc`):
+    // shop's translation and attachment are reused.
+    let text = fixture_text("attached-policy.yaml").replace(
+        "metadata: {name: foreign, namespace: apps}",
+        "metadata: {name: foreign, namespace: apps, labels: {changed: \"yes\"}}",
+    );
+    let parsed = gateway_k8s::Resources::parse_yaml(&text, "changed");
+    let key = gateway_k8s::ObjectKey::new("apps", "foreign");
+    let mut changed = resources.clone();
+    changed
+        .http_routes
+        .insert(key.clone(), parsed.http_routes[&key].clone());
+    let second = translator.translate(&changed);
+    assert!(
+        translator.route_reuse().0 > 0,
+        "{:?}",
+        translator.route_reuse()
+    );
+    for (listener, rule) in [("apps/gw/http", 0), ("apps/gw/http", 1), ("apps/gw/api", 0)] {
+        assert_eq!(
+            stamp(&second, listener, "shop", rule),
+            stamp(&first, listener, "shop", rule),
+            "{listener} rule {rule}"
+        );
+    }
+    assert_eq!(
+        stamp(&second, "apps/gw/api", "shop", 0).unwrap().config,
+        Some(json!({"a": "rule", "b": "listener", "c": "route"}))
+    );
 }

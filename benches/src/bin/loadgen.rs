@@ -270,11 +270,13 @@ impl Target {
         } else {
             self.path.clone()
         };
-        let mut b = Request::builder().method(self.method.clone()).uri(if self.h2 {
-            format!("{}://{}{path}", self.scheme, self.host)
-        } else {
-            path
-        });
+        let mut b = Request::builder()
+            .method(self.method.clone())
+            .uri(if self.h2 {
+                format!("{}://{}{path}", self.scheme, self.host)
+            } else {
+                path
+            });
         if !self.h2 {
             b = b.header(http::header::HOST, &self.host);
             if close {

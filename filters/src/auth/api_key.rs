@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use super::digest;
 use crate::SpecError;
-use crate::secret::SecretSource;
 use crate::request::Location;
 use crate::respond::answer;
+use crate::secret::SecretSource;
 
 /// The kind of [`APIKeyAuth`] objects.
 pub const KIND: &str = "APIKeyAuth";

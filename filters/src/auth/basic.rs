@@ -26,8 +26,8 @@ use sha1::{Digest, Sha1};
 
 use super::{digest, same};
 use crate::SpecError;
-use crate::secret::SecretSource;
 use crate::respond::answer;
+use crate::secret::SecretSource;
 
 /// The kind of [`BasicAuth`] objects.
 pub const KIND: &str = "BasicAuth";
@@ -274,7 +274,10 @@ mod tests {
             "htpasswd line 2: unsupported hash: use bcrypt (htpasswd -B) or {SHA} (htpasswd -s)"
         );
         assert_eq!(err("alice"), "htpasswd line 1: not of the form user:hash");
-        assert_eq!(err("\n# nobody\n"), "htpasswd: has no users (neither inline nor from htpasswdFrom)");
+        assert_eq!(
+            err("\n# nobody\n"),
+            "htpasswd: has no users (neither inline nor from htpasswdFrom)"
+        );
         assert_eq!(
             err("a:{SHA}qUqP5cyxm6YcTAhz05Hph5gvu9M=\na:{SHA}qUqP5cyxm6YcTAhz05Hph5gvu9M="),
             "htpasswd line 2: user \"a\" appears twice"

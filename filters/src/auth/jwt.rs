@@ -41,9 +41,9 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use crate::SpecError;
-use crate::secret::SecretSource;
 use crate::request::Location;
 use crate::respond::answer;
+use crate::secret::SecretSource;
 
 /// The kind of [`JWTAuth`] objects.
 pub const KIND: &str = "JWTAuth";

@@ -136,7 +136,11 @@ impl FilterCtx {
     /// Takes the value of type `T` stored by [`FilterCtx::insert_state`] out of the request.
     pub fn remove_state<T: Send + Sync + 'static>(&mut self) -> Option<T> {
         let index = self.state.iter().position(|v| v.is::<T>())?;
-        self.state.swap_remove(index).downcast::<T>().ok().map(|v| *v)
+        self.state
+            .swap_remove(index)
+            .downcast::<T>()
+            .ok()
+            .map(|v| *v)
     }
 
     /// Asks for the whole request body, up to `limit` bytes, before the endpoint is chosen: the

@@ -147,8 +147,8 @@ pub(crate) fn plan(
             .unwrap_or_default();
         let read = |field: &str| raw.pointer(&format!("/spec/{field}")).cloned();
         let refs = read("targetRefs").map(serde_json::from_value::<Vec<PolicyTargetRef>>);
-        let selectors = read("targetSelectors")
-            .map(serde_json::from_value::<Vec<PolicyTargetSelector>>);
+        let selectors =
+            read("targetSelectors").map(serde_json::from_value::<Vec<PolicyTargetSelector>>);
         let (refs, selectors) = match (refs.transpose(), selectors.transpose()) {
             (Ok(r), Ok(s)) => (r.unwrap_or_default(), s.unwrap_or_default()),
             (Err(e), _) | (_, Err(e)) => {
@@ -229,7 +229,10 @@ fn settings(
             _ => Err("the policy has no spec".into()),
         },
         Some(Err(e)) => Err(format!("invalid settings: {e}")),
-        None => Err(format!("no filter of kind {}/{} is registered", key.group, key.kind)),
+        None => Err(format!(
+            "no filter of kind {}/{} is registered",
+            key.group, key.kind
+        )),
     }
 }
 
@@ -257,13 +260,17 @@ fn targets(resources: &Resources, policy: &Parsed<'_>) -> Vec<Target> {
             (GATEWAY_GROUP, "Gateway") => resources
                 .gateways
                 .iter()
-                .filter(|(k, g)| k.namespace == *namespace && matches(g.object.metadata.labels.as_ref()))
+                .filter(|(k, g)| {
+                    k.namespace == *namespace && matches(g.object.metadata.labels.as_ref())
+                })
                 .map(|(k, _)| k.name.clone())
                 .collect(),
             (GATEWAY_GROUP, "HTTPRoute") => resources
                 .http_routes
                 .iter()
-                .filter(|(k, r)| k.namespace == *namespace && matches(r.object.metadata.labels.as_ref()))
+                .filter(|(k, r)| {
+                    k.namespace == *namespace && matches(r.object.metadata.labels.as_ref())
+                })
                 .map(|(k, _)| k.name.clone())
                 .collect(),
             _ => {
@@ -273,10 +280,12 @@ fn targets(resources: &Resources, policy: &Parsed<'_>) -> Vec<Target> {
         };
         names.sort();
         for name in names {
-            if out
-                .iter()
-                .any(|t| t.group == selector.group && t.kind == selector.kind && t.name == name && t.section.is_none())
-            {
+            if out.iter().any(|t| {
+                t.group == selector.group
+                    && t.kind == selector.kind
+                    && t.name == name
+                    && t.section.is_none()
+            }) {
                 continue;
             }
             out.push(Target {
@@ -328,7 +337,10 @@ fn decide(
                                 format!("Gateway {object} has no listener {s}"),
                             ),
                         )),
-                        Some(s) => Ok((Slot::Listener(object.clone(), s.clone()), vec![itself.clone()])),
+                        Some(s) => Ok((
+                            Slot::Listener(object.clone(), s.clone()),
+                            vec![itself.clone()],
+                        )),
                         None => Ok((Slot::Gateway(object.clone()), vec![itself.clone()])),
                     },
                 }
@@ -336,7 +348,10 @@ fn decide(
             (GATEWAY_GROUP, "HTTPRoute") => match resources.http_routes.get(&object) {
                 None => Err((
                     itself.clone(),
-                    ("TargetNotFound", format!("HTTPRoute {object} does not exist")),
+                    (
+                        "TargetNotFound",
+                        format!("HTTPRoute {object} does not exist"),
+                    ),
                 )),
                 Some(route) => {
                     let parents = route_parents(&route.object, &object, ours);

@@ -72,6 +72,9 @@ impl TranslatedRoute {
     }
 }
 
+/// A listener (its index in the Gateway's plan) and the route as served there.
+pub(super) type ServedOn = (usize, Arc<Route>);
+
 /// What attaching one route to the Gateways gave (see the module documentation).
 #[derive(Debug)]
 pub(super) struct RouteAttachment {
@@ -85,7 +88,7 @@ pub(super) struct RouteAttachment {
     /// Where the route is served: the Gateway, and per listener (its index in the Gateway's
     /// plan) the route as served there (the translation's, or a copy with the Gateway's backend
     /// client certificate and the filter policies attached on that listener).
-    pub served: Vec<(ObjectKey, Vec<(usize, Arc<Route>)>)>,
+    pub served: Vec<(ObjectKey, Vec<ServedOn>)>,
 }
 
 impl RouteAttachment {

@@ -346,7 +346,9 @@ impl Translator {
             if let Some(status) =
                 self.policy_ancestors_status(&scope, plan.generation, &plan.ancestors, &now)
             {
-                out.status.attached_policies.insert(plan.key.clone(), status);
+                out.status
+                    .attached_policies
+                    .insert(plan.key.clone(), status);
             }
         }
 
@@ -1066,7 +1068,9 @@ impl Translator {
             .map(|(ancestor, outcome)| {
                 let mut scope = format!(
                     "{scope}/ancestor/{}/{}/{}/{}",
-                    ancestor.kind, ancestor.namespace, ancestor.name,
+                    ancestor.kind,
+                    ancestor.namespace,
+                    ancestor.name,
                     ancestor.section_name.as_deref().unwrap_or("")
                 );
                 if ancestor.section_name.is_none() {

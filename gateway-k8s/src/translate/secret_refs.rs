@@ -47,12 +47,7 @@ fn walk(
                     .get("name")
                     .and_then(Value::as_str)
                     .filter(|n| !n.is_empty())
-                    .ok_or_else(|| {
-                        (
-                            "InvalidExtensionRef",
-                            "secretRef has no name".to_string(),
-                        )
-                    })?
+                    .ok_or_else(|| ("InvalidExtensionRef", "secretRef has no name".to_string()))?
                     .to_string();
                 let namespace = match reference.get("namespace").and_then(Value::as_str) {
                     Some(n) if !n.is_empty() => n.to_string(),
@@ -70,7 +65,10 @@ fn walk(
                     ));
                 }
                 let secret = resources.secrets.get(&key).ok_or_else(|| {
-                    ("InvalidExtensionRef", format!("Secret {key} does not exist"))
+                    (
+                        "InvalidExtensionRef",
+                        format!("Secret {key} does not exist"),
+                    )
                 })?;
                 let secret = &secret.object;
                 let mut data: BTreeMap<String, String> = secret
