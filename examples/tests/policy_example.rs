@@ -13,15 +13,20 @@ use support::{TempDir, file_gateway, free_port, get};
 const ALICE: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImRlbW8ifQ.eyJzdWIiOiJhbGljZSIsImlzcyI6InBvbGljeS1leGFtcGxlIn0.Mb9Wo2W4AMGar5M8m0_8d_HXRmhm60PjymMcl7iJ72U";
 const BOB: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImRlbW8ifQ.eyJzdWIiOiJib2IiLCJpc3MiOiJwb2xpY3ktZXhhbXBsZSJ9.t8AFX8ffBZBe2sHazTtSzE-5LIvY3hESbKc-kcV_Y2E";
 
-#[tokio::test]
-async fn jwt_rate_limit_and_transformation_from_the_example_yaml() {
+/// `examples/policy.yaml` pointed at a demo backend started on a free loopback port.
+async fn example_yaml() -> String {
     let backend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     examples::demo::spawn(backend, "demo")
         .await
         .expect("demo backend");
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policy.yaml"))
-        .expect("examples/policy.yaml");
-    let text = text.replace("- port: 9081", &format!("- port: {}", backend.port()));
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policy.yaml"))
+        .expect("examples/policy.yaml")
+        .replace("- port: 9081", &format!("- port: {}", backend.port()))
+}
+
+#[tokio::test]
+async fn jwt_rate_limit_and_transformation_from_the_example_yaml() {
+    let text = example_yaml().await;
     let dir = TempDir::new("policy-example");
     let config = dir.0.join("config");
     std::fs::write(config.join("policy.yaml"), text).unwrap();
@@ -116,13 +121,7 @@ async fn jwt_rate_limit_and_transformation_from_the_example_yaml() {
 /// translation, not only the data plane's 500), and the other route keeps serving.
 #[tokio::test]
 async fn refused_filter_settings_are_reported_in_the_route_status() {
-    let backend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    examples::demo::spawn(backend, "demo")
-        .await
-        .expect("demo backend");
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policy.yaml"))
-        .expect("examples/policy.yaml")
-        .replace("- port: 9081", &format!("- port: {}", backend.port()));
+    let text = example_yaml().await;
     let broken = r#"
 ---
 apiVersion: gateway.pingora-gateway.dev/v1alpha1
@@ -216,13 +215,7 @@ spec:
 /// ReferenceGrant); rewriting a Secret changes who gets in, without touching the policies.
 #[tokio::test]
 async fn api_keys_and_users_come_from_secrets_and_follow_their_changes() {
-    let backend: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    examples::demo::spawn(backend, "demo")
-        .await
-        .expect("demo backend");
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policy.yaml"))
-        .expect("examples/policy.yaml")
-        .replace("- port: 9081", &format!("- port: {}", backend.port()));
+    let text = example_yaml().await;
     let routes = r#"
 ---
 apiVersion: gateway.networking.k8s.io/v1

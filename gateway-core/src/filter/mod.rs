@@ -231,11 +231,9 @@ impl FilterRegistry {
         kind: impl Into<String>,
         factory: impl FilterFactory,
     ) -> &mut Self {
-        let key = (group.into(), kind.into());
-        if !self.policies.contains(&key) {
-            self.policies.push(key.clone());
-        }
-        self.factories.insert(key, Arc::new(factory));
+        let (group, kind) = (group.into(), kind.into());
+        self.register(group.clone(), kind.clone(), factory);
+        self.policies.push((group, kind));
         self
     }
 

@@ -70,14 +70,8 @@ struct Layer {
     secrets: SecretData,
 }
 
-/// What was decided about one policy, for its status.
-#[derive(Clone, Debug)]
-pub(crate) struct AttachedPlan {
-    pub key: GenericKey,
-    pub generation: Option<i64>,
-    /// One entry per reported ancestor: `Ok(message)` or `Err((reason, message))`.
-    pub ancestors: Vec<(PolicyAncestorRef, Result<String, Problem>)>,
-}
+/// What was decided about one attached policy, for its status.
+pub(crate) type AttachedPlan = super::client_policy::PolicyPlan<GenericKey>;
 
 /// Every attached filter policy, decided.
 #[derive(Clone, Debug, Default)]

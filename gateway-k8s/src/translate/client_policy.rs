@@ -28,14 +28,18 @@ use crate::resources::{GATEWAY_GROUP, ObjectKey, Resources};
 /// A (Gateway, listener) pair; `None` names the whole Gateway.
 type Target = (ObjectKey, Option<String>);
 
-/// What was decided about one policy.
+/// What was decided about one policy, for its status: `K` names the policy (an [`ObjectKey`]
+/// for a kind of this crate, a `GenericKey` for a filter policy kind).
 #[derive(Clone, Debug)]
-pub(crate) struct ClientPolicyPlan {
-    pub key: ObjectKey,
+pub(crate) struct PolicyPlan<K> {
+    pub key: K,
     pub generation: Option<i64>,
     /// One entry per reported target: the ancestor and `Ok(message)` or `Err` (reason, message).
     pub ancestors: Vec<(PolicyAncestorRef, Result<String, Problem>)>,
 }
+
+/// What was decided about one ClientTrafficPolicy.
+pub(crate) type ClientPolicyPlan = PolicyPlan<ObjectKey>;
 
 /// Every ClientTrafficPolicy, decided.
 #[derive(Clone, Debug, Default)]
