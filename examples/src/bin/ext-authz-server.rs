@@ -38,6 +38,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tonic::codegen::Service as _;
 
 /// Command line.
 #[derive(Parser, Debug)]
@@ -236,6 +237,36 @@ async fn serve_http(address: SocketAddr, policy: Arc<Policy>) -> std::io::Result
     }
 }
 
+/// Serves the gRPC `Authorization` service on `address` (HTTP/2 with prior knowledge, as gRPC
+/// clients speak it), one task per connection, until the process ends.
+async fn serve_grpc(
+    address: SocketAddr,
+    service: AuthorizationServer<Grpc>,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    tracing::info!(%address, "gRPC authorization service listening");
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: http::Request<Incoming>| {
+                let mut service = service.clone();
+                async move { service.call(req).await }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     examples::init_logging();
@@ -247,22 +278,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         users: args.users.into_iter().map(|(n, t)| (t, n)).collect(),
         delay: Duration::from_millis(args.delay_ms),
     });
-    let http = args
-        .http
-        .map(|a| tokio::spawn(serve_http(a, policy.clone())));
+    // Both services on hyper's auto (HTTP/1.1 + HTTP/2) connection builder: the generated
+    // `AuthorizationServer` is a tower service, so tonic's router (and axum under it) is not
+    // needed for this one service.
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(address) = args.http {
+        tasks.spawn(serve_http(address, policy.clone()));
+    }
     if let Some(address) = args.grpc {
-        tracing::info!(%address, "gRPC authorization service listening");
-        tonic::transport::Server::builder()
-            .add_service(AuthorizationServer::new(Grpc(policy)))
-            .serve_with_shutdown(address, async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
-    } else if let Some(http) = http {
-        tokio::select! {
-            r = http => r??,
-            _ = tokio::signal::ctrl_c() => {}
-        }
+        tasks.spawn(serve_grpc(address, AuthorizationServer::new(Grpc(policy))));
+    }
+    tokio::select! {
+        Some(r) = tasks.join_next() => r??,
+        _ = tokio::signal::ctrl_c() => {}
     }
     Ok(())
 }
