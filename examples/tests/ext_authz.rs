@@ -37,6 +37,16 @@ fn auth_server() -> AuthServer {
             .spawn()
             .expect("start ext-authz-server"),
     );
+    // Both ports accept before any check is made, so a slow start is never taken for a
+    // failing service.
+    for address in [grpc, http] {
+        let mut tries = 0;
+        while std::net::TcpStream::connect(address).is_err() {
+            tries += 1;
+            assert!(tries < 400, "ext-authz-server never listened on {address}");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
     AuthServer {
         _process: process,
         grpc,
@@ -214,7 +224,7 @@ async fn grpc_checks_from_the_kind_and_the_policy_section() {
         yaml += &extension_route("partial", "/partial", "ExternalAuth", "partial");
         yaml += &external_auth(
             "slow",
-            &format!("  protocol: GRPC\n{address}  timeoutMs: 300\n"),
+            &format!("  protocol: GRPC\n{address}  timeoutMs: 1000\n"),
         );
         yaml += &extension_route("slow", "/slow", "ExternalAuth", "slow");
         yaml += &external_auth(

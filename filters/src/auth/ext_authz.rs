@@ -275,9 +275,11 @@ struct HttpSide {
     next: AtomicUsize,
 }
 
+/// The protocol side of a filter (the HTTP side, with its pooled client, is boxed: it is
+/// several times the gRPC side's size).
 enum Protocol {
     Grpc(Grpc),
-    Http(HttpSide),
+    Http(Box<HttpSide>),
 }
 
 /// The `ExternalAuth` filter, built from an [`ExternalAuthSpec`].
@@ -470,7 +472,7 @@ impl ExternalAuthFilter {
                 let mut connector = HttpConnector::new();
                 connector.set_connect_timeout(Some(timeout));
                 connector.set_nodelay(true);
-                Protocol::Http(HttpSide {
+                Protocol::Http(Box::new(HttpSide {
                     client: Client::builder(TokioExecutor::new()).build(connector),
                     prefix,
                     allowed: header_names("http.allowedHeaders", &http.allowed_headers)?,
@@ -479,7 +481,7 @@ impl ExternalAuthFilter {
                         &http.allowed_response_headers,
                     )?,
                     next: AtomicUsize::new(0),
-                })
+                }))
             }
         };
         Ok(ExternalAuthFilter {
