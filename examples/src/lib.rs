@@ -15,7 +15,8 @@ pub const DEFAULT_CONTROLLER_NAME: &str = "gateway.pingora.rs/controller";
 
 /// The filters the example gateways know: gateway-core's built-ins (`DirectResponse`) and every
 /// kind of the `gateway-filters` crate (`TrafficPolicy`, `RateLimit`, `BasicAuth`, `APIKeyAuth`,
-/// `IPAccess`, `RequestLimits`), referenced from HTTPRoutes by `ExtensionRef`.
+/// `IPAccess`, `RequestLimits`, `ExternalAuth`, ...), referenced from HTTPRoutes by `ExtensionRef`
+/// (and, for `ExternalAuth`, by the HTTPRoute filter type of that name).
 pub fn filter_registry() -> gateway_core::FilterRegistry {
     let mut registry = gateway_core::FilterRegistry::with_builtins();
     gateway_filters::register(&mut registry);

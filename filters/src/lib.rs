@@ -21,6 +21,7 @@
 //! |---|---|---|
 //! | `IPAccess` | [`access`] | allow and deny lists of CIDRs, by connection or `X-Forwarded-For` address: 403 |
 //! | `RequestLimits` | [`limits`] | request body size (413), header count and size (431) |
+//! | `ExternalAuth` | [`auth::ext_authz`] | asks an external service (gRPC `ext_authz` v3 or HTTP): its answer allows or denies |
 //! | `JWTAuth` | [`auth::jwt`] | JSON Web Tokens against inline, file or remote JWKS: 401 with `WWW-Authenticate` |
 //! | `BasicAuth` | [`auth::basic`] | htpasswd users (bcrypt, `{SHA}`): 401 with `WWW-Authenticate` |
 //! | `APIKeyAuth` | [`auth::api_key`] | API keys from headers, query parameters or cookies: 401 |

@@ -6,13 +6,15 @@
 //!
 //! 1. `ipAccess` ([`crate::access`]): who may connect at all;
 //! 2. `requestLimits` ([`crate::limits`]): header and body bounds;
-//! 3. `jwt`, `basicAuth`, then `apiKeyAuth` ([`crate::auth`]): every configured method must
+//! 3. `extAuth` ([`crate::auth::ext_authz`]): the external authorization service decides (after
+//!    the cheap local refusals, so they cost no round trip);
+//! 4. `jwt`, `basicAuth`, then `apiKeyAuth` ([`crate::auth`]): every configured method must
 //!    pass;
-//! 4. `rateLimit` ([`crate::rate_limit`]): counted only for requests that got this far, so
+//! 5. `rateLimit` ([`crate::rate_limit`]): counted only for requests that got this far, so
 //!    refused and unauthenticated requests do not spend the clients' budget;
-//! 5. `ai` ([`crate::ai`]): the prompt enriched and guarded;
-//! 6. `transformation` ([`crate::transformation`]): headers and bodies rewritten;
-//! 7. `compression` ([`crate::compression`]): on the response, after the transformation.
+//! 6. `ai` ([`crate::ai`]): the prompt enriched and guarded;
+//! 7. `transformation` ([`crate::transformation`]): headers and bodies rewritten;
+//! 8. `compression` ([`crate::compression`]): on the response, after the transformation.
 //!
 //! The first section that answers ends the request; the response hooks of every section run.
 //! `targetRefs` and `targetSelectors` are read by the configuration source, which turns an
@@ -35,6 +37,7 @@ use crate::access::{IpAccessFilter, IpAccessSpec};
 use crate::ai::{AiPromptFilter, AiPromptSpec};
 use crate::auth::api_key::{ApiKeyAuthFilter, ApiKeyAuthSpec};
 use crate::auth::basic::{BasicAuthFilter, BasicAuthSpec};
+use crate::auth::ext_authz::{ExternalAuthFilter, ExternalAuthSpec};
 use crate::auth::jwt::{JwtAuthFilter, JwtAuthSpec};
 use crate::compression::{CompressionFilter, CompressionSpec};
 use crate::limits::{RequestLimitsFilter, RequestLimitsSpec};
@@ -73,6 +76,9 @@ pub struct TrafficPolicySpec {
     /// See [`RequestLimitsSpec`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_limits: Option<RequestLimitsSpec>,
+    /// See [`ExternalAuthSpec`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ext_auth: Option<ExternalAuthSpec>,
     /// See [`JwtAuthSpec`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<JwtAuthSpec>,
@@ -191,6 +197,7 @@ impl PolicyFilter {
         }
         section!("ipAccess", ip_access, IpAccessFilter::new);
         section!("requestLimits", request_limits, RequestLimitsFilter::new);
+        section!("extAuth", ext_auth, ExternalAuthFilter::new);
         section!("jwt", jwt, JwtAuthFilter::new);
         section!("basicAuth", basic_auth, BasicAuthFilter::new);
         section!("apiKeyAuth", api_key_auth, ApiKeyAuthFilter::new);

@@ -12,6 +12,7 @@ use crate::access::IpAccessFilter;
 use crate::ai::AiPromptFilter;
 use crate::auth::api_key::ApiKeyAuthFilter;
 use crate::auth::basic::BasicAuthFilter;
+use crate::auth::ext_authz::ExternalAuthFilter;
 use crate::auth::jwt::JwtAuthFilter;
 use crate::compression::CompressionFilter;
 use crate::limits::RequestLimitsFilter;
@@ -110,6 +111,7 @@ pub fn register(registry: &mut FilterRegistry) -> Filters {
     }
     kind!(crate::access::KIND, IpAccessFilter::new);
     kind!(crate::limits::KIND, RequestLimitsFilter::new);
+    kind!(crate::auth::ext_authz::KIND, ExternalAuthFilter::new);
     kind!(crate::auth::jwt::KIND, JwtAuthFilter::new);
     kind!(crate::auth::basic::KIND, BasicAuthFilter::new);
     kind!(crate::auth::api_key::KIND, ApiKeyAuthFilter::new);

@@ -9,7 +9,8 @@
 //! * an invalid value in a rule (header name, regex, path, hostname, duration, ...) drops that
 //!   rule (`PartiallyInvalid`, or `Accepted=False` when no rule is left);
 //! * an invalid route hostname or an unsupported filter type refuses the whole route
-//!   (`Accepted=False`, `UnsupportedValue`).
+//!   (`Accepted=False`, `UnsupportedValue`); `ExternalAuth` is supported when the translator's
+//!   filter registry has its implementation ([`EXTERNAL_AUTH_KIND`]).
 
 use std::collections::{BTreeSet, HashSet};
 use std::str::FromStr;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use gateway_api::experimental::httproutes::{
     HttpRoute, HttpRouteRulesBackendRefs, HttpRouteRulesFilters, HttpRouteRulesFiltersCors,
+    HttpRouteRulesFiltersExternalAuth, HttpRouteRulesFiltersExternalAuthProtocol,
     HttpRouteRulesFiltersRequestMirror, HttpRouteRulesFiltersRequestRedirectPathType,
     HttpRouteRulesFiltersRequestRedirectScheme, HttpRouteRulesFiltersType,
     HttpRouteRulesFiltersUrlRewritePathType, HttpRouteRulesMatches,
@@ -593,9 +595,11 @@ fn translate_filter(
             Filter::Cors(translate_cors(c)?)
         }
         HttpRouteRulesFiltersType::ExternalAuth => {
-            return Err(FilterError::Unsupported(
-                "filter type ExternalAuth is not supported".to_string(),
-            ));
+            let a = f
+                .external_auth
+                .as_ref()
+                .ok_or_else(|| missing("externalAuth"))?;
+            translate_external_auth(ctx, a, refs)?
         }
     };
     Ok(Some(filter))
@@ -657,6 +661,107 @@ fn translate_mirror(
             Ok(None)
         }
     }
+}
+
+/// The API group of the filter that implements the HTTPRoute `ExternalAuth` filter type.
+pub(crate) const EXTERNAL_AUTH_GROUP: &str = "gateway.pingora-gateway.dev";
+/// The kind of that filter: the `gateway-filters` crate registers it (`ExternalAuth`).
+pub(crate) const EXTERNAL_AUTH_KIND: &str = "ExternalAuth";
+
+/// Translates an `ExternalAuth` filter (GEP-1494) into an `ExtensionRef` to the filter registered
+/// as ([`EXTERNAL_AUTH_GROUP`], [`EXTERNAL_AUTH_KIND`]), with the backend resolved to its
+/// endpoints (a Service, through ReferenceGrants like any backend) or `host:port` (an
+/// XBackend). This crate does not implement the check itself: without a filter registry, or
+/// with one that lacks the kind, the route is refused (`UnsupportedValue`); an unresolved backend leaves a filter that
+/// answers 500 (fail closed) and sets `ResolvedRefs=False`; settings the filter refuses drop the
+/// rule.
+fn translate_external_auth(
+    ctx: RouteCtx<'_>,
+    a: &HttpRouteRulesFiltersExternalAuth,
+    refs: &mut RuleRefs,
+) -> Result<Filter, FilterError> {
+    // Only a registry that has the kind proves the data plane can check requests: without one
+    // (a translator built without filters) the route is refused, as before this filter existed.
+    if !ctx
+        .filters
+        .is_some_and(|r| r.contains(EXTERNAL_AUTH_GROUP, EXTERNAL_AUTH_KIND))
+    {
+        return Err(FilterError::Unsupported(format!(
+            "filter type ExternalAuth needs a filter of kind {EXTERNAL_AUTH_GROUP}/{EXTERNAL_AUTH_KIND} in the translator's filter registry (gateway_filters::register provides one)"
+        )));
+    }
+    let b = &a.backend_ref;
+    let spec = BackendRefSpec {
+        group: b.group.as_deref(),
+        kind: b.kind.as_deref(),
+        name: &b.name,
+        namespace: b.namespace.as_deref(),
+        port: b.port,
+    };
+    refs.services.extend(spec.service_key(ctx.namespace));
+    refs.xbackends.extend(spec.xbackend_key(ctx.namespace));
+    let name = spec.display_name(ctx.namespace);
+    let backend = match backend::resolve(ctx.resources, ctx.policies, ctx.tls, ctx.namespace, spec)
+    {
+        Ok(BackendTarget::Endpoints(service)) if service.tls.is_some() => Err((
+            "UnsupportedProtocol",
+            format!(
+                "ExternalAuth backend {name}: TLS to the authorization service is not supported"
+            ),
+        )),
+        Ok(BackendTarget::Endpoints(service)) => Ok(serde_json::json!({
+            "endpoints": service.endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>()
+        })),
+        Ok(BackendTarget::Dns(dns)) => Ok(serde_json::json!({
+            "address": format!("{}:{}", dns.hostname, dns.port)
+        })),
+        Ok(BackendTarget::Unresolved { reason }) => Err(("UnsupportedProtocol", reason)),
+        Err((reason, message)) => Err((reason, format!("ExternalAuth: {message}"))),
+    };
+    let backend = match backend {
+        Ok(backend) => backend,
+        Err(problem) => {
+            let reason = problem.1.clone();
+            refs.problem(problem);
+            return Ok(Filter::Invalid { reason });
+        }
+    };
+    let mut config = serde_json::json!({ "backend": backend });
+    match a.protocol {
+        HttpRouteRulesFiltersExternalAuthProtocol::Grpc => {
+            config["protocol"] = "GRPC".into();
+            if let Some(headers) = a.grpc.as_ref().and_then(|g| g.allowed_headers.as_ref()) {
+                config["grpc"] = serde_json::json!({ "allowedHeaders": headers });
+            }
+        }
+        HttpRouteRulesFiltersExternalAuthProtocol::Http => {
+            config["protocol"] = "HTTP".into();
+            if let Some(h) = &a.http {
+                config["http"] = serde_json::json!({
+                    "path": h.path,
+                    "allowedHeaders": h.allowed_headers.clone().unwrap_or_default(),
+                    "allowedResponseHeaders": h.allowed_response_headers.clone().unwrap_or_default(),
+                });
+            }
+        }
+    }
+    if let Some(max) = a.forward_body.as_ref().and_then(|f| f.max_size) {
+        let max = u32::try_from(max)
+            .map_err(|_| format!("ExternalAuth forwardBody.maxSize {max} is negative"))?;
+        config["forwardBody"] = serde_json::json!({ "maxSize": max });
+    }
+    let reference = ExtensionRef {
+        group: EXTERNAL_AUTH_GROUP.to_string(),
+        kind: EXTERNAL_AUTH_KIND.to_string(),
+        name: format!("ExternalAuth {name}"),
+        config: Some(config),
+        origins: Default::default(),
+        secrets: Default::default(),
+    };
+    if let Some(Err(e)) = ctx.filters.and_then(|r| r.build(&reference)) {
+        return Err(FilterError::Invalid(format!("ExternalAuth: {e}")));
+    }
+    Ok(Filter::ExtensionRef(reference))
 }
 
 fn translate_cors(c: &HttpRouteRulesFiltersCors) -> Result<Cors, String> {
