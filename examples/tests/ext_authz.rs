@@ -11,7 +11,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::{Process, TempDir, file_gateway, free_port};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ALICE: &str = "Bearer token-a";
 
@@ -54,7 +53,8 @@ fn auth_server() -> AuthServer {
     }
 }
 
-/// One HTTP/1.1 request on a new connection: status, head (lower-case) and body.
+/// One HTTP/1.1 request to `authz.example` on a new connection: status, head (lower-case) and
+/// body.
 async fn send(
     addr: SocketAddr,
     method: &str,
@@ -62,35 +62,7 @@ async fn send(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<(u16, String, String), String> {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    let mut request = format!(
-        "{method} {target} HTTP/1.1\r\nhost: authz.example\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (n, v) in headers {
-        request.push_str(&format!("{n}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .await
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status line in {text:?}"))?;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    Ok((status, head.to_ascii_lowercase(), body.to_owned()))
+    support::send(addr, method, "authz.example", target, headers, body).await
 }
 
 /// What the demo backend saw of a request (its JSON answer), or panics.

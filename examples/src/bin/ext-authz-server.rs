@@ -212,9 +212,22 @@ async fn http_check(policy: &Policy, req: http::Request<Incoming>) -> http::Resp
     built.unwrap_or_else(|_| http::Response::new(Full::new(Bytes::new())))
 }
 
-async fn serve_http(address: SocketAddr, policy: Arc<Policy>) -> std::io::Result<()> {
+/// Accepts connections on `address` (`what` names the service in logs) and serves each on its
+/// own task with hyper's auto (HTTP/1.1 + HTTP/2) builder and the service `make` returns, until
+/// the process ends.
+async fn serve<S, B>(address: SocketAddr, what: &str, make: impl Fn() -> S) -> std::io::Result<()>
+where
+    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let listener = tokio::net::TcpListener::bind(address).await?;
-    tracing::info!(%address, "HTTP authorization service listening");
+    tracing::info!(%address, "{what} authorization service listening");
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -224,17 +237,24 @@ async fn serve_http(address: SocketAddr, policy: Arc<Policy>) -> std::io::Result
                 continue;
             }
         };
-        let policy = policy.clone();
+        let service = make();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let policy = policy.clone();
-                async move { Ok::<_, Infallible>(http_check(&policy, req).await) }
-            });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }
+}
+
+async fn serve_http(address: SocketAddr, policy: Arc<Policy>) -> std::io::Result<()> {
+    serve(address, "HTTP", || {
+        let policy = policy.clone();
+        service_fn(move |req| {
+            let policy = policy.clone();
+            async move { Ok::<_, Infallible>(http_check(&policy, req).await) }
+        })
+    })
+    .await
 }
 
 /// Serves the gRPC `Authorization` service on `address` (HTTP/2 with prior knowledge, as gRPC
@@ -243,28 +263,14 @@ async fn serve_grpc(
     address: SocketAddr,
     service: AuthorizationServer<Grpc>,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(address).await?;
-    tracing::info!(%address, "gRPC authorization service listening");
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
+    serve(address, "gRPC", || {
         let service = service.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: http::Request<Incoming>| {
-                let mut service = service.clone();
-                async move { service.call(req).await }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        service_fn(move |req: http::Request<Incoming>| {
+            let mut service = service.clone();
+            async move { service.call(req).await }
+        })
+    })
+    .await
 }
 
 #[tokio::main]

@@ -79,14 +79,34 @@ pub async fn get(
     target: &str,
     headers: &[(&str, &str)],
 ) -> Result<(u16, String), String> {
+    send(addr, "GET", host, target, headers, "")
+        .await
+        .map(|(status, _, body)| (status, body))
+}
+
+/// One HTTP/1.1 request on a new connection (`content-length` framed when it has a body or is
+/// not a GET): status, head (lower-case) and body.
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String, String), String> {
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
-    let mut request = format!("GET {target} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n");
+    let mut request =
+        format!("{method} {target} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n");
+    if !body.is_empty() || method != "GET" {
+        request.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
     for (n, v) in headers {
         request.push_str(&format!("{n}: {v}\r\n"));
     }
     request.push_str("\r\n");
+    request.push_str(body);
     stream
         .write_all(request.as_bytes())
         .await
@@ -102,9 +122,6 @@ pub async fn get(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("no status line in {text:?}"))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((status, head.to_ascii_lowercase(), body.to_owned()))
 }

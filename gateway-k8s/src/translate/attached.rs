@@ -134,11 +134,7 @@ pub(crate) fn plan(
             continue;
         };
         let raw = &object.object;
-        let meta: ObjectMeta = raw
-            .get("metadata")
-            .cloned()
-            .and_then(|m| serde_json::from_value(m).ok())
-            .unwrap_or_default();
+        let meta = super::client_policy::object_meta(raw);
         let read = |field: &str| raw.pointer(&format!("/spec/{field}")).cloned();
         let refs = read("targetRefs").map(serde_json::from_value::<Vec<PolicyTargetRef>>);
         let selectors =

@@ -85,11 +85,7 @@ pub(crate) fn plan(
             continue;
         }
         let raw = &object.object;
-        let meta: ObjectMeta = raw
-            .get("metadata")
-            .cloned()
-            .and_then(|m| serde_json::from_value(m).ok())
-            .unwrap_or_default();
+        let meta = object_meta(raw);
         let targets = raw
             .pointer("/spec/targetRefs")
             .cloned()
@@ -188,6 +184,14 @@ pub(crate) fn plan(
         }
     }
     out
+}
+
+/// The metadata of an untyped object; the default when it has none or it does not parse.
+pub(super) fn object_meta(raw: &Value) -> ObjectMeta {
+    raw.get("metadata")
+        .cloned()
+        .and_then(|m| serde_json::from_value(m).ok())
+        .unwrap_or_default()
 }
 
 fn decide(
