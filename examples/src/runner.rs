@@ -22,7 +22,7 @@ use std::time::Duration;
 use gateway_core::Gateway;
 use gateway_core::config::Limits;
 use gateway_k8s::source::{self, FileSource};
-use gateway_k8s::{Resources, StatusReport, TranslateOptions, Translator};
+use gateway_k8s::{RenderCache, Resources, StatusReport, TranslateOptions, Translator};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -51,6 +51,9 @@ pub struct Runner {
     /// How many statuses were handed to [`Runner::publish_later`]: a status whose number is
     /// not the latest when its turn comes is superseded and not rendered.
     published: Arc<std::sync::atomic::AtomicU64>,
+    /// The text of each object from the last published status, reused for the objects that did
+    /// not change (one render at a time holds it).
+    render_cache: Arc<std::sync::Mutex<RenderCache>>,
 }
 
 impl Runner {
@@ -70,6 +73,7 @@ impl Runner {
             on_applied: None,
             publishing: None,
             published: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            render_cache: Arc::default(),
         }
     }
 
@@ -103,9 +107,11 @@ impl Runner {
         let status = self.apply_config(resources, diagnostics).await;
         let applied = started.elapsed();
         self.wait_published().await;
-        let mut status = status;
-        status.render(resources);
-        publish(&self.admin, self.status_file.as_deref(), &status).await;
+        let yaml = {
+            let mut cache = self.render_cache.lock().unwrap_or_else(|e| e.into_inner());
+            status.to_yaml_reusing(resources, &mut cache)
+        };
+        publish(&self.admin, self.status_file.as_deref(), yaml).await;
         tracing::info!(
             apply_ms = applied.as_millis() as u64,
             status_ms = (started.elapsed() - applied).as_millis() as u64,
@@ -183,13 +189,14 @@ impl Runner {
     /// waits for its turn is dropped unrendered: with 10,000 routes a render takes seconds of
     /// CPU on a busy machine, and renders of every change in a quick series would run side by
     /// side and slow down the loads and compiles of the next changes.
-    fn publish_later(&mut self, mut status: StatusReport, resources: Resources) {
+    fn publish_later(&mut self, status: StatusReport, resources: Resources) {
         use std::sync::atomic::Ordering;
         let previous = self.publishing.take();
         let admin = self.admin.clone();
         let status_file = self.status_file.clone();
         let hook = self.on_applied.clone();
         let published = self.published.clone();
+        let cache = self.render_cache.clone();
         let number = published.fetch_add(1, Ordering::SeqCst) + 1;
         self.publishing = Some(tokio::spawn(async move {
             if let Some(previous) = previous {
@@ -204,9 +211,10 @@ impl Runner {
             // Rendering and serialising take hundreds of milliseconds with 10,000 routes: not on
             // a runtime worker that serves requests.
             let rendered = tokio::task::spawn_blocking(move || {
-                status.render(&resources);
+                let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+                let yaml = status.to_yaml_reusing(&resources, &mut cache);
                 drop(resources);
-                status.to_yaml()
+                yaml
             })
             .await;
             match rendered {
@@ -302,8 +310,7 @@ async fn dns_changed(dns: &mut watch::Receiver<u64>) {
 }
 
 /// Writes `status` to `status_file` (if any) and the admin endpoint.
-async fn publish(admin: &AdminState, status_file: Option<&std::path::Path>, status: &StatusReport) {
-    let yaml = status.to_yaml();
+async fn publish(admin: &AdminState, status_file: Option<&std::path::Path>, yaml: String) {
     write_status_file(status_file, &yaml).await;
     admin.set_status(yaml);
 }

@@ -461,6 +461,31 @@ impl Resources {
         }
     }
 
+    /// The shared typed object `kind` `key`, if present, for identity comparisons (the same
+    /// `Arc` means the same object as read).
+    pub(crate) fn shared(
+        &self,
+        kind: Kind,
+        key: &ObjectKey,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        fn any<T: Send + Sync + 'static>(
+            o: &Arc<Object<T>>,
+        ) -> Arc<dyn std::any::Any + Send + Sync> {
+            o.clone()
+        }
+        match kind {
+            Kind::GatewayClass => self.gateway_classes.get(key).map(any),
+            Kind::Gateway => self.gateways.get(key).map(any),
+            Kind::HttpRoute => self.http_routes.get(key).map(any),
+            Kind::ReferenceGrant => self.reference_grants.get(key).map(any),
+            Kind::Namespace => self.namespaces.get(key).map(any),
+            Kind::Service => self.services.get(key).map(any),
+            Kind::Secret => self.secrets.get(key).map(any),
+            Kind::EndpointSlice => self.endpoint_slices.get(key).map(any),
+            Kind::XBackendTrafficPolicy => self.backend_traffic_policies.get(key).map(any),
+        }
+    }
+
     /// The number of objects in the store, typed and untyped.
     pub fn len(&self) -> usize {
         self.order.len() + self.other_order.len()

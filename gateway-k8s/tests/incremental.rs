@@ -293,3 +293,65 @@ fn an_unchanged_route_shares_its_status_with_the_previous_translation() {
     assert_eq!(b.parents[0].conditions[0].last_transition_time, at(100));
     assert_eq!(b.parents[0].conditions[0].observed_generation, Some(2));
 }
+
+#[test]
+fn status_text_reused_per_object_equals_a_full_render() {
+    let mut t = translator();
+    let mut cache = gateway_k8s::RenderCache::default();
+    let v1 = fixture("incremental.yaml");
+    let first = t.translate_at(&v1, at(100));
+    assert_eq!(
+        first.status.to_yaml_reusing(&v1, &mut cache),
+        first.status.to_yaml()
+    );
+    let objects = v1.order().len() as u64;
+    assert_eq!(
+        cache.rendered(),
+        objects,
+        "a cold cache renders every object"
+    );
+    assert_eq!(cache.len(), v1.order().len());
+
+    // The same input again: nothing is rendered.
+    let again = t.translate_at(&v1, at(150));
+    assert_eq!(
+        again.status.to_yaml_reusing(&v1, &mut cache),
+        again.status.to_yaml()
+    );
+    assert_eq!(cache.rendered(), objects);
+
+    // One route's object changes: only it is rendered again.
+    let v2 = replaced(&v1, "HTTPRoute", "b", |d| {
+        d.replace("value: b1", "value: b2")
+    });
+    let second = t.translate_at(&v2, at(200));
+    assert_eq!(
+        second.status.to_yaml_reusing(&v2, &mut cache),
+        second.status.to_yaml()
+    );
+    assert_eq!(cache.rendered(), objects + 1);
+
+    // A Gateway change changes statuses (listener hostname, route acceptance): whatever was
+    // rendered, the text is the full render's.
+    let v3 = replaced(&v2, "Gateway", "web", |d| {
+        d.replace(
+            "protocol: HTTP",
+            "protocol: HTTP\n    hostname: other.example",
+        )
+    });
+    let third = t.translate_at(&v3, at(300));
+    assert_eq!(
+        third.status.to_yaml_reusing(&v3, &mut cache),
+        third.status.to_yaml()
+    );
+    assert!(cache.rendered() > objects + 1);
+
+    // A route removed: its text is gone from the output and from the cache.
+    let mut v4 = v3.clone();
+    v4.http_routes.remove(&ObjectKey::new("shop", "b"));
+    let fourth = t.translate_at(&v4, at(400));
+    let text = fourth.status.to_yaml_reusing(&v4, &mut cache);
+    assert_eq!(text, fourth.status.to_yaml());
+    assert!(!text.contains("name: b\n"));
+    assert_eq!(cache.len(), v3.order().len() - 1);
+}
