@@ -22,7 +22,7 @@ use std::time::Duration;
 use gateway_core::Gateway;
 use gateway_core::config::Limits;
 use gateway_k8s::source::{self, FileSource};
-use gateway_k8s::{RenderCache, Resources, StatusReport, TranslateOptions, Translator};
+use gateway_k8s::{RenderCache, Resources, StatusReport, StatusText, TranslateOptions, Translator};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -107,11 +107,11 @@ impl Runner {
         let status = self.apply_config(resources, diagnostics).await;
         let applied = started.elapsed();
         self.wait_published().await;
-        let yaml = {
+        let text = {
             let mut cache = self.render_cache.lock().unwrap_or_else(|e| e.into_inner());
             status.to_yaml_reusing(resources, &mut cache)
         };
-        publish(&self.admin, self.status_file.as_deref(), yaml).await;
+        publish(&self.admin, self.status_file.as_deref(), text).await;
         tracing::info!(
             apply_ms = applied.as_millis() as u64,
             status_ms = (started.elapsed() - applied).as_millis() as u64,
@@ -210,20 +210,22 @@ impl Runner {
             let started = std::time::Instant::now();
             // Rendering and serialising take hundreds of milliseconds with 10,000 routes: not on
             // a runtime worker that serves requests.
+            let wants_file = status_file.is_some();
             let rendered = tokio::task::spawn_blocking(move || {
                 let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-                let yaml = status.to_yaml_reusing(&resources, &mut cache);
+                let text = status.to_yaml_reusing(&resources, &mut cache);
                 drop(resources);
-                yaml
+                // Only a status file needs the plain text.
+                let yaml = wants_file.then(|| text.to_yaml());
+                (text, yaml)
             })
             .await;
             match rendered {
-                Ok(yaml) => {
-                    write_status_file(status_file.as_deref(), &yaml).await;
-                    let stored = tokio::task::spawn_blocking(move || admin.set_status(yaml));
-                    if let Err(e) = stored.await {
-                        tracing::error!(error = %e, "storing the status failed");
+                Ok((text, yaml)) => {
+                    if let Some(yaml) = yaml {
+                        write_status_file(status_file.as_deref(), &yaml).await;
                     }
+                    admin.set_status(text);
                     tracing::info!(
                         status_ms = started.elapsed().as_millis() as u64,
                         "configuration status published"
@@ -310,9 +312,11 @@ async fn dns_changed(dns: &mut watch::Receiver<u64>) {
 }
 
 /// Writes `status` to `status_file` (if any) and the admin endpoint.
-async fn publish(admin: &AdminState, status_file: Option<&std::path::Path>, yaml: String) {
-    write_status_file(status_file, &yaml).await;
-    admin.set_status(yaml);
+async fn publish(admin: &AdminState, status_file: Option<&std::path::Path>, text: StatusText) {
+    if status_file.is_some() {
+        write_status_file(status_file, &text.to_yaml()).await;
+    }
+    admin.set_status(text);
 }
 
 /// Writes `yaml` to `status_file`, if there is one.

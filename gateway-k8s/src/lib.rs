@@ -34,5 +34,5 @@ pub use diagnostic::Diagnostic;
 pub use resources::{
     DEFAULT_NAMESPACE, DocumentError, GenericKey, Kind, Object, ObjectKey, Resources,
 };
-pub use status::{RenderCache, SUPPORTED_FEATURES, StatusReport};
+pub use status::{RenderCache, SUPPORTED_FEATURES, StatusReport, StatusText};
 pub use translate::{TranslateOptions, Translation, Translator};

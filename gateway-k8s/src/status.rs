@@ -213,7 +213,8 @@ impl StatusReport {
         found.unwrap_or(CachedStatus::None)
     }
 
-    /// The same text as [`StatusReport::render`] followed by [`StatusReport::to_yaml`], without
+    /// The same text as [`StatusReport::render`] followed by [`StatusReport::to_yaml`] (gzip
+    /// members shared with `cache`: no copy of an unchanged object's text is made), without
     /// rendering again the typed objects whose text `cache` holds: an object is reused when
     /// `resources` holds the very same object (the same `Arc`, as
     /// [`crate::source::FileSource`] hands out for an unchanged document) and its status is
@@ -223,9 +224,12 @@ impl StatusReport {
     /// With 10,000 routes, rendering every object takes hundreds of milliseconds of CPU; after
     /// one route changed, this renders that route and the Gateways whose status changed. The
     /// cache keeps the text of the objects of the last call only.
-    pub fn to_yaml_reusing(&self, resources: &Resources, cache: &mut RenderCache) -> String {
+    pub fn to_yaml_reusing(&self, resources: &Resources, cache: &mut RenderCache) -> StatusText {
         let mut previous = std::mem::take(&mut cache.entries);
-        let mut out = String::with_capacity(cache.last_len);
+        let mut out = StatusText {
+            members: Vec::with_capacity(cache.entries_hint + 1),
+            compressed_len: 0,
+        };
         for (kind, key) in resources.order() {
             let Some(object) = resources.shared(*kind, key) else {
                 continue;
@@ -241,10 +245,10 @@ impl StatusReport {
                     let mut text = String::new();
                     push_yaml(&mut text, &doc);
                     cache.rendered += 1;
-                    Arc::from(text)
+                    gzip(&text)
                 }
             };
-            out.push_str(&text);
+            out.push(text.clone());
             cache.entries.insert(
                 slot,
                 CachedText {
@@ -254,10 +258,14 @@ impl StatusReport {
                 },
             );
         }
+        let mut untyped = String::new();
         for doc in self.untyped_documents(resources).0 {
-            push_yaml(&mut out, &doc);
+            push_yaml(&mut untyped, &doc);
         }
-        cache.last_len = out.len();
+        if !untyped.is_empty() {
+            out.push(gzip(&untyped));
+        }
+        cache.entries_hint = cache.entries.len();
         out
     }
 
@@ -375,14 +383,14 @@ fn push_yaml(out: &mut String, doc: &Value) {
     }
 }
 
-/// The YAML text of each typed object from the last [`StatusReport::to_yaml_reusing`], kept
+/// The YAML text of each typed object (gzip-compressed) from the last [`StatusReport::to_yaml_reusing`], kept
 /// to be reused by the next one. Owned by whoever publishes statuses, one per status stream;
 /// starts empty (everything rendered).
 #[derive(Default)]
 pub struct RenderCache {
     entries: HashMap<(Kind, ObjectKey), CachedText>,
-    /// The length of the last text, to size the next one.
-    last_len: usize,
+    /// How many objects the last text had, to size the next one.
+    entries_hint: usize,
     /// Objects rendered (not reused) since the cache was made.
     rendered: u64,
 }
@@ -413,11 +421,72 @@ impl std::fmt::Debug for RenderCache {
     }
 }
 
+/// A multi-document YAML status stream kept gzip-compressed, one gzip member per typed object
+/// (shared with the [`RenderCache`] that made it: an unchanged object costs no copy and no
+/// compression), then one member for the untyped objects. The members in order form one valid
+/// gzip stream ([`StatusText::gzip_members`]); [`StatusText::to_yaml`] decompresses it.
+#[derive(Clone, Debug, Default)]
+pub struct StatusText {
+    members: Vec<Arc<[u8]>>,
+    compressed_len: usize,
+}
+
+impl StatusText {
+    fn push(&mut self, member: Arc<[u8]>) {
+        self.compressed_len += member.len();
+        self.members.push(member);
+    }
+
+    /// The gzip members, in order: their concatenation is the text as one gzip stream (RFC
+    /// 1952 section 2.2), e.g. an HTTP body with `Content-Encoding: gzip`.
+    pub fn gzip_members(&self) -> impl Iterator<Item = &[u8]> {
+        self.members.iter().map(|m| &**m)
+    }
+
+    /// The compressed size in bytes.
+    pub fn compressed_len(&self) -> usize {
+        self.compressed_len
+    }
+
+    /// Whether there is no text at all (no object).
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The text, decompressed.
+    pub fn to_yaml(&self) -> String {
+        let mut out = String::new();
+        for member in &self.members {
+            out.push_str(&gunzip(member));
+        }
+        out
+    }
+}
+
+/// `text` as one gzip member (fast compression: statuses are written often and read rarely).
+fn gzip(text: &str) -> Arc<[u8]> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    // Writing into a Vec cannot fail.
+    let _ = gz.write_all(text.as_bytes());
+    Arc::from(gz.finish().unwrap_or_default())
+}
+
+/// One gzip member made by [`gzip`], decompressed.
+fn gunzip(member: &[u8]) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    // Compressed by `gzip` from a str: it decompresses to valid UTF-8.
+    let _ = flate2::read::GzDecoder::new(member).read_to_string(&mut text);
+    text
+}
+
 /// One object's rendered text and what it was rendered from.
 struct CachedText {
     object: Arc<dyn std::any::Any + Send + Sync>,
     status: CachedStatus,
-    text: Arc<str>,
+    /// The object's document as one gzip member.
+    text: Arc<[u8]>,
 }
 
 /// The status an object's text was rendered with.

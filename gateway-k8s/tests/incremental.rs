@@ -301,7 +301,7 @@ fn status_text_reused_per_object_equals_a_full_render() {
     let v1 = fixture("incremental.yaml");
     let first = t.translate_at(&v1, at(100));
     assert_eq!(
-        first.status.to_yaml_reusing(&v1, &mut cache),
+        first.status.to_yaml_reusing(&v1, &mut cache).to_yaml(),
         first.status.to_yaml()
     );
     let objects = v1.order().len() as u64;
@@ -315,7 +315,7 @@ fn status_text_reused_per_object_equals_a_full_render() {
     // The same input again: nothing is rendered.
     let again = t.translate_at(&v1, at(150));
     assert_eq!(
-        again.status.to_yaml_reusing(&v1, &mut cache),
+        again.status.to_yaml_reusing(&v1, &mut cache).to_yaml(),
         again.status.to_yaml()
     );
     assert_eq!(cache.rendered(), objects);
@@ -326,7 +326,7 @@ fn status_text_reused_per_object_equals_a_full_render() {
     });
     let second = t.translate_at(&v2, at(200));
     assert_eq!(
-        second.status.to_yaml_reusing(&v2, &mut cache),
+        second.status.to_yaml_reusing(&v2, &mut cache).to_yaml(),
         second.status.to_yaml()
     );
     assert_eq!(cache.rendered(), objects + 1);
@@ -341,7 +341,7 @@ fn status_text_reused_per_object_equals_a_full_render() {
     });
     let third = t.translate_at(&v3, at(300));
     assert_eq!(
-        third.status.to_yaml_reusing(&v3, &mut cache),
+        third.status.to_yaml_reusing(&v3, &mut cache).to_yaml(),
         third.status.to_yaml()
     );
     assert!(cache.rendered() > objects + 1);
@@ -350,7 +350,7 @@ fn status_text_reused_per_object_equals_a_full_render() {
     let mut v4 = v3.clone();
     v4.http_routes.remove(&ObjectKey::new("shop", "b"));
     let fourth = t.translate_at(&v4, at(400));
-    let text = fourth.status.to_yaml_reusing(&v4, &mut cache);
+    let text = fourth.status.to_yaml_reusing(&v4, &mut cache).to_yaml();
     assert_eq!(text, fourth.status.to_yaml());
     assert!(!text.contains("name: b\n"));
     assert_eq!(cache.len(), v3.order().len() - 1);
