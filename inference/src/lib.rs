@@ -1,0 +1,3 @@
+//! Gateway API Inference Extension core.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
