@@ -1,3 +1,5 @@
 //! Gateway API Inference Extension core.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod crd;
