@@ -4,3 +4,4 @@
 
 pub mod crd;
 pub mod request;
+pub mod rewrite;
