@@ -3,5 +3,6 @@
 #![warn(missing_docs)]
 
 pub mod crd;
+pub mod metrics;
 pub mod request;
 pub mod rewrite;
