@@ -6,3 +6,4 @@ pub mod crd;
 pub mod metrics;
 pub mod request;
 pub mod rewrite;
+pub mod scheduler;
