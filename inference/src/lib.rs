@@ -7,3 +7,4 @@ pub mod metrics;
 pub mod request;
 pub mod rewrite;
 pub mod scheduler;
+pub mod scrape;
