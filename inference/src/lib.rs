@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod crd;
+pub mod flow;
 pub mod metrics;
 pub mod request;
 pub mod rewrite;
