@@ -436,12 +436,12 @@ mod tests {
             assert_eq!(fc.dispatch(|| std::mem::replace(&mut once, false)), 1);
             tokio::task::yield_now().await;
             for (i, (name, f)) in futs.iter_mut().enumerate() {
-                if !done[i] {
-                    if let Poll::Ready(r) = poll_now(f) {
-                        r.unwrap();
-                        done[i] = true;
-                        order.push(name.clone());
-                    }
+                if !done[i]
+                    && let Poll::Ready(r) = poll_now(f)
+                {
+                    r.unwrap();
+                    done[i] = true;
+                    order.push(name.clone());
                 }
             }
         }
