@@ -37,6 +37,8 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(50);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default metrics path.
 pub const DEFAULT_PATH: &str = "/metrics";
+/// Default age past which metrics count as stale for saturation (the reference's 200 ms).
+pub const DEFAULT_STALENESS: Duration = Duration::from_millis(200);
 /// Largest metrics page read (bigger pages fail the scrape).
 pub const MAX_PAGE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -74,6 +76,11 @@ impl Scraped {
     /// How old the metrics are at `now`.
     pub fn age(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.at)
+    }
+
+    /// Whether the metrics are older than `threshold` at `now` (see [`DEFAULT_STALENESS`]).
+    pub fn is_stale(&self, now: Instant, threshold: Duration) -> bool {
+        self.age(now) > threshold
     }
 }
 

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gateway_inference::metrics::Engine;
-use gateway_inference::scheduler::SaturationDetector;
-use gateway_inference::scrape::{self, MetricsStore, ScrapeConfig};
+use gateway_inference::request::DroppedReason;
+use gateway_inference::scheduler::{SaturationDetector, SchedRequest, Scheduler};
+use gateway_inference::scrape::{self, DEFAULT_STALENESS, MetricsStore, ScrapeConfig};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -213,5 +214,90 @@ async fn unreachable_and_wrong_pages_never_produce_metrics() {
     .await;
     assert!(store.get(closed).is_none());
     assert!(store.get(wrong_engine.addr).is_none());
+    drop(handle);
+}
+
+#[tokio::test]
+async fn scheduler_picks_from_scraped_metrics() {
+    let servers = [
+        fake_server(Engine::Vllm).await,
+        fake_server(Engine::Vllm).await,
+        fake_server(Engine::Vllm).await,
+    ];
+    for (s, waiting) in servers.iter().zip([3, 0, 8]) {
+        s.waiting.store(waiting, Ordering::SeqCst);
+    }
+    let store = Arc::new(MetricsStore::new());
+    store.set_endpoints(servers.iter().map(|s| (s.addr, Engine::Vllm)));
+    let handle = scrape::spawn(
+        store.clone(),
+        ScrapeConfig {
+            interval: Duration::from_millis(10),
+            ..ScrapeConfig::default()
+        },
+    );
+    eventually("all scraped", || {
+        servers
+            .iter()
+            .zip([3, 0, 8])
+            .all(|(s, w)| store.get(s.addr).is_some_and(|m| m.metrics.waiting == w))
+    })
+    .await;
+    let scheduler = Scheduler::reference_default();
+    let mut rng = rand::rng();
+    // Fresh metrics: least queue first, most loaded last (KV usage and prefix are equal).
+    let mut order = None;
+    eventually("fresh pick", || {
+        let now = Instant::now();
+        let candidates: Vec<_> = servers
+            .iter()
+            .map(|s| store.candidate(s.addr, now))
+            .collect();
+        if candidates.iter().any(|c| c.metrics_age > DEFAULT_STALENESS) {
+            return false;
+        }
+        let picked =
+            scheduler.schedule(&SchedRequest::new("m", "hello", -1), &candidates, &mut rng);
+        order = Some(
+            picked
+                .unwrap()
+                .into_iter()
+                .map(|i| candidates[i].addr)
+                .collect::<Vec<_>>(),
+        );
+        true
+    })
+    .await;
+    assert_eq!(
+        order.unwrap(),
+        vec![servers[1].addr, servers[0].addr, servers[2].addr]
+    );
+
+    // Every server over the queue threshold: a sheddable request is refused, others pass.
+    for s in &servers {
+        s.waiting.store(10, Ordering::SeqCst);
+    }
+    eventually("saturated", || {
+        servers
+            .iter()
+            .all(|s| store.get(s.addr).is_some_and(|m| m.metrics.waiting == 10))
+    })
+    .await;
+    let now = Instant::now();
+    let candidates: Vec<_> = servers
+        .iter()
+        .map(|s| store.candidate(s.addr, now))
+        .collect();
+    assert_eq!(
+        scheduler.schedule(&SchedRequest::new("m", "hello", -1), &candidates, &mut rng),
+        Err(DroppedReason::Saturated)
+    );
+    assert_eq!(
+        scheduler
+            .schedule(&SchedRequest::new("m", "hello", 0), &candidates, &mut rng)
+            .unwrap()
+            .len(),
+        3
+    );
     drop(handle);
 }
