@@ -37,7 +37,7 @@ fn candidates() -> Vec<Candidate> {
 
 /// A ~16,000-character prompt: a shared 4,000-character system prefix then `variant`'s text.
 fn prompt(variant: usize) -> String {
-    let system = "You are a careful assistant for a retail analytics team. ".repeat(70);
+    let system = "You are a careful assistant for a retail analytics team. ".repeat(80);
     let mut p = String::with_capacity(16_100);
     p.push_str("system\n");
     p.push_str(&system[..4_000]);
