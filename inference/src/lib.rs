@@ -5,6 +5,7 @@
 //!   `InferenceModelRewrite`, with `validate()` and status condition constants.
 //! - [`request`]: OpenAI completions/chat body parsing into [`request::LlmRequest`], `model`
 //!   rewriting in request, response and SSE bodies, header names, drop reasons.
+//! - [`objective`]: the priority of a request from the `InferenceObjective` it names.
 //! - [`rewrite`]: which target model an `InferenceModelRewrite` sends a request to.
 //! - [`metrics`]: model-server engines and [`metrics::EndpointMetrics`] from Prometheus text.
 //! - [`scrape`]: the only I/O, a scraper polling `/metrics` into a lock-free store.
@@ -21,6 +22,7 @@
 pub mod crd;
 pub mod flow;
 pub mod metrics;
+pub mod objective;
 pub mod request;
 pub mod rewrite;
 pub mod scheduler;

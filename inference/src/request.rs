@@ -40,6 +40,26 @@ pub const HEADER_MODEL_NAME: &str = "x-gateway-model-name";
 /// Response header carrying a [`DroppedReason`] when the gateway rejects or evicts a request.
 pub const HEADER_DROPPED_REASON: &str = "x-llm-d-request-dropped-reason";
 
+/// The objective a request names: [`HEADER_OBJECTIVE`], else [`HEADER_OBJECTIVE_DEPRECATED`];
+/// `None` when neither is present (or not visible ASCII), which means priority 0.
+pub fn objective_name(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get(HEADER_OBJECTIVE)
+        .or_else(|| headers.get(HEADER_OBJECTIVE_DEPRECATED))
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+}
+
+/// The fairness flow of a request: [`HEADER_FAIRNESS_ID`], or [`DEFAULT_FAIRNESS_ID`] when it
+/// is absent, empty or not visible ASCII.
+pub fn fairness_id(headers: &http::HeaderMap) -> &str {
+    headers
+        .get(HEADER_FAIRNESS_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .unwrap_or(DEFAULT_FAIRNESS_ID)
+}
+
 /// Why a request was not served, sent in [`HEADER_DROPPED_REASON`] with [`Self::status`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DroppedReason {
@@ -658,6 +678,21 @@ mod tests {
             &*rewrite_sse_event(partial, "b"),
             b"data: {\"model\":\"b\"}\ndata: {\"mod"
         );
+    }
+
+    #[test]
+    fn objective_and_fairness_headers() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(objective_name(&h), None);
+        assert_eq!(fairness_id(&h), DEFAULT_FAIRNESS_ID);
+        h.insert(HEADER_OBJECTIVE_DEPRECATED, "old".parse().unwrap());
+        assert_eq!(objective_name(&h), Some("old"));
+        h.insert(HEADER_OBJECTIVE, "batch".parse().unwrap());
+        assert_eq!(objective_name(&h), Some("batch"));
+        h.insert(HEADER_FAIRNESS_ID, "tenant-a".parse().unwrap());
+        assert_eq!(fairness_id(&h), "tenant-a");
+        h.insert(HEADER_FAIRNESS_ID, "".parse().unwrap());
+        assert_eq!(fairness_id(&h), DEFAULT_FAIRNESS_ID);
     }
 
     #[test]
