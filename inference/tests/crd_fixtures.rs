@@ -104,3 +104,40 @@ fn invalid_fixture_is_rejected_by_validate() {
         "spec.targetPorts[2].number: port numbers must be unique"
     );
 }
+
+#[test]
+fn generated_crds_name_the_upstream_resources() {
+    use kube::CustomResourceExt;
+    let pool = v1::InferencePool::crd();
+    assert_eq!(pool.spec.group, GROUP);
+    assert_eq!(pool.spec.names.plural, "inferencepools");
+    assert_eq!(
+        pool.spec.names.short_names,
+        Some(vec!["infpool".to_owned()])
+    );
+    assert_eq!(pool.spec.scope, "Namespaced");
+    assert!(
+        pool.spec.versions[0]
+            .subresources
+            .as_ref()
+            .unwrap()
+            .status
+            .is_some()
+    );
+    assert_eq!(llmd::InferenceObjective::crd().spec.group, "llm-d.ai");
+    assert_eq!(
+        llmd::InferenceModelRewrite::crd().spec.names.kind,
+        "InferenceModelRewrite"
+    );
+    assert_eq!(
+        x_k8s::InferencePool::crd().spec.versions[0].name,
+        "v1alpha2"
+    );
+    assert_eq!(
+        x_k8s::InferenceObjective::crd().spec.group,
+        "inference.networking.x-k8s.io"
+    );
+    // The schema carries the enums, so a generated CRD rejects bad values server-side too.
+    let schema = serde_json::to_string(&pool.spec.versions[0].schema).unwrap();
+    assert!(schema.contains("kubernetes.io/h2c") && schema.contains("FailClose"));
+}
