@@ -1,0 +1,324 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use super::*;
+use crate::metrics::{EndpointMetrics, LoraMetrics};
+
+fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, i as u8], 8000))
+}
+
+fn cand(i: usize, waiting: u32, kv: f64) -> Candidate {
+    Candidate::new(
+        addr(i),
+        Some(Arc::new(EndpointMetrics {
+            waiting,
+            kv_usage: kv,
+            ..Default::default()
+        })),
+    )
+}
+
+fn scores(scorer: &dyn Scorer, req: &SchedRequest<'_>, c: &[Candidate]) -> Vec<f64> {
+    let kept: Vec<usize> = (0..c.len()).collect();
+    let mut out = vec![f64::NAN; c.len()];
+    scorer.score(req, c, &kept, &mut out);
+    out
+}
+
+fn rng() -> StdRng {
+    StdRng::seed_from_u64(1)
+}
+
+#[test]
+fn queue_scorer_min_max_and_equal() {
+    let req = SchedRequest::new("m", "", 0);
+    let c = [
+        cand(1, 0, 0.0),
+        cand(2, 5, 0.0),
+        cand(3, 10, 0.0),
+        Candidate::new(addr(4), None),
+    ];
+    assert_eq!(scores(&QueueScorer, &req, &c), vec![1.0, 0.5, 0.0, 0.0]);
+    let equal = [cand(1, 3, 0.0), cand(2, 3, 0.0)];
+    assert_eq!(scores(&QueueScorer, &req, &equal), vec![1.0, 1.0]);
+}
+
+#[test]
+fn kv_cache_scorer_is_one_minus_usage() {
+    let req = SchedRequest::new("m", "", 0);
+    let c = [
+        cand(1, 0, 0.25),
+        cand(2, 0, 1.0),
+        Candidate::new(addr(3), None),
+    ];
+    assert_eq!(scores(&KvCacheScorer, &req, &c), vec![0.75, 0.0, 0.0]);
+}
+
+#[test]
+fn lora_affinity_levels() {
+    let lora = |active: &[&str], waiting: &[&str], max| {
+        let mut c = cand(1, 0, 0.0);
+        c.metrics = Some(Arc::new(EndpointMetrics {
+            lora: Some(LoraMetrics {
+                active: active.iter().map(|s| s.to_string()).collect(),
+                waiting: waiting.iter().map(|s| s.to_string()).collect(),
+                max,
+            }),
+            ..Default::default()
+        }));
+        c
+    };
+    let c = [
+        lora(&["sql"], &[], 1),
+        lora(&["tweet"], &[], 2),
+        lora(&["tweet"], &["sql"], 2),
+        lora(&["tweet"], &["x"], 2),
+        cand(5, 0, 0.0),
+    ];
+    let req = SchedRequest::new("sql", "", 0).with_adapter(Some("sql"));
+    assert_eq!(
+        scores(&LoraAffinityScorer, &req, &c),
+        vec![1.0, 0.8, 0.6, 0.0, 0.0]
+    );
+    let base = SchedRequest::new("base", "", 0);
+    assert_eq!(scores(&LoraAffinityScorer, &base, &c), vec![1.0; 5]);
+}
+
+#[test]
+fn in_flight_scorer_prefers_idle() {
+    let req = SchedRequest::new("m", "", 0);
+    let mut c = [cand(1, 0, 0.0), cand(2, 0, 0.0)];
+    c[0].in_flight = 4;
+    assert_eq!(scores(&InFlightScorer, &req, &c), vec![0.0, 1.0]);
+}
+
+#[test]
+fn prefix_scorer_scores_then_records_the_pick() {
+    let index = Arc::new(PrefixIndex::default());
+    let scorer = PrefixCacheScorer::new(index.clone());
+    let prompt = "p".repeat(64 * 4);
+    let c = [cand(1, 0, 0.0), cand(2, 0, 0.0)];
+    let req = SchedRequest::new("m", &prompt, 0);
+    assert_eq!(scores(&scorer, &req, &c), vec![0.0, 0.0]);
+    scorer.picked(&req, &c[1]);
+    assert_eq!(
+        scores(&scorer, &SchedRequest::new("m", &prompt, 0), &c),
+        vec![0.0, 1.0]
+    );
+    // Half the blocks shared: a longer prompt with the same first half.
+    let longer = format!("{}{}", "p".repeat(64 * 4), "q".repeat(64 * 4));
+    assert_eq!(
+        scores(&scorer, &SchedRequest::new("m", &longer, 0), &c),
+        vec![0.0, 0.5]
+    );
+    // Another model never matches.
+    assert_eq!(
+        scores(&scorer, &SchedRequest::new("other", &prompt, 0), &c),
+        vec![0.0, 0.0]
+    );
+    // A prompt shorter than a block scores 0 everywhere.
+    assert_eq!(
+        scores(&scorer, &SchedRequest::new("m", "short", 0), &c),
+        vec![0.0, 0.0]
+    );
+    assert_eq!(index.len(addr(2)), 4);
+}
+
+#[test]
+fn max_score_picker_orders_and_breaks_ties_randomly() {
+    let scored = [(0, 1.0), (1, 3.0), (2, 2.0), (3, 3.0)];
+    let mut first = [0usize; 4];
+    let mut r = rng();
+    for _ in 0..200 {
+        let order = MaxScorePicker.pick(&scored, &mut r);
+        assert_eq!(order.len(), 4);
+        assert!(order[0] == 1 || order[0] == 3);
+        assert_eq!(&order[2..], &[2, 0]);
+        first[order[0]] += 1;
+    }
+    assert!(
+        first[1] > 50 && first[3] > 50,
+        "ties split at random: {first:?}"
+    );
+}
+
+#[test]
+fn random_and_round_robin_pickers() {
+    let scored = [(0, 0.0), (1, 0.0), (2, 0.0)];
+    let mut r = rng();
+    let mut order = RandomPicker.pick(&scored, &mut r);
+    order.sort();
+    assert_eq!(order, vec![0, 1, 2]);
+    let rr = RoundRobinPicker::default();
+    assert_eq!(rr.pick(&scored, &mut r), vec![0, 1, 2]);
+    assert_eq!(rr.pick(&scored, &mut r), vec![1, 2, 0]);
+    assert_eq!(rr.pick(&scored, &mut r), vec![2, 0, 1]);
+    assert_eq!(rr.pick(&scored, &mut r), vec![0, 1, 2]);
+    assert!(rr.pick(&[], &mut r).is_empty());
+}
+
+#[test]
+fn saturation_detector_formula_and_staleness() {
+    let d = SaturationDetector::default();
+    assert_eq!(d.endpoint_saturation(&cand(1, 0, 0.0)), 0.0);
+    assert_eq!(d.endpoint_saturation(&cand(1, 5, 0.4)), 1.0);
+    assert_eq!(d.endpoint_saturation(&cand(1, 1, 0.4)), 0.5);
+    assert_eq!(d.endpoint_saturation(&Candidate::new(addr(1), None)), 1.0);
+    let mut stale = cand(1, 0, 0.0);
+    stale.metrics_age = Duration::from_millis(201);
+    assert_eq!(d.endpoint_saturation(&stale), 1.0);
+    stale.metrics_age = Duration::from_millis(200);
+    assert_eq!(d.endpoint_saturation(&stale), 0.0);
+    assert_eq!(d.pool_saturation(&[cand(1, 10, 0.0), cand(2, 0, 0.0)]), 1.0);
+    assert!(d.is_saturated(&[cand(1, 10, 0.0), cand(2, 0, 0.0)]));
+    assert!(!d.is_saturated(&[cand(1, 9, 0.0), cand(2, 0, 0.0)]));
+    assert_eq!(d.pool_saturation(&[]), 1.0);
+}
+
+#[test]
+fn utilization_filter_drops_saturated_but_never_all() {
+    let f = UtilizationFilter::default();
+    let req = SchedRequest::new("m", "", 0);
+    let c = [cand(1, 8, 0.0), cand(2, 0, 0.9), cand(3, 1, 0.1)];
+    let mut kept = vec![0, 1, 2];
+    f.filter(&req, &c, &mut kept);
+    assert_eq!(kept, vec![2]);
+    let busy = [cand(1, 6, 0.0), cand(2, 0, 0.9)];
+    let mut kept = vec![0, 1];
+    f.filter(&req, &busy, &mut kept);
+    assert_eq!(kept, vec![0, 1]);
+    let roomy = UtilizationFilter {
+        headroom: 0.5,
+        ..Default::default()
+    };
+    let mut kept = vec![0, 1, 2];
+    roomy.filter(&req, &c, &mut kept);
+    assert_eq!(kept, vec![1, 2]);
+}
+
+#[test]
+fn admission_rejects_only_sheddable_when_saturated() {
+    assert_eq!(admit(-1, 1.0), Err(DroppedReason::Saturated));
+    assert_eq!(admit(-1, 0.99), Ok(()));
+    assert_eq!(admit(0, 5.0), Ok(()));
+    let s = Scheduler::reference_default();
+    let saturated = [cand(1, 10, 0.9), cand(2, 10, 0.9)];
+    let mut r = rng();
+    assert_eq!(
+        s.schedule(&SchedRequest::new("m", "", -5), &saturated, &mut r),
+        Err(DroppedReason::Saturated)
+    );
+    assert_eq!(
+        s.schedule(&SchedRequest::new("m", "", 0), &saturated, &mut r)
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        s.schedule(&SchedRequest::new("m", "", 0), &[], &mut r),
+        Err(DroppedReason::NoEndpoints)
+    );
+}
+
+struct DropAll;
+impl Filter for DropAll {
+    fn name(&self) -> &'static str {
+        "drop-all"
+    }
+    fn filter(&self, _: &SchedRequest<'_>, _: &[Candidate], kept: &mut Vec<usize>) {
+        kept.clear();
+    }
+}
+
+struct Constant(f64);
+impl Scorer for Constant {
+    fn name(&self) -> &'static str {
+        "constant"
+    }
+    fn score(&self, _: &SchedRequest<'_>, _: &[Candidate], _: &[usize], out: &mut [f64]) {
+        out.fill(self.0);
+    }
+}
+
+#[test]
+fn no_candidate_after_filters_is_saturated() {
+    let mut profile = Profile::reference_default();
+    profile.filters.push(Arc::new(DropAll));
+    let c = [cand(1, 0, 0.0)];
+    assert_eq!(
+        profile.pick(&SchedRequest::new("m", "", 0), &c, &mut rng()),
+        Err(DroppedReason::Saturated)
+    );
+}
+
+#[test]
+fn scores_are_clamped_and_weighted() {
+    // A scorer returning 7.0 counts as 1.0; with weight 1 it cannot beat a real score of 1.0
+    // under weight 2.
+    let profile = Profile {
+        filters: vec![],
+        scorers: vec![
+            (Arc::new(Constant(7.0)), 1.0),
+            (Arc::new(KvCacheScorer), 2.0),
+        ],
+        picker: Arc::new(MaxScorePicker),
+    };
+    let c = [cand(1, 0, 1.0), cand(2, 0, 0.0)];
+    let order = profile
+        .pick(&SchedRequest::new("m", "", 0), &c, &mut rng())
+        .unwrap();
+    assert_eq!(order, vec![1, 0]);
+    let nan = Profile {
+        filters: vec![],
+        scorers: vec![
+            (Arc::new(Constant(f64::NAN)), 5.0),
+            (Arc::new(KvCacheScorer), 1.0),
+        ],
+        picker: Arc::new(MaxScorePicker),
+    };
+    assert_eq!(
+        nan.pick(&SchedRequest::new("m", "", 0), &c, &mut rng())
+            .unwrap(),
+        vec![1, 0]
+    );
+}
+
+#[test]
+fn reference_default_prefers_cached_prefix_then_load() {
+    let profile = Profile::reference_default();
+    assert_eq!(
+        format!("{profile:?}"),
+        "Profile { filters: [], scorers: [(\"queue-scorer\", 2.0), (\"kv-cache-utilization-scorer\", 2.0), (\"prefix-cache-scorer\", 3.0)], picker: \"max-score-picker\" }"
+    );
+    let prompt = "You are a helpful assistant. ".repeat(40);
+    let c: Vec<Candidate> = (1..=4).map(|i| cand(i, 2, 0.3)).collect();
+    let mut r = rng();
+    let first = profile
+        .pick(&SchedRequest::new("m", &prompt, 0), &c, &mut r)
+        .unwrap();
+    assert_eq!(first.len(), 4);
+    // The same prompt goes where its prefix was recorded, every time.
+    for _ in 0..10 {
+        let again = profile
+            .pick(&SchedRequest::new("m", &prompt, 0), &c, &mut r)
+            .unwrap();
+        assert_eq!(again[0], first[0]);
+    }
+    // Unless that endpoint is much busier: queue 2 + kv 2 outweigh prefix 3.
+    let mut busy = c.clone();
+    busy[first[0]] = cand(first[0] + 1, 20, 0.95);
+    let moved = profile
+        .pick(&SchedRequest::new("m", &prompt, 0), &busy, &mut r)
+        .unwrap();
+    assert_ne!(moved[0], first[0]);
+    assert_eq!(
+        *moved.last().unwrap(),
+        first[0],
+        "the busy endpoint is the last fallback"
+    );
+}
