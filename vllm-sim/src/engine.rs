@@ -57,6 +57,16 @@ pub fn jitter<R: Rng + ?Sized>(rng: &mut R, mean: f64, std_dev: f64) -> f64 {
     }
 }
 
+/// A duration of `ms` milliseconds (fractions allowed), rounded to the nanosecond.
+pub fn millis(ms: f64) -> Duration {
+    Duration::from_nanos((ms.max(0.0) * 1e6).round() as u64)
+}
+
+/// The simulated duration of a wall-clock duration under `time_scale`.
+fn sim_duration(wall: Duration, time_scale: f64) -> Duration {
+    Duration::from_nanos((wall.as_nanos() as f64 / time_scale).round() as u64)
+}
+
 /// A request handed to the engine.
 #[derive(Debug, Clone)]
 pub struct EngineRequest {
@@ -265,7 +275,7 @@ impl<T> Engine<T> {
         if let Some(slot) = self.loras.iter_mut().find(|s| s.name == *name) {
             slot.refs += 1;
             let wall = slot.ready_at.saturating_duration_since(now);
-            return Duration::from_secs_f64(wall.as_secs_f64() / self.cfg.time_scale);
+            return sim_duration(wall, self.cfg.time_scale);
         }
         if self.loras.len() >= self.cfg.max_loras
             && let Some(victim) = self
@@ -287,7 +297,7 @@ impl<T> Engine<T> {
             last_used: self.lora_tick,
         });
         tracing::debug!(adapter = %name, "LoRA adapter loading");
-        Duration::from_secs_f64(latency / 1000.0)
+        millis(latency)
     }
 
     fn schedule(&mut self, now: Instant) -> Vec<Started<T>> {
@@ -337,7 +347,7 @@ impl<T> Engine<T> {
             let mean = self.cfg.prefill_overhead_ms
                 + (prompt_tokens - cached_tokens) as f64 * self.cfg.prefill_time_per_token_ms;
             let prefill_ms = jitter(&mut self.rng, mean, self.cfg.prefill_time_std_dev_ms) * f;
-            let prefill = Duration::from_secs_f64(prefill_ms / 1000.0);
+            let prefill = millis(prefill_ms);
             let queue_wall = now.saturating_duration_since(w.since);
             let plan = LatencyPlan {
                 request_id: w.req.id,
@@ -345,7 +355,7 @@ impl<T> Engine<T> {
                 prompt_tokens,
                 cached_tokens,
                 output_tokens: w.req.output_tokens,
-                queue_time: Duration::from_secs_f64(queue_wall.as_secs_f64() / self.cfg.time_scale),
+                queue_time: sim_duration(queue_wall, self.cfg.time_scale),
                 lora_load_wait,
                 load_factor: f,
                 prefill,

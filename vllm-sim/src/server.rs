@@ -388,7 +388,7 @@ async fn route(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Body> {
     };
     match parsed {
         Ok(p) => generate(p, shared).await,
-        Err(resp) => resp,
+        Err(Rejection(status, message)) => error(status, &message),
     }
 }
 
@@ -434,22 +434,25 @@ struct Parsed {
     ignore_eos: bool,
 }
 
-fn bad_json(e: serde_json::Error) -> Response<Body> {
-    error(
+/// A request error found while parsing: status and message.
+struct Rejection(StatusCode, String);
+
+fn bad_json(e: serde_json::Error) -> Rejection {
+    Rejection(
         StatusCode::BAD_REQUEST,
-        &format!("invalid request body: {e}"),
+        format!("invalid request body: {e}"),
     )
 }
 
-fn parse_completion(body: &[u8]) -> Result<Parsed, Response<Body>> {
+fn parse_completion(body: &[u8]) -> Result<Parsed, Rejection> {
     let r: CompletionRequest = serde_json::from_slice(body).map_err(bad_json)?;
     let prompt = match r.prompt {
         Prompt::One(p) => p,
         Prompt::Many(mut v) if v.len() == 1 => v.remove(0),
         Prompt::Many(_) => {
-            return Err(error(
+            return Err(Rejection(
                 StatusCode::BAD_REQUEST,
-                "the simulator serves exactly one prompt per request",
+                "the simulator serves exactly one prompt per request".into(),
             ));
         }
     };
@@ -465,10 +468,13 @@ fn parse_completion(body: &[u8]) -> Result<Parsed, Response<Body>> {
     })
 }
 
-fn parse_chat(body: &[u8]) -> Result<Parsed, Response<Body>> {
+fn parse_chat(body: &[u8]) -> Result<Parsed, Rejection> {
     let r: ChatRequest = serde_json::from_slice(body).map_err(bad_json)?;
     if r.messages.is_empty() {
-        return Err(error(StatusCode::BAD_REQUEST, "messages must not be empty"));
+        return Err(Rejection(
+            StatusCode::BAD_REQUEST,
+            "messages must not be empty".into(),
+        ));
     }
     let (prompt, last) = api::chat_prompt(&r.messages);
     Ok(Parsed {
@@ -582,12 +588,17 @@ async fn generate(p: Parsed, shared: &Arc<Shared>) -> Response<Body> {
         guard,
     };
     if stream {
-        let (mut sender, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(8);
+        let (tx, rx) = mpsc::channel(8);
         tokio::spawn(async move {
-            let Ok(plan) = start_rx.await else { return };
-            let _ = g.stream(plan, &mut sender).await;
+            // A client that leaves while its request waits takes it out of the queue.
+            let plan = tokio::select! {
+                plan = start_rx => plan,
+                _ = tx.closed() => return,
+            };
+            let Ok(plan) = plan else { return };
+            g.stream(plan, &tx).await;
         });
-        let mut r = Response::new(body.boxed());
+        let mut r = Response::new(SseBody { rx }.boxed());
         let h = r.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         h.insert(
@@ -731,16 +742,26 @@ impl Generation {
         Bytes::from(format!("data: {v}\n\n"))
     }
 
-    async fn stream(
-        mut self,
+    /// Sends the SSE events at the simulated pace; stops when the client leaves.
+    async fn stream(mut self, plan: LatencyPlan, tx: &mpsc::Sender<Bytes>) {
+        let _ = self.stream_events(plan, tx).await;
+    }
+
+    async fn stream_events(
+        &mut self,
         plan: LatencyPlan,
-        tx: &mut http_body_util::channel::Sender<Bytes, Infallible>,
-    ) -> Result<(), http_body_util::channel::SendError> {
+        tx: &mpsc::Sender<Bytes>,
+    ) -> Result<(), mpsc::error::SendError<Bytes>> {
         let cached = plan.cached_tokens;
         let created = unix_now();
         let mut p = self.pacer(plan);
         let last = self.output.tokens() - 1;
-        while let Some(i) = self.next_token(&mut p).await {
+        loop {
+            let next = tokio::select! {
+                next = self.next_token(&mut p) => next,
+                _ = tx.closed() => return Err(mpsc::error::SendError(Bytes::new())),
+            };
+            let Some(i) = next else { break };
             let finish = if i == last {
                 json!(self.output.finish.as_str())
             } else {
@@ -750,25 +771,42 @@ impl Generation {
             if self.parsed.chat {
                 if i == 0 {
                     let role = json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
-                    tx.send_data(self.chunk(created, role, None)).await?;
+                    tx.send(self.chunk(created, role, None)).await?;
                 }
                 let c = json!([{"index": 0, "delta": {"content": piece}, "logprobs": null, "finish_reason": finish}]);
-                tx.send_data(self.chunk(created, c, None)).await?;
+                tx.send(self.chunk(created, c, None)).await?;
             } else {
                 let c =
                     json!([{"index": 0, "text": piece, "logprobs": null, "finish_reason": finish}]);
-                tx.send_data(self.chunk(created, c, None)).await?;
+                tx.send(self.chunk(created, c, None)).await?;
             }
         }
         self.record_end(&p);
         if self.parsed.include_usage {
             let u = self.usage(cached);
-            tx.send_data(self.chunk(created, json!([]), Some(u)))
-                .await?;
+            tx.send(self.chunk(created, json!([]), Some(u))).await?;
         }
-        tx.send_data(Bytes::from_static(b"data: [DONE]\n\n"))
-            .await?;
+        tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await?;
         Ok(())
+    }
+}
+
+/// The body of an SSE response: the events the pacing task sends.
+struct SseBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl hyper::body::Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
     }
 }
 

@@ -82,12 +82,10 @@ impl<'a> Iterator for Tokens<'a> {
         let (_, first) = chars.next()?;
         let mut end = first.len_utf8();
         if is_word(first) {
-            let mut n = 1;
-            for (i, c) in chars {
+            for (n, (i, c)) in (1..).zip(chars) {
                 if !is_word(c) || n == MAX_WORD_TOKEN_CHARS {
                     break;
                 }
-                n += 1;
                 end = i + c.len_utf8();
             }
         }
