@@ -398,9 +398,16 @@ async fn full_slots_and_queue_answer_429() {
     .await;
     let addr = sim.local_addr();
     let mut held = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..2 {
         held.push(hold(addr, "base", "hold me").await);
     }
+    wait_for(&sim, "2 running", |s| s.running == 2).await;
+    // A non-streaming request waits in the queue (its response comes at the end).
+    let queued = tokio::spawn(async move {
+        let body =
+            json!({"model": "base", "prompt": "queued", "max_tokens": 1000, "ignore_eos": true});
+        post(addr, "/v1/completions", body).await
+    });
     wait_for(&sim, "2 running, 1 waiting", |s| {
         s.running == 2 && s.waiting == 1
     })
@@ -417,6 +424,9 @@ async fn full_slots_and_queue_answer_429() {
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(a.json()["error"]["code"], 429);
     // The clients leave: their requests end (running and waiting) and the server is free again.
+    queued.abort();
+    let _ = queued.await;
+    wait_for(&sim, "the queued client left", |s| s.waiting == 0).await;
     held.clear();
     wait_for(&sim, "idle", |s| s.running == 0 && s.waiting == 0).await;
     let a = post(
