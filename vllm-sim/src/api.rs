@@ -73,17 +73,18 @@ pub struct Message {
 }
 
 impl Message {
-    /// The message's text.
-    pub fn text(&self) -> String {
+    /// The message's text (borrowed unless it is made of several parts).
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
         match &self.content {
-            None => String::new(),
-            Some(Content::Text(t)) => t.clone(),
+            None => "".into(),
+            Some(Content::Text(t)) => t.as_str().into(),
             Some(Content::Parts(parts)) => parts
                 .iter()
                 .filter(|p| p.kind == "text")
                 .filter_map(|p| p.text.as_deref())
                 .collect::<Vec<_>>()
-                .join("\n"),
+                .join("\n")
+                .into(),
         }
     }
 }
@@ -109,22 +110,17 @@ pub struct ChatRequest {
     pub ignore_eos: bool,
 }
 
-/// Renders a chat request's messages into its prompt text.
+/// Renders a chat request's messages into its prompt text (see [`tokenizer::render_chat`]) and
+/// returns it with the last message's text (what echo mode returns).
 pub fn chat_prompt(messages: &[Message]) -> (String, String) {
-    let texts: Vec<(String, String)> = messages
-        .iter()
-        .map(|m| (m.role.clone(), m.text()))
-        .collect();
+    let texts: Vec<std::borrow::Cow<'_, str>> = messages.iter().map(Message::text).collect();
     let prompt = tokenizer::render_chat(
-        texts
+        messages
             .iter()
-            .map(|(r, t)| -> ChatMessage<'_> { (r.as_str(), t.as_str()) }),
+            .zip(&texts)
+            .map(|(m, t)| -> ChatMessage<'_> { (m.role.as_str(), t.as_ref()) }),
     );
-    let last = texts
-        .into_iter()
-        .next_back()
-        .map(|(_, t)| t)
-        .unwrap_or_default();
+    let last = texts.last().map(|t| t.to_string()).unwrap_or_default();
     (prompt, last)
 }
 

@@ -26,6 +26,7 @@
 //! hashes), [`metrics`] (Prometheus text), [`api`] (request bodies and output text), [`server`]
 //! (HTTP).
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod api;
 pub mod config;

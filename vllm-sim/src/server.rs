@@ -427,7 +427,8 @@ struct Parsed {
     chat: bool,
     model: String,
     prompt: String,
-    echo_source: String,
+    /// Echo mode's text when it is not the prompt (chat: the last message).
+    echo_source: Option<String>,
     max_tokens: Option<u64>,
     stream: bool,
     include_usage: bool,
@@ -459,7 +460,7 @@ fn parse_completion(body: &[u8]) -> Result<Parsed, Rejection> {
     Ok(Parsed {
         chat: false,
         model: r.model,
-        echo_source: prompt.clone(),
+        echo_source: None,
         prompt,
         max_tokens: r.max_tokens,
         stream: r.stream,
@@ -481,7 +482,7 @@ fn parse_chat(body: &[u8]) -> Result<Parsed, Rejection> {
         chat: true,
         model: r.model,
         prompt,
-        echo_source: last,
+        echo_source: Some(last),
         max_tokens: r.max_completion_tokens.or(r.max_tokens),
         stream: r.stream,
         include_usage: r.stream_options.is_some_and(|o| o.include_usage),
@@ -544,7 +545,7 @@ async fn generate(p: Parsed, shared: &Arc<Shared>) -> Response<Body> {
         p.max_tokens.map(|m| m as usize),
         p.ignore_eos,
         room,
-        &p.echo_source,
+        p.echo_source.as_deref().unwrap_or(&p.prompt),
     );
     let adapter = (p.model != cfg.model).then(|| Arc::<str>::from(p.model.as_str()));
     let req = EngineRequest {
