@@ -517,15 +517,27 @@ mod tests {
 
     #[test]
     fn lora_loading_delays_the_first_token_until_the_adapter_is_loaded() {
-        let c = SimConfig { lora_load_latency_ms: 100.0, time_scale: 0.5, ..cfg() };
+        let c = SimConfig {
+            lora_load_latency_ms: 100.0,
+            time_scale: 0.5,
+            ..cfg()
+        };
         let mut e: Engine<u64> = Engine::new(&c);
         let t = Instant::now();
-        let p1 = e.submit(req(1, Some("a"), "x", 1), 1, t).started.remove(0).plan;
+        let p1 = e
+            .submit(req(1, Some("a"), "x", 1), 1, t)
+            .started
+            .remove(0)
+            .plan;
         assert_eq!(p1.lora_load_wait, Duration::from_millis(100));
         assert_eq!(p1.ttft, p1.lora_load_wait + p1.prefill);
         // 20 ms of wall-clock time later (40 ms simulated at scale 0.5) the load is 60 % done.
         let later = t + Duration::from_millis(20);
-        let p2 = e.submit(req(2, Some("a"), "x", 1), 2, later).started.remove(0).plan;
+        let p2 = e
+            .submit(req(2, Some("a"), "x", 1), 2, later)
+            .started
+            .remove(0)
+            .plan;
         assert_eq!(p2.lora_load_wait, Duration::from_millis(60));
         let p3 = e.submit(req(3, None, "x", 1), 3, later);
         assert!(p3.started.is_empty(), "both slots are busy");

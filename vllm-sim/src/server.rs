@@ -616,10 +616,16 @@ async fn generate(p: Parsed, shared: &Arc<Shared>) -> Response<Body> {
 }
 
 /// Sleeps through a plan token by token and records the latency metrics.
+///
+/// Tokens are due on absolute deadlines (each one the previous deadline plus its gap), so the
+/// timer's millisecond resolution delays single tokens but never accumulates over a stream, even
+/// with a small `time_scale`.
 struct Pacer {
     plan: LatencyPlan,
     next: usize,
     start: Instant,
+    /// When the last token was due.
+    due: Instant,
     first: Option<Instant>,
     last: Instant,
 }
@@ -634,6 +640,7 @@ impl Generation {
         Pacer {
             plan,
             next: 0,
+            due: now,
             start: now,
             first: None,
             last: now,
@@ -647,7 +654,8 @@ impl Generation {
         }
         let cfg = &self.shared.cfg;
         if p.next == 0 {
-            sleep(cfg.wall(p.plan.ttft.as_secs_f64() * 1000.0)).await;
+            p.due += cfg.wall(p.plan.ttft.as_secs_f64() * 1000.0);
+            sleep_until(p.due).await;
             let now = Instant::now();
             p.first = Some(now);
             p.last = now;
@@ -662,7 +670,8 @@ impl Generation {
                 cfg.inter_token_latency_ms,
                 cfg.inter_token_latency_std_dev_ms,
             ) * f;
-            sleep(cfg.wall(ms)).await;
+            p.due += cfg.wall(ms);
+            sleep_until(p.due).await;
             let now = Instant::now();
             let gap = now.duration_since(p.last).as_secs_f64() / self.scale();
             p.last = now;
@@ -811,8 +820,9 @@ impl hyper::body::Body for SseBody {
     }
 }
 
-async fn sleep(d: Duration) {
-    if !d.is_zero() {
-        tokio::time::sleep(d).await;
+/// Sleeps until `due` unless it has passed.
+async fn sleep_until(due: Instant) {
+    if due > Instant::now() {
+        tokio::time::sleep_until(due.into()).await;
     }
 }
