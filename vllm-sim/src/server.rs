@@ -571,11 +571,15 @@ async fn generate(p: Parsed, shared: &Arc<Shared>) -> Response<Body> {
         id,
         tx: shared.tx.clone(),
     };
-    if !acc_rx.await.unwrap_or(false) {
-        return error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "the server is busy: its waiting queue is full",
-        );
+    match acc_rx.await {
+        Ok(true) => {}
+        Ok(false) => {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "the server is busy: its waiting queue is full",
+            );
+        }
+        Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "engine stopped"),
     }
     let stream = p.stream;
     let g = Generation {
