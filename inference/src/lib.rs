@@ -13,14 +13,19 @@
 //!   prefix-cache index; saturation and admission.
 //! - [`flow`]: flow-control queues with strict priority bands, fair flows and TTLs.
 //!
-//! Nothing here depends on gateway-core or Pingora: the data plane calls these pieces per
-//! request (parse, resolve objective and rewrite, admit or queue, schedule, rewrite the
-//! response back). Libraries never install a tracing subscriber; this one only logs.
+//! - [`gateway`] (cargo feature `gateway`, on by default): the data-plane side on gateway-core,
+//!   the InferencePool filter and endpoint picker.
+//!
+//! Without the `gateway` feature nothing here depends on gateway-core or Pingora: the data plane
+//! calls these pieces per request (parse, resolve objective and rewrite, admit or queue,
+//! schedule, rewrite the response back). Libraries never install a tracing subscriber; this one only logs.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod crd;
 pub mod flow;
+#[cfg(feature = "gateway")]
+pub mod gateway;
 pub mod metrics;
 pub mod objective;
 pub mod request;

@@ -1,0 +1,561 @@
+//! The data-plane side: InferencePool backends served by a gateway-core [`Gateway`].
+//!
+//! A configuration source (gateway-k8s) turns an HTTPRoute backendRef to an InferencePool into a
+//! gateway-core backend whose endpoints are the pool's Pods x target ports, whose load balancer
+//! is the custom picker [`PICKER`], and which carries one backend filter, an `ExtensionRef` of
+//! group [`crate::crd::GROUP`] and kind [`POOL_KIND`] with the pool's [`PoolSettings`]. This
+//! module provides both halves, registered with [`InferenceGateway::register_filters`] and
+//! [`InferenceGateway::install`]:
+//!
+//! - the **pool filter** runs after the backend is chosen, before the endpoint: it takes the
+//!   objective header (priority), asks for the whole body (bounded by
+//!   [`InferenceGateway::body_limit`], 413 over), parses it as an OpenAI completions or chat
+//!   request (400 when it is not one; other paths pass through), applies the pool's
+//!   InferenceModelRewrites (the body sent upstream names the target model), and admits the
+//!   request: a sheddable one (priority < 0) gets 429 with `x-llm-d-request-dropped-reason:
+//!   rejected-saturated` while the pool is saturated. On the response it reports the endpoint
+//!   that served in `x-gateway-destination-endpoint-served` and writes the requested model name
+//!   back into JSON and SSE bodies;
+//! - the **picker** orders the endpoints for each attempt with the pool's scheduler (the
+//!   reference default profile over the scraped metrics and the gateway's own in-flight counts):
+//!   the first is used, the rest are the fallbacks retries walk. A request the filter did not
+//!   see (no parsed body) falls back to round robin.
+//!
+//! Each pool keeps one runtime across configuration swaps (by `namespace/name`): its metrics
+//! store and scraper (every endpoint's `/metrics` every 50 ms, started by the pool's first
+//! request), its prefix-cache index. It is dropped with the last configuration that references
+//! the pool.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
+use gateway_core::config::ExtensionRef;
+use gateway_core::{
+    DirectResponse, Endpoint, EndpointPicker, Error, ErrorKind, FilterAction, FilterCtx,
+    FilterRegistry, Gateway, HttpFilter, PickRequest, ResponseHeader, Session, async_trait,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::Engine;
+use crate::objective::Objectives;
+use crate::request::{self, ApiKind, DroppedReason};
+use crate::rewrite::{ModelRewrites, RewriteSource};
+use crate::scheduler::{Candidate, SchedRequest, Scheduler};
+use crate::scrape::{self, MetricsStore, ScrapeConfig, ScraperHandle};
+
+/// The `ExtensionRef` kind of the pool filter (group [`crate::crd::GROUP`]).
+pub const POOL_KIND: &str = "InferencePool";
+/// The name the pool picker is registered under ([`gateway_core::config::LoadBalancer::Custom`]).
+pub const PICKER: &str = "inference.networking.k8s.io/InferencePool";
+/// Default bound of a buffered inference request body: 4 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// The settings of one pool filter, as the configuration source writes them into
+/// [`ExtensionRef::config`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolSettings {
+    /// The pool's identity; its runtime state is kept by it across configurations.
+    pub pool: PoolName,
+    /// Every endpoint with its model-server engine, in the backend's order.
+    #[serde(default)]
+    pub endpoints: Vec<PoolEndpoint>,
+    /// The InferenceObjectives that name this pool.
+    #[serde(default)]
+    pub objectives: Vec<PoolObjective>,
+    /// The InferenceModelRewrites that name this pool.
+    #[serde(default)]
+    pub rewrites: Vec<PoolRewrite>,
+}
+
+/// A pool's namespace and name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolName {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// One endpoint of a pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolEndpoint {
+    /// `podIP:targetPort`.
+    pub address: SocketAddr,
+    /// The engine (`vllm`, `sglang`, `trtllm-serve`, `triton-trtllm`); unknown or unset: vLLM.
+    #[serde(default)]
+    pub engine: Option<String>,
+}
+
+/// An InferenceObjective of the pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolObjective {
+    /// Its name (what the objective header names).
+    pub name: String,
+    /// Its priority (unset = 0).
+    #[serde(default)]
+    pub priority: Option<i32>,
+}
+
+/// An InferenceModelRewrite of the pool.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolRewrite {
+    /// Its name.
+    pub name: String,
+    /// Its creation time (older rewrites win ties).
+    #[serde(default)]
+    pub created: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Its spec.
+    pub spec: crate::crd::llmd::InferenceModelRewriteSpec,
+}
+
+/// The inference data plane of one gateway: the pool runtimes, the filter factory and the
+/// picker. Clone it freely (shared).
+#[derive(Clone)]
+pub struct InferenceGateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pools: Mutex<HashMap<String, Weak<PoolRuntime>>>,
+    scrape: ScrapeConfig,
+    body_limit: usize,
+}
+
+impl Default for InferenceGateway {
+    fn default() -> Self {
+        InferenceGateway::new(ScrapeConfig::default(), DEFAULT_BODY_LIMIT)
+    }
+}
+
+impl std::fmt::Debug for InferenceGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InferenceGateway")
+            .field("scrape", &self.inner.scrape)
+            .field("body_limit", &self.inner.body_limit)
+            .finish()
+    }
+}
+
+impl InferenceGateway {
+    /// Pools scraped with `scrape` (default every 50 ms), request bodies buffered up to
+    /// `body_limit` bytes (default [`DEFAULT_BODY_LIMIT`]).
+    pub fn new(scrape: ScrapeConfig, body_limit: usize) -> Self {
+        InferenceGateway {
+            inner: Arc::new(Inner {
+                pools: Mutex::new(HashMap::new()),
+                scrape,
+                body_limit,
+            }),
+        }
+    }
+
+    /// The bound of a buffered request body.
+    pub fn body_limit(&self) -> usize {
+        self.inner.body_limit
+    }
+
+    /// Registers the pool filter ([`crate::crd::GROUP`] / [`POOL_KIND`]) in `registry`, for a
+    /// [`Gateway::new`] and for the translator, which serves InferencePool backendRefs only when
+    /// its registry has that kind.
+    pub fn register_filters(&self, registry: &mut FilterRegistry) {
+        let this = self.clone();
+        registry.register(crate::crd::GROUP, POOL_KIND, move |r: &ExtensionRef| {
+            this.build_filter(r)
+        });
+    }
+
+    /// Registers the picker under [`PICKER`] with `gateway`.
+    pub fn install(&self, gateway: &Gateway) {
+        gateway.register_picker(PICKER, Arc::new(PoolPicker));
+    }
+
+    /// The pool filter for `reference`; creates or updates the pool's runtime. Runs when a
+    /// configuration is applied.
+    fn build_filter(&self, reference: &ExtensionRef) -> gateway_core::Result<Arc<dyn HttpFilter>> {
+        let settings: PoolSettings = match &reference.config {
+            Some(config) => serde_json::from_value(config.clone()).map_err(|e| {
+                Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!("InferencePool {}: settings: {e}", reference.name),
+                )
+            })?,
+            None => {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!("InferencePool {}: no settings", reference.name),
+                ));
+            }
+        };
+        let runtime = self.runtime(&settings);
+        Ok(Arc::new(PoolFilter {
+            runtime,
+            body_limit: self.inner.body_limit,
+        }))
+    }
+
+    /// The runtime of the pool `settings` names, created on first use, updated to `settings`.
+    fn runtime(&self, settings: &PoolSettings) -> Arc<PoolRuntime> {
+        let key = format!("{}/{}", settings.pool.namespace, settings.pool.name);
+        let mut pools = self.inner.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|_, w| w.strong_count() > 0);
+        let runtime = match pools.get(&key).and_then(Weak::upgrade) {
+            Some(r) => r,
+            None => {
+                let r = Arc::new(PoolRuntime::new(key.clone(), &self.inner.scrape));
+                pools.insert(key, Arc::downgrade(&r));
+                r
+            }
+        };
+        runtime.update(settings);
+        runtime
+    }
+}
+
+/// One pool's state across configurations.
+struct PoolRuntime {
+    key: String,
+    store: Arc<MetricsStore>,
+    scrape: ScrapeConfig,
+    /// Started by the first request (on the gateway's runtime; a translator that only builds
+    /// filters to check settings starts nothing); stops scraping when the runtime is dropped.
+    scraper: OnceLock<ScraperHandle>,
+    scheduler: Scheduler,
+    objectives: ArcSwap<Objectives>,
+    rewrites: ArcSwap<ModelRewrites>,
+}
+
+impl PoolRuntime {
+    fn new(key: String, scrape: &ScrapeConfig) -> Self {
+        PoolRuntime {
+            key,
+            store: Arc::new(MetricsStore::new()),
+            scrape: scrape.clone(),
+            scraper: OnceLock::new(),
+            scheduler: Scheduler::reference_default(),
+            objectives: ArcSwap::from_pointee(Objectives::default()),
+            rewrites: ArcSwap::from_pointee(ModelRewrites::default()),
+        }
+    }
+
+    /// Starts the scraper if it is not running. Called on the request path (inside the
+    /// gateway's Tokio runtime): after the first request, one atomic load.
+    fn ensure_scraping(&self) {
+        self.scraper
+            .get_or_init(|| scrape::spawn(self.store.clone(), self.scrape.clone()));
+    }
+
+    fn update(&self, settings: &PoolSettings) {
+        self.store.set_endpoints(settings.endpoints.iter().map(|e| {
+            let engine = e
+                .engine
+                .as_deref()
+                .and_then(Engine::from_name)
+                .unwrap_or_default();
+            (e.address, engine)
+        }));
+        let objectives: Vec<(String, crate::crd::llmd::InferenceObjectiveSpec)> = settings
+            .objectives
+            .iter()
+            .map(|o| {
+                (
+                    o.name.clone(),
+                    crate::crd::llmd::InferenceObjectiveSpec {
+                        priority: o.priority,
+                        pool_ref: crate::crd::PoolObjectReference::new(&settings.pool.name),
+                    },
+                )
+            })
+            .collect();
+        self.objectives.store(Arc::new(Objectives::new(
+            objectives.iter().map(|(n, s)| (n.as_str(), s)),
+        )));
+        let rewrites = settings
+            .rewrites
+            .iter()
+            .map(|r| RewriteSource {
+                key: r.name.clone(),
+                created: r.created.clone(),
+                spec: r.spec.clone(),
+            })
+            .collect();
+        self.rewrites.store(Arc::new(ModelRewrites::new(rewrites)));
+    }
+
+    /// The candidates for `endpoints` now: scraped metrics and the gateway's in-flight counts;
+    /// unavailable endpoints (ejected, failing health checks) left out.
+    fn candidates(&self, endpoints: &[Endpoint], now: Instant) -> Vec<(usize, Candidate)> {
+        endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.is_available())
+            .map(|(i, e)| {
+                let mut c = self.store.candidate(e.address(), now);
+                c.in_flight = e.in_flight();
+                (i, c)
+            })
+            .collect()
+    }
+
+    /// The pool's candidates as the store knows them (for admission before the endpoints are
+    /// in hand).
+    fn stored_candidates(&self, now: Instant) -> Vec<Candidate> {
+        self.store
+            .endpoints()
+            .into_iter()
+            .map(|(addr, _)| self.store.candidate(addr, now))
+            .collect()
+    }
+}
+
+/// What the pool filter learnt about a request, for the picker and the response.
+struct Scheduled {
+    runtime: Arc<PoolRuntime>,
+    /// The model sent upstream.
+    model: String,
+    prompt: String,
+    priority: i32,
+    /// The model the client asked for, when a rewrite changed it.
+    requested: Option<String>,
+    stream: bool,
+    /// The endpoints in order of preference, decided at the first attempt.
+    order: OnceLock<Vec<SocketAddr>>,
+}
+
+/// The objective header's priority, taken before the body is read.
+struct Priority(i32);
+
+/// A JSON response body collected to write the requested model back.
+struct Collected(BytesMut);
+
+struct PoolFilter {
+    runtime: Arc<PoolRuntime>,
+    body_limit: usize,
+}
+
+/// A JSON error body in the OpenAI shape.
+fn error_response(status: u16, message: &str, reason: Option<DroppedReason>) -> DirectResponse {
+    let body = serde_json::json!({
+        "error": {"message": message, "type": "invalid_request_error", "code": status}
+    });
+    let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+    if let Some(reason) = reason {
+        headers.push((
+            request::HEADER_DROPPED_REASON.to_owned(),
+            reason.as_str().to_owned(),
+        ));
+    }
+    DirectResponse {
+        status,
+        headers,
+        body: Bytes::from(body.to_string()),
+    }
+}
+
+#[async_trait]
+impl HttpFilter for PoolFilter {
+    async fn request_headers(
+        &self,
+        session: &mut Session,
+        ctx: &mut FilterCtx,
+    ) -> gateway_core::Result<FilterAction> {
+        self.runtime.ensure_scraping();
+        let headers = &session.req_header().headers;
+        let priority = self
+            .runtime
+            .objectives
+            .load()
+            .priority(request::objective_name(headers));
+        // The picker's inputs are for the gateway, not the model server.
+        for name in [
+            request::HEADER_OBJECTIVE,
+            request::HEADER_OBJECTIVE_DEPRECATED,
+            request::HEADER_FAIRNESS_ID,
+        ] {
+            session.req_header_mut().remove_header(name);
+        }
+        ctx.insert_state(Priority(priority));
+        if ApiKind::from_path(session.req_header().uri.path()).is_some() {
+            ctx.buffer_request_body(self.body_limit);
+        }
+        Ok(FilterAction::Continue)
+    }
+
+    async fn request_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut FilterCtx,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+    ) -> gateway_core::Result<FilterAction> {
+        let Some(kind) = ApiKind::from_path(session.req_header().uri.path()) else {
+            return Ok(FilterAction::Continue);
+        };
+        if !end_of_stream || ctx.state::<Scheduled>().is_some() {
+            return Ok(FilterAction::Continue);
+        }
+        let priority = ctx.state::<Priority>().map_or(0, |p| p.0);
+        let bytes = body.clone().unwrap_or_default();
+        let parsed = match request::parse_request(kind, &bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                return Ok(FilterAction::Respond(error_response(
+                    400,
+                    &e.to_string(),
+                    None,
+                )));
+            }
+        };
+        let mut model = parsed.model.clone();
+        let mut requested = None;
+        let rewrites = self.runtime.rewrites.load();
+        if let Some(targets) = rewrites.resolve(&parsed.model) {
+            let target = targets.pick(rand::random::<u32>()).to_owned();
+            if target != parsed.model {
+                match request::rewrite_model(&bytes, &target) {
+                    Ok(rewritten) => *body = Some(Bytes::from(rewritten)),
+                    Err(e) => {
+                        return Ok(FilterAction::Respond(error_response(
+                            400,
+                            &e.to_string(),
+                            None,
+                        )));
+                    }
+                }
+                requested = Some(std::mem::replace(&mut model, target));
+            }
+        }
+        let detector = &self.runtime.scheduler.detector;
+        let saturation = detector.pool_saturation(&self.runtime.stored_candidates(Instant::now()));
+        if let Err(reason) = crate::scheduler::admit(priority, saturation) {
+            tracing::debug!(pool = %self.runtime.key, priority, saturation, "sheddable request dropped");
+            return Ok(FilterAction::Respond(error_response(
+                reason.status(),
+                "the pool is saturated",
+                Some(reason),
+            )));
+        }
+        ctx.insert_state(Scheduled {
+            runtime: self.runtime.clone(),
+            model,
+            prompt: parsed.prompt,
+            priority,
+            requested,
+            stream: parsed.stream,
+            order: OnceLock::new(),
+        });
+        Ok(FilterAction::Continue)
+    }
+
+    async fn response_headers(
+        &self,
+        _session: &mut Session,
+        ctx: &mut FilterCtx,
+        response: &mut ResponseHeader,
+    ) -> gateway_core::Result<()> {
+        if let Some(endpoint) = ctx.endpoint() {
+            let _ = response.insert_header(
+                request::HEADER_DESTINATION_ENDPOINT_SERVED,
+                endpoint.to_string(),
+            );
+        }
+        if ctx
+            .state::<Scheduled>()
+            .is_some_and(|s| s.requested.is_some())
+        {
+            // The body is rewritten: its length changes.
+            response.remove_header(&http::header::CONTENT_LENGTH);
+        }
+        Ok(())
+    }
+
+    fn response_body(
+        &self,
+        _session: &mut Session,
+        ctx: &mut FilterCtx,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+    ) -> gateway_core::Result<()> {
+        let Some((requested, stream)) = ctx
+            .state::<Scheduled>()
+            .and_then(|s| s.requested.clone().map(|r| (r, s.stream)))
+        else {
+            return Ok(());
+        };
+        if stream {
+            // Server-sent events: each chunk's `data:` events carry the model.
+            if let Some(chunk) = body.as_ref()
+                && let std::borrow::Cow::Owned(rewritten) =
+                    request::rewrite_sse_event(chunk, &requested)
+            {
+                *body = Some(Bytes::from(rewritten));
+            }
+            return Ok(());
+        }
+        // One JSON document: collect it, write it back whole at the end.
+        if let Some(chunk) = body.take() {
+            match ctx.state_mut::<Collected>() {
+                Some(c) => c.0.extend_from_slice(&chunk),
+                None => {
+                    ctx.insert_state(Collected(BytesMut::from(&chunk[..])));
+                }
+            }
+        }
+        if end_of_stream {
+            let whole = ctx
+                .remove_state::<Collected>()
+                .map(|c| c.0.freeze())
+                .unwrap_or_default();
+            *body = Some(match request::rewrite_response_model(&whole, &requested) {
+                std::borrow::Cow::Owned(b) => Bytes::from(b),
+                std::borrow::Cow::Borrowed(_) => whole,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Orders a pool's endpoints for each attempt (see the module documentation).
+struct PoolPicker;
+
+#[async_trait]
+impl EndpointPicker for PoolPicker {
+    async fn pick(
+        &self,
+        request: &PickRequest<'_>,
+        endpoints: &[Endpoint],
+        out: &mut Vec<usize>,
+    ) -> gateway_core::Result<()> {
+        let Some(state) = request.ctx.state::<Scheduled>() else {
+            // Not an inference request the filter parsed: round robin.
+            return Ok(());
+        };
+        let order = state.order.get_or_init(|| {
+            let runtime = &state.runtime;
+            let indexed = runtime.candidates(endpoints, Instant::now());
+            let candidates: Vec<Candidate> = indexed.iter().map(|(_, c)| c.clone()).collect();
+            let req = SchedRequest::new(&state.model, &state.prompt, state.priority);
+            match runtime
+                .scheduler
+                .profile
+                .pick(&req, &candidates, &mut rand::rng())
+            {
+                Ok(order) => order.into_iter().map(|i| candidates[i].addr).collect(),
+                Err(reason) => {
+                    tracing::debug!(pool = %runtime.key, reason = reason.as_str(), "no endpoint scored: round robin");
+                    Vec::new()
+                }
+            }
+        });
+        out.extend(
+            order
+                .iter()
+                .filter_map(|addr| endpoints.iter().position(|e| e.address() == *addr)),
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,371 @@
+//! The InferencePool filter and picker in a real gateway, in front of simulated vLLM servers,
+//! through loopback sockets: load-aware endpoint choice from scraped metrics, the served endpoint
+//! reported, model rewrites there and back (JSON and SSE), sheddable requests refused while the
+//! pool is saturated, malformed requests refused, other paths passed through.
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gateway_core::config::*;
+use gateway_core::{FilterRegistry, Gateway};
+use gateway_inference::gateway::{
+    InferenceGateway, PICKER, POOL_KIND, PoolEndpoint, PoolName, PoolObjective, PoolRewrite,
+    PoolSettings,
+};
+use gateway_inference::scrape::ScrapeConfig;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use vllm_sim::{RunningSim, SimConfig, Simulator};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+async fn sim(pod: &str, max_num_seqs: usize, itl_ms: f64) -> RunningSim {
+    let config = SimConfig {
+        model: "base".into(),
+        max_num_seqs,
+        inter_token_latency_ms: itl_ms,
+        pod_name: Some(pod.into()),
+        seed: Some(7),
+        ..SimConfig::default()
+    };
+    Simulator::serve(config, SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("simulator")
+}
+
+fn settings(
+    sims: &[&RunningSim],
+    objectives: Vec<PoolObjective>,
+    rewrites: Vec<PoolRewrite>,
+) -> PoolSettings {
+    PoolSettings {
+        pool: PoolName {
+            namespace: "llm".into(),
+            name: "pool".into(),
+        },
+        endpoints: sims
+            .iter()
+            .map(|s| PoolEndpoint {
+                address: s.local_addr(),
+                engine: Some("vllm".into()),
+            })
+            .collect(),
+        objectives,
+        rewrites,
+    }
+}
+
+/// A gateway on a free port whose one route sends everything to the pool.
+async fn gateway(inference: &InferenceGateway, settings: &PoolSettings) -> (Gateway, u16) {
+    let mut registry = FilterRegistry::new();
+    inference.register_filters(&mut registry);
+    let gw = Gateway::new(registry);
+    inference.install(&gw);
+    let mut backend = BackendRef::endpoints(
+        "llm/pool",
+        settings.endpoints.iter().map(|e| e.address).collect(),
+    );
+    if let BackendTarget::Endpoints(b) = &mut backend.target {
+        b.policy.load_balancer = LoadBalancer::Custom(PICKER.into());
+    }
+    let mut ext = ExtensionRef::new(gateway_inference::crd::GROUP, POOL_KIND, "pool");
+    ext.config = Some(serde_json::to_value(settings).expect("settings"));
+    backend.filters = vec![Filter::ExtensionRef(ext)];
+    let rule = Rule::prefix("/").backend(backend);
+    let route = Route::new("llm", "chat").rule(rule);
+    let port = free_port();
+    let mut listener = Listener::new("llm/gw/http", 80);
+    listener.routes = vec![route.into()];
+    let config = Config {
+        binds: vec![Bind {
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            protocol: Protocol::Http,
+            listeners: vec![listener],
+        }],
+        ..Default::default()
+    };
+    gw.apply(config).await.expect("apply");
+    (gw, port)
+}
+
+struct Reply {
+    status: u16,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+async fn post(port: u16, path: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = http::Request::post(format!("http://127.0.0.1:{port}{path}"))
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("request");
+    let resp = client.request(req).await.expect("response");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+async fn get(port: u16, path: &str) -> Reply {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let resp = client
+        .get(
+            format!("http://127.0.0.1:{port}{path}")
+                .parse()
+                .expect("uri"),
+        )
+        .await
+        .expect("response");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+fn chat(model: &str, text: &str, stream: bool) -> String {
+    serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": text}],
+        "max_tokens": 4,
+        "stream": stream,
+    })
+    .to_string()
+}
+
+fn served(reply: &Reply) -> String {
+    reply
+        .headers
+        .get("x-gateway-destination-endpoint-served")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_go_to_the_least_loaded_server_and_report_it() {
+    let busy = sim("busy", 1, 200.0).await;
+    let idle = sim("idle", 1, 0.0).await;
+    let inference = InferenceGateway::default();
+    let (_gw, port) = gateway(&inference, &settings(&[&busy, &idle], vec![], vec![])).await;
+
+    // Both answer through the gateway, which names the endpoint that served.
+    let first = post(
+        port,
+        "/v1/chat/completions",
+        &chat("base", "hello there", false),
+        &[],
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let endpoint = served(&first);
+    assert!(
+        endpoint == busy.local_addr().to_string() || endpoint == idle.local_addr().to_string(),
+        "served by {endpoint:?}"
+    );
+
+    // Occupy `busy` directly for the rest of the test: one running, two waiting (200 ms per
+    // token, 900 tokens each); the holders are dropped at the end.
+    let busy_port = busy.local_addr().port();
+    let mut holders = Vec::new();
+    for i in 0..3 {
+        let body = serde_json::json!({
+            "model": "base", "prompt": format!("hold {i}"), "max_tokens": 900, "ignore_eos": true
+        })
+        .to_string();
+        holders.push(tokio::spawn(async move {
+            post(busy_port, "/v1/completions", &body, &[]).await
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while busy.state().await.waiting < 2 {
+        assert!(Instant::now() < deadline, "the busy server never queued");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Once the gateway has scraped the queue, every request goes to the idle server. A request
+    // sent to the busy one before that waits in its queue: given up after a while, it counts
+    // as not served by the idle one.
+    let mut in_a_row = 0;
+    let mut sent = 0;
+    while in_a_row < 8 {
+        assert!(
+            sent < 100,
+            "the gateway kept sending requests to the busy server"
+        );
+        sent += 1;
+        let body = chat("base", &format!("question {sent}"), false);
+        let reply = tokio::time::timeout(
+            Duration::from_secs(3),
+            post(port, "/v1/chat/completions", &body, &[]),
+        )
+        .await;
+        match reply {
+            Ok(reply) if served(&reply) == idle.local_addr().to_string() => {
+                assert_eq!(reply.status, 200, "{}", reply.body);
+                in_a_row += 1;
+            }
+            _ => {
+                in_a_row = 0;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    for h in holders {
+        h.abort();
+    }
+    busy.shutdown().await;
+    idle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_rewrites_apply_upstream_and_are_undone_in_responses() {
+    let server = sim("one", 4, 0.0).await;
+    let rewrite: PoolRewrite = serde_json::from_value(serde_json::json!({
+        "name": "alias",
+        "spec": {
+            "poolRef": {"name": "pool"},
+            "rules": [{"matches": [{"model": {"type": "Exact", "value": "alias"}}],
+                       "targets": [{"modelRewrite": "base"}]}]
+        }
+    }))
+    .expect("rewrite");
+    let inference = InferenceGateway::default();
+    let (_gw, port) = gateway(&inference, &settings(&[&server], vec![], vec![rewrite])).await;
+
+    // The simulator knows only `base`: it answers because the gateway rewrote the request.
+    let json = post(
+        port,
+        "/v1/chat/completions",
+        &chat("alias", "hi", false),
+        &[],
+    )
+    .await;
+    assert_eq!(json.status, 200, "{}", json.body);
+    let value: serde_json::Value = serde_json::from_str(&json.body).expect("json");
+    assert_eq!(value["model"], "alias");
+    assert!(json.headers.get("content-length").is_none_or(|l| {
+        l.to_str().ok().and_then(|l| l.parse::<usize>().ok()) == Some(json.body.len())
+    }));
+
+    let sse = post(
+        port,
+        "/v1/chat/completions",
+        &chat("alias", "hi", true),
+        &[],
+    )
+    .await;
+    assert_eq!(sse.status, 200, "{}", sse.body);
+    let events: Vec<&str> = sse
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .collect();
+    assert!(!events.is_empty(), "{}", sse.body);
+    for event in events {
+        let v: serde_json::Value = serde_json::from_str(event).expect("event");
+        assert_eq!(v["model"], "alias", "{event}");
+    }
+    assert!(sse.body.trim_end().ends_with("data: [DONE]"));
+
+    // Without a rewrite the model passes as asked.
+    let plain = post(
+        port,
+        "/v1/chat/completions",
+        &chat("base", "hi", false),
+        &[],
+    )
+    .await;
+    assert_eq!(plain.status, 200);
+    let value: serde_json::Value = serde_json::from_str(&plain.body).expect("json");
+    assert_eq!(value["model"], "base");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sheddable_requests_get_429_while_the_pool_is_saturated() {
+    let server = sim("one", 4, 0.0).await;
+    let objectives = vec![
+        PoolObjective {
+            name: "batch".into(),
+            priority: Some(-1),
+        },
+        PoolObjective {
+            name: "critical".into(),
+            priority: Some(10),
+        },
+    ];
+    // Metrics never scrape (wrong path): every endpoint counts as saturated.
+    let inference = InferenceGateway::new(
+        ScrapeConfig {
+            path: "/no-metrics-here".into(),
+            ..ScrapeConfig::default()
+        },
+        1024,
+    );
+    let (_gw, port) = gateway(&inference, &settings(&[&server], objectives, vec![])).await;
+    let shed = post(
+        port,
+        "/v1/chat/completions",
+        &chat("base", "hi", false),
+        &[("x-llm-d-inference-objective", "batch")],
+    )
+    .await;
+    assert_eq!(shed.status, 429, "{}", shed.body);
+    assert_eq!(
+        shed.headers
+            .get("x-llm-d-request-dropped-reason")
+            .and_then(|v| v.to_str().ok()),
+        Some("rejected-saturated")
+    );
+    // Other priorities are served.
+    for objective in ["critical", "unknown"] {
+        let ok = post(
+            port,
+            "/v1/chat/completions",
+            &chat("base", "hi", false),
+            &[("x-llm-d-inference-objective", objective)],
+        )
+        .await;
+        assert_eq!(ok.status, 200, "{objective}: {}", ok.body);
+    }
+    let ok = post(
+        port,
+        "/v1/chat/completions",
+        &chat("base", "hi", false),
+        &[],
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+
+    // Malformed inference requests are refused; over the body bound, 413.
+    let bad = post(port, "/v1/chat/completions", "{not json", &[]).await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    let big = chat("base", &"word ".repeat(400), false);
+    let over = post(port, "/v1/chat/completions", &big, &[]).await;
+    assert_eq!(over.status, 413);
+    // Other paths pass through (round robin).
+    let models = get(port, "/v1/models").await;
+    assert_eq!(models.status, 200);
+    assert!(models.body.contains("base"));
+    server.shutdown().await;
+}
