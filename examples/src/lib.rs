@@ -13,14 +13,26 @@ mod serve;
 /// The GatewayClass `controllerName` the example gateways serve unless told otherwise.
 pub const DEFAULT_CONTROLLER_NAME: &str = "gateway.pingora.rs/controller";
 
-/// The filters the example gateways know: gateway-core's built-ins (`DirectResponse`) and every
+/// The filters the example gateways know: gateway-core's built-ins (`DirectResponse`), every
 /// kind of the `gateway-filters` crate (`TrafficPolicy`, `RateLimit`, `BasicAuth`, `APIKeyAuth`,
 /// `IPAccess`, `RequestLimits`, `ExternalAuth`, ...), referenced from HTTPRoutes by `ExtensionRef`
-/// (and, for `ExternalAuth`, by the HTTPRoute filter type of that name).
+/// (and, for `ExternalAuth`, by the HTTPRoute filter type of that name), and the InferencePool
+/// backend filter of [`inference`] (which also makes the translator serve HTTPRoute backendRefs to
+/// InferencePools).
 pub fn filter_registry() -> gateway_core::FilterRegistry {
     let mut registry = gateway_core::FilterRegistry::with_builtins();
     gateway_filters::register(&mut registry);
+    inference().register_filters(&mut registry);
     registry
+}
+
+/// The process's inference data plane (InferencePool runtimes: metrics scrapers, prefix
+/// indexes), shared by every registry [`filter_registry`] makes. A gateway serving InferencePools
+/// also needs its picker: `examples::inference().install(&gateway)`.
+pub fn inference() -> &'static gateway_inference::gateway::InferenceGateway {
+    static INFERENCE: std::sync::OnceLock<gateway_inference::gateway::InferenceGateway> =
+        std::sync::OnceLock::new();
+    INFERENCE.get_or_init(Default::default)
 }
 
 /// Installs a `tracing` subscriber reading `RUST_LOG` (default `info`). Binaries only.

@@ -233,6 +233,7 @@ async fn run(args: Args) {
     examples::init_logging();
 
     let gateway = Gateway::new(examples::filter_registry());
+    examples::inference().install(&gateway);
     if !args.dns_servers.is_empty() {
         gateway.set_dns_servers(args.dns_servers.clone());
     }
