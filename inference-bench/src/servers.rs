@@ -124,7 +124,8 @@ pub fn endpoints_document(
         .enumerate()
         .map(|(i, p)| serde_json::json!({"name": format!("sim-{i}"), "address": "127.0.0.1", "port": p}))
         .collect();
-    let doc = serde_json::json!({"model": model, "lora_adapters": adapters, "endpoints": endpoints});
+    let doc =
+        serde_json::json!({"model": model, "lora_adapters": adapters, "endpoints": endpoints});
     if path.extension().is_some_and(|e| e == "json") {
         let mut s = serde_json::to_string_pretty(&doc).unwrap_or_default();
         s.push('\n');

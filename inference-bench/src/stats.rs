@@ -110,7 +110,10 @@ pub fn summarize(target: &str, rate: f64, results: &[RequestResult]) -> RunSumma
         .iter()
         .filter(|r| r.usage_completion_tokens != Some(r.tokens) || r.tokens != r.expected_tokens)
         .count();
-    let first = measured.iter().map(|r| r.arrival_s).fold(f64::INFINITY, f64::min);
+    let first = measured
+        .iter()
+        .map(|r| r.arrival_s)
+        .fold(f64::INFINITY, f64::min);
     let last = ok
         .iter()
         .map(|r| r.arrival_s + r.e2e_s)

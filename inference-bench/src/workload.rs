@@ -108,8 +108,11 @@ pub fn random_words(rng: &mut impl Rng, n: usize) -> String {
         if i > 0 {
             s.push(' ');
         }
+        // One draw per word: 26^5 < 2^32, five base-26 digits.
+        let mut x: u32 = rng.random();
         for _ in 0..5 {
-            s.push(char::from(b'a' + rng.random_range(0..26u8)));
+            s.push(char::from(b'a' + (x % 26) as u8));
+            x /= 26;
         }
     }
     s
@@ -345,7 +348,9 @@ impl Iterator for Generator {
                 let output: f64 = lognormal(p.output_mean, p.output_sigma).sample(&mut self.rng);
                 let output = (output.round() as usize).clamp(4, room - prompt);
                 let model = match lora {
-                    Some((l, zipf)) if l.adapters > 0 && self.rng.random::<f64>() >= l.base_share => {
+                    Some((l, zipf))
+                        if l.adapters > 0 && self.rng.random::<f64>() >= l.base_share =>
+                    {
                         let k = match zipf {
                             Some(z) => (z.sample(&mut self.rng) as usize).clamp(1, l.adapters) - 1,
                             None => self.rng.random_range(0..l.adapters),
