@@ -128,7 +128,8 @@ pub async fn run(
                 request_timeout_s: cfg.request_timeout_s,
             };
             let out = driver::run(target, driver::http_client(), requests, &times, params).await;
-            let summary = stats::summarize(&spec.name(), rate, &out);
+            let window = (cfg.warmup_s, cfg.warmup_s + cfg.duration_s);
+            let summary = stats::summarize(&spec.name(), rate, window, &out);
             progress(&summary);
             results.push(summary);
         }

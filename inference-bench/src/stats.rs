@@ -65,10 +65,10 @@ pub struct RunSummary {
     /// Completed requests whose token events differ from `usage.completion_tokens` or from
     /// `max_tokens` (should be 0).
     pub token_mismatches: usize,
-    /// Completed requests per simulated second, over the window from the first measured
-    /// arrival to the last measured completion.
+    /// Requests completed inside the measured window (whenever they arrived) per simulated
+    /// second: the rate the pool sustains (equal to the offered rate when it keeps up).
     pub throughput_rps: f64,
-    /// Output tokens of completed requests per simulated second, same window.
+    /// Output tokens of the requests completed inside the window, per simulated second.
     pub output_tokens_per_s: f64,
     /// Time to first token (scheduled arrival to the first token event).
     pub ttft: Percentiles,
@@ -86,7 +86,16 @@ pub struct RunSummary {
 }
 
 /// Summarizes one run's results.
-pub fn summarize(target: &str, rate: f64, results: &[RequestResult]) -> RunSummary {
+///
+/// `window` is the measured window (start, end) in simulated seconds from the start of the run:
+/// requests arriving in it are counted in the latencies; requests completing in it are counted
+/// in the throughput.
+pub fn summarize(
+    target: &str,
+    rate: f64,
+    window: (f64, f64),
+    results: &[RequestResult],
+) -> RunSummary {
     let measured: Vec<&RequestResult> = results.iter().filter(|r| r.measured).collect();
     let mut errors = BTreeMap::new();
     let mut rejected_429 = 0;
@@ -110,18 +119,20 @@ pub fn summarize(target: &str, rate: f64, results: &[RequestResult]) -> RunSumma
         .iter()
         .filter(|r| r.usage_completion_tokens != Some(r.tokens) || r.tokens != r.expected_tokens)
         .count();
-    let first = measured
+    // Steady-state throughput: requests (warm-up ones included) that completed inside the
+    // measured window, over the window's length.
+    let in_window: Vec<&RequestResult> = results
         .iter()
-        .map(|r| r.arrival_s)
-        .fold(f64::INFINITY, f64::min);
-    let last = ok
-        .iter()
-        .map(|r| r.arrival_s + r.e2e_s)
-        .fold(f64::NEG_INFINITY, f64::max);
-    let window = last - first;
-    let tokens: usize = ok.iter().map(|r| r.tokens).sum();
-    let (throughput_rps, output_tokens_per_s) = if window > 0.0 {
-        (ok.len() as f64 / window, tokens as f64 / window)
+        .filter(|r| r.outcome == Outcome::Ok)
+        .filter(|r| {
+            let end = r.arrival_s + r.e2e_s;
+            end >= window.0 && end < window.1
+        })
+        .collect();
+    let length = window.1 - window.0;
+    let tokens: usize = in_window.iter().map(|r| r.tokens).sum();
+    let (throughput_rps, output_tokens_per_s) = if length > 0.0 {
+        (in_window.len() as f64 / length, tokens as f64 / length)
     } else {
         (0.0, 0.0)
     };

@@ -132,7 +132,6 @@ async fn direct_and_url_targets_complete_every_request() {
         assert_eq!(r.token_mismatches, 0);
         assert!(r.ttft.p50.is_some() && r.e2e.p99.is_some());
         assert!(r.ttft.p99 <= r.e2e.p99);
-        assert!(r.output_tokens_per_s > 0.0);
         let served: usize = r.per_server.values().sum();
         assert_eq!(served, r.completed);
         if r.target.starts_with("url:") {

@@ -78,7 +78,7 @@ struct Args {
     #[arg(long, default_value_t = 60.0)]
     duration: f64,
     /// Warm-up before each window, simulated seconds (requests sent, not counted).
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 30.0)]
     warmup: f64,
     /// Seed of the arrivals, the workload and the servers.
     #[arg(long, default_value_t = 1)]
