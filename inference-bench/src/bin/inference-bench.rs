@@ -70,8 +70,8 @@ struct Args {
     /// OpenAI endpoint: chat (/v1/chat/completions) or completions (/v1/completions).
     #[arg(long, value_enum, default_value_t = ApiName::Chat)]
     api: ApiName,
-    /// Rates in requests per simulated second, comma-separated. Default: 4,8,12,16 (sharegpt,
-    /// lora) or 2,4,6,8 (shared-prefix).
+    /// Rates in requests per simulated second, comma-separated. Default: 4,8,12,16,20
+    /// (sharegpt, lora) or 4,8,12,16 (shared-prefix).
     #[arg(long, value_delimiter = ',')]
     rates: Vec<f64>,
     /// Measured window per rate and target, simulated seconds.
@@ -185,7 +185,10 @@ async fn main_inner(args: Args) -> Result<(), String> {
         output_sigma: args.output_sigma,
     };
     let (workload, default_rates) = match args.workload {
-        WorkloadName::Sharegpt => (Workload::Sharegpt(lengths), vec![4.0, 8.0, 12.0, 16.0]),
+        WorkloadName::Sharegpt => (
+            Workload::Sharegpt(lengths),
+            vec![4.0, 8.0, 12.0, 16.0, 20.0],
+        ),
         WorkloadName::SharedPrefix => {
             let p = SharedPrefixParams {
                 groups: args.groups,
@@ -198,7 +201,7 @@ async fn main_inner(args: Args) -> Result<(), String> {
                 sim.kv_cache_size =
                     shared_prefix_kv_blocks(&p, args.servers, sim.block_size, sim.max_model_len);
             }
-            (Workload::SharedPrefix(p), vec![2.0, 4.0, 6.0, 8.0])
+            (Workload::SharedPrefix(p), vec![4.0, 8.0, 12.0, 16.0])
         }
         WorkloadName::Lora => {
             let lora = LoraParams {
@@ -209,7 +212,10 @@ async fn main_inner(args: Args) -> Result<(), String> {
             sim.lora_modules = lora.names();
             sim.max_loras = args.max_loras;
             sim.lora_load_latency_ms = args.lora_load_latency;
-            (Workload::Lora { lengths, lora }, vec![4.0, 8.0, 12.0, 16.0])
+            (
+                Workload::Lora { lengths, lora },
+                vec![4.0, 8.0, 12.0, 16.0, 20.0],
+            )
         }
     };
     if let Some(v) = args.kv_cache_size {
