@@ -11,7 +11,7 @@
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use rand_distr::{Distribution, LogNormal, Zipf};
+use rand_distr::{Distribution, StandardNormal, Zipf};
 use serde::Serialize;
 
 /// Which OpenAI endpoint the requests use.
@@ -149,10 +149,18 @@ impl Default for ShareGptParams {
     }
 }
 
-/// A log-normal distribution with the given mean (not median) and σ.
-fn lognormal(mean: f64, sigma: f64) -> LogNormal<f64> {
-    let mu = mean.max(1.0).ln() - sigma * sigma / 2.0;
-    LogNormal::new(mu, sigma.max(0.0)).unwrap_or_else(|_| LogNormal::new(mu, 0.0).expect("σ = 0"))
+/// A draw from the log-normal distribution with the given mean (not median) and σ of the log:
+/// exp(μ + σ·z) with μ = ln(mean) − σ²/2 and z standard normal. A mean below 1 counts as 1 and a
+/// σ that is negative or not finite as 0.
+fn lognormal(rng: &mut impl Rng, mean: f64, sigma: f64) -> f64 {
+    let sigma = if sigma.is_finite() && sigma > 0.0 {
+        sigma
+    } else {
+        0.0
+    };
+    let mean = if mean.is_finite() { mean.max(1.0) } else { 1.0 };
+    let z: f64 = StandardNormal.sample(rng);
+    (mean.ln() - sigma * sigma / 2.0 + sigma * z).exp()
 }
 
 /// Parameters of the shared-prefix workload, after inference-perf's `shared_prefix` generator:
@@ -343,9 +351,9 @@ impl Iterator for Generator {
                 // Lengths below 4 tokens are raised to 4 (vLLM's ShareGPT sampler drops such
                 // entries); prompt + output must fit max_model_len.
                 let room = self.max_model_len.saturating_sub(overhead).max(8);
-                let prompt: f64 = lognormal(p.prompt_mean, p.prompt_sigma).sample(&mut self.rng);
+                let prompt = lognormal(&mut self.rng, p.prompt_mean, p.prompt_sigma);
                 let prompt = (prompt.round() as usize).clamp(4, room - 4);
-                let output: f64 = lognormal(p.output_mean, p.output_sigma).sample(&mut self.rng);
+                let output = lognormal(&mut self.rng, p.output_mean, p.output_sigma);
                 let output = (output.round() as usize).clamp(4, room - prompt);
                 let model = match lora {
                     Some((l, zipf))

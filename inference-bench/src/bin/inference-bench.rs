@@ -249,6 +249,35 @@ async fn main_inner(args: Args) -> Result<(), String> {
     if rates.iter().any(|r| !(*r > 0.0 && r.is_finite())) {
         return Err("--rates must be positive numbers".into());
     }
+    let positive = |v: f64| v > 0.0 && v.is_finite();
+    let ok = positive(args.duration)
+        && positive(args.request_timeout)
+        && (args.warmup == 0.0 || positive(args.warmup));
+    if !ok {
+        return Err(
+            "--duration and --request-timeout must be positive, --warmup not negative".into(),
+        );
+    }
+    for (name, v) in [
+        ("--prompt-mean", args.prompt_mean),
+        ("--output-mean", args.output_mean),
+    ] {
+        if !(v >= 1.0 && v.is_finite()) {
+            return Err(format!("{name} must be at least 1"));
+        }
+    }
+    for (name, v) in [
+        ("--prompt-sigma", args.prompt_sigma),
+        ("--output-sigma", args.output_sigma),
+        ("--lora-zipf", args.lora_zipf),
+    ] {
+        if !(v >= 0.0 && v.is_finite()) {
+            return Err(format!("{name} must be a number >= 0"));
+        }
+    }
+    if !(0.0..=1.0).contains(&args.lora_base_share) {
+        return Err("--lora-base-share must be between 0 and 1".into());
+    }
     if args.servers == 0 {
         return Err("--servers must be at least 1".into());
     }
