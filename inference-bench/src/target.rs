@@ -99,9 +99,14 @@ pub enum TargetSpec {
     DirectRandom,
     /// `direct-least-queue`: the server with the fewest of the tool's requests in flight.
     DirectLeastQueue,
-    /// `url:http://HOST:PORT`: a gateway (or any OpenAI-compatible endpoint) in front of the
-    /// servers.
-    Url(String),
+    /// `url:http://HOST:PORT`, or `LABEL=url:http://HOST:PORT` to name it in reports: a gateway
+    /// (or any OpenAI-compatible endpoint) in front of the servers.
+    Url {
+        /// Base URL, without a trailing slash.
+        url: String,
+        /// Report name; `url:<url>` when unset.
+        label: Option<String>,
+    },
 }
 
 /// Errors parsing a target.
@@ -109,7 +114,7 @@ pub enum TargetSpec {
 pub enum TargetError {
     /// Not a known target name.
     #[error(
-        "unknown target {0:?} (expected direct-rr, direct-random, direct-least-queue or url:http://HOST:PORT)"
+        "unknown target {0:?} (expected direct-rr, direct-random, direct-least-queue, url:http://HOST:PORT or LABEL=url:http://HOST:PORT)"
     )]
     Unknown(String),
     /// `url:` without an `http://` URL.
@@ -120,14 +125,29 @@ pub enum TargetError {
 impl TargetSpec {
     /// Parses one target name.
     pub fn parse(s: &str) -> Result<TargetSpec, TargetError> {
-        match s.trim() {
+        let s = s.trim();
+        if let Some((label, rest)) = s.split_once('=')
+            && rest.starts_with("url:")
+            && !label.is_empty()
+            && !label.contains(':')
+        {
+            return match TargetSpec::parse(rest)? {
+                TargetSpec::Url { url, .. } => Ok(TargetSpec::Url {
+                    url,
+                    label: Some(label.to_string()),
+                }),
+                _ => Err(TargetError::BadUrl(s.to_string())),
+            };
+        }
+        match s {
             "direct-rr" => Ok(TargetSpec::DirectRr),
             "direct-random" => Ok(TargetSpec::DirectRandom),
             "direct-least-queue" => Ok(TargetSpec::DirectLeastQueue),
             other => match other.strip_prefix("url:") {
-                Some(u) if u.starts_with("http://") && u.len() > 7 => {
-                    Ok(TargetSpec::Url(u.trim_end_matches('/').to_string()))
-                }
+                Some(u) if u.starts_with("http://") && u.len() > 7 => Ok(TargetSpec::Url {
+                    url: u.trim_end_matches('/').to_string(),
+                    label: None,
+                }),
                 Some(_) => Err(TargetError::BadUrl(other.to_string())),
                 None => Err(TargetError::Unknown(other.to_string())),
             },
@@ -140,13 +160,14 @@ impl TargetSpec {
             TargetSpec::DirectRr => "direct-rr".into(),
             TargetSpec::DirectRandom => "direct-random".into(),
             TargetSpec::DirectLeastQueue => "direct-least-queue".into(),
-            TargetSpec::Url(u) => format!("url:{u}"),
+            TargetSpec::Url { label: Some(l), .. } => l.clone(),
+            TargetSpec::Url { url, label: None } => format!("url:{url}"),
         }
     }
 
     /// Whether requests go straight to the servers (the tool balances them itself).
     pub fn is_direct(&self) -> bool {
-        !matches!(self, TargetSpec::Url(_))
+        !matches!(self, TargetSpec::Url { .. })
     }
 
     /// The target for servers at `servers` (base URLs such as `http://127.0.0.1:41000`), with a
@@ -169,7 +190,7 @@ impl TargetSpec {
                     seed,
                 }),
             ),
-            TargetSpec::Url(u) => (vec![u.clone()], Box::new(Single)),
+            TargetSpec::Url { url, .. } => (vec![url.clone()], Box::new(Single)),
         };
         Target {
             name: self.name(),

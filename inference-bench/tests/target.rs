@@ -23,9 +23,23 @@ fn parses_every_target_name() {
         Some(TargetSpec::DirectLeastQueue)
     );
     let url = TargetSpec::parse("url:http://127.0.0.1:8080/").expect("url");
-    assert_eq!(url, TargetSpec::Url("http://127.0.0.1:8080".into()));
+    assert_eq!(
+        url,
+        TargetSpec::Url {
+            url: "http://127.0.0.1:8080".into(),
+            label: None
+        }
+    );
     assert_eq!(url.name(), "url:http://127.0.0.1:8080");
     assert!(!url.is_direct());
+    let labelled = TargetSpec::parse("ours=url:http://127.0.0.1:8081").expect("labelled");
+    assert_eq!(labelled.name(), "ours");
+    assert!(!labelled.is_direct());
+    let built = labelled.build(&servers(2), 1);
+    assert_eq!(built.name, "ours");
+    assert_eq!(built.urls, vec!["http://127.0.0.1:8081".to_string()]);
+    assert!(TargetSpec::parse("ours=url:ftp://x").is_err());
+    assert!(TargetSpec::parse("ours=direct-rr").is_err());
     assert!(TargetSpec::parse("url:https://x").is_err());
     assert!(TargetSpec::parse("url:").is_err());
     assert!(TargetSpec::parse("least-queue").is_err());
@@ -36,7 +50,9 @@ fn round_robin_cycles_and_url_uses_its_one_address() {
     let t = TargetSpec::DirectRr.build(&servers(3), 1);
     let picks: Vec<usize> = (0..7).map(|s| t.router.pick(s)).collect();
     assert_eq!(picks, vec![0, 1, 2, 0, 1, 2, 0]);
-    let u = TargetSpec::Url("http://127.0.0.1:8080".into()).build(&servers(3), 1);
+    let u = TargetSpec::parse("url:http://127.0.0.1:8080")
+        .expect("url")
+        .build(&servers(3), 1);
     assert_eq!(u.urls, vec!["http://127.0.0.1:8080".to_string()]);
     assert!((0..5).all(|s| u.router.pick(s) == 0));
 }
