@@ -8,7 +8,7 @@
 //! * [`driver`]: sends each request at its arrival time and measures TTFT, TPOT and end-to-end
 //!   latency from the SSE stream.
 //! * [`stats`], [`report`]: summaries, ratios to round-robin, JSON/Markdown/SVG output.
-//! * [`servers`]: the pool of simulators; [`bench`]: the whole run.
+//! * [`servers`]: the pool of simulators; [`mod@bench`]: the whole run.
 //!
 //! See `docs/benchmarks/inference.md` for the command line and what each figure means.
 #![forbid(unsafe_code)]

@@ -2,7 +2,8 @@
 //! gateway in front of them (`url:`).
 //!
 //! A target is a list of base URLs and a [`Router`] choosing one per request. Adding a strategy
-//! is one `Router` implementation and one arm in [`Target::parse`].
+//! is one `Router` implementation, a `TargetSpec` variant, and one arm each in
+//! [`TargetSpec::parse`], [`TargetSpec::name`] and [`TargetSpec::build`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
