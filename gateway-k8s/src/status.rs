@@ -245,7 +245,7 @@ impl StatusReport {
                     let mut text = String::new();
                     push_yaml(&mut text, &doc);
                     cache.rendered += 1;
-                    gzip(&text)
+                    cache.gzip.member(&text)
                 }
             };
             out.push(text.clone());
@@ -263,7 +263,7 @@ impl StatusReport {
             push_yaml(&mut untyped, &doc);
         }
         if !untyped.is_empty() {
-            out.push(gzip(&untyped));
+            out.push(cache.gzip.member(&untyped));
         }
         cache.entries_hint = cache.entries.len();
         out
@@ -388,6 +388,8 @@ fn push_yaml(out: &mut String, doc: &Value) {
 /// starts empty (everything rendered).
 #[derive(Default)]
 pub struct RenderCache {
+    /// Compresses the texts, one deflate state for all of them.
+    gzip: Gzipper,
     entries: HashMap<(Kind, ObjectKey), CachedText>,
     /// How many objects the last text had, to size the next one.
     entries_hint: usize,
@@ -463,16 +465,54 @@ impl StatusText {
     }
 }
 
-/// `text` as one gzip member (fast compression: statuses are written often and read rarely).
-fn gzip(text: &str) -> Arc<[u8]> {
-    use std::io::Write;
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    // Writing into a Vec cannot fail.
-    let _ = gz.write_all(text.as_bytes());
-    Arc::from(gz.finish().unwrap_or_default())
+/// Makes gzip members (RFC 1952) with one reused deflate state: a fresh state per member (as
+/// `GzEncoder` makes) costs more to set up than a small document costs to compress. Fast
+/// compression: statuses are written often and read rarely.
+struct Gzipper {
+    deflate: flate2::Compress,
 }
 
-/// One gzip member made by [`gzip`], decompressed.
+impl Default for Gzipper {
+    fn default() -> Self {
+        Gzipper {
+            deflate: flate2::Compress::new(flate2::Compression::fast(), false),
+        }
+    }
+}
+
+impl Gzipper {
+    /// `text` as one gzip member.
+    fn member(&mut self, text: &str) -> Arc<[u8]> {
+        // ID1 ID2, CM = deflate, no flags, no mtime, no extra flags, OS unknown.
+        const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+        self.deflate.reset();
+        let input = text.as_bytes();
+        let mut out = Vec::with_capacity(HEADER.len() + input.len() / 2 + 64);
+        out.extend_from_slice(&HEADER);
+        loop {
+            let consumed = usize::try_from(self.deflate.total_in()).unwrap_or(input.len());
+            let status = self.deflate.compress_vec(
+                &input[consumed.min(input.len())..],
+                &mut out,
+                flate2::FlushCompress::Finish,
+            );
+            match status {
+                Ok(flate2::Status::StreamEnd) => break,
+                Ok(_) => out.reserve(out.capacity().max(64)),
+                // Compressing into a Vec with room cannot fail; keep the member well-formed.
+                Err(_) => return Arc::from(Vec::new()),
+            }
+        }
+        let mut crc = flate2::Crc::new();
+        crc.update(input);
+        out.extend_from_slice(&crc.sum().to_le_bytes());
+        // ISIZE: the length modulo 2^32.
+        out.extend_from_slice(&(input.len() as u32).to_le_bytes());
+        Arc::from(out)
+    }
+}
+
+/// One gzip member made by [`Gzipper::member`], decompressed.
 fn gunzip(member: &[u8]) -> String {
     use std::io::Read;
     let mut text = String::new();
@@ -581,6 +621,31 @@ pub(crate) fn condition(cond: Cond<'_>, generation: Option<i64>, time: &Time) ->
 mod tests {
     use super::*;
     use k8s_openapi::jiff::Timestamp;
+
+    #[test]
+    fn gzip_members_with_one_deflate_state_form_one_gzip_stream() {
+        use std::io::Read;
+        let mut gzip = Gzipper::default();
+        // Empty, small, and larger than the first output reservation (incompressible bytes).
+        let noise: String = (0..200_000u32)
+            .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
+            .collect();
+        let texts = ["", "---\nkind: A\n", noise.as_str(), "---\nkind: B\n"];
+        let mut text = StatusText::default();
+        for t in texts {
+            let member = gzip.member(t);
+            assert_eq!(gunzip(&member), t);
+            text.push(member);
+        }
+        assert_eq!(text.to_yaml(), texts.concat());
+        let stream: Vec<u8> = text.gzip_members().flatten().copied().collect();
+        assert_eq!(stream.len(), text.compressed_len());
+        let mut decoded = String::new();
+        flate2::read::MultiGzDecoder::new(&stream[..])
+            .read_to_string(&mut decoded)
+            .expect("one gzip stream");
+        assert_eq!(decoded, texts.concat());
+    }
 
     #[test]
     fn features_are_sorted_and_unique() {
