@@ -34,6 +34,7 @@
 pub mod backend;
 pub mod config;
 pub mod dns;
+mod body_headers;
 mod downstream;
 pub mod error;
 pub mod explain;
