@@ -132,9 +132,16 @@ async fn chat(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<(u16, String), String> {
-    send(addr, "POST", "ai.example", "/v1/chat/completions", headers, body)
-        .await
-        .map(|(status, _, body)| (status, body))
+    send(
+        addr,
+        "POST",
+        "ai.example",
+        "/v1/chat/completions",
+        headers,
+        body,
+    )
+    .await
+    .map(|(status, _, body)| (status, body))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,13 +196,21 @@ async fn http_routes_matching_the_model_header_route_chat_completions_by_body() 
         Ok((200, format!("other\n{body}")))
     );
     // Past the default bound (64 KiB): 413.
-    let body = format!(r#"{{"model": "llama", "prompt": "{}"}}"#, "x".repeat(70_000));
+    let body = format!(
+        r#"{{"model": "llama", "prompt": "{}"}}"#,
+        "x".repeat(70_000)
+    );
     assert_eq!(chat(listener, &[json], &body).await.map(|r| r.0), Ok(413));
 
     // The admin's explain says the listener derives the header from the body.
-    let (code, text) = get(admin, "admin", "/explain?host=ai.example&path=/v1/x&port=80", &[])
-        .await
-        .expect("/explain answers");
+    let (code, text) = get(
+        admin,
+        "admin",
+        "/explain?host=ai.example&path=/v1/x&port=80",
+        &[],
+    )
+    .await
+    .expect("/explain answers");
     assert_eq!(code, 200, "{text}");
     let e: serde_json::Value = serde_json::from_str(&text).expect("explain JSON");
     assert_eq!(

@@ -38,7 +38,10 @@ impl BodyHeaders {
             .filter_map(|h| match HeaderName::from_bytes(h.header.as_bytes()) {
                 Ok(name) => Some((name, h.field.as_str().into())),
                 Err(_) => {
-                    problems.push(format!("body header {:?} is not a valid header name", h.header));
+                    problems.push(format!(
+                        "body header {:?} is not a valid header name",
+                        h.header
+                    ));
                     None
                 }
             })

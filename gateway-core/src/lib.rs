@@ -32,9 +32,9 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+mod body_headers;
 pub mod config;
 pub mod dns;
-mod body_headers;
 mod downstream;
 pub mod error;
 pub mod explain;

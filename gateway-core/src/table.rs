@@ -20,9 +20,9 @@ use std::sync::Arc;
 use rustls::sign::CertifiedKey;
 
 use crate::backend::budget::RetryBudgetState;
-use crate::body_headers::BodyHeaders;
 use crate::backend::session::SessionCodec;
 use crate::backend::{BackendState, Endpoint, EndpointPicker, PickerRegistry, StateStore};
+use crate::body_headers::BodyHeaders;
 use crate::config::{
     BackendPolicy, BackendProtocol, BackendTarget, Bind, Config, Listener, LoadBalancer,
     PathNormalization, Protocol, RequestMirror, Retry, Route, Rule, SessionPersistence, Timeouts,

@@ -151,7 +151,8 @@ async fn json_bodies_route_by_model_and_reach_the_backend_byte_for_byte() {
     assert_eq!(&body[..], llama.as_bytes());
 
     // Escapes, whitespace, a `+json` type with parameters: still the top-level `model`.
-    let mistral = " {\n \"temperature\": 0.5 ,\t\"model\" : \"mi\\u0073tral\", \"n\": [1, {\"a\": null}] }\n";
+    let mistral =
+        " {\n \"temperature\": 0.5 ,\t\"model\" : \"mi\\u0073tral\", \"n\": [1, {\"a\": null}] }\n";
     let (status, h, body) = post(
         port,
         &[("content-type", "application/vnd.openai+json; charset=utf-8")],
@@ -283,7 +284,11 @@ async fn a_body_over_the_bound_is_413() {
     .await
     .unwrap();
     let raw = read_to_close(&mut s).await;
-    assert!(raw.starts_with(b"HTTP/1.1 413"), "{:?}", String::from_utf8_lossy(&raw));
+    assert!(
+        raw.starts_with(b"HTTP/1.1 413"),
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
     assert!(d.connections.load(std::sync::atomic::Ordering::SeqCst) == 0);
     gw.shutdown(Duration::from_secs(1)).await;
 }
@@ -478,10 +483,7 @@ async fn a_listener_without_body_headers_does_not_buffer() {
     plain.body_headers.clear();
     let gw = start(
         FilterRegistry::new(),
-        vec![
-            bind(with, model_listener(&a, &b, &d)),
-            bind(without, plain),
-        ],
+        vec![bind(with, model_listener(&a, &b, &d)), bind(without, plain)],
     )
     .await;
 

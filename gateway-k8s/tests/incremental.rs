@@ -304,7 +304,10 @@ fn a_route_matching_on_the_model_header_turns_body_based_routing_on_and_off() {
     let v1 = fixture("incremental.yaml");
     let mut t = translator();
     let first = translate_both(&mut t, &v1, at(100));
-    assert!(body_headers(&first).is_empty(), "no route matches on the model");
+    assert!(
+        body_headers(&first).is_empty(),
+        "no route matches on the model"
+    );
 
     // Route b starts matching on the header (any case): the listener reads the body's `model`,
     // while routes a and c are reused.

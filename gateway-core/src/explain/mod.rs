@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use crate::backend::PickerRegistry;
 use crate::backend::StateStore;
 use crate::config::{
-    BackendRef, BodyHeader, BackendTarget, Config, Filter, HeaderModifier, PathMatch, PathModifier, Protocol,
-    Route, RouteMatch, StringMatch,
+    BackendRef, BackendTarget, BodyHeader, Config, Filter, HeaderModifier, PathMatch, PathModifier,
+    Protocol, Route, RouteMatch, StringMatch,
 };
 use crate::dns::DnsAddresses;
 use crate::filter::FilterRegistry;
