@@ -584,7 +584,8 @@ impl GatewayProxy {
         };
         let permit = ctx.buffer_permit.insert(permit);
         session.as_mut().enable_retry_buffering();
-        let mut buf = BytesMut::with_capacity(expected);
+        // Room for a declared length at once; a chunked body grows the buffer as it comes.
+        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
         while let Some(chunk) = session.read_request_body().await? {
             if buf.len() + chunk.len() > limit {
                 tracing::debug!(limit, what, "request body over the bound: 413");
