@@ -177,6 +177,52 @@ pub struct Listener {
     /// unreserved escapes decoded, slashes merged, escaped slashes redirected).
     #[serde(default)]
     pub path_normalization: PathNormalization,
+    /// Request headers derived from the JSON request body before routing (body-based routing):
+    /// for each entry, the header `header` is set to the value of the body's top-level string
+    /// field `field`, so that routes can match on it (e.g. `X-Gateway-Model-Name` from an OpenAI
+    /// request's `model`).
+    ///
+    /// Runs in `request_filter`, after the listener is chosen by host and the path normalised,
+    /// before the route is looked up. When the list is not empty, every request on the listener
+    /// first loses any header of these names the client sent (a client cannot spoof them); then,
+    /// if it has a body whose `Content-Type` is JSON (`application/json` or a `+json` suffix,
+    /// parameters ignored), the whole body is read (at most
+    /// [`Listener::max_body_header_bytes`]; longer: 413; the gateway-wide buffering budget
+    /// [`Limits::max_buffered_body_bytes`] refused: 503) and each header whose field is a
+    /// top-level string is set. A body that is not a JSON object, not valid JSON, or lacks the
+    /// field leaves the header unset and the request is routed without it (the backend judges
+    /// the body). The body read here is the one filters, endpoint pickers and retries see and
+    /// the one sent upstream, byte for byte.
+    ///
+    /// Default: empty (nothing is read before routing; bodies stream).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub body_headers: Vec<BodyHeader>,
+    /// The longest body read for [`Listener::body_headers`]; a longer one is answered with 413.
+    /// Values above [`crate::proxy::MAX_BUFFERED_BODY`] (64 KiB, the replay buffer the proxy
+    /// resends a held body from) are lowered to it. Ignored without `body_headers`. Default
+    /// [`Listener::DEFAULT_MAX_BODY_HEADER_BYTES`].
+    #[serde(default = "Listener::default_max_body_header_bytes")]
+    pub max_body_header_bytes: usize,
+}
+
+/// One request header derived from the JSON request body before routing
+/// ([`Listener::body_headers`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BodyHeader {
+    /// The header set, e.g. `x-gateway-model-name` (case-insensitive).
+    pub header: String,
+    /// The top-level key of the JSON object whose string value the header gets, e.g. `model`.
+    pub field: String,
+}
+
+impl BodyHeader {
+    /// `header` set from the body's top-level string field `field`.
+    pub fn new(header: impl Into<String>, field: impl Into<String>) -> Self {
+        BodyHeader {
+            header: header.into(),
+            field: field.into(),
+        }
+    }
 }
 
 /// (De)serialises shared routes as plain ones (serde's own `Arc` support needs its `rc`
@@ -1059,7 +1105,24 @@ impl Listener {
             tls: None,
             routes: Vec::new(),
             path_normalization: PathNormalization::default(),
+            body_headers: Vec::new(),
+            max_body_header_bytes: Listener::DEFAULT_MAX_BODY_HEADER_BYTES,
         }
+    }
+
+    /// Default of [`Listener::max_body_header_bytes`]: 64 KiB
+    /// ([`crate::proxy::MAX_BUFFERED_BODY`]), the most the proxy can hold and resend.
+    pub const DEFAULT_MAX_BODY_HEADER_BYTES: usize = crate::proxy::MAX_BUFFERED_BODY;
+
+    fn default_max_body_header_bytes() -> usize {
+        Self::DEFAULT_MAX_BODY_HEADER_BYTES
+    }
+
+    /// Adds a header derived from the JSON request body before routing
+    /// ([`Listener::body_headers`]).
+    pub fn body_header(mut self, header: BodyHeader) -> Self {
+        self.body_headers.push(header);
+        self
     }
 
     /// Sets the hostname.

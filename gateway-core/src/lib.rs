@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+mod body_headers;
 pub mod config;
 pub mod dns;
 mod downstream;

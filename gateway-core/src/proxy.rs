@@ -2,7 +2,7 @@
 //!
 //! | phase | what happens |
 //! |---|---|
-//! | `request_filter` | bind and listener (by host); the path normalised under the listener's settings ([`crate::path`]: 400 for an invalid path, 307 for an escaped slash when so configured), the URI replaced when it changed; route and rule ([`crate::routing`]); the rule's filter chain in order (header edits, rewrites, redirects, CORS preflights, mirrors, custom request hooks); the backend (weighted, or the one a filter chose); the backend's chain; the whole body when a filter asked for it (over the bound: 413) and the body hooks |
+//! | `request_filter` | bind and listener (by host); the path normalised under the listener's settings ([`crate::path`]: 400 for an invalid path, 307 for an escaped slash when so configured), the URI replaced when it changed; the listener's body headers when it has some ([`crate::config::Listener::body_headers`]: the client's headers of those names removed, a JSON body read whole, 413 over the bound, and its top-level string fields copied into the headers); route and rule ([`crate::routing`]); the rule's filter chain in order (header edits, rewrites, redirects, CORS preflights, mirrors, custom request hooks); the backend (weighted, or the one a filter chose); the backend's chain; the whole body when a filter asked for it (over the bound: 413) or the listener read it for its body headers (not read twice) and the body hooks |
 //! | `upstream_peer` | every attempt: deadline check (504), backoff before a retry, the endpoint (sticky session, filter hint, then the backend's picker, skipping ejected and already-tried endpoints), h1/h2c, per-attempt timeouts |
 //! | `fail_to_connect` | outlier accounting; a connection failure is retried on another endpoint (always safe), or under the route's retry policy |
 //! | `upstream_request_filter` | the trace context (`traceparent`, feature `otel`); custom `upstream_request` hooks; `Content-Length` of a buffered, filtered body |
@@ -36,6 +36,7 @@ use crate::backend::clock::now_ms;
 use crate::backend::outlier::InFlightGuard;
 use crate::backend::session::SessionCodec;
 use crate::backend::{PickRequest, least_request};
+use crate::body_headers::{self, BodyHeaders};
 use crate::config::{BackendProtocol, PathNormalization, Protocol};
 use crate::filter::chain::{Chain, Step};
 use crate::filter::{
@@ -46,7 +47,9 @@ use crate::mirror::{MirrorBody, Mirrors};
 use crate::observe::{Observe, RequestObs, Served};
 use crate::path::{self, Normalized};
 use crate::routing::RequestParts;
-use crate::table::{CompiledEndpoints, CompiledRule, CompiledTarget, PickerKind, Table};
+use crate::table::{
+    CompiledBind, CompiledEndpoints, CompiledRule, CompiledTarget, PickerKind, Table,
+};
 use crate::tls::TlsInfo;
 
 /// The largest request body the gateway holds for filters, endpoint pickers and retries: Pingora's
@@ -105,8 +108,11 @@ pub struct RequestCtx {
     /// Budget held for Pingora's replay buffer of this request's body; given back once the
     /// body outgrows the buffer, or with the request.
     replay_permit: Option<BodyPermit>,
-    /// Budget held for the body buffered for filters.
+    /// Budget held for the body read whole (for body headers or filters).
     buffer_permit: Option<BodyPermit>,
+    /// The body read before routing for the listener's body headers, until
+    /// [`GatewayProxy::buffer_body`] hands it to the filters.
+    body: Option<Bytes>,
     /// Body bytes read from the client so far (first attempt).
     body_seen: usize,
     /// Timings and handles for metrics and the access log.
@@ -239,6 +245,51 @@ fn set_path(req: &mut RequestHeader, mut path: String) -> PResult<()> {
     Ok(())
 }
 
+/// Looks up the route and rule of the request on `listener` of `bind` and records them in
+/// `ctx`. `Some`: the answer instead (404 when nothing matches).
+fn match_route(
+    session: &Session,
+    ctx: &mut RequestCtx,
+    bind: &CompiledBind,
+    listener: usize,
+) -> Option<Reply> {
+    let hit = {
+        let req = session.req_header();
+        let parts = RequestParts {
+            host: host_of(req),
+            path: req.uri.path(),
+            query: req.uri.query(),
+            method: req.method.as_str(),
+            headers: &req.headers,
+        };
+        match bind.router.lookup_in(listener, &parts) {
+            Some(hit) => hit,
+            None => return Some(Reply::Status(404)),
+        }
+    };
+    let listener = &bind.listeners[hit.listener];
+    let Some(rule) = listener
+        .routes
+        .get(hit.route)
+        .and_then(|r| r.get(hit.rule))
+        .cloned()
+    else {
+        return Some(Reply::Status(500));
+    };
+    let client_cert = tls_info(session).map_or(ClientCertStatus::Absent, |t| t.client_cert);
+    ctx.filter = Some(FilterCtx::new(rule.info.clone()).with_client_cert(client_cert));
+    ctx.routed = Some(Routed {
+        rule,
+        backend: None,
+        matched_prefix: hit.matched_prefix,
+        protocol: bind.protocol,
+        listener_port: listener.port,
+        reached_rule: 0,
+        reached_backend: 0,
+    });
+    None
+}
+
 /// The wait before retry number `n` (1-based): the base doubled each time, capped at ten times
 /// the base, plus up to a quarter of the base of jitter. Never less than the base.
 fn backoff(base: Duration, n: u32) -> Duration {
@@ -282,41 +333,24 @@ impl GatewayProxy {
         if let Some(reply) = normalize_path(session, &bind.listeners[listener].path)? {
             return Ok(Some(reply));
         }
-        let hit = {
-            let req = session.req_header();
-            let parts = RequestParts {
-                host: host_of(req),
-                path: req.uri.path(),
-                query: req.uri.query(),
-                method: req.method.as_str(),
-                headers: &req.headers,
-            };
-            match bind.router.lookup_in(listener, &parts) {
-                Some(hit) => hit,
-                None => return Ok(Some(Reply::Status(404))),
+        if bind.listeners[listener].body_headers.is_none() {
+            if let Some(reply) = match_route(session, ctx, bind, listener) {
+                return Ok(Some(reply));
             }
-        };
-        let listener = &bind.listeners[hit.listener];
-        let Some(rule) = listener
-            .routes
-            .get(hit.route)
-            .and_then(|r| r.get(hit.rule))
-            .cloned()
-        else {
-            return Ok(Some(Reply::Status(500)));
-        };
-        let client_cert = tls_info(session).map_or(ClientCertStatus::Absent, |t| t.client_cert);
-        ctx.filter = Some(FilterCtx::new(rule.info.clone()).with_client_cert(client_cert));
-        ctx.routed = Some(Routed {
-            rule,
-            backend: None,
-            matched_prefix: hit.matched_prefix,
-            protocol: bind.protocol,
-            listener_port: listener.port,
-            reached_rule: 0,
-            reached_backend: 0,
-        });
-        drop(table);
+            drop(table);
+        } else {
+            // Reading the body waits on the client: hold the bind, not the table's guard.
+            let bind = bind.clone();
+            drop(table);
+            if let Some(headers) = &bind.listeners[listener].body_headers
+                && let Some(reply) = self.derive_body_headers(session, ctx, headers).await?
+            {
+                return Ok(Some(reply));
+            }
+            if let Some(reply) = match_route(session, ctx, &bind, listener) {
+                return Ok(Some(reply));
+            }
+        }
 
         if let Some(reply) = self.run_chain(session, ctx, false).await? {
             return Ok(Some(reply));
@@ -491,41 +525,110 @@ impl GatewayProxy {
         Ok(None)
     }
 
-    /// Reads the whole request body when a filter asked for it, then runs the body hooks.
+    /// Sets the listener's body headers ([`crate::config::Listener::body_headers`]) before the
+    /// route is looked up: removes the client's headers of those names, then, for a JSON body,
+    /// reads the whole body ([`GatewayProxy::read_body`], kept in the request context for
+    /// [`GatewayProxy::buffer_body`]) and sets each header whose field is a top-level string.
+    async fn derive_body_headers(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        headers: &BodyHeaders,
+    ) -> PResult<Option<Reply>> {
+        let req = session.req_header_mut();
+        for name in headers.names.iter() {
+            req.remove_header(name);
+        }
+        let json = req
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| body_headers::is_json(v.as_bytes()));
+        if !json || session.is_body_empty() {
+            return Ok(None);
+        }
+        let body = match self
+            .read_body(session, ctx, headers.limit, "body-based routing")
+            .await?
+        {
+            Ok(body) => body,
+            Err(reply) => return Ok(Some(reply)),
+        };
+        for (i, value) in body_headers::derive(headers, &body) {
+            session
+                .req_header_mut()
+                .insert_header(&headers.names[i], value)?;
+        }
+        ctx.body = Some(body);
+        Ok(None)
+    }
+
+    /// Reads the whole request body, at most `limit` bytes, holding its size from the buffering
+    /// budget in `ctx` and with Pingora's replay buffer on (so the proxy sends it, once per
+    /// attempt, through `request_body_filter`). `Err`: the answer instead (413 over `limit`,
+    /// at once when `Content-Length` says so; 503 when the budget refuses).
+    async fn read_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        limit: usize,
+        what: &str,
+    ) -> PResult<Result<Bytes, Reply>> {
+        let declared = content_length(session.req_header());
+        if declared.is_some_and(|n| n > limit) {
+            tracing::debug!(limit, what, "declared request body over the bound: 413");
+            return Ok(Err(Reply::Status(413)));
+        }
+        let expected = declared.map_or(limit, |n| n.min(limit));
+        let Some(permit) = self.body_budget.try_reserve(expected, what) else {
+            return Ok(Err(overloaded(session)));
+        };
+        let permit = ctx.buffer_permit.insert(permit);
+        session.as_mut().enable_retry_buffering();
+        // Room for a declared length at once; a chunked body grows the buffer as it comes.
+        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
+        while let Some(chunk) = session.read_request_body().await? {
+            if buf.len() + chunk.len() > limit {
+                tracing::debug!(limit, what, "request body over the bound: 413");
+                return Ok(Err(Reply::Status(413)));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        permit.shrink_to(buf.len());
+        Ok(Ok(buf.freeze()))
+    }
+
+    /// Gives the filters the whole request body when one asked for it, or when the listener
+    /// read it before routing (then it is not read again), and runs the body hooks on it.
     async fn buffer_body(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> PResult<Option<Reply>> {
-        let RequestCtx {
-            routed,
-            filter,
-            buffer_permit,
-            ..
-        } = ctx;
+        let asked = ctx
+            .filter
+            .as_ref()
+            .and_then(FilterCtx::body_limit)
+            .map(|l| l.min(MAX_BUFFERED_BODY));
+        let body = match (ctx.body.take(), asked) {
+            (None, None) => return Ok(None),
+            (Some(body), Some(limit)) if body.len() > limit => {
+                tracing::debug!(limit, "request body over a filter's bound: 413");
+                return Ok(Some(Reply::Status(413)));
+            }
+            (Some(body), _) => body,
+            (None, Some(limit)) => match self
+                .read_body(session, ctx, limit, "filter body buffer")
+                .await?
+            {
+                Ok(body) => body,
+                Err(reply) => return Ok(Some(reply)),
+            },
+        };
+        let RequestCtx { routed, filter, .. } = ctx;
         let (Some(routed), Some(filter)) = (routed.as_ref(), filter.as_mut()) else {
             return Ok(None);
         };
-        let Some(limit) = filter.body_limit() else {
-            return Ok(None);
-        };
-        let limit = limit.min(MAX_BUFFERED_BODY);
-        let expected = content_length(session.req_header()).map_or(limit, |n| n.min(limit));
-        let Some(permit) = self.body_budget.try_reserve(expected, "filter body buffer") else {
-            return Ok(Some(overloaded(session)));
-        };
-        let permit = buffer_permit.insert(permit);
-        session.as_mut().enable_retry_buffering();
-        let mut buf = BytesMut::new();
-        while let Some(chunk) = session.read_request_body().await? {
-            if buf.len() + chunk.len() > limit {
-                tracing::debug!(rule = %routed.rule.name, limit, "request body over the buffer bound: 413");
-                return Ok(Some(Reply::Status(413)));
-            }
-            buf.extend_from_slice(&chunk);
-        }
-        permit.shrink_to(buf.len());
-        let mut body = Some(buf.freeze());
+        let mut body = Some(body);
         for step in routed.reached() {
             if let Step::Custom(f) = step {
                 match f.request_body(session, filter, &mut body, true).await {

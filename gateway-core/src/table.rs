@@ -22,6 +22,7 @@ use rustls::sign::CertifiedKey;
 use crate::backend::budget::RetryBudgetState;
 use crate::backend::session::SessionCodec;
 use crate::backend::{BackendState, Endpoint, EndpointPicker, PickerRegistry, StateStore};
+use crate::body_headers::BodyHeaders;
 use crate::config::{
     BackendPolicy, BackendProtocol, BackendTarget, Bind, Config, Listener, LoadBalancer,
     PathNormalization, Protocol, RequestMirror, Retry, Route, Rule, SessionPersistence, Timeouts,
@@ -113,6 +114,9 @@ impl Table {
                 .map_err(|e| e.more_context(format_args!("bind {}", bind.address)))?;
             rejected.extend(compiled.router.rejected().iter().cloned());
             rejected.extend(compiled.tls_rejected.iter().cloned());
+            for l in &compiled.listeners {
+                rejected.extend(l.rejected.iter().cloned());
+            }
             if binds.insert(bind.address, Arc::new(compiled)).is_some() {
                 return Err(Error::new(
                     ErrorKind::InvalidConfig,
@@ -275,6 +279,11 @@ pub(crate) struct CompiledListener {
     pub(crate) port: u16,
     /// How request paths are normalised before routing.
     pub(crate) path: PathNormalization,
+    /// Headers derived from the JSON body before routing; `None` (the default) when the
+    /// listener has none, so the request path checks one `Option`.
+    pub(crate) body_headers: Option<BodyHeaders>,
+    /// Why some of the listener's settings were left out (an invalid body header name).
+    pub(crate) rejected: Vec<String>,
     pub(crate) routes: Vec<Vec<Arc<CompiledRule>>>,
     /// The listener hostname its router was compiled with (for reuse by the next table).
     hostname: Option<String>,
@@ -335,7 +344,18 @@ impl CompiledListener {
                 }
             })
             .collect();
+        let (body_headers, problems) =
+            BodyHeaders::compile(&listener.body_headers, listener.max_body_header_bytes);
+        let rejected = problems
+            .into_iter()
+            .map(|p| {
+                tracing::warn!(listener = %listener.name, problem = %p, "listener setting rejected");
+                format!("listener {}: {p}", listener.name)
+            })
+            .collect();
         CompiledListener {
+            body_headers,
+            rejected,
             obs: match previous {
                 Some(p) => p.obs.clone(),
                 None => Arc::new(ListenerObs::new(cx.metrics, &listener.name)),

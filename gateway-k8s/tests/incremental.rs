@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{assert_condition, fixture, fixture_text, translator};
-use gateway_core::config::{BackendTarget, Filter, Route};
+use gateway_core::config::{BackendTarget, BodyHeader, Filter, Route};
 use gateway_k8s::{ObjectKey, Resources, Translation, Translator};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -354,4 +354,58 @@ fn status_text_reused_per_object_equals_a_full_render() {
     assert_eq!(text, fourth.status.to_yaml());
     assert!(!text.contains("name: b\n"));
     assert_eq!(cache.len(), v3.order().len() - 1);
+
+/// The body headers of the only listener.
+fn body_headers(t: &Translation) -> Vec<BodyHeader> {
+    t.config.binds[0].listeners[0].body_headers.clone()
+}
+
+#[test]
+fn a_route_matching_on_the_model_header_turns_body_based_routing_on_and_off() {
+    let v1 = fixture("incremental.yaml");
+    let mut t = translator();
+    let first = translate_both(&mut t, &v1, at(100));
+    assert!(
+        body_headers(&first).is_empty(),
+        "no route matches on the model"
+    );
+
+    // Route b starts matching on the header (any case): the listener reads the body's `model`,
+    // while routes a and c are reused.
+    let v2 = replaced(&v1, "HTTPRoute", "b", |d| {
+        d.replace(
+            "{path: {type: PathPrefix, value: /b/}}",
+            "{path: {type: PathPrefix, value: /b/}, headers: [{name: X-Gateway-Model-Name, value: llama}]}",
+        )
+    });
+    let second = translate_both(&mut t, &v2, at(200));
+    assert_eq!(t.route_reuse(), (2, 1));
+    assert_eq!(
+        body_headers(&second),
+        [BodyHeader::new("x-gateway-model-name", "model")]
+    );
+
+    // Unchanged input: every route reused, the listener still reads the body.
+    let third = translate_both(&mut t, &v2, at(300));
+    assert_eq!(t.route_reuse(), (3, 0));
+    assert_eq!(body_headers(&third), body_headers(&second));
+
+    // The route is removed: nothing matches on the header any more.
+    let mut v3 = v2.clone();
+    v3.http_routes.remove(&ObjectKey::new("shop", "b"));
+    let fourth = translate_both(&mut t, &v3, at(400));
+    assert_eq!(t.route_reuse(), (2, 0));
+    assert!(body_headers(&fourth).is_empty());
+
+    // Back, then changed to match on another header: off again.
+    let fifth = translate_both(&mut t, &v2, at(500));
+    assert_eq!(body_headers(&fifth).len(), 1);
+    let v4 = replaced(&v1, "HTTPRoute", "b", |d| {
+        d.replace(
+            "{path: {type: PathPrefix, value: /b/}}",
+            "{path: {type: PathPrefix, value: /b/}, headers: [{name: x-model, value: llama}]}",
+        )
+    });
+    let sixth = translate_both(&mut t, &v4, at(600));
+    assert!(body_headers(&sixth).is_empty());
 }

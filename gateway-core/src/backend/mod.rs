@@ -82,7 +82,8 @@ impl std::fmt::Debug for Endpoint {
 pub struct PickRequest<'a> {
     /// The request as the filters left it.
     pub header: &'a RequestHeader,
-    /// The whole request body, when a filter asked for it to be buffered.
+    /// The whole request body, when a filter asked for it to be buffered or the listener read
+    /// it before routing ([`crate::config::Listener::body_headers`]).
     pub body: Option<&'a Bytes>,
     /// The filters' per-request context (route, typed extensions, hints).
     pub ctx: &'a FilterCtx,

@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use crate::backend::PickerRegistry;
 use crate::backend::StateStore;
 use crate::config::{
-    BackendRef, BackendTarget, Config, Filter, HeaderModifier, PathMatch, PathModifier, Protocol,
-    Route, RouteMatch, StringMatch,
+    BackendRef, BackendTarget, BodyHeader, Config, Filter, HeaderModifier, PathMatch, PathModifier,
+    Protocol, Route, RouteMatch, StringMatch,
 };
 use crate::dns::DnsAddresses;
 use crate::filter::FilterRegistry;
@@ -156,6 +156,11 @@ pub struct ListenerChoice {
     pub port: u16,
     /// How its hostname matched: exact beats the longest wildcard beats catch-all.
     pub matched: HostMatchKind,
+    /// Headers the listener derives from the JSON request body before routing
+    /// ([`crate::config::Listener::body_headers`]). `explain` reads no body: give their values
+    /// in [`ExplainRequest::headers`] as the body would set them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub body_headers: Vec<BodyHeader>,
 }
 
 /// The route, rule and match that take the request.
@@ -496,6 +501,7 @@ pub(crate) fn explain_table(
             HostPattern::Wildcard(_) => HostMatchKind::Wildcard,
             HostPattern::Any => HostMatchKind::CatchAll,
         },
+        body_headers: listener_cfg.body_headers.clone(),
     });
 
     // Path: the listener's normalisation, as the proxy does.
@@ -1023,6 +1029,14 @@ impl fmt::Display for Explanation {
                 l.port,
                 l.hostname.as_deref().unwrap_or("*")
             )?;
+            for h in &l.body_headers {
+                writeln!(
+                    f,
+                    "  header {} is set from the JSON body's top-level field {:?} before routing \
+                     (the client's is dropped; explain takes it from the given headers)",
+                    h.header, h.field
+                )?;
+            }
         }
         if let Some(p) = &self.normalized_path
             && *p != r.path

@@ -146,7 +146,8 @@ impl FilterCtx {
     /// Asks for the whole request body, up to `limit` bytes, before the endpoint is chosen: the
     /// [`crate::HttpFilter::request_body`] hooks then run once with all of it, and endpoint pickers
     /// see it. A larger body is answered with 413. Several calls keep the largest limit. Call it
-    /// from a request-headers hook.
+    /// from a request-headers hook. When the listener already read the body before routing (its
+    /// [`crate::config::Listener::body_headers`]), that body is used, not read again.
     pub fn buffer_request_body(&mut self, limit: usize) {
         self.body_limit = Some(self.body_limit.map_or(limit, |l| l.max(limit)));
     }
@@ -156,7 +157,8 @@ impl FilterCtx {
         self.body_limit
     }
 
-    /// The buffered request body, once read (see [`FilterCtx::buffer_request_body`]).
+    /// The buffered request body, once read (see [`FilterCtx::buffer_request_body`]; also set
+    /// when the listener read the body before routing for its body headers).
     pub fn request_body(&self) -> Option<&Bytes> {
         self.body.as_ref()
     }

@@ -7,7 +7,7 @@
 //! | hook | runs in | built-ins that act here |
 //! |---|---|---|
 //! | [`HttpFilter::request_headers`] | `request_filter`, after the route matched | `RequestHeaderModifier`, `URLRewrite`, `RequestRedirect` (answers), `CORS` (answers preflights), `RequestMirror` (starts the copy) |
-//! | [`HttpFilter::request_body`] | once with the whole body when a step asked for it with [`FilterCtx::buffer_request_body`]; otherwise chunk by chunk as it streams to the backend | `RequestMirror` (tees the body) |
+//! | [`HttpFilter::request_body`] | once with the whole body when a step asked for it with [`FilterCtx::buffer_request_body`] or the listener read it before routing for its body headers ([`crate::config::Listener::body_headers`]); otherwise chunk by chunk as it streams to the backend | `RequestMirror` (tees the body) |
 //! | [`HttpFilter::upstream_request`] | `upstream_request_filter`, once per attempt | — |
 //! | [`HttpFilter::response_headers`] | `response_filter`, and for every response the gateway writes itself (redirects, direct responses, errors) | `ResponseHeaderModifier`, `CORS` (annotates) |
 //! | [`HttpFilter::response_body`] | `response_body_filter`, chunk by chunk; once with the whole body of a response the gateway writes itself | — |

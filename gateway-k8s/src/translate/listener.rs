@@ -7,10 +7,34 @@ use gateway_api::gateways::{
     Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
     GatewayListenersTlsCertificateRefs, GatewayListenersTlsMode,
 };
-use gateway_core::config::{Certificate, ListenerTls, Protocol, Route};
+use gateway_core::config::{BodyHeader, Certificate, ListenerTls, Protocol, Route};
 
 use super::refs::{self, RefFrom, Requirement, Selector};
 use crate::resources::{GATEWAY_GROUP, Resources};
+
+/// The header body-based routing sets from the request body's `model` field (the Gateway API
+/// Inference Extension's body-based router sets the same header).
+pub(crate) const MODEL_NAME_HEADER: &str = "x-gateway-model-name";
+
+/// The body headers of a listener with `routes` attached
+/// ([`gateway_core::config::Listener::body_headers`]): when a rule of some route matches on the
+/// header `X-Gateway-Model-Name` (any case), that header is derived from the JSON body's
+/// top-level `model` field before routing, so routes can choose a backend by model; otherwise
+/// none (bodies stream). Computed from the routes on every translation, so a route added,
+/// changed or removed (translated or reused) updates the listener.
+pub(crate) fn body_headers(routes: &[Arc<Route>]) -> Vec<BodyHeader> {
+    let by_model = routes
+        .iter()
+        .flat_map(|r| &r.rules)
+        .flat_map(|rule| &rule.matches)
+        .flat_map(|m| &m.headers)
+        .any(|h| h.name.eq_ignore_ascii_case(MODEL_NAME_HEADER));
+    if by_model {
+        vec![BodyHeader::new(MODEL_NAME_HEADER, "model")]
+    } else {
+        Vec::new()
+    }
+}
 
 /// A condition outcome that is not True: its reason and message.
 pub(crate) type Problem = (&'static str, String);

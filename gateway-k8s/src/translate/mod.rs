@@ -431,6 +431,8 @@ impl Translator {
                         tls: l.tls.clone(),
                         routes: l.routes.clone(),
                         path_normalization: client_policies.path_of(&plan.key, &l.name),
+                        body_headers: listener::body_headers(&l.routes),
+                        max_body_header_bytes: Listener::DEFAULT_MAX_BODY_HEADER_BYTES,
                     });
                 }
             }
