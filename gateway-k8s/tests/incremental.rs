@@ -354,6 +354,7 @@ fn status_text_reused_per_object_equals_a_full_render() {
     assert_eq!(text, fourth.status.to_yaml());
     assert!(!text.contains("name: b\n"));
     assert_eq!(cache.len(), v3.order().len() - 1);
+}
 
 /// The body headers of the only listener.
 fn body_headers(t: &Translation) -> Vec<BodyHeader> {
