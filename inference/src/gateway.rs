@@ -51,8 +51,11 @@ use crate::scrape::{self, MetricsStore, ScrapeConfig, ScraperHandle};
 pub const POOL_KIND: &str = "InferencePool";
 /// The name the pool picker is registered under ([`gateway_core::config::LoadBalancer::Custom`]).
 pub const PICKER: &str = "inference.networking.k8s.io/InferencePool";
-/// Default bound of a buffered inference request body: 4 MiB.
-pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
+/// Default bound of a buffered inference request body: gateway-core's ceiling for a buffered
+/// body ([`gateway_core::proxy::MAX_BUFFERED_BODY`], 64 KiB: Pingora replays a body already
+/// read from its fixed 64 KiB retry buffer). Larger prompts get 413 until the vendored Pingora
+/// can replay a body the gateway holds.
+pub const DEFAULT_BODY_LIMIT: usize = gateway_core::proxy::MAX_BUFFERED_BODY;
 
 /// The settings of one pool filter, as the configuration source writes them into
 /// [`ExtensionRef::config`].
