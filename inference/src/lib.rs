@@ -12,6 +12,8 @@
 //! - [`scheduler`]: pluggable filters, scorers and pickers; the reference default profile; the
 //!   prefix-cache index; saturation and admission.
 //! - [`flow`]: flow-control queues with strict priority bands, fair flows and TTLs.
+//! - [`settings`]: [`settings::InferencePoolSettings`], what gateway-k8s hands the data plane
+//!   for one InferencePool backend.
 //!
 //! Nothing here depends on gateway-core or Pingora: the data plane calls these pieces per
 //! request (parse, resolve objective and rewrite, admit or queue, schedule, rewrite the
@@ -27,3 +29,4 @@ pub mod request;
 pub mod rewrite;
 pub mod scheduler;
 pub mod scrape;
+pub mod settings;
