@@ -76,6 +76,9 @@ pub struct StatusReport {
         BTreeMap<ObjectKey, gateway_api::backendtlspolicies::BackendTlsPolicyStatus>,
     pub(crate) xbackends: BTreeMap<ObjectKey, XBackendEntry>,
     pub(crate) client_traffic_policies: BTreeMap<ObjectKey, ClientTrafficPolicyStatus>,
+    /// v1 InferencePools referred to by routes served on our Gateways.
+    pub(crate) inference_pools:
+        BTreeMap<ObjectKey, gateway_inference::crd::v1::InferencePoolStatus>,
     /// Filter policies attached by `targetRefs` / `targetSelectors`, by kind and object.
     pub(crate) attached_policies: BTreeMap<GenericKey, PolicyStatus>,
     pub(crate) documents: Vec<Value>,
@@ -138,6 +141,14 @@ impl StatusReport {
                 }
             }
             if let Some(status) = self.attached_policies.get(key) {
+                set_status(&mut doc, status);
+            }
+            if key.group == gateway_inference::crd::GROUP
+                && key.kind == gateway_inference::crd::KIND_INFERENCE_POOL
+                && let Some(status) = self
+                    .inference_pools
+                    .get(&ObjectKey::new(key.namespace.clone(), key.name.clone()))
+            {
                 set_status(&mut doc, status);
             }
             if key.group == GATEWAY_X_GROUP && key.kind == XBACKEND_KIND {
@@ -334,6 +345,17 @@ impl StatusReport {
     ) -> Option<&PolicyStatus> {
         self.attached_policies
             .get(&GenericKey::new(group, kind, namespace, name))
+    }
+
+    /// The status of the v1 InferencePool `namespace/name`: one `parents` entry per Gateway of
+    /// ours serving an accepted HTTPRoute that refers to it (and only when the translator's
+    /// filter registry serves InferencePools). `None` when there is no such Gateway.
+    pub fn inference_pool(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<&gateway_inference::crd::v1::InferencePoolStatus> {
+        self.inference_pools.get(&ObjectKey::new(namespace, name))
     }
 
     /// The status of XBackend `namespace/name`, if a route attached to one of our Gateways refers

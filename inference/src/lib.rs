@@ -12,6 +12,8 @@
 //! - [`scheduler`]: pluggable filters, scorers and pickers; the reference default profile; the
 //!   prefix-cache index; saturation and admission.
 //! - [`flow`]: flow-control queues with strict priority bands, fair flows and TTLs.
+//! - [`settings`]: [`settings::InferencePoolSettings`], what gateway-k8s hands the data plane
+//!   for one InferencePool backend.
 //!
 //! - [`gateway`] (cargo feature `gateway`, on by default): the data-plane side on gateway-core,
 //!   the InferencePool filter and endpoint picker.
@@ -32,3 +34,4 @@ pub mod request;
 pub mod rewrite;
 pub mod scheduler;
 pub mod scrape;
+pub mod settings;

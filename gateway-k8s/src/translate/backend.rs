@@ -220,7 +220,7 @@ pub(crate) fn parse_xbackend(
 
 /// Resolves a reference to a core Service: its port, endpoints, protocol and policy, with the
 /// name of the port.
-fn resolve_service(
+pub(crate) fn resolve_service(
     resources: &Resources,
     policies: &BackendPolicies,
     route_namespace: &str,

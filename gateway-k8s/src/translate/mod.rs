@@ -7,6 +7,7 @@ mod client_policy;
 mod frontend;
 mod hostname;
 mod incremental;
+mod inference;
 mod listener;
 mod policy;
 mod refs;
@@ -44,7 +45,7 @@ use crate::crds::{
     PolicyAncestorRef, PolicyAncestorStatus, PolicyStatus, XBACKEND_KIND, XBackendStatus,
 };
 use crate::diagnostic::Diagnostic;
-use crate::resources::{GATEWAY_GROUP, GATEWAY_X_GROUP, Object, ObjectKey, Resources};
+use crate::resources::{GATEWAY_GROUP, GATEWAY_X_GROUP, GenericKey, Object, ObjectKey, Resources};
 use crate::status::{Cond, ConditionClock, SUPPORTED_FEATURES, StatusReport, XBackendEntry};
 use incremental::{RouteAttachment, RouteCache, TranslatedRoute};
 use listener::{ListenerPlan, Problem};
@@ -186,6 +187,19 @@ impl Translator {
     /// refuses make it `ResolvedRefs=False` with reason `InvalidExtensionRef` and the factory's
     /// message; either way the rule answers 500, as it would without the check. Without a
     /// registry (the default) only the project's `DirectResponse` settings are checked.
+    ///
+    /// The registry also decides whether HTTPRoute backendRefs of kind `InferencePool`
+    /// (`inference.networking.k8s.io`, or the v1alpha2 `inference.networking.x-k8s.io`) are
+    /// served: only when it has the kind `("inference.networking.k8s.io", "InferencePool")`.
+    /// Such a reference then becomes a backend named `<namespace>/<pool>` whose endpoints are
+    /// every target port of every Ready, addressed, non-terminating Pod the pool selects
+    /// (sorted), with protocol HTTP/1.1 or h2c (`appProtocol`), load balancer
+    /// `Custom("inference.networking.k8s.io/InferencePool")`, and, after the backendRef's own
+    /// filters, an `ExtensionRef` of that kind named after the pool whose `config` is a
+    /// [`gateway_inference::settings::InferencePoolSettings`] (endpoints with Pods and engines,
+    /// the endpoint picker resolved to addresses, the pool's objectives and rewrites). That
+    /// filter is not built here. Without the kind the reference is `InvalidKind`, as before.
+    /// See `docs/gateway-k8s.md`, "InferencePool backends".
     ///
     /// The filters built for the check are dropped at once; use the registry the gateway serves
     /// with. Give a new translator when the registry changes (translations of unchanged routes
@@ -357,6 +371,8 @@ impl Translator {
         let (tls_plans, backend_tls) = backend_tls::plan(resources);
         let mut service_gateways = BTreeMap::new();
         let mut xbackend_refs = BTreeSet::new();
+        let mut pool_refs = BTreeMap::new();
+        let inference = inference::InferenceIndex::new(resources);
         let mut routes: Vec<_> = resources
             .http_routes
             .iter()
@@ -374,6 +390,7 @@ impl Translator {
                 tls: &backend_tls,
                 namespace: &key.namespace,
                 filters: self.filters.as_ref(),
+                inference: &inference,
             };
             let route = cache.get_or_translate(key, route, |object| {
                 TranslatedRoute::new(key, object, route::translate_rules(ctx, &object.object))
@@ -383,6 +400,7 @@ impl Translator {
                 plans: &mut plans,
                 service_gateways: &mut service_gateways,
                 xbackend_refs: &mut xbackend_refs,
+                pool_refs: &mut pool_refs,
                 attached: &attached,
                 now: &now,
                 out: &mut out,
@@ -391,6 +409,7 @@ impl Translator {
         }
         cache.finish(resources);
         self.routes = cache;
+        self.pool_statuses(resources, &inference, &pool_refs, &now, &mut out);
         for key in &xbackend_refs {
             if let Some(entry) = self.xbackend_status(resources, key, &now) {
                 out.status.xbackends.insert(key.clone(), entry);
@@ -444,6 +463,114 @@ impl Translator {
         };
         self.clock.finish();
         out
+    }
+
+    /// The status of every InferencePool routes refer to: for a v1 pool, one `status.parents`
+    /// entry per Gateway of ours serving such a route, with `Accepted` and `ResolvedRefs`
+    /// (`InvalidExtensionRef` when its endpoint picker does not resolve); an invalid pool gets
+    /// `Accepted=False` (`NotSupportedByParent`) and a diagnostic. v1alpha2 pools are served but
+    /// get no status (their `status.parent` schema is not written).
+    fn pool_statuses(
+        &mut self,
+        resources: &Resources,
+        index: &inference::InferenceIndex<'_>,
+        pool_refs: &BTreeMap<GenericKey, BTreeSet<ObjectKey>>,
+        now: &Time,
+        out: &mut Translation,
+    ) {
+        use gateway_inference::crd::conditions as c;
+        use gateway_inference::crd::v1::{InferencePoolStatus, ParentReference, ParentStatus};
+        /// At most this many parents (the CRD's bound).
+        const MAX_PARENTS: usize = 32;
+        for (key, gateways) in pool_refs {
+            let Some(object) = resources.others.get(key) else {
+                continue;
+            };
+            let outcome = index.pool(key);
+            if let Err((_, message)) = &*outcome {
+                out.diagnostics.push(Diagnostic::document(
+                    &object.origin,
+                    object.document,
+                    format!("{message}; routes to it answer 500"),
+                ));
+            }
+            if key.group != inference::POOL_GROUP || gateways.is_empty() {
+                continue;
+            }
+            if gateways.len() > MAX_PARENTS {
+                out.diagnostics.push(Diagnostic::document(
+                    &object.origin,
+                    object.document,
+                    format!(
+                        "InferencePool {}/{} is used by {} Gateways; its status lists the first {MAX_PARENTS}",
+                        key.namespace,
+                        key.name,
+                        gateways.len()
+                    ),
+                ));
+            }
+            let generation = object
+                .object
+                .pointer("/metadata/generation")
+                .and_then(serde_json::Value::as_i64);
+            let parents = gateways
+                .iter()
+                .take(MAX_PARENTS)
+                .map(|gateway| {
+                    let scope = format!(
+                        "InferencePool/{}/{}/parent/{gateway}",
+                        key.namespace, key.name
+                    );
+                    let conds = match &*outcome {
+                        Err((_, message)) => vec![Cond::new(
+                            c::ACCEPTED,
+                            false,
+                            c::REASON_NOT_SUPPORTED_BY_PARENT,
+                            message.clone(),
+                        )],
+                        Ok(served) => vec![
+                            Cond::new(
+                                c::ACCEPTED,
+                                true,
+                                c::REASON_ACCEPTED,
+                                "served by the gateway",
+                            ),
+                            match &served.picker_unresolved {
+                                None => Cond::new(
+                                    c::RESOLVED_REFS,
+                                    true,
+                                    c::REASON_RESOLVED_REFS,
+                                    "all references resolved",
+                                ),
+                                Some(why) => Cond::new(
+                                    c::RESOLVED_REFS,
+                                    false,
+                                    c::REASON_INVALID_EXTENSION_REF,
+                                    why.clone(),
+                                ),
+                            },
+                        ],
+                    };
+                    ParentStatus {
+                        parent_ref: ParentReference {
+                            group: GATEWAY_GROUP.to_string(),
+                            kind: "Gateway".to_string(),
+                            name: gateway.name.clone(),
+                            namespace: Some(gateway.namespace.clone()),
+                        },
+                        controller_name: self.options.controller_name.clone(),
+                        conditions: conds
+                            .into_iter()
+                            .map(|cond| self.clock.build(&scope, cond, generation, now))
+                            .collect(),
+                    }
+                })
+                .collect();
+            out.status.inference_pools.insert(
+                ObjectKey::new(key.namespace.clone(), key.name.clone()),
+                InferencePoolStatus { parents },
+            );
+        }
     }
 
     /// The `Accepted` condition of an XBackend a served route refers to; `None` when it does not
@@ -729,6 +856,7 @@ impl Translator {
             plans,
             service_gateways,
             xbackend_refs,
+            pool_refs,
             attached,
             now,
             out,
@@ -752,10 +880,22 @@ impl Translator {
                 format!("HTTPRoute {key}: {message}; the route is not served"),
             ));
         }
-        // Served on a listener of `gateway_key`: the policies and XBackends of its rules count
-        // for that Gateway.
+        for pool in &rules.pools {
+            if !pool_refs.contains_key(pool) {
+                pool_refs.insert(pool.clone(), BTreeSet::new());
+            }
+        }
+        // Served on a listener of `gateway_key`: the policies, XBackends and InferencePools of
+        // its rules count for that Gateway.
         let mut served_by = |gateway_key: &ObjectKey| {
             xbackend_refs.extend(rules.xbackends.iter().cloned());
+            for pool in &rules.pools {
+                if let Some(gateways) = pool_refs.get_mut(pool)
+                    && !gateways.contains(gateway_key)
+                {
+                    gateways.insert(gateway_key.clone());
+                }
+            }
             for service in &rules.services {
                 let gateways = match service_gateways.get_mut(service) {
                     Some(gateways) => gateways,
@@ -1263,6 +1403,9 @@ struct RouteAttach<'a> {
     service_gateways: &'a mut BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
     /// The XBackends that routes attached to our Gateways refer to.
     xbackend_refs: &'a mut BTreeSet<ObjectKey>,
+    /// Every InferencePool a route refers to (when the registry serves them) -> the Gateways
+    /// of ours serving such a route (possibly none).
+    pool_refs: &'a mut BTreeMap<GenericKey, BTreeSet<ObjectKey>>,
     /// Filter policies attached to Gateways, listeners, routes and rules.
     attached: &'a attached::AttachedPolicies,
     now: &'a Time,

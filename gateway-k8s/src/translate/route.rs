@@ -34,12 +34,13 @@ use gateway_core::config::{
 };
 
 use super::backend::{self, BackendPolicies, BackendRefSpec};
+use super::inference;
 use super::listener::Problem;
 use super::refs::RefFrom;
 use super::secret_refs;
 use super::validate;
 use crate::crds::{DIRECT_RESPONSE_GROUP, DIRECT_RESPONSE_KIND, DirectResponse};
-use crate::resources::{Kind, ObjectKey, Resources};
+use crate::resources::{GenericKey, Kind, ObjectKey, Resources};
 
 /// What a route's rules are translated against.
 #[derive(Clone, Copy)]
@@ -52,6 +53,8 @@ pub(crate) struct RouteCtx<'a> {
     pub namespace: &'a str,
     /// The filters `ExtensionRef`s are checked against, if any.
     pub filters: Option<&'a gateway_core::FilterRegistry>,
+    /// InferencePools, their Pods and objects, read once per translation.
+    pub inference: &'a super::inference::InferenceIndex<'a>,
 }
 
 /// The translated rules of one HTTPRoute.
@@ -72,6 +75,9 @@ pub(crate) struct RouteRules {
     /// The XBackends the kept rules refer to (backends and mirrors, resolved or not), sorted,
     /// each once.
     pub xbackends: Vec<ObjectKey>,
+    /// The InferencePools the kept rules refer to as served backends (resolved or not; only
+    /// when the filter registry has the kind), sorted, each once.
+    pub pools: Vec<GenericKey>,
 }
 
 impl RouteRules {
@@ -130,6 +136,7 @@ struct RuleRefs {
     unresolved: Option<Problem>,
     services: BTreeSet<ObjectKey>,
     xbackends: BTreeSet<ObjectKey>,
+    pools: BTreeSet<GenericKey>,
 }
 
 impl RuleRefs {
@@ -143,6 +150,7 @@ pub(crate) fn translate_rules(ctx: RouteCtx<'_>, route: &HttpRoute) -> RouteRule
     let mut out = RouteRules::default();
     let mut services = BTreeSet::new();
     let mut xbackends = BTreeSet::new();
+    let mut pools = BTreeSet::new();
     for hostname in route.spec.hostnames.iter().flatten() {
         if let Err(message) = validate::hostname(hostname) {
             out.unsupported = Some(format!("route hostname: {message}"));
@@ -162,6 +170,7 @@ pub(crate) fn translate_rules(ctx: RouteCtx<'_>, route: &HttpRoute) -> RouteRule
                 }
                 services.extend(refs.services);
                 xbackends.extend(refs.xbackends);
+                pools.extend(refs.pools);
             }
             Err(FilterError::Invalid(message)) => out.invalid.push((label, message)),
             Err(FilterError::Unsupported(message)) => {
@@ -169,6 +178,7 @@ pub(crate) fn translate_rules(ctx: RouteCtx<'_>, route: &HttpRoute) -> RouteRule
                 out.rules.clear();
                 out.services = services.into_iter().collect();
                 out.xbackends = xbackends.into_iter().collect();
+                out.pools = pools.into_iter().collect();
                 return out;
             }
         }
@@ -179,6 +189,7 @@ pub(crate) fn translate_rules(ctx: RouteCtx<'_>, route: &HttpRoute) -> RouteRule
     out.rules = out.rules.clone();
     out.services = services.into_iter().collect();
     out.xbackends = xbackends.into_iter().collect();
+    out.pools = pools.into_iter().collect();
     out
 }
 
@@ -895,9 +906,38 @@ fn translate_backend(
             filters.push(filter);
         }
     }
+    let weight = u32::try_from(backend.weight.unwrap_or(1)).unwrap_or(0);
+    // An InferencePool, when the data plane can serve one (see `super::inference`).
+    if let Some(pool) = inference::pool_key(&spec, ctx.namespace).filter(|_| {
+        ctx.filters
+            .is_some_and(|r| r.contains(inference::POOL_GROUP, inference::POOL_KIND))
+    }) {
+        let name = format!("{}/{}", pool.namespace, pool.name);
+        let target = match ctx.inference.resolve(ctx.namespace, &pool) {
+            Ok(served) => {
+                filters.push(Filter::ExtensionRef(served.filter));
+                refs.pools.insert(pool);
+                BackendTarget::Endpoints(served.backend)
+            }
+            Err(problem) => {
+                // A reference the pool's namespace does not permit is no use of the pool.
+                if problem.0 != "RefNotPermitted" {
+                    refs.pools.insert(pool);
+                }
+                let reason = problem.1.clone();
+                refs.problem(problem);
+                BackendTarget::Unresolved { reason }
+            }
+        };
+        return Ok(BackendRef {
+            name,
+            weight,
+            target,
+            filters,
+        });
+    }
     refs.services.extend(spec.service_key(ctx.namespace));
     refs.xbackends.extend(spec.xbackend_key(ctx.namespace));
-    let weight = u32::try_from(backend.weight.unwrap_or(1)).unwrap_or(0);
     let target = match backend::resolve(ctx.resources, ctx.policies, ctx.tls, ctx.namespace, spec) {
         Ok(target) => target,
         Err(problem) => {
