@@ -3,7 +3,8 @@
 //! A configuration source (gateway-k8s) turns an HTTPRoute backendRef to an InferencePool into a
 //! gateway-core backend whose endpoints are the pool's Pods x target ports, whose load balancer
 //! is the custom picker [`PICKER`], and which carries one backend filter, an `ExtensionRef` of
-//! group [`crate::crd::GROUP`] and kind [`POOL_KIND`] with the pool's [`PoolSettings`]. This
+//! group [`crate::crd::GROUP`] and kind [`POOL_KIND`] with the pool's
+//! [`InferencePoolSettings`]. This
 //! module provides both halves, registered with [`InferenceGateway::register_filters`] and
 //! [`InferenceGateway::install`]:
 //!
@@ -31,6 +32,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
+use crate::crd::v1::FailureMode;
+use crate::objective::Objectives;
+use crate::request::{self, ApiKind, DroppedReason};
+use crate::rewrite::{ModelRewrites, RewriteSource};
+use crate::scheduler::{Candidate, SchedRequest, Scheduler};
+use crate::scrape::{self, MetricsStore, ScrapeConfig, ScraperHandle};
+use crate::settings::InferencePoolSettings;
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use gateway_core::config::ExtensionRef;
@@ -38,83 +46,17 @@ use gateway_core::{
     DirectResponse, Endpoint, EndpointPicker, Error, ErrorKind, FilterAction, FilterCtx,
     FilterRegistry, Gateway, HttpFilter, PickRequest, ResponseHeader, Session, async_trait,
 };
-use serde::{Deserialize, Serialize};
-
-use crate::metrics::Engine;
-use crate::objective::Objectives;
-use crate::request::{self, ApiKind, DroppedReason};
-use crate::rewrite::{ModelRewrites, RewriteSource};
-use crate::scheduler::{Candidate, SchedRequest, Scheduler};
-use crate::scrape::{self, MetricsStore, ScrapeConfig, ScraperHandle};
 
 /// The `ExtensionRef` kind of the pool filter (group [`crate::crd::GROUP`]).
 pub const POOL_KIND: &str = "InferencePool";
-/// The name the pool picker is registered under ([`gateway_core::config::LoadBalancer::Custom`]).
-pub const PICKER: &str = "inference.networking.k8s.io/InferencePool";
+/// The name the pool picker is registered under ([`gateway_core::config::LoadBalancer::Custom`]);
+/// the one gateway-k8s names ([`crate::settings::LOAD_BALANCER`]).
+pub const PICKER: &str = crate::settings::LOAD_BALANCER;
 /// Default bound of a buffered inference request body: gateway-core's ceiling for a buffered
 /// body ([`gateway_core::proxy::MAX_BUFFERED_BODY`], 64 KiB: Pingora replays a body already
 /// read from its fixed 64 KiB retry buffer). Larger prompts get 413 until the vendored Pingora
 /// can replay a body the gateway holds.
 pub const DEFAULT_BODY_LIMIT: usize = gateway_core::proxy::MAX_BUFFERED_BODY;
-
-/// The settings of one pool filter, as the configuration source writes them into
-/// [`ExtensionRef::config`].
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PoolSettings {
-    /// The pool's identity; its runtime state is kept by it across configurations.
-    pub pool: PoolName,
-    /// Every endpoint with its model-server engine, in the backend's order.
-    #[serde(default)]
-    pub endpoints: Vec<PoolEndpoint>,
-    /// The InferenceObjectives that name this pool.
-    #[serde(default)]
-    pub objectives: Vec<PoolObjective>,
-    /// The InferenceModelRewrites that name this pool.
-    #[serde(default)]
-    pub rewrites: Vec<PoolRewrite>,
-}
-
-/// A pool's namespace and name.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PoolName {
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-}
-
-/// One endpoint of a pool.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PoolEndpoint {
-    /// `podIP:targetPort`.
-    pub address: SocketAddr,
-    /// The engine (`vllm`, `sglang`, `trtllm-serve`, `triton-trtllm`); unknown or unset: vLLM.
-    #[serde(default)]
-    pub engine: Option<String>,
-}
-
-/// An InferenceObjective of the pool.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PoolObjective {
-    /// Its name (what the objective header names).
-    pub name: String,
-    /// Its priority (unset = 0).
-    #[serde(default)]
-    pub priority: Option<i32>,
-}
-
-/// An InferenceModelRewrite of the pool.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PoolRewrite {
-    /// Its name.
-    pub name: String,
-    /// Its creation time (older rewrites win ties).
-    #[serde(default)]
-    pub created: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
-    /// Its spec.
-    pub spec: crate::crd::llmd::InferenceModelRewriteSpec,
-}
 
 /// The inference data plane of one gateway: the pool runtimes, the filter factory and the
 /// picker. Clone it freely (shared).
@@ -180,7 +122,7 @@ impl InferenceGateway {
     /// The pool filter for `reference`; creates or updates the pool's runtime. Runs when a
     /// configuration is applied.
     fn build_filter(&self, reference: &ExtensionRef) -> gateway_core::Result<Arc<dyn HttpFilter>> {
-        let settings: PoolSettings = match &reference.config {
+        let settings: InferencePoolSettings = match &reference.config {
             Some(config) => serde_json::from_value(config.clone()).map_err(|e| {
                 Error::new(
                     ErrorKind::InvalidConfig,
@@ -195,14 +137,24 @@ impl InferenceGateway {
             }
         };
         let runtime = self.runtime(&settings);
+        // The external endpoint picker protocol (ext_proc) is not spoken yet: a pool that names
+        // one is served as when its picker is unavailable.
+        let picker_unavailable = settings.endpoint_picker.as_ref().map(|p| p.failure_mode);
+        if picker_unavailable.is_some() {
+            tracing::warn!(
+                pool = %runtime.key,
+                "endpointPickerRef: the external picker is not supported yet; served as unavailable (FailOpen: in-process picker; FailClose: 503)"
+            );
+        }
         Ok(Arc::new(PoolFilter {
             runtime,
             body_limit: self.inner.body_limit,
+            fail_closed: picker_unavailable == Some(FailureMode::FailClose),
         }))
     }
 
     /// The runtime of the pool `settings` names, created on first use, updated to `settings`.
-    fn runtime(&self, settings: &PoolSettings) -> Arc<PoolRuntime> {
+    fn runtime(&self, settings: &InferencePoolSettings) -> Arc<PoolRuntime> {
         let key = format!("{}/{}", settings.pool.namespace, settings.pool.name);
         let mut pools = self.inner.pools.lock().unwrap_or_else(|e| e.into_inner());
         pools.retain(|_, w| w.strong_count() > 0);
@@ -252,15 +204,9 @@ impl PoolRuntime {
             .get_or_init(|| scrape::spawn(self.store.clone(), self.scrape.clone()));
     }
 
-    fn update(&self, settings: &PoolSettings) {
-        self.store.set_endpoints(settings.endpoints.iter().map(|e| {
-            let engine = e
-                .engine
-                .as_deref()
-                .and_then(Engine::from_name)
-                .unwrap_or_default();
-            (e.address, engine)
-        }));
+    fn update(&self, settings: &InferencePoolSettings) {
+        self.store
+            .set_endpoints(settings.endpoints.iter().map(|e| (e.address, e.engine)));
         let objectives: Vec<(String, crate::crd::llmd::InferenceObjectiveSpec)> = settings
             .objectives
             .iter()
@@ -268,7 +214,7 @@ impl PoolRuntime {
                 (
                     o.name.clone(),
                     crate::crd::llmd::InferenceObjectiveSpec {
-                        priority: o.priority,
+                        priority: Some(o.priority),
                         pool_ref: crate::crd::PoolObjectReference::new(&settings.pool.name),
                     },
                 )
@@ -281,7 +227,7 @@ impl PoolRuntime {
             .rewrites
             .iter()
             .map(|r| RewriteSource {
-                key: r.name.clone(),
+                key: format!("{}/{}", settings.pool.namespace, r.name),
                 created: r.created.clone(),
                 spec: r.spec.clone(),
             })
@@ -338,6 +284,8 @@ struct Collected(BytesMut);
 struct PoolFilter {
     runtime: Arc<PoolRuntime>,
     body_limit: usize,
+    /// The pool names an external picker with `FailClose`, which this gateway cannot reach.
+    fail_closed: bool,
 }
 
 /// A JSON error body in the OpenAI shape.
@@ -366,6 +314,13 @@ impl HttpFilter for PoolFilter {
         session: &mut Session,
         ctx: &mut FilterCtx,
     ) -> gateway_core::Result<FilterAction> {
+        if self.fail_closed {
+            return Ok(FilterAction::Respond(error_response(
+                503,
+                "the pool's endpoint picker is unavailable",
+                None,
+            )));
+        }
         self.runtime.ensure_scraping();
         let headers = &session.req_header().headers;
         let priority = self

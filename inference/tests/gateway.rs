@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use gateway_core::config::*;
 use gateway_core::{FilterRegistry, Gateway};
-use gateway_inference::gateway::{
-    InferenceGateway, PICKER, POOL_KIND, PoolEndpoint, PoolName, PoolObjective, PoolRewrite,
-    PoolSettings,
-};
+use gateway_inference::gateway::{InferenceGateway, PICKER, POOL_KIND};
+use gateway_inference::metrics::Engine;
 use gateway_inference::scrape::ScrapeConfig;
+use gateway_inference::settings::{
+    InferencePoolSettings, ObjectiveSettings, PoolEndpoint, PoolName, RewriteSettings,
+};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -42,28 +43,33 @@ async fn sim(pod: &str, max_num_seqs: usize, itl_ms: f64) -> RunningSim {
 
 fn settings(
     sims: &[&RunningSim],
-    objectives: Vec<PoolObjective>,
-    rewrites: Vec<PoolRewrite>,
-) -> PoolSettings {
-    PoolSettings {
+    objectives: Vec<ObjectiveSettings>,
+    rewrites: Vec<RewriteSettings>,
+) -> InferencePoolSettings {
+    InferencePoolSettings {
         pool: PoolName {
             namespace: "llm".into(),
             name: "pool".into(),
         },
+        target_ports: sims.iter().map(|s| s.local_addr().port()).collect(),
+        app_protocol: Default::default(),
         endpoints: sims
             .iter()
-            .map(|s| PoolEndpoint {
+            .enumerate()
+            .map(|(i, s)| PoolEndpoint {
                 address: s.local_addr(),
-                engine: Some("vllm".into()),
+                pod: format!("llm/vllm-{i}"),
+                engine: Engine::Vllm,
             })
             .collect(),
+        endpoint_picker: None,
         objectives,
         rewrites,
     }
 }
 
 /// A gateway on a free port whose one route sends everything to the pool.
-async fn gateway(inference: &InferenceGateway, settings: &PoolSettings) -> (Gateway, u16) {
+async fn gateway(inference: &InferenceGateway, settings: &InferencePoolSettings) -> (Gateway, u16) {
     let mut registry = FilterRegistry::new();
     inference.register_filters(&mut registry);
     let gw = Gateway::new(registry);
@@ -239,7 +245,7 @@ async fn requests_go_to_the_least_loaded_server_and_report_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_rewrites_apply_upstream_and_are_undone_in_responses() {
     let server = sim("one", 4, 0.0).await;
-    let rewrite: PoolRewrite = serde_json::from_value(serde_json::json!({
+    let rewrite: RewriteSettings = serde_json::from_value(serde_json::json!({
         "name": "alias",
         "spec": {
             "poolRef": {"name": "pool"},
@@ -305,13 +311,13 @@ async fn model_rewrites_apply_upstream_and_are_undone_in_responses() {
 async fn sheddable_requests_get_429_while_the_pool_is_saturated() {
     let server = sim("one", 4, 0.0).await;
     let objectives = vec![
-        PoolObjective {
+        ObjectiveSettings {
             name: "batch".into(),
-            priority: Some(-1),
+            priority: -1,
         },
-        PoolObjective {
+        ObjectiveSettings {
             name: "critical".into(),
-            priority: Some(10),
+            priority: 10,
         },
     ];
     // Metrics never scrape (wrong path): every endpoint counts as saturated.
@@ -367,5 +373,31 @@ async fn sheddable_requests_get_429_while_the_pool_is_saturated() {
     let models = get(port, "/v1/models").await;
     assert_eq!(models.status, 200);
     assert!(models.body.contains("base"));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_naming_an_external_picker_is_served_as_when_the_picker_is_unavailable() {
+    use gateway_inference::crd::v1::FailureMode;
+    use gateway_inference::settings::EndpointPickerSettings;
+    let server = sim("one", 4, 0.0).await;
+    for (mode, expected) in [(FailureMode::FailOpen, 200), (FailureMode::FailClose, 503)] {
+        let mut s = settings(&[&server], vec![], vec![]);
+        s.endpoint_picker = Some(EndpointPickerSettings {
+            failure_mode: mode,
+            addresses: vec![],
+            unresolved: Some("no Service epp".into()),
+        });
+        let inference = InferenceGateway::default();
+        let (_gw, port) = gateway(&inference, &s).await;
+        let reply = post(
+            port,
+            "/v1/chat/completions",
+            &chat("base", "hi", false),
+            &[],
+        )
+        .await;
+        assert_eq!(reply.status, expected, "{mode:?}: {}", reply.body);
+    }
     server.shutdown().await;
 }
