@@ -4,7 +4,6 @@
 
 use std::ffi::OsStr;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -13,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 mod support;
 
-use support::{TempDir, file_gateway, free_port};
+use support::{TempDir, eventually, file_gateway, free_port, write};
 
 /// A backend answering `backend-ok`; requests for `/slow` take 1.5 s.
 async fn backend() -> SocketAddr {
@@ -53,22 +52,6 @@ async fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String), 
 }
 
 /// Polls `check` every 50 ms until it holds, failing after 20 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::write(path, text).expect("write config");
-}
-
 fn resources(backend: SocketAddr) -> String {
     format!(
         r#"

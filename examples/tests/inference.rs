@@ -7,23 +7,9 @@ mod support;
 
 use std::ffi::OsStr;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
-use std::time::{Duration, Instant};
 
 use support::*;
 use vllm_sim::{RunningSim, SimConfig, Simulator};
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Two simulators on 127.0.0.1 and 127.0.0.2 at one port (the pool's target port).
 async fn servers() -> (Vec<RunningSim>, u16) {
@@ -99,10 +85,6 @@ spec: {{priority: -1, poolRef: {{name: pool}}}}
         "---\napiVersion: v1\nkind: Pod\nmetadata: {name: other, namespace: llm, labels: {app: other}}\n\
          status:\n  podIP: 127.0.0.3\n  conditions:\n  - {type: Ready, status: \"True\"}\n",
     )
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::write(path, text).expect("write config");
 }
 
 fn chat(text: &str) -> String {
