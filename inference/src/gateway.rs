@@ -28,7 +28,6 @@
 //! the pool.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
@@ -236,18 +235,22 @@ impl PoolRuntime {
     }
 
     /// The candidates for `endpoints` now: scraped metrics and the gateway's in-flight counts;
-    /// unavailable endpoints (ejected, failing health checks) left out.
-    fn candidates(&self, endpoints: &[Endpoint], now: Instant) -> Vec<(usize, Candidate)> {
-        endpoints
+    /// unavailable endpoints (ejected, failing health checks) left out. Returns the candidates
+    /// and, for each, its index in `endpoints`.
+    fn candidates(&self, endpoints: &[Endpoint], now: Instant) -> (Vec<Candidate>, Vec<usize>) {
+        let mut candidates = Vec::with_capacity(endpoints.len());
+        let mut index = Vec::with_capacity(endpoints.len());
+        for (i, e) in endpoints
             .iter()
             .enumerate()
             .filter(|(_, e)| e.is_available())
-            .map(|(i, e)| {
-                let mut c = self.store.candidate(e.address(), now);
-                c.in_flight = e.in_flight();
-                (i, c)
-            })
-            .collect()
+        {
+            let mut c = self.store.candidate(e.address(), now);
+            c.in_flight = e.in_flight();
+            candidates.push(c);
+            index.push(i);
+        }
+        (candidates, index)
     }
 
     /// The pool's candidates as the store knows them (for admission before the endpoints are
@@ -271,15 +274,15 @@ struct Scheduled {
     /// The model the client asked for, when a rewrite changed it.
     requested: Option<String>,
     stream: bool,
-    /// The endpoints in order of preference, decided at the first attempt.
-    order: OnceLock<Vec<SocketAddr>>,
+    /// The endpoints in order of preference (indices into the request's backend endpoints,
+    /// which stay the same for all its attempts), decided at the first attempt.
+    order: OnceLock<Vec<usize>>,
+    /// A JSON response body collected to write `requested` back at its end.
+    collected: BytesMut,
 }
 
 /// The objective header's priority, taken before the body is read.
 struct Priority(i32);
-
-/// A JSON response body collected to write the requested model back.
-struct Collected(BytesMut);
 
 struct PoolFilter {
     runtime: Arc<PoolRuntime>,
@@ -387,8 +390,13 @@ impl HttpFilter for PoolFilter {
                 requested = Some(std::mem::replace(&mut model, target));
             }
         }
-        let detector = &self.runtime.scheduler.detector;
-        let saturation = detector.pool_saturation(&self.runtime.stored_candidates(Instant::now()));
+        // Only a sheddable request can be refused: the pool's saturation is computed for it alone.
+        let saturation = if priority < 0 {
+            let candidates = self.runtime.stored_candidates(Instant::now());
+            self.runtime.scheduler.detector.pool_saturation(&candidates)
+        } else {
+            0.0
+        };
         if let Err(reason) = crate::scheduler::admit(priority, saturation) {
             tracing::debug!(pool = %self.runtime.key, priority, saturation, "sheddable request dropped");
             return Ok(FilterAction::Respond(error_response(
@@ -405,6 +413,7 @@ impl HttpFilter for PoolFilter {
             requested,
             stream: parsed.stream,
             order: OnceLock::new(),
+            collected: BytesMut::new(),
         });
         Ok(FilterAction::Continue)
     }
@@ -438,17 +447,17 @@ impl HttpFilter for PoolFilter {
         body: &mut Option<Bytes>,
         end_of_stream: bool,
     ) -> gateway_core::Result<()> {
-        let Some((requested, stream)) = ctx
-            .state::<Scheduled>()
-            .and_then(|s| s.requested.clone().map(|r| (r, s.stream)))
-        else {
+        let Some(state) = ctx.state_mut::<Scheduled>() else {
             return Ok(());
         };
-        if stream {
+        let Some(requested) = state.requested.as_deref() else {
+            return Ok(());
+        };
+        if state.stream {
             // Server-sent events: each chunk's `data:` events carry the model.
             if let Some(chunk) = body.as_ref()
                 && let std::borrow::Cow::Owned(rewritten) =
-                    request::rewrite_sse_event(chunk, &requested)
+                    request::rewrite_sse_event(chunk, requested)
             {
                 *body = Some(Bytes::from(rewritten));
             }
@@ -456,19 +465,11 @@ impl HttpFilter for PoolFilter {
         }
         // One JSON document: collect it, write it back whole at the end.
         if let Some(chunk) = body.take() {
-            match ctx.state_mut::<Collected>() {
-                Some(c) => c.0.extend_from_slice(&chunk),
-                None => {
-                    ctx.insert_state(Collected(BytesMut::from(&chunk[..])));
-                }
-            }
+            state.collected.extend_from_slice(&chunk);
         }
         if end_of_stream {
-            let whole = ctx
-                .remove_state::<Collected>()
-                .map(|c| c.0.freeze())
-                .unwrap_or_default();
-            *body = Some(match request::rewrite_response_model(&whole, &requested) {
+            let whole = std::mem::take(&mut state.collected).freeze();
+            *body = Some(match request::rewrite_response_model(&whole, requested) {
                 std::borrow::Cow::Owned(b) => Bytes::from(b),
                 std::borrow::Cow::Borrowed(_) => whole,
             });
@@ -494,26 +495,21 @@ impl EndpointPicker for PoolPicker {
         };
         let order = state.order.get_or_init(|| {
             let runtime = &state.runtime;
-            let indexed = runtime.candidates(endpoints, Instant::now());
-            let candidates: Vec<Candidate> = indexed.iter().map(|(_, c)| c.clone()).collect();
+            let (candidates, index) = runtime.candidates(endpoints, Instant::now());
             let req = SchedRequest::new(&state.model, &state.prompt, state.priority);
             match runtime
                 .scheduler
                 .profile
                 .pick(&req, &candidates, &mut rand::rng())
             {
-                Ok(order) => order.into_iter().map(|i| candidates[i].addr).collect(),
+                Ok(order) => order.into_iter().map(|i| index[i]).collect(),
                 Err(reason) => {
                     tracing::debug!(pool = %runtime.key, reason = reason.as_str(), "no endpoint scored: round robin");
                     Vec::new()
                 }
             }
         });
-        out.extend(
-            order
-                .iter()
-                .filter_map(|addr| endpoints.iter().position(|e| e.address() == *addr)),
-        );
+        out.extend(order.iter().copied().filter(|&i| i < endpoints.len()));
         Ok(())
     }
 }
