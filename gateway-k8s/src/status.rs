@@ -103,7 +103,8 @@ impl StatusReport {
     pub fn render(&mut self, resources: &Resources) {
         let mut documents = Vec::with_capacity(resources.len());
         for (kind, key) in resources.order() {
-            if let Some(doc) = self.typed_document(resources, *kind, key) {
+            let status = self.status_of(*kind, key);
+            if let Some(doc) = Self::typed_document(resources, *kind, key, &status) {
                 documents.push(doc);
             }
         }
@@ -163,9 +164,14 @@ impl StatusReport {
         (documents, xbackends)
     }
 
-    /// The echo of typed object `kind` `key` with its computed status (Secrets without their
-    /// data); `None` when `resources` does not hold it.
-    fn typed_document(&self, resources: &Resources, kind: Kind, key: &ObjectKey) -> Option<Value> {
+    /// The echo of typed object `kind` `key` with `status` (its [`StatusReport::status_of`];
+    /// Secrets without their data); `None` when `resources` does not hold it.
+    fn typed_document(
+        resources: &Resources,
+        kind: Kind,
+        key: &ObjectKey,
+        status: &CachedStatus,
+    ) -> Option<Value> {
         // Serialized from the typed object: only that is kept per object.
         let mut doc = resources.document(kind, key)?;
         let map = doc.as_object_mut()?;
@@ -175,24 +181,12 @@ impl StatusReport {
             map.remove("data");
             map.remove("stringData");
         }
-        let status = match kind {
-            Kind::GatewayClass => self
-                .gateway_classes
-                .get(&key.name)
-                .and_then(|s| serde_json::to_value(s).ok()),
-            Kind::Gateway => self
-                .gateways
-                .get(key)
-                .and_then(|s| serde_json::to_value(s).ok()),
-            Kind::HttpRoute => self
-                .http_routes
-                .get(key)
-                .and_then(|s| serde_json::to_value(&**s).ok()),
-            Kind::XBackendTrafficPolicy => self
-                .backend_traffic_policies
-                .get(key)
-                .and_then(|s| serde_json::to_value(s).ok()),
-            _ => None,
+        let status = match status {
+            CachedStatus::None => None,
+            CachedStatus::GatewayClass(s) => serde_json::to_value(s).ok(),
+            CachedStatus::Gateway(s) => serde_json::to_value(s).ok(),
+            CachedStatus::HttpRoute(s) => serde_json::to_value(&**s).ok(),
+            CachedStatus::BackendTrafficPolicy(s) => serde_json::to_value(s).ok(),
         };
         if let Some(status) = status {
             map.insert("status".into(), status);
@@ -250,7 +244,7 @@ impl StatusReport {
             let text = match previous.remove(&slot) {
                 Some(hit) if Arc::ptr_eq(&hit.object, &object) && hit.status == status => hit.text,
                 _ => {
-                    let Some(doc) = self.typed_document(resources, *kind, key) else {
+                    let Some(doc) = Self::typed_document(resources, *kind, key, &status) else {
                         continue;
                     };
                     let mut text = String::new();
