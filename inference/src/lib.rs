@@ -17,6 +17,8 @@
 //!
 //! - [`gateway`] (cargo feature `gateway`, on by default): the data-plane side on gateway-core,
 //!   the InferencePool filter and endpoint picker.
+//! - [`extproc`] (feature `gateway`): the Gateway <-> endpoint picker protocol over Envoy
+//!   ext_proc, both sides: the gateway's client and a standalone picker server.
 //!
 //! Without the `gateway` feature nothing here depends on gateway-core or Pingora: the data plane
 //! calls these pieces per request (parse, resolve objective and rewrite, admit or queue,
@@ -26,6 +28,8 @@
 
 pub mod crd;
 pub mod flow;
+#[cfg(feature = "gateway")]
+pub mod extproc;
 #[cfg(feature = "gateway")]
 pub mod gateway;
 pub mod metrics;
