@@ -24,27 +24,43 @@
 //!
 //! Each pool keeps one runtime across configuration swaps (by `namespace/name`): its metrics
 //! store and scraper (every endpoint's `/metrics` every 50 ms, started by the pool's first
-//! request), its prefix-cache index. It is dropped with the last configuration that references
-//! the pool.
+//! request), its prefix-cache index, its external picker's channel. It is dropped with the last
+//! configuration that references the pool.
+//!
+//! **External endpoint picker.** A pool whose settings name an `endpointPickerRef` that
+//! resolved is served by that picker over Envoy ext_proc ([`crate::extproc`]): the filter
+//! buffers the body of every request (same bound), sends the headers, the body and the subset
+//! hint (the pool's endpoints that are available now) on one `Process` stream, and applies the
+//! answer: the picker's header changes and body go upstream, its `ImmediateResponse` goes to
+//! the client as is, and its ordered endpoint list (metadata `envoy.lb`, else the header) is
+//! what the picker walks: the first is used, the rest are retry fallbacks, and nothing else
+//! (503 once they are exhausted). An answer naming an address that is not an endpoint of the
+//! pool is a picker failure. The response phase reports the endpoint that served and applies
+//! the picker's response header changes. When the picker fails (unreachable, unresolved
+//! reference, gRPC error, timeout, unusable answer), `FailOpen` serves the request with the
+//! in-process picker (the buffered body is sent) and `FailClose` answers 503; both are logged.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
 use crate::crd::v1::FailureMode;
+use crate::extproc::ExtProcConfig;
+use crate::extproc::client::{Answer, Exchange, PickError, PickInput, PickerClient};
 use crate::objective::Objectives;
 use crate::request::{self, ApiKind, DroppedReason};
 use crate::rewrite::{ModelRewrites, RewriteSource};
 use crate::scheduler::{Candidate, SchedRequest, Scheduler};
 use crate::scrape::{self, MetricsStore, ScrapeConfig, ScraperHandle};
 use crate::settings::InferencePoolSettings;
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::{Bytes, BytesMut};
 use gateway_core::config::ExtensionRef;
 use gateway_core::{
     DirectResponse, Endpoint, EndpointPicker, Error, ErrorKind, FilterAction, FilterCtx,
     FilterRegistry, Gateway, HttpFilter, PickRequest, ResponseHeader, Session, async_trait,
 };
+use std::net::SocketAddr;
 
 /// The `ExtensionRef` kind of the pool filter (group [`crate::crd::GROUP`]).
 pub const POOL_KIND: &str = "InferencePool";
@@ -68,6 +84,7 @@ struct Inner {
     pools: Mutex<HashMap<String, Weak<PoolRuntime>>>,
     scrape: ScrapeConfig,
     body_limit: usize,
+    extproc: ExtProcConfig,
 }
 
 impl Default for InferenceGateway {
@@ -81,6 +98,7 @@ impl std::fmt::Debug for InferenceGateway {
         f.debug_struct("InferenceGateway")
             .field("scrape", &self.inner.scrape)
             .field("body_limit", &self.inner.body_limit)
+            .field("extproc", &self.inner.extproc)
             .finish()
     }
 }
@@ -89,11 +107,19 @@ impl InferenceGateway {
     /// Pools scraped with `scrape` (default every 50 ms), request bodies buffered up to
     /// `body_limit` bytes (default [`DEFAULT_BODY_LIMIT`]).
     pub fn new(scrape: ScrapeConfig, body_limit: usize) -> Self {
+        InferenceGateway::with_extproc(scrape, body_limit, ExtProcConfig::default())
+    }
+
+    /// As [`InferenceGateway::new`], with the timeouts of external endpoint pickers
+    /// (default [`ExtProcConfig::default`]: 10 s per message of the pick, 1 s for the answer
+    /// to the response headers).
+    pub fn with_extproc(scrape: ScrapeConfig, body_limit: usize, extproc: ExtProcConfig) -> Self {
         InferenceGateway {
             inner: Arc::new(Inner {
                 pools: Mutex::new(HashMap::new()),
                 scrape,
                 body_limit,
+                extproc,
             }),
         }
     }
@@ -136,19 +162,43 @@ impl InferenceGateway {
             }
         };
         let runtime = self.runtime(&settings);
-        // The external endpoint picker protocol (ext_proc) is not spoken yet: a pool that names
-        // one is served as when its picker is unavailable.
-        let picker_unavailable = settings.endpoint_picker.as_ref().map(|p| p.failure_mode);
-        if picker_unavailable.is_some() {
-            tracing::warn!(
-                pool = %runtime.key,
-                "endpointPickerRef: the external picker is not supported yet; served as unavailable (FailOpen: in-process picker; FailClose: 503)"
-            );
+        let external = settings.endpoint_picker.as_ref().map(|picker| {
+            let client = match &picker.unresolved {
+                None if !picker.addresses.is_empty() => {
+                    match runtime.picker_client(&picker.addresses, self.inner.extproc) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            tracing::warn!(pool = %runtime.key, error = %e, "endpointPickerRef: unusable; served as unreachable");
+                            None
+                        }
+                    }
+                }
+                unresolved => {
+                    tracing::warn!(
+                        pool = %runtime.key,
+                        reason = unresolved.as_deref().unwrap_or("no ready address"),
+                        failure_mode = ?picker.failure_mode,
+                        "endpointPickerRef does not resolve; served as unreachable"
+                    );
+                    None
+                }
+            };
+            let mut members: Vec<SocketAddr> = settings.endpoints.iter().map(|e| e.address).collect();
+            members.sort_unstable();
+            members.dedup();
+            ExternalPicker {
+                client,
+                failure_mode: picker.failure_mode,
+                members: members.into(),
+            }
+        });
+        if external.is_none() {
+            runtime.drop_picker_client();
         }
         Ok(Arc::new(PoolFilter {
             runtime,
             body_limit: self.inner.body_limit,
-            fail_closed: picker_unavailable == Some(FailureMode::FailClose),
+            external,
         }))
     }
 
@@ -181,6 +231,12 @@ struct PoolRuntime {
     scheduler: Scheduler,
     objectives: ArcSwap<Objectives>,
     rewrites: ArcSwap<ModelRewrites>,
+    /// The external picker's client, kept across swaps while its addresses and timeouts stay
+    /// the same (touched only when a configuration is applied).
+    picker_client: Mutex<Option<Arc<PickerClient>>>,
+    /// The backend's endpoints as the gateway last handed them to the picker (their health is
+    /// live), for the subset hint; cleared when the settings change.
+    live: ArcSwapOption<Vec<Endpoint>>,
 }
 
 impl PoolRuntime {
@@ -193,7 +249,67 @@ impl PoolRuntime {
             scheduler: Scheduler::reference_default(),
             objectives: ArcSwap::from_pointee(Objectives::default()),
             rewrites: ArcSwap::from_pointee(ModelRewrites::default()),
+            picker_client: Mutex::new(None),
+            live: ArcSwapOption::empty(),
         }
+    }
+
+    /// The client of the external picker at `addresses`: the current one when it has the same
+    /// addresses and timeouts, else a new one (not connected yet).
+    fn picker_client(
+        &self,
+        addresses: &[SocketAddr],
+        config: ExtProcConfig,
+    ) -> Result<Arc<PickerClient>, PickError> {
+        let mut current = self.picker_client.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = current.as_ref()
+            && c.addresses() == addresses
+            && c.config() == config
+        {
+            return Ok(c.clone());
+        }
+        let client = Arc::new(PickerClient::new(addresses, config)?);
+        *current = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Forgets the external picker's client (the pool no longer names one).
+    fn drop_picker_client(&self) {
+        *self.picker_client.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Remembers the backend's endpoints for the subset hint, once per settings change. One
+    /// atomic load per pick afterwards.
+    fn remember(&self, endpoints: &[Endpoint]) {
+        if self.live.load().is_none() {
+            self.live.store(Some(Arc::new(endpoints.to_vec())));
+        }
+    }
+
+    /// The subset hint: the pool's endpoints (`members`, sorted) that are available now. Until
+    /// the gateway has handed the picker its endpoints (first request after a change), or when
+    /// none is available, every endpoint of the pool.
+    fn eligible(&self, members: &[SocketAddr]) -> Vec<SocketAddr> {
+        if let Some(live) = &*self.live.load() {
+            let current = live.len() == members.len()
+                && live
+                    .iter()
+                    .all(|e| members.binary_search(&e.address()).is_ok());
+            if current {
+                let available: Vec<SocketAddr> = live
+                    .iter()
+                    .filter(|e| e.is_available())
+                    .map(Endpoint::address)
+                    .collect();
+                if !available.is_empty() {
+                    return available;
+                }
+            } else {
+                // Handed before the last configuration change: refreshed by the next pick.
+                self.live.store(None);
+            }
+        }
+        members.to_vec()
     }
 
     /// Starts the scraper if it is not running. Called on the request path (inside the
@@ -204,6 +320,7 @@ impl PoolRuntime {
     }
 
     fn update(&self, settings: &InferencePoolSettings) {
+        self.live.store(None);
         self.store
             .set_endpoints(settings.endpoints.iter().map(|e| (e.address, e.engine)));
         let objectives: Vec<(String, crate::crd::llmd::InferenceObjectiveSpec)> = settings
@@ -287,9 +404,32 @@ struct Priority(i32);
 struct PoolFilter {
     runtime: Arc<PoolRuntime>,
     body_limit: usize,
-    /// The pool names an external picker with `FailClose`, which this gateway cannot reach.
-    fail_closed: bool,
+    /// The pool's `endpointPickerRef`, when it has one.
+    external: Option<ExternalPicker>,
 }
+
+/// A pool's external endpoint picker, as one configuration has it.
+struct ExternalPicker {
+    /// `None` when the reference does not resolve: the picker is unreachable.
+    client: Option<Arc<PickerClient>>,
+    failure_mode: FailureMode,
+    /// The pool's endpoints, sorted: an answer must name only these.
+    members: Arc<[SocketAddr]>,
+}
+
+/// The external picker's decision for a request, for the picker and the response.
+struct PickedExternally {
+    runtime: Arc<PoolRuntime>,
+    /// The endpoints it named, in order.
+    endpoints: Vec<SocketAddr>,
+    /// Their indices in the request's backend endpoints (the same for all its attempts).
+    indices: OnceLock<Vec<usize>>,
+    /// The open stream, taken in the response phase.
+    exchange: sync_wrapper::SyncWrapper<Option<Exchange>>,
+}
+
+/// The request is to be sent to the external picker once its body is read.
+struct Consult(Arc<PickerClient>);
 
 /// A JSON error body in the OpenAI shape.
 fn error_response(status: u16, message: &str, reason: Option<DroppedReason>) -> DirectResponse {
@@ -310,53 +450,19 @@ fn error_response(status: u16, message: &str, reason: Option<DroppedReason>) -> 
     }
 }
 
-#[async_trait]
-impl HttpFilter for PoolFilter {
-    async fn request_headers(
-        &self,
-        session: &mut Session,
-        ctx: &mut FilterCtx,
-    ) -> gateway_core::Result<FilterAction> {
-        if self.fail_closed {
-            return Ok(FilterAction::Respond(error_response(
-                503,
-                "the pool's endpoint picker is unavailable",
-                None,
-            )));
-        }
-        self.runtime.ensure_scraping();
-        let headers = &session.req_header().headers;
-        let priority = self
-            .runtime
-            .objectives
-            .load()
-            .priority(request::objective_name(headers));
-        // The picker's inputs are for the gateway, not the model server.
-        for name in [
-            request::HEADER_OBJECTIVE,
-            request::HEADER_OBJECTIVE_DEPRECATED,
-            request::HEADER_FAIRNESS_ID,
-        ] {
-            session.req_header_mut().remove_header(name);
-        }
-        ctx.insert_state(Priority(priority));
-        if ApiKind::from_path(session.req_header().uri.path()).is_some() {
-            ctx.buffer_request_body(self.body_limit);
-        }
-        Ok(FilterAction::Continue)
-    }
-
-    async fn request_body(
+impl PoolFilter {
+    /// The in-process path of a request whose body is read: parse (other paths pass through),
+    /// rewrite the model, admit, and leave the picker its inputs.
+    fn in_process(
         &self,
         session: &mut Session,
         ctx: &mut FilterCtx,
         body: &mut Option<Bytes>,
-        end_of_stream: bool,
     ) -> gateway_core::Result<FilterAction> {
         let Some(kind) = ApiKind::from_path(session.req_header().uri.path()) else {
             return Ok(FilterAction::Continue);
         };
-        if !end_of_stream || ctx.state::<Scheduled>().is_some() {
+        if ctx.state::<Scheduled>().is_some() {
             return Ok(FilterAction::Continue);
         }
         let priority = ctx.state::<Priority>().map_or(0, |p| p.0);
@@ -418,17 +524,209 @@ impl HttpFilter for PoolFilter {
         Ok(FilterAction::Continue)
     }
 
+    /// Sends the request to the external picker and applies its answer; on a failure, the
+    /// pool's failure mode.
+    async fn consult(
+        &self,
+        client: &PickerClient,
+        session: &mut Session,
+        ctx: &mut FilterCtx,
+        body: &mut Option<Bytes>,
+    ) -> gateway_core::Result<FilterAction> {
+        let Some(external) = &self.external else {
+            return self.in_process(session, ctx, body);
+        };
+        let bytes = body.clone().unwrap_or_default();
+        let eligible = self.runtime.eligible(&external.members);
+        let answer = client
+            .pick(PickInput {
+                request: session.req_header(),
+                body: &bytes,
+                eligible: &eligible,
+            })
+            .await;
+        let route = match answer {
+            Ok(Answer::Immediate(i)) => {
+                tracing::debug!(pool = %self.runtime.key, status = i.status, details = %i.details, "endpoint picker answered the request");
+                return Ok(FilterAction::Respond(DirectResponse {
+                    status: i.status,
+                    headers: i.headers,
+                    body: i.body,
+                }));
+            }
+            Ok(Answer::Route(route)) => match route
+                .endpoints
+                .iter()
+                .find(|a| external.members.binary_search(a).is_err())
+            {
+                None => route,
+                Some(stranger) => {
+                    let e =
+                        PickError::BadAnswer(format!("{stranger} is not an endpoint of the pool"));
+                    return self.picker_failed(external, &e, session, ctx, body);
+                }
+            },
+            Err(e) => return self.picker_failed(external, &e, session, ctx, body),
+        };
+        let header = session.req_header_mut();
+        for name in &route.remove_headers {
+            header.remove_header(name);
+        }
+        for (name, value) in route.set_headers {
+            // The gateway frames the body it sends itself.
+            if name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING {
+                continue;
+            }
+            let _ = header.insert_header(name, value);
+        }
+        strip_picker_inputs(session);
+        if let Some(replaced) = route.body {
+            *body = Some(replaced);
+        }
+        ctx.insert_state(PickedExternally {
+            runtime: self.runtime.clone(),
+            endpoints: route.endpoints,
+            indices: OnceLock::new(),
+            exchange: sync_wrapper::SyncWrapper::new(Some(route.exchange)),
+        });
+        Ok(FilterAction::Continue)
+    }
+
+    /// The failure mode after the external picker failed with `error`.
+    fn picker_failed(
+        &self,
+        external: &ExternalPicker,
+        error: &PickError,
+        session: &mut Session,
+        ctx: &mut FilterCtx,
+        body: &mut Option<Bytes>,
+    ) -> gateway_core::Result<FilterAction> {
+        if external.failure_mode == FailureMode::FailClose {
+            tracing::warn!(pool = %self.runtime.key, %error, "endpoint picker failed: 503 (FailClose)");
+            return Ok(FilterAction::Respond(picker_unavailable()));
+        }
+        tracing::warn!(pool = %self.runtime.key, %error, "endpoint picker failed: in-process picker (FailOpen)");
+        strip_picker_inputs(session);
+        self.in_process(session, ctx, body)
+    }
+}
+
+/// Removes the headers meant for the picker, not the model server.
+fn strip_picker_inputs(session: &mut Session) {
+    for name in [
+        request::HEADER_OBJECTIVE,
+        request::HEADER_OBJECTIVE_DEPRECATED,
+        request::HEADER_FAIRNESS_ID,
+    ] {
+        session.req_header_mut().remove_header(name);
+    }
+}
+
+/// The answer when the external picker cannot be used and the pool fails closed.
+fn picker_unavailable() -> DirectResponse {
+    error_response(503, "the pool's endpoint picker is unavailable", None)
+}
+
+#[async_trait]
+impl HttpFilter for PoolFilter {
+    async fn request_headers(
+        &self,
+        session: &mut Session,
+        ctx: &mut FilterCtx,
+    ) -> gateway_core::Result<FilterAction> {
+        if let Some(external) = &self.external {
+            match &external.client {
+                Some(client) => {
+                    // Every request goes to the picker, with its whole body; the objective
+                    // headers are the picker's to read (removed once it answered).
+                    self.runtime.ensure_scraping();
+                    let headers = &session.req_header().headers;
+                    let priority = self
+                        .runtime
+                        .objectives
+                        .load()
+                        .priority(request::objective_name(headers));
+                    ctx.insert_state(Priority(priority));
+                    ctx.insert_state(Consult(client.clone()));
+                    ctx.buffer_request_body(self.body_limit);
+                    return Ok(FilterAction::Continue);
+                }
+                None if external.failure_mode == FailureMode::FailClose => {
+                    tracing::warn!(pool = %self.runtime.key, "endpoint picker unreachable (reference does not resolve): 503 (FailClose)");
+                    return Ok(FilterAction::Respond(picker_unavailable()));
+                }
+                None => {
+                    tracing::debug!(pool = %self.runtime.key, "endpoint picker unreachable (reference does not resolve): in-process picker (FailOpen)");
+                }
+            }
+        }
+        self.runtime.ensure_scraping();
+        let headers = &session.req_header().headers;
+        let priority = self
+            .runtime
+            .objectives
+            .load()
+            .priority(request::objective_name(headers));
+        // The picker's inputs are for the gateway, not the model server.
+        strip_picker_inputs(session);
+        ctx.insert_state(Priority(priority));
+        if ApiKind::from_path(session.req_header().uri.path()).is_some() {
+            ctx.buffer_request_body(self.body_limit);
+        }
+        Ok(FilterAction::Continue)
+    }
+
+    async fn request_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut FilterCtx,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+    ) -> gateway_core::Result<FilterAction> {
+        if !end_of_stream {
+            return Ok(FilterAction::Continue);
+        }
+        if let Some(Consult(client)) = ctx.remove_state::<Consult>() {
+            return self.consult(&client, session, ctx, body).await;
+        }
+        self.in_process(session, ctx, body)
+    }
+
     async fn response_headers(
         &self,
         _session: &mut Session,
         ctx: &mut FilterCtx,
         response: &mut ResponseHeader,
     ) -> gateway_core::Result<()> {
-        if let Some(endpoint) = ctx.endpoint() {
+        let served = ctx.endpoint();
+        if let Some(endpoint) = served {
             let _ = response.insert_header(
                 request::HEADER_DESTINATION_ENDPOINT_SERVED,
                 endpoint.to_string(),
             );
+        }
+        if let Some(served) = served
+            && let Some(picked) = ctx.state_mut::<PickedExternally>()
+            && let Some(exchange) = picked.exchange.get_mut().take()
+        {
+            // The response phase of the external picker: it learns who served and may set
+            // response headers. Its failure leaves the response as it is.
+            match exchange
+                .served(served, response.status.as_u16(), &response.headers)
+                .await
+            {
+                Ok(changes) => {
+                    for name in &changes.remove {
+                        response.remove_header(name);
+                    }
+                    for (name, value) in changes.set {
+                        let _ = response.insert_header(name, value);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(pool = %self.runtime.key, error = %e, "endpoint picker: response phase skipped");
+                }
+            }
         }
         if ctx
             .state::<Scheduled>()
@@ -489,10 +787,33 @@ impl EndpointPicker for PoolPicker {
         endpoints: &[Endpoint],
         out: &mut Vec<usize>,
     ) -> gateway_core::Result<()> {
+        if let Some(picked) = request.ctx.state::<PickedExternally>() {
+            picked.runtime.remember(endpoints);
+            let indices = picked.indices.get_or_init(|| {
+                picked
+                    .endpoints
+                    .iter()
+                    .filter_map(|a| endpoints.iter().position(|e| e.address() == *a))
+                    .collect()
+            });
+            // Only the external picker's endpoints: once each had its attempt, or none is
+            // available, the request fails (503) rather than going elsewhere.
+            if request.attempt as usize > indices.len()
+                || !indices.iter().any(|&i| endpoints[i].is_available())
+            {
+                return Err(Error::new(
+                    ErrorKind::Internal,
+                    "the endpoint picker's endpoints are exhausted",
+                ));
+            }
+            out.extend(indices.iter().copied());
+            return Ok(());
+        }
         let Some(state) = request.ctx.state::<Scheduled>() else {
             // Not an inference request the filter parsed: round robin.
             return Ok(());
         };
+        state.runtime.remember(endpoints);
         let order = state.order.get_or_init(|| {
             let runtime = &state.runtime;
             let (candidates, index) = runtime.candidates(endpoints, Instant::now());

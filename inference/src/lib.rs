@@ -27,9 +27,9 @@
 #![warn(missing_docs)]
 
 pub mod crd;
-pub mod flow;
 #[cfg(feature = "gateway")]
 pub mod extproc;
+pub mod flow;
 #[cfg(feature = "gateway")]
 pub mod gateway;
 pub mod metrics;

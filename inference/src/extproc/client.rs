@@ -495,11 +495,8 @@ impl Exchange {
     ) -> Result<HeaderChanges, PickError> {
         let status = status.to_string();
         let map = header_map(
-            std::iter::once((":status", status.as_bytes())).chain(
-                headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_bytes())),
-            ),
+            std::iter::once((":status", status.as_bytes()))
+                .chain(headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()))),
         );
         let metadata = Metadata {
             filter_metadata: [(
@@ -624,8 +621,11 @@ mod tests {
     #[test]
     fn metadata_wins_over_a_disagreeing_header() {
         let mut r = Reading::default();
-        r.read(headers_answer(Some("10.0.0.1:80"), Some("10.0.0.2:80,10.0.0.3:80")))
-            .unwrap();
+        r.read(headers_answer(
+            Some("10.0.0.1:80"),
+            Some("10.0.0.2:80,10.0.0.3:80"),
+        ))
+        .unwrap();
         assert_eq!(
             r.endpoints().unwrap(),
             vec![

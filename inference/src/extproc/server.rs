@@ -27,16 +27,15 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
-use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
 };
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse,
-    ImmediateResponse, ProcessingRequest, ProcessingResponse, StreamedBodyResponse,
-    TrailersResponse, body_mutation::Mutation, processing_request::Request,
-    processing_response::Response,
+    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, ImmediateResponse,
+    ProcessingRequest, ProcessingResponse, StreamedBodyResponse, TrailersResponse,
+    body_mutation::Mutation, processing_request::Request, processing_response::Response,
 };
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::mpsc;
@@ -293,10 +292,8 @@ async fn run<P: PickPolicy + ?Sized>(
                         }
                     }
                 }
-                request.subset =
-                    lookup(&metadata, SUBSET_HINT_NAMESPACE, SUBSET_HINT_KEY).map(|v| {
-                        string_entries(v).unwrap_or_default()
-                    });
+                request.subset = lookup(&metadata, SUBSET_HINT_NAMESPACE, SUBSET_HINT_KEY)
+                    .map(|v| string_entries(v).unwrap_or_default());
                 if h.end_of_stream && !answer(policy, &mut request, tx, &mut picked).await? {
                     return Ok(());
                 }
@@ -323,7 +320,10 @@ async fn run<P: PickPolicy + ?Sized>(
                     });
                 let headers = policy.served(&request, &picked, served);
                 let mutation = HeaderMutation {
-                    set_headers: headers.iter().map(|(k, v)| set_header(k, v.as_str())).collect(),
+                    set_headers: headers
+                        .iter()
+                        .map(|(k, v)| set_header(k, v.as_str()))
+                        .collect(),
                     ..Default::default()
                 };
                 send(
@@ -398,7 +398,11 @@ async fn answer<P: PickPolicy + ?Sized>(
                     code: i32::from(r.status),
                 }),
                 headers: Some(HeaderMutation {
-                    set_headers: r.headers.iter().map(|(k, v)| set_header(k, v.as_str())).collect(),
+                    set_headers: r
+                        .headers
+                        .iter()
+                        .map(|(k, v)| set_header(k, v.as_str()))
+                        .collect(),
                     ..Default::default()
                 }),
                 body: r.body.to_vec(),
@@ -418,8 +422,10 @@ async fn answer<P: PickPolicy + ?Sized>(
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(",");
-            let mut set: Vec<HeaderValueOption> =
-                vec![set_header(HEADER_DESTINATION_ENDPOINT, destination.as_str())];
+            let mut set: Vec<HeaderValueOption> = vec![set_header(
+                HEADER_DESTINATION_ENDPOINT,
+                destination.as_str(),
+            )];
             set.extend(route.headers.iter().map(|(k, v)| set_header(k, v.as_str())));
             let body = match route.body {
                 Some(b) => {
@@ -574,18 +580,22 @@ impl PickPolicy for SchedulerPolicy {
             .as_ref()
             .map_or(("", ""), |p| (p.model.as_str(), p.prompt.as_str()));
         let req = SchedRequest::new(model, prompt, priority);
-        match self
-            .scheduler
-            .schedule(&req, &candidates, &mut rand::rng())
-        {
+        match self.scheduler.schedule(&req, &candidates, &mut rand::rng()) {
             Ok(order) => PickOutcome::Route(Route {
                 endpoints: order.into_iter().map(|i| candidates[i].addr).collect(),
                 headers: Vec::new(),
                 body: None,
             }),
             Err(reason) => {
-                tracing::debug!(reason = reason.as_str(), priority, "endpoint picker: request refused");
-                PickOutcome::Reject(Rejection::dropped(reason, "no endpoint can take the request"))
+                tracing::debug!(
+                    reason = reason.as_str(),
+                    priority,
+                    "endpoint picker: request refused"
+                );
+                PickOutcome::Reject(Rejection::dropped(
+                    reason,
+                    "no endpoint can take the request",
+                ))
             }
         }
     }
@@ -684,7 +694,10 @@ mod tests {
         assert!(entry_allows(&entries, addr("10.0.0.1:9")));
         assert!(entry_allows(&entries, addr("10.0.0.2:8000")));
         assert!(!entry_allows(&entries, addr("10.0.0.2:8002")));
-        assert!(entry_allows(&["[fd00::1]".to_owned()], addr("[fd00::1]:80")));
+        assert!(entry_allows(
+            &["[fd00::1]".to_owned()],
+            addr("[fd00::1]:80")
+        ));
         let request = PickRequest::default();
         assert!(request.allows(addr("10.9.9.9:1")));
         let request = PickRequest {
