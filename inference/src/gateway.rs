@@ -568,6 +568,7 @@ impl PoolFilter {
             },
             Err(e) => return self.picker_failed(external, &e, session, ctx, body),
         };
+        let route = *route;
         let header = session.req_header_mut();
         for name in &route.remove_headers {
             header.remove_header(name);

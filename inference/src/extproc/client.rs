@@ -84,7 +84,7 @@ pub struct PickInput<'a> {
 #[derive(Debug)]
 pub enum Answer {
     /// Send the request to `endpoints`.
-    Route(Route),
+    Route(Box<Route>),
     /// Answer the client with this response (`ImmediateResponse`), as is.
     Immediate(Immediate),
 }
@@ -210,8 +210,8 @@ impl PickerClient {
         let headers = request_headers(input.request);
         // Both messages are queued before the call: a picker that sends its response headers
         // only with its first message (grpc-go does) answers after the end of the body.
-        let sent = tx
-            .try_send(ProcessingRequest {
+        let messages = [
+            ProcessingRequest {
                 request: Some(Request::RequestHeaders(HttpHeaders {
                     headers: Some(headers),
                     end_of_stream: false,
@@ -219,19 +219,20 @@ impl PickerClient {
                 })),
                 metadata_context: Some(metadata),
                 ..Default::default()
-            })
-            .and_then(|()| {
-                tx.try_send(ProcessingRequest {
-                    request: Some(Request::RequestBody(HttpBody {
-                        body: input.body.to_vec(),
-                        end_of_stream: true,
-                        ..Default::default()
-                    })),
+            },
+            ProcessingRequest {
+                request: Some(Request::RequestBody(HttpBody {
+                    body: input.body.to_vec(),
+                    end_of_stream: true,
                     ..Default::default()
-                })
-            });
-        if sent.is_err() {
-            return Err(PickError::Closed);
+                })),
+                ..Default::default()
+            },
+        ];
+        for message in messages {
+            if tx.try_send(message).is_err() {
+                return Err(PickError::Closed);
+            }
         }
         let mut client = self.client();
         let call = client.process(ReceiverStream::new(requests));
@@ -256,7 +257,7 @@ impl PickerClient {
             }
         }
         let endpoints = answer.endpoints()?;
-        Ok(Answer::Route(Route {
+        Ok(Answer::Route(Box::new(Route {
             endpoints,
             set_headers: answer.set_headers,
             remove_headers: answer.remove_headers,
@@ -266,7 +267,7 @@ impl PickerClient {
                 rx,
                 timeout: self.config.response_timeout,
             },
-        }))
+        })))
     }
 }
 
