@@ -95,6 +95,15 @@ fn epp(failure_mode: FailureMode, address: SocketAddr) -> EndpointPickerSettings
 
 /// A gateway on a free port whose one route sends everything to the pool.
 async fn gateway(inference: &InferenceGateway, settings: &InferencePoolSettings) -> (Gateway, u16) {
+    gateway_with_retry(inference, settings, None).await
+}
+
+/// As [`gateway`], the route retrying with `retry`.
+async fn gateway_with_retry(
+    inference: &InferenceGateway,
+    settings: &InferencePoolSettings,
+    retry: Option<Retry>,
+) -> (Gateway, u16) {
     let mut registry = FilterRegistry::new();
     inference.register_filters(&mut registry);
     let gw = Gateway::new(registry);
@@ -109,8 +118,9 @@ async fn gateway(inference: &InferenceGateway, settings: &InferencePoolSettings)
     let mut ext = ExtensionRef::new(gateway_inference::crd::GROUP, POOL_KIND, "pool");
     ext.config = Some(serde_json::to_value(settings).expect("settings"));
     backend.filters = vec![Filter::ExtensionRef(ext)];
-    let route =
-        gateway_core::config::Route::new("llm", "chat").rule(Rule::prefix("/").backend(backend));
+    let mut rule = Rule::prefix("/").backend(backend);
+    rule.retry = retry;
+    let route = gateway_core::config::Route::new("llm", "chat").rule(rule);
     let port = free_port();
     let mut listener = Listener::new("llm/gw/http", 80);
     listener.routes = vec![route.into()];
@@ -253,10 +263,10 @@ async fn conformance_picker_chooses_the_server_and_hears_back_who_served() {
 }
 
 /// A test policy: refuses requests whose body mentions "refuse", rewrites the model `alias`
-/// to `base`, routes to `target` (which may be outside the pool), and records the subset hints
-/// it received.
+/// to `base`, routes to `targets` in that order (which may be outside the pool), and records
+/// the subset hints it received.
 struct TestPolicy {
-    target: SocketAddr,
+    targets: Vec<SocketAddr>,
     hints: Mutex<Vec<Option<Vec<String>>>>,
 }
 
@@ -280,7 +290,7 @@ impl PickPolicy for TestPolicy {
             )
         });
         PickOutcome::Route(Route {
-            endpoints: vec![self.target],
+            endpoints: self.targets.clone(),
             headers: vec![],
             body,
         })
@@ -292,7 +302,7 @@ async fn picker_answers_reach_the_client_and_its_body_the_server() {
     let a = sim("pod-a").await;
     let b = sim("pod-b").await;
     let policy = Arc::new(TestPolicy {
-        target: b.local_addr(),
+        targets: vec![b.local_addr()],
         hints: Mutex::new(Vec::new()),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -395,7 +405,7 @@ async fn failure_modes_with_the_picker_down_unresolved_or_wrong() {
     let down = SocketAddr::from(([127, 0, 0, 1], free_port()));
     // A picker that names an address outside the pool.
     let (stranger_addr, stranger_task) = picker(TestPolicy {
-        target: SocketAddr::from(([127, 0, 0, 1], 1)),
+        targets: vec![SocketAddr::from(([127, 0, 0, 1], 1))],
         hints: Mutex::new(Vec::new()),
     })
     .await;
@@ -441,6 +451,65 @@ async fn failure_modes_with_the_picker_down_unresolved_or_wrong() {
     }
 
     stranger_task.abort();
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_walk_the_pickers_fallbacks_and_nothing_else() {
+    let a = sim("pod-a").await;
+    let b = sim("pod-b").await;
+    // A pool endpoint where nothing listens: every attempt there fails.
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let retry = Retry {
+        codes: vec![502, 503],
+        attempts: 2,
+        backoff: Some(Duration::from_millis(1)),
+    };
+    let mut pool = settings(&[&a, &b], epp(FailureMode::FailClose, dead));
+    pool.endpoints.push(PoolEndpoint {
+        address: dead,
+        pod: "llm/dead".into(),
+        engine: Engine::Vllm,
+    });
+    pool.endpoints.sort_by_key(|e| e.address);
+
+    // The primary fails; the retry goes to the first fallback, b, never to a.
+    let (with_fallback, task_1) = picker(TestPolicy {
+        targets: vec![dead, b.local_addr()],
+        hints: Mutex::new(Vec::new()),
+    })
+    .await;
+    pool.endpoint_picker = Some(epp(FailureMode::FailClose, with_fallback));
+    let inference = InferenceGateway::default();
+    let (gw, port) = gateway_with_retry(&inference, &pool, Some(retry.clone())).await;
+    for _ in 0..3 {
+        let reply = post(port, &chat("base", "hello"), &[]).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.header("x-inference-pod"), "pod-b");
+        assert_eq!(
+            reply.header("x-gateway-destination-endpoint-served"),
+            b.local_addr().to_string()
+        );
+    }
+    gw.shutdown(Duration::from_secs(1)).await;
+
+    // Only the dead endpoint named: the retries do not go elsewhere.
+    let (alone, task_2) = picker(TestPolicy {
+        targets: vec![dead],
+        hints: Mutex::new(Vec::new()),
+    })
+    .await;
+    pool.endpoint_picker = Some(epp(FailureMode::FailClose, alone));
+    let inference = InferenceGateway::default();
+    let (gw, port) = gateway_with_retry(&inference, &pool, Some(retry)).await;
+    let reply = post(port, &chat("base", "hello"), &[]).await;
+    assert!(reply.status >= 500, "{}: {}", reply.status, reply.body);
+    assert!(reply.headers.get("x-inference-pod").is_none());
+    gw.shutdown(Duration::from_secs(1)).await;
+
+    task_1.abort();
+    task_2.abort();
     a.shutdown().await;
     b.shutdown().await;
 }
