@@ -717,10 +717,21 @@ impl HttpFilter for PoolFilter {
                 .await
             {
                 Ok(changes) => {
-                    for name in &changes.remove {
+                    for name in changes.remove.iter().filter(|n| {
+                        **n != http::header::CONTENT_LENGTH
+                            && **n != http::header::TRANSFER_ENCODING
+                    }) {
                         response.remove_header(name);
                     }
                     for (name, value) in changes.set {
+                        // The response's framing is the gateway's (pickers such as the
+                        // conformance one echo every response header back).
+                        if name == http::header::CONTENT_LENGTH
+                            || name == http::header::TRANSFER_ENCODING
+                            || name == http::header::CONNECTION
+                        {
+                            continue;
+                        }
                         let _ = response.insert_header(name, value);
                     }
                 }

@@ -387,6 +387,22 @@ async fn scheduler_picker_serves_through_the_gateway() {
             "{served}"
         );
     }
+    // A streamed response goes through whole (the picker's response phase happens at its
+    // headers).
+    let streamed = serde_json::json!({
+        "model": "base",
+        "messages": [{"role": "user", "content": "stream please"}],
+        "max_tokens": 4,
+        "stream": true,
+    })
+    .to_string();
+    let reply = post(port, &streamed, &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        reply.body.contains("data: ") && reply.body.contains("[DONE]"),
+        "{}",
+        reply.body
+    );
     // A malformed body is the picker's 400.
     let reply = post(port, "{not json", &[]).await;
     assert_eq!(reply.status, 400, "{}", reply.body);
