@@ -251,10 +251,14 @@ impl Profile {
         }
     }
 
-    /// This crate's profile (see docs/benchmarks/inference.md for how it compares):
-    /// [`LoadScorer`] ×2, [`KvCacheScorer`] ×1, [`PrefixAffinityScorer`] ×3 (spill-over at
-    /// [`PrefixAffinityScorer::DEFAULT_SPILL`] requests of excess load), [`MaxScorePicker`], no
-    /// filter.
+    /// This crate's profile (see docs/benchmarks/inference.md for how it compares): prefix
+    /// affinity first, then the least live load. [`PrefixAffinityScorer`] ×4 (spill-over at
+    /// [`PrefixAffinityScorer::DEFAULT_SPILL`] requests above the least loaded candidate),
+    /// [`LoadScorer`] ×1, [`KvCacheScorer`] ×0.5, [`MaxScorePicker`], no filter. The weights
+    /// make the order nearly lexicographic: a cached prefix (which saves its whole prefill)
+    /// outweighs the whole load range unless its holder is `spill` requests busier than
+    /// another endpoint; without a cached prefix the least loaded endpoint wins (join the
+    /// shortest queue, with the gateway's own in-flight counts, which move with every pick).
     pub fn load_aware() -> Profile {
         Profile::load_aware_with(Arc::new(PrefixIndex::default()))
     }
@@ -264,15 +268,15 @@ impl Profile {
         Profile {
             filters: Vec::new(),
             scorers: vec![
-                (Arc::new(LoadScorer), 2.0),
-                (Arc::new(KvCacheScorer), 1.0),
                 (
                     Arc::new(PrefixAffinityScorer::new(
                         index,
                         PrefixAffinityScorer::DEFAULT_SPILL,
                     )),
-                    3.0,
+                    4.0,
                 ),
+                (Arc::new(LoadScorer), 1.0),
+                (Arc::new(KvCacheScorer), 0.5),
             ],
             picker: Arc::new(MaxScorePicker),
         }

@@ -167,12 +167,11 @@ impl Scorer for LoadScorer {
     }
 }
 
-/// `prefix-affinity-scorer` (ours): the prefix-cache score, scaled down as the endpoint holding
-/// the prefix gets busier than the least loaded candidate, so a hot prefix spills over to other
-/// endpoints instead of queueing behind itself. The scale is `1 - excess / spill` (clamped to
-/// 0..=1), `excess` = the endpoint's [`live_load`] minus the smallest among the candidates: at
-/// `spill` requests more than the least loaded, the cached prefix no longer counts. Records the
-/// chosen endpoint's blocks like [`PrefixCacheScorer`].
+/// `prefix-affinity-scorer` (ours): the prefix-cache score of endpoints that are not much busier
+/// than the least loaded candidate, 0 for the others, so a hot prefix spills over to other
+/// endpoints instead of queueing behind itself. An endpoint keeps its prefix score while its
+/// [`live_load`] is less than `spill` requests above the smallest among the candidates. Records
+/// the chosen endpoint's blocks like [`PrefixCacheScorer`].
 #[derive(Debug)]
 pub struct PrefixAffinityScorer {
     prefix: PrefixCacheScorer,
@@ -183,7 +182,8 @@ impl PrefixAffinityScorer {
     /// The default `spill`: 8 requests (half the running slots of a default vLLM server).
     pub const DEFAULT_SPILL: u32 = 8;
 
-    /// A scorer over `index`, spilling over at `spill` (at least 1) requests of excess load.
+    /// A scorer over `index`, spilling over at `spill` (at least 1) requests above the least
+    /// loaded candidate.
     pub fn new(index: Arc<PrefixIndex>, spill: u32) -> Self {
         PrefixAffinityScorer {
             prefix: PrefixCacheScorer::new(index),
@@ -200,8 +200,9 @@ impl Scorer for PrefixAffinityScorer {
         self.prefix.score(req, c, kept, out);
         let least = kept.iter().map(|&i| live_load(&c[i])).min().unwrap_or(0);
         for (o, &i) in out.iter_mut().zip(kept) {
-            let excess = f64::from(live_load(&c[i]) - least);
-            *o *= (1.0 - excess / f64::from(self.spill)).clamp(0.0, 1.0);
+            if live_load(&c[i]) - least >= self.spill {
+                *o = 0.0;
+            }
         }
     }
     fn picked(&self, req: &SchedRequest<'_>, chosen: &Candidate) {

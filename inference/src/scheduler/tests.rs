@@ -356,9 +356,9 @@ fn prefix_affinity_spills_over_from_a_busy_endpoint() {
     // Equal load: the endpoint holding the prefix scores 1, the others 0.
     let idle = [loaded(1, 0, 0, 0), loaded(2, 0, 0, 0)];
     assert_eq!(scores(&scorer, &req, &idle), vec![1.0, 0.0]);
-    // Four requests more than the least loaded: half the affinity is left.
-    let busier = [loaded(1, 4, 0, 0), loaded(2, 0, 0, 0)];
-    assert_eq!(scores(&scorer, &req, &busier), vec![0.5, 0.0]);
+    // Up to seven requests more than the least loaded: the prefix still counts in full.
+    let busier = [loaded(1, 7, 0, 0), loaded(2, 0, 0, 0)];
+    assert_eq!(scores(&scorer, &req, &busier), vec![1.0, 0.0]);
     // At the spill threshold the cached prefix no longer counts.
     let hot = [loaded(1, 9, 0, 0), loaded(2, 1, 0, 0)];
     assert_eq!(scores(&scorer, &req, &hot), vec![0.0, 0.0]);
@@ -374,8 +374,8 @@ fn load_aware_profile_keeps_affinity_until_the_holder_is_busy() {
         .unwrap()[0];
     let holder = first + 1;
     let other = 3 - holder;
-    // A little busier than the other endpoint: the prefix still wins.
-    let c = [loaded(holder, 2, 0, 0), loaded(other, 0, 0, 0)];
+    // Busier than the other endpoint, below the spill-over: the prefix still wins.
+    let c = [loaded(holder, 6, 0, 0), loaded(other, 0, 0, 0)];
     assert_eq!(profile.pick(&req, &c, &mut rng()).unwrap()[0], 0);
     // Far busier: the request spills over to the idle endpoint.
     let c = [loaded(holder, 12, 0, 0), loaded(other, 0, 0, 0)];
