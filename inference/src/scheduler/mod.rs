@@ -253,10 +253,11 @@ impl Profile {
 
     /// This crate's profile (see docs/benchmarks/inference.md for how it compares): prefix
     /// affinity first, then the least live load. [`PrefixAffinityScorer`] ×4 (spill-over at
-    /// [`PrefixAffinityScorer::DEFAULT_SPILL`] requests above the least loaded candidate),
+    /// [`PrefixAffinityScorer::DEFAULT_SPILL`] waiting requests above the least queued
+    /// candidate),
     /// [`LoadScorer`] ×1, [`KvCacheScorer`] ×0.5, [`MaxScorePicker`], no filter. The weights
     /// make the order nearly lexicographic: a cached prefix (which saves its whole prefill)
-    /// outweighs the whole load range unless its holder is `spill` requests busier than
+    /// outweighs the whole load range unless its holder queues `spill` requests more than
     /// another endpoint; without a cached prefix the least loaded endpoint wins (join the
     /// shortest queue, with the gateway's own in-flight counts, which move with every pick).
     pub fn load_aware() -> Profile {

@@ -167,11 +167,14 @@ impl Scorer for LoadScorer {
     }
 }
 
-/// `prefix-affinity-scorer` (ours): the prefix-cache score of endpoints that are not much busier
-/// than the least loaded candidate, 0 for the others, so a hot prefix spills over to other
-/// endpoints instead of queueing behind itself. An endpoint keeps its prefix score while its
-/// [`live_load`] is less than `spill` requests above the smallest among the candidates. Records
-/// the chosen endpoint's blocks like [`PrefixCacheScorer`].
+/// `prefix-affinity-scorer` (ours): the prefix-cache score of endpoints that are not queueing
+/// much more than the least queued candidate, 0 for the others, so a hot prefix spills over to
+/// other endpoints instead of queueing behind itself. An endpoint keeps its prefix score while
+/// its scraped waiting queue is less than `spill` requests longer than the shortest among the
+/// candidates (an endpoint without metrics counts as not queueing). A busy endpoint that still
+/// has free running slots keeps its prefix: starting a request there costs little, prefilling
+/// the prefix elsewhere costs the whole prefill. Records the chosen endpoint's blocks like
+/// [`PrefixCacheScorer`].
 #[derive(Debug)]
 pub struct PrefixAffinityScorer {
     prefix: PrefixCacheScorer,
@@ -179,11 +182,11 @@ pub struct PrefixAffinityScorer {
 }
 
 impl PrefixAffinityScorer {
-    /// The default `spill`: 8 requests (half the running slots of a default vLLM server).
-    pub const DEFAULT_SPILL: u32 = 8;
+    /// The default `spill`: 4 waiting requests more than the least queued candidate.
+    pub const DEFAULT_SPILL: u32 = 4;
 
-    /// A scorer over `index`, spilling over at `spill` (at least 1) requests above the least
-    /// loaded candidate.
+    /// A scorer over `index`, spilling over at `spill` (at least 1) waiting requests above the
+    /// least queued candidate.
     pub fn new(index: Arc<PrefixIndex>, spill: u32) -> Self {
         PrefixAffinityScorer {
             prefix: PrefixCacheScorer::new(index),
@@ -198,9 +201,10 @@ impl Scorer for PrefixAffinityScorer {
     }
     fn score(&self, req: &SchedRequest<'_>, c: &[Candidate], kept: &[usize], out: &mut [f64]) {
         self.prefix.score(req, c, kept, out);
-        let least = kept.iter().map(|&i| live_load(&c[i])).min().unwrap_or(0);
+        let waiting = |i: usize| c[i].metrics.as_ref().map_or(0, |m| m.waiting);
+        let least = kept.iter().map(|&i| waiting(i)).min().unwrap_or(0);
         for (o, &i) in out.iter_mut().zip(kept) {
-            if live_load(&c[i]) - least >= self.spill {
+            if waiting(i) - least >= self.spill {
                 *o = 0.0;
             }
         }

@@ -347,25 +347,28 @@ fn load_scorer_takes_the_larger_of_live_and_scraped_load() {
 }
 
 #[test]
-fn prefix_affinity_spills_over_from_a_busy_endpoint() {
+fn prefix_affinity_spills_over_from_a_queueing_endpoint() {
     let index = Arc::new(PrefixIndex::default());
-    let scorer = PrefixAffinityScorer::new(index, 8);
+    let scorer = PrefixAffinityScorer::new(index, 4);
     let prompt = "a shared system prompt that is long enough to fill several blocks ".repeat(8);
     let req = SchedRequest::new("m", &prompt, 0);
     scorer.picked(&req, &loaded(1, 0, 0, 0));
     // Equal load: the endpoint holding the prefix scores 1, the others 0.
     let idle = [loaded(1, 0, 0, 0), loaded(2, 0, 0, 0)];
     assert_eq!(scores(&scorer, &req, &idle), vec![1.0, 0.0]);
-    // Up to seven requests more than the least loaded: the prefix still counts in full.
-    let busier = [loaded(1, 7, 0, 0), loaded(2, 0, 0, 0)];
+    // Far more requests in flight, but running, not queued: the prefix still counts.
+    let busier = [loaded(1, 14, 14, 0), loaded(2, 0, 0, 0)];
     assert_eq!(scores(&scorer, &req, &busier), vec![1.0, 0.0]);
-    // At the spill threshold the cached prefix no longer counts.
-    let hot = [loaded(1, 9, 0, 0), loaded(2, 1, 0, 0)];
+    // Three more waiting than the least queued endpoint: still below the spill-over.
+    let queued = [loaded(1, 20, 16, 4), loaded(2, 17, 16, 1)];
+    assert_eq!(scores(&scorer, &req, &queued), vec![1.0, 0.0]);
+    // Four more waiting: the cached prefix no longer counts.
+    let hot = [loaded(1, 21, 16, 5), loaded(2, 17, 16, 1)];
     assert_eq!(scores(&scorer, &req, &hot), vec![0.0, 0.0]);
 }
 
 #[test]
-fn load_aware_profile_keeps_affinity_until_the_holder_is_busy() {
+fn load_aware_profile_keeps_affinity_until_the_holder_queues() {
     let profile = Profile::load_aware();
     let prompt = "the same long few-shot prefix for every user of this group ".repeat(8);
     let req = SchedRequest::new("m", &prompt, 0);
@@ -374,11 +377,11 @@ fn load_aware_profile_keeps_affinity_until_the_holder_is_busy() {
         .unwrap()[0];
     let holder = first + 1;
     let other = 3 - holder;
-    // Busier than the other endpoint, below the spill-over: the prefix still wins.
-    let c = [loaded(holder, 6, 0, 0), loaded(other, 0, 0, 0)];
+    // Busier than the other endpoint, nothing queued: the prefix wins.
+    let c = [loaded(holder, 10, 10, 0), loaded(other, 0, 0, 0)];
     assert_eq!(profile.pick(&req, &c, &mut rng()).unwrap()[0], 0);
-    // Far busier: the request spills over to the idle endpoint.
-    let c = [loaded(holder, 12, 0, 0), loaded(other, 0, 0, 0)];
+    // Queueing: the request spills over to the idle endpoint.
+    let c = [loaded(holder, 22, 16, 6), loaded(other, 0, 0, 0)];
     assert_eq!(profile.pick(&req, &c, &mut rng()).unwrap()[0], 1);
 }
 
