@@ -29,6 +29,9 @@ BE1, BE2, PROXY_PORT, H2_PORT, TLS_PORT, ADMIN = 18080, 18079, 18090, 18091, 184
 SNI = 'bench.example.com'
 TICK = os.sysconf('SC_CLK_TCK')
 PEERS = ('nginx', 'haproxy', 'envoy')
+# Workers of every proxy and the CPUs they may run on (--workers, --proxy-cpus); the load generators and
+# the backend stay on CPU 0.
+WORKERS, PROXY_CPUS = 1, '1'
 LARGE = 1 << 20  # bytes of the large response
 
 
@@ -71,7 +74,7 @@ def nginx_conf(d, n, extras):
     if 'tls' in extras:
         listen.append(f'listen 127.0.0.1:{TLS_PORT} ssl http2; ssl_certificate {d}/cert.pem; '
                       f'ssl_certificate_key {d}/key.pem; ssl_protocols TLSv1.3; ssl_session_tickets off;')
-    write(f'{d}/nginx.conf', f"""daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/nginx.err warn;
+    write(f'{d}/nginx.conf', f"""daemon off; worker_processes {WORKERS}; pid {d}/nginx.pid; error_log {d}/nginx.err warn;
 worker_rlimit_nofile 65536;
 events {{ worker_connections 16384; }}
 http {{ access_log off; keepalive_requests 1000000; http2_max_concurrent_streams 256;
@@ -99,7 +102,7 @@ def haproxy_conf(d, n, extras):
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     maxconn = max(1000, min(20000, (nofile - 200) // 2))
     write(f'{d}/haproxy.cfg', f"""global
-  nbthread 1
+  nbthread {WORKERS}
   maxconn {maxconn}
   tune.ssl.cachesize 0
 defaults
@@ -179,7 +182,7 @@ def envoy_conf(d, n, extras):
   listeners:{listeners}
   clusters:{clusters}
 """)
-    return [ENVOY, '-c', f'{d}/envoy.yaml', '--concurrency', '1', '-l', 'error', '--base-id', '7']
+    return [ENVOY, '-c', f'{d}/envoy.yaml', '--concurrency', str(WORKERS), '-l', 'error', '--base-id', '7']
 
 
 def gateway_conf(d, n, extras, binary):
@@ -237,7 +240,8 @@ spec:
 """ + '\n'.join(rules))
     write(f'{d}/gw/all.yaml', '\n---\n'.join(docs) + '\n')
     return [binary, '--config', f'{d}/gw', '--controller-name', 'example.net/bench',
-            '--listener-port-map', f'80={PROXY_PORT},443={TLS_PORT}', '--admin', f'127.0.0.1:{ADMIN}']
+            '--listener-port-map', f'80={PROXY_PORT},443={TLS_PORT}', '--admin', f'127.0.0.1:{ADMIN}',
+            '--workers', str(WORKERS)]
 
 
 def self_signed(d):
@@ -481,7 +485,7 @@ def one(a, p, n, d, log, extras):
              'envoy': lambda: envoy_conf(d, n, extras), 'gateway': lambda: gateway_conf(d, n, extras, a.gateway)}
     cmd = build[p]()
     t0 = time.time()
-    proc = start(cmd, 1, log)
+    proc = start(cmd, PROXY_CPUS, log)
     try:
         if not ready(PROXY_PORT):
             print(f'{p} at {n} routes never became ready', file=sys.stderr)
@@ -680,6 +684,11 @@ def main():
     ap.add_argument('--proxies', default='direct,nginx,haproxy,envoy,gateway')
     ap.add_argument('--scenarios', default='base',
                     help='comma list of base (saturation + fixed rate), https, h2, large, idle')
+    ap.add_argument('--workers', type=int, default=1,
+                    help='worker processes or threads of every proxy (nginx worker_processes, HAProxy nbthread, Envoy '
+                         '--concurrency, file-gateway --workers)')
+    ap.add_argument('--proxy-cpus', default='1',
+                    help='the CPUs the proxies may run on (taskset list); wrk, loadgen and the backend stay on CPU 0')
     ap.add_argument('--h2-connections', type=int, default=4)
     ap.add_argument('--h2-streams', type=int, default=64)
     ap.add_argument('--idle-connections', type=int, default=10000)
@@ -688,6 +697,8 @@ def main():
     ap.add_argument('--svg-dir', help='where peers-cpu.svg and peers-rss.svg go (default: beside --out)')
     ap.add_argument('--plot', metavar='JSON', help='only redraw the plots from an earlier results file')
     a = ap.parse_args()
+    global WORKERS, PROXY_CPUS
+    WORKERS, PROXY_CPUS = a.workers, a.proxy_cpus
     if a.plot:
         doc = json.load(open(a.plot))
         for path in plots(doc, a.svg_dir or os.path.dirname(os.path.abspath(a.plot))):

@@ -30,10 +30,18 @@ pub fn filter_registry() -> gateway_core::FilterRegistry {
 /// indexes), shared by every registry [`filter_registry`] makes. A gateway serving InferencePools
 /// also needs its picker: `examples::inference().install(&gateway)`.
 pub fn inference() -> &'static gateway_inference::gateway::InferenceGateway {
-    static INFERENCE: std::sync::OnceLock<gateway_inference::gateway::InferenceGateway> =
-        std::sync::OnceLock::new();
     INFERENCE.get_or_init(Default::default)
 }
+
+/// Sets the process's inference data plane ([`inference`]) to `inference` (e.g. with another
+/// scheduler profile). Call it before the first [`inference`] or [`filter_registry`]; returns
+/// false, changing nothing, when the data plane was already set up.
+pub fn init_inference(inference: gateway_inference::gateway::InferenceGateway) -> bool {
+    INFERENCE.set(inference).is_ok()
+}
+
+static INFERENCE: std::sync::OnceLock<gateway_inference::gateway::InferenceGateway> =
+    std::sync::OnceLock::new();
 
 /// Installs a `tracing` subscriber reading `RUST_LOG` (default `info`). Binaries only.
 pub fn init_logging() {

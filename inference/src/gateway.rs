@@ -41,16 +41,18 @@
 //! in-process picker (the buffered body is sent) and `FailClose` answers 503; both are logged.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
 use crate::crd::v1::FailureMode;
 use crate::extproc::ExtProcConfig;
 use crate::extproc::client::{Answer, Exchange, PickError, PickInput, PickerClient};
+use crate::flow::{FlowConfig, FlowController, FlowRequest};
 use crate::objective::Objectives;
 use crate::request::{self, ApiKind, DroppedReason};
 use crate::rewrite::{ModelRewrites, RewriteSource};
-use crate::scheduler::{Candidate, SchedRequest, Scheduler};
+use crate::scheduler::{Candidate, ProfileKind, SchedRequest, Scheduler};
 use crate::scrape::{self, MetricsStore, ScrapeConfig, ScraperHandle};
 use crate::settings::InferencePoolSettings;
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -80,11 +82,20 @@ pub struct InferenceGateway {
     inner: Arc<Inner>,
 }
 
+/// Makes the scheduler of a new pool runtime (each pool has its own: the prefix index is per
+/// pool).
+type SchedulerFactory = Arc<dyn Fn() -> Scheduler + Send + Sync>;
+
 struct Inner {
     pools: Mutex<HashMap<String, Weak<PoolRuntime>>>,
     scrape: ScrapeConfig,
     body_limit: usize,
     extproc: ExtProcConfig,
+    scheduler: SchedulerFactory,
+    /// For logs and `Debug`: the built-in profile's name, or `custom`.
+    scheduler_name: &'static str,
+    /// Flow control of every pool; `None`: requests are never held at the gateway.
+    flow: Option<FlowConfig>,
 }
 
 impl Default for InferenceGateway {
@@ -99,13 +110,15 @@ impl std::fmt::Debug for InferenceGateway {
             .field("scrape", &self.inner.scrape)
             .field("body_limit", &self.inner.body_limit)
             .field("extproc", &self.inner.extproc)
+            .field("scheduler", &self.inner.scheduler_name)
             .finish()
     }
 }
 
 impl InferenceGateway {
     /// Pools scraped with `scrape` (default every 50 ms), request bodies buffered up to
-    /// `body_limit` bytes (default [`DEFAULT_BODY_LIMIT`]).
+    /// `body_limit` bytes (default [`DEFAULT_BODY_LIMIT`]), endpoints chosen with the reference
+    /// default profile ([`ProfileKind::Reference`]; see [`Self::with_profile`]).
     pub fn new(scrape: ScrapeConfig, body_limit: usize) -> Self {
         InferenceGateway::with_extproc(scrape, body_limit, ExtProcConfig::default())
     }
@@ -120,7 +133,56 @@ impl InferenceGateway {
                 scrape,
                 body_limit,
                 extproc,
+                scheduler: Arc::new(Scheduler::reference_default),
+                scheduler_name: ProfileKind::Reference.as_str(),
+                flow: Some(FlowConfig::default()),
             }),
+        }
+    }
+
+    /// The same gateway with flow control set to `flow` for every pool (default:
+    /// `Some(FlowConfig::default())`; `None` turns it off: requests are then admitted or
+    /// refused, never held). Call it before the gateway serves.
+    pub fn with_flow_control(self, flow: Option<FlowConfig>) -> Self {
+        self.rebuilt(|inner| inner.flow = flow)
+    }
+
+    /// The same gateway with every pool scheduled by the built-in profile `kind`. Call it before
+    /// the gateway serves (pools already created keep their scheduler).
+    pub fn with_profile(self, kind: ProfileKind) -> Self {
+        self.rebuilt(|inner| {
+            inner.scheduler = Arc::new(move || kind.scheduler());
+            inner.scheduler_name = kind.as_str();
+        })
+    }
+
+    /// The same gateway with every pool scheduled by what `make` returns: called once per pool
+    /// (give each its own prefix index), with your own filters, scorers and picker. Call it
+    /// before the gateway serves.
+    pub fn with_scheduler(self, make: impl Fn() -> Scheduler + Send + Sync + 'static) -> Self {
+        self.rebuilt(|inner| {
+            inner.scheduler = Arc::new(make);
+            inner.scheduler_name = "custom";
+        })
+    }
+
+    /// A new gateway with this one's pools and settings, then `change` applied.
+    fn rebuilt(self, change: impl FnOnce(&mut Inner)) -> Self {
+        let old = &self.inner;
+        let mut inner = Inner {
+            pools: Mutex::new(std::mem::take(
+                &mut *old.pools.lock().unwrap_or_else(|e| e.into_inner()),
+            )),
+            scrape: old.scrape.clone(),
+            body_limit: old.body_limit,
+            extproc: old.extproc,
+            scheduler: old.scheduler.clone(),
+            scheduler_name: old.scheduler_name,
+            flow: old.flow.clone(),
+        };
+        change(&mut inner);
+        InferenceGateway {
+            inner: Arc::new(inner),
         }
     }
 
@@ -210,7 +272,12 @@ impl InferenceGateway {
         let runtime = match pools.get(&key).and_then(Weak::upgrade) {
             Some(r) => r,
             None => {
-                let r = Arc::new(PoolRuntime::new(key.clone(), &self.inner.scrape));
+                let r = Arc::new(PoolRuntime::new(
+                    key.clone(),
+                    &self.inner.scrape,
+                    (self.inner.scheduler)(),
+                    self.inner.flow.clone(),
+                ));
                 pools.insert(key, Arc::downgrade(&r));
                 r
             }
@@ -227,7 +294,7 @@ struct PoolRuntime {
     scrape: ScrapeConfig,
     /// Started by the first request (on the gateway's runtime; a translator that only builds
     /// filters to check settings starts nothing); stops scraping when the runtime is dropped.
-    scraper: OnceLock<ScraperHandle>,
+    scraper: OnceLock<(ScraperHandle, Option<AbortOnDrop>)>,
     scheduler: Scheduler,
     objectives: ArcSwap<Objectives>,
     rewrites: ArcSwap<ModelRewrites>,
@@ -237,20 +304,59 @@ struct PoolRuntime {
     /// The backend's endpoints as the gateway last handed them to the picker (their health is
     /// live), for the subset hint; cleared when the settings change.
     live: ArcSwapOption<Vec<Endpoint>>,
+    /// The pool's flow control, when on.
+    flow: Option<PoolFlow>,
+}
+
+/// A pool's flow-control queues and what its dispatcher needs.
+struct PoolFlow {
+    controller: FlowController,
+    /// Requests waiting in `controller` (read on the request path without its lock).
+    waiting: Arc<AtomicUsize>,
+    /// Requests released since the last scrape result came in: the dispatcher's estimate of
+    /// load the scraped metrics do not show yet.
+    released: Arc<AtomicU32>,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Drop for PoolRuntime {
+    fn drop(&mut self) {
+        if let Some(flow) = &self.flow {
+            flow.controller.close();
+        }
+    }
 }
 
 impl PoolRuntime {
-    fn new(key: String, scrape: &ScrapeConfig) -> Self {
+    fn new(
+        key: String,
+        scrape: &ScrapeConfig,
+        scheduler: Scheduler,
+        flow: Option<FlowConfig>,
+    ) -> Self {
         PoolRuntime {
             key,
             store: Arc::new(MetricsStore::new()),
             scrape: scrape.clone(),
             scraper: OnceLock::new(),
-            scheduler: Scheduler::reference_default(),
+            scheduler,
             objectives: ArcSwap::from_pointee(Objectives::default()),
             rewrites: ArcSwap::from_pointee(ModelRewrites::default()),
             picker_client: Mutex::new(None),
             live: ArcSwapOption::empty(),
+            flow: flow.map(|config| PoolFlow {
+                controller: FlowController::new(config),
+                waiting: Arc::new(AtomicUsize::new(0)),
+                released: Arc::new(AtomicU32::new(0)),
+            }),
         }
     }
 
@@ -312,17 +418,36 @@ impl PoolRuntime {
         members.to_vec()
     }
 
-    /// Starts the scraper if it is not running. Called on the request path (inside the
-    /// gateway's Tokio runtime): after the first request, one atomic load.
+    /// Starts the scraper (and the flow-control dispatcher) if they are not running. Called on
+    /// the request path (inside the gateway's Tokio runtime): after the first request, one
+    /// atomic load.
     fn ensure_scraping(&self) {
-        self.scraper
-            .get_or_init(|| scrape::spawn(self.store.clone(), self.scrape.clone()));
+        self.scraper.get_or_init(|| {
+            let scraper = scrape::spawn(self.store.clone(), self.scrape.clone());
+            let dispatcher = self.flow.as_ref().map(|flow| {
+                AbortOnDrop(
+                    tokio::spawn(dispatch(
+                        self.store.clone(),
+                        flow.controller.clone(),
+                        self.scheduler.detector,
+                        flow.released.clone(),
+                        self.scrape.interval,
+                    ))
+                    .abort_handle(),
+                )
+            });
+            (scraper, dispatcher)
+        });
     }
 
     fn update(&self, settings: &InferencePoolSettings) {
         self.live.store(None);
         self.store
             .set_endpoints(settings.endpoints.iter().map(|e| (e.address, e.engine)));
+        if let Some(flow) = &self.flow {
+            flow.controller
+                .set_has_endpoints(!settings.endpoints.is_empty());
+        }
         let objectives: Vec<(String, crate::crd::llmd::InferenceObjectiveSpec)> = settings
             .objectives
             .iter()
@@ -370,14 +495,84 @@ impl PoolRuntime {
         (candidates, index)
     }
 
-    /// The pool's candidates as the store knows them (for admission before the endpoints are
-    /// in hand).
-    fn stored_candidates(&self, now: Instant) -> Vec<Candidate> {
-        self.store
-            .endpoints()
-            .into_iter()
-            .map(|(addr, _)| self.store.candidate(addr, now))
-            .collect()
+    /// Holds the request in flow control when it has to wait: while the pool is saturated
+    /// (fresh metrics only: a pool whose endpoints have no fresh metrics is not held), or while
+    /// other requests wait (so that later arrivals do not overtake them). `Ok` when it may go
+    /// on (at once, or once released).
+    async fn flow_control(
+        &self,
+        priority: i32,
+        flow_id: Option<&str>,
+        bytes: usize,
+    ) -> Result<(), DroppedReason> {
+        let Some(flow) = &self.flow else {
+            return Ok(());
+        };
+        if flow.waiting.load(Ordering::Acquire) == 0
+            && self
+                .store
+                .pool_saturation(&self.scheduler.detector, Instant::now(), false)
+                < 1.0
+        {
+            return Ok(());
+        }
+        let request = FlowRequest {
+            priority,
+            flow_id: flow_id.unwrap_or(request::DEFAULT_FAIRNESS_ID).to_owned(),
+            bytes: bytes as u64,
+        };
+        flow.waiting.fetch_add(1, Ordering::AcqRel);
+        // Counted down however the wait ends (also when the client goes away and the request
+        // future is dropped).
+        let _waiting = CountDown(&flow.waiting);
+        match flow.controller.enqueue(request).await {
+            Ok(admitted) => {
+                tracing::debug!(pool = %self.key, priority, waited_ms = admitted.waited.as_millis() as u64, "released by flow control");
+                Ok(())
+            }
+            Err(rejected) => Err(rejected.reason()),
+        }
+    }
+}
+
+/// Decrements a counter when dropped.
+struct CountDown<'a>(&'a AtomicUsize);
+
+impl Drop for CountDown<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A pool's flow-control dispatcher: whenever a scrape result comes in (and at least every
+/// scrape interval), releases waiting requests, best first, while the pool's saturation (fresh
+/// metrics) plus the requests released since the last scrape result, spread over the
+/// endpoints' queues, stays below 1.0.
+async fn dispatch(
+    store: Arc<MetricsStore>,
+    flow: FlowController,
+    detector: crate::scheduler::SaturationDetector,
+    released: Arc<AtomicU32>,
+    interval: std::time::Duration,
+) {
+    loop {
+        tokio::select! {
+            _ = store.scraped() => released.store(0, Ordering::Relaxed),
+            _ = tokio::time::sleep(interval) => {}
+        }
+        if flow.is_empty() {
+            continue;
+        }
+        let queues = store.len().max(1) as f64 * detector.queue_threshold;
+        flow.dispatch(|| {
+            let estimate = store.pool_saturation(&detector, Instant::now(), false)
+                + f64::from(released.load(Ordering::Relaxed)) / queues;
+            let room = estimate < 1.0;
+            if room {
+                released.fetch_add(1, Ordering::Relaxed);
+            }
+            room
+        });
     }
 }
 
@@ -398,8 +593,9 @@ struct Scheduled {
     collected: BytesMut,
 }
 
-/// The objective header's priority, taken before the body is read.
-struct Priority(i32);
+/// What the request headers said, taken before the body is read: the objective's priority
+/// and the fairness flow (`None`: the default flow).
+struct Priority(i32, Option<String>);
 
 struct PoolFilter {
     runtime: Arc<PoolRuntime>,
@@ -451,9 +647,23 @@ fn error_response(status: u16, message: &str, reason: Option<DroppedReason>) -> 
 }
 
 impl PoolFilter {
+    /// The request's objective priority and fairness flow, from its headers.
+    fn priority(&self, session: &Session) -> Priority {
+        let headers = &session.req_header().headers;
+        let priority = self
+            .runtime
+            .objectives
+            .load()
+            .priority(request::objective_name(headers));
+        let flow_id = headers
+            .get(request::HEADER_FAIRNESS_ID)
+            .map(|_| request::fairness_id(headers).to_owned());
+        Priority(priority, flow_id)
+    }
+
     /// The in-process path of a request whose body is read: parse (other paths pass through),
     /// rewrite the model, admit, and leave the picker its inputs.
-    fn in_process(
+    async fn in_process(
         &self,
         session: &mut Session,
         ctx: &mut FilterCtx,
@@ -465,7 +675,10 @@ impl PoolFilter {
         if ctx.state::<Scheduled>().is_some() {
             return Ok(FilterAction::Continue);
         }
-        let priority = ctx.state::<Priority>().map_or(0, |p| p.0);
+        let (priority, flow_id) = match ctx.state_mut::<Priority>() {
+            Some(p) => (p.0, p.1.take()),
+            None => (0, None),
+        };
         let bytes = body.clone().unwrap_or_default();
         let parsed = match request::parse_request(kind, &bytes) {
             Ok(p) => p,
@@ -496,15 +709,33 @@ impl PoolFilter {
                 requested = Some(std::mem::replace(&mut model, target));
             }
         }
-        // Only a sheddable request can be refused: the pool's saturation is computed for it alone.
+        // Only a sheddable request can be refused: the pool's saturation is computed for it alone
+        // (endpoints without fresh metrics count as saturated, as in the reference).
         let saturation = if priority < 0 {
-            let candidates = self.runtime.stored_candidates(Instant::now());
-            self.runtime.scheduler.detector.pool_saturation(&candidates)
+            self.runtime.store.pool_saturation(
+                &self.runtime.scheduler.detector,
+                Instant::now(),
+                true,
+            )
         } else {
             0.0
         };
         if let Err(reason) = crate::scheduler::admit(priority, saturation) {
             tracing::debug!(pool = %self.runtime.key, priority, saturation, "sheddable request dropped");
+            return Ok(FilterAction::Respond(error_response(
+                reason.status(),
+                "the pool is saturated",
+                Some(reason),
+            )));
+        }
+        // The others wait here while the pool is saturated, best priority first.
+        let size = body.as_ref().map_or(0, Bytes::len);
+        if let Err(reason) = self
+            .runtime
+            .flow_control(priority, flow_id.as_deref(), size)
+            .await
+        {
+            tracing::debug!(pool = %self.runtime.key, priority, reason = reason.as_str(), "request dropped by flow control");
             return Ok(FilterAction::Respond(error_response(
                 reason.status(),
                 "the pool is saturated",
@@ -534,7 +765,7 @@ impl PoolFilter {
         body: &mut Option<Bytes>,
     ) -> gateway_core::Result<FilterAction> {
         let Some(external) = &self.external else {
-            return self.in_process(session, ctx, body);
+            return self.in_process(session, ctx, body).await;
         };
         let bytes = body.clone().unwrap_or_default();
         let eligible = self.runtime.eligible(&external.members);
@@ -563,10 +794,12 @@ impl PoolFilter {
                 Some(stranger) => {
                     let e =
                         PickError::BadAnswer(format!("{stranger} is not an endpoint of the pool"));
-                    return self.picker_failed(external, &e, session, ctx, body);
+                    return self.picker_failed(external, &e, session, ctx, body).await;
                 }
             },
-            Err(e) => return self.picker_failed(external, &e, session, ctx, body),
+            Err(e) => {
+                return self.picker_failed(external, &e, session, ctx, body).await;
+            }
         };
         let route = *route;
         let header = session.req_header_mut();
@@ -594,7 +827,7 @@ impl PoolFilter {
     }
 
     /// The failure mode after the external picker failed with `error`.
-    fn picker_failed(
+    async fn picker_failed(
         &self,
         external: &ExternalPicker,
         error: &PickError,
@@ -608,7 +841,7 @@ impl PoolFilter {
         }
         tracing::warn!(pool = %self.runtime.key, %error, "endpoint picker failed: in-process picker (FailOpen)");
         strip_picker_inputs(session);
-        self.in_process(session, ctx, body)
+        self.in_process(session, ctx, body).await
     }
 }
 
@@ -641,13 +874,8 @@ impl HttpFilter for PoolFilter {
                     // Every request goes to the picker, with its whole body; the objective
                     // headers are the picker's to read (removed once it answered).
                     self.runtime.ensure_scraping();
-                    let headers = &session.req_header().headers;
-                    let priority = self
-                        .runtime
-                        .objectives
-                        .load()
-                        .priority(request::objective_name(headers));
-                    ctx.insert_state(Priority(priority));
+                    let priority = self.priority(session);
+                    ctx.insert_state(priority);
                     ctx.insert_state(Consult(client.clone()));
                     ctx.buffer_request_body(self.body_limit);
                     return Ok(FilterAction::Continue);
@@ -662,15 +890,10 @@ impl HttpFilter for PoolFilter {
             }
         }
         self.runtime.ensure_scraping();
-        let headers = &session.req_header().headers;
-        let priority = self
-            .runtime
-            .objectives
-            .load()
-            .priority(request::objective_name(headers));
+        let priority = self.priority(session);
         // The picker's inputs are for the gateway, not the model server.
         strip_picker_inputs(session);
-        ctx.insert_state(Priority(priority));
+        ctx.insert_state(priority);
         if ApiKind::from_path(session.req_header().uri.path()).is_some() {
             ctx.buffer_request_body(self.body_limit);
         }
@@ -690,7 +913,7 @@ impl HttpFilter for PoolFilter {
         if let Some(Consult(client)) = ctx.remove_state::<Consult>() {
             return self.consult(&client, session, ctx, body).await;
         }
-        self.in_process(session, ctx, body)
+        self.in_process(session, ctx, body).await
     }
 
     async fn response_headers(

@@ -96,6 +96,7 @@ struct Slot {
 pub struct MetricsStore {
     slots: ArcSwap<HashMap<SocketAddr, Arc<Slot>>>,
     changed: Notify,
+    scraped: Notify,
 }
 
 impl MetricsStore {
@@ -153,6 +154,54 @@ impl MetricsStore {
         }
     }
 
+    /// The pool's saturation under `detector` at `now`, read from the latest metrics without
+    /// building candidates (no allocation: called on the request path). With
+    /// `unknown_saturated`, as [`crate::scheduler::SaturationDetector::pool_saturation`]: an
+    /// endpoint without fresh metrics counts as saturated (1.0), an empty pool too. Without it,
+    /// only endpoints with fresh metrics count, and a pool with none is not saturated (0.0).
+    pub fn pool_saturation(
+        &self,
+        detector: &crate::scheduler::SaturationDetector,
+        now: Instant,
+        unknown_saturated: bool,
+    ) -> f64 {
+        let slots = self.slots.load();
+        let (mut total, mut counted) = (0.0, 0usize);
+        for slot in slots.values() {
+            match slot.latest.load_full() {
+                Some(s) if s.age(now) <= detector.staleness => {
+                    total += detector.metrics_saturation(&s.metrics);
+                    counted += 1;
+                }
+                _ if unknown_saturated => {
+                    total += 1.0;
+                    counted += 1;
+                }
+                _ => {}
+            }
+        }
+        match counted {
+            0 if unknown_saturated => 1.0,
+            0 => 0.0,
+            n => total / n as f64,
+        }
+    }
+
+    /// Resolves when the next scrape result is stored (any endpoint).
+    pub async fn scraped(&self) {
+        self.scraped.notified().await;
+    }
+
+    /// How many endpoints the set has.
+    pub fn len(&self) -> usize {
+        self.slots.load().len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.slots.load().is_empty()
+    }
+
     /// The endpoints in the set and their engines.
     pub fn endpoints(&self) -> Vec<(SocketAddr, Engine)> {
         self.slots
@@ -170,6 +219,7 @@ impl MetricsStore {
                 metrics: Arc::new(metrics),
                 at,
             })));
+            self.scraped.notify_waiters();
         }
     }
 }
@@ -217,6 +267,7 @@ async fn supervise(store: Arc<MetricsStore>, config: ScrapeConfig) {
                     slot.clone(),
                     client.clone(),
                     config.clone(),
+                    store.clone(),
                 ));
                 running.insert(*addr, (slot.clone(), handle));
             }
@@ -234,6 +285,7 @@ async fn poll_endpoint(
     slot: Arc<Slot>,
     client: Client<HttpConnector, Empty<Bytes>>,
     config: Arc<ScrapeConfig>,
+    store: Arc<MetricsStore>,
 ) {
     let uri: hyper::Uri = match format!("http://{addr}{}", config.path).parse() {
         Ok(u) => u,
@@ -252,6 +304,7 @@ async fn poll_endpoint(
                     metrics: Arc::new(metrics),
                     at: Instant::now(),
                 })));
+                store.scraped.notify_waiters();
             }
             Ok(Err(e)) => tracing::debug!(%addr, error = %e, "metrics scrape failed"),
             Err(_) => tracing::debug!(%addr, "metrics scrape timed out"),

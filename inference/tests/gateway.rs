@@ -401,3 +401,162 @@ async fn a_pool_naming_an_external_picker_is_served_as_when_the_picker_is_unavai
     }
     server.shutdown().await;
 }
+
+/// Holds `n` long requests at the simulator itself (not through the gateway) and waits until its
+/// metrics show them queued.
+async fn fill_queue(
+    server: &RunningSim,
+    n: usize,
+    tokens: u32,
+) -> Vec<tokio::task::JoinHandle<Reply>> {
+    let port = server.local_addr().port();
+    let body = serde_json::json!({
+        "model": "base",
+        "messages": [{"role": "user", "content": "keep the server busy"}],
+        "max_tokens": tokens,
+        "ignore_eos": true,
+    })
+    .to_string();
+    let held: Vec<_> = (0..n)
+        .map(|_| {
+            let body = body.clone();
+            tokio::spawn(async move { post(port, "/v1/chat/completions", &body, &[]).await })
+        })
+        .collect();
+    loop {
+        let page = get(port, "/metrics").await.body;
+        let waiting = page
+            .lines()
+            .find(|l| l.starts_with("vllm:num_requests_waiting{"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if waiting >= (n - 1) as f64 {
+            return held;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_wait_at_the_gateway_while_the_pool_is_saturated() {
+    use gateway_inference::flow::{BandConfig, FlowConfig};
+    // One running slot: everything else queues in the server.
+    let server = sim("one", 1, 10.0).await;
+    let objectives = [("batch", -1), ("bounded", 5), ("critical", 10)]
+        .into_iter()
+        .map(|(name, priority)| ObjectiveSettings {
+            name: name.into(),
+            priority,
+        })
+        .collect();
+    let short = BandConfig {
+        ttl: Duration::from_millis(300),
+        ..BandConfig::default()
+    };
+    let flow = FlowConfig {
+        default_band: short,
+        bands: [
+            (
+                10,
+                BandConfig {
+                    ttl: Duration::from_secs(60),
+                    ..BandConfig::default()
+                },
+            ),
+            (
+                5,
+                BandConfig {
+                    max_requests: 0,
+                    ..BandConfig::default()
+                },
+            ),
+        ]
+        .into(),
+        ..FlowConfig::default()
+    };
+    let inference = InferenceGateway::default().with_flow_control(Some(flow));
+    let (_gw, port) = gateway(&inference, &settings(&[&server], objectives, vec![])).await;
+    // The first request starts the pool's scraper.
+    let first = post(
+        port,
+        "/v1/chat/completions",
+        &chat("base", "hi", false),
+        &[],
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+
+    // Six long requests at the server: one running, five waiting (saturation 5 / 5).
+    let held = fill_queue(&server, 6, 100).await;
+    // Wait until the gateway's scrapes show it: a sheddable request is refused at once then. A
+    // probe sent before that joins the server's queue (it is abandoned, and keeps the server busy).
+    let mut probes = 0;
+    loop {
+        let probe = tokio::time::timeout(
+            Duration::from_millis(300),
+            post(
+                port,
+                "/v1/chat/completions",
+                &chat("base", "probe", false),
+                &[("x-llm-d-inference-objective", "batch")],
+            ),
+        )
+        .await;
+        if let Ok(probe) = probe {
+            assert_eq!(probe.status, 429, "{}", probe.body);
+            break;
+        }
+        probes += 1;
+        assert!(probes < 50, "the gateway never saw the pool saturated");
+    }
+
+    // Priority 0 (default band, 300 ms TTL) waits at the gateway, then expires.
+    let expired = post(
+        port,
+        "/v1/chat/completions",
+        &chat("base", "hi", false),
+        &[],
+    )
+    .await;
+    assert_eq!(expired.status, 429, "{}", expired.body);
+    assert_eq!(
+        expired
+            .headers
+            .get("x-llm-d-request-dropped-reason")
+            .and_then(|v| v.to_str().ok()),
+        Some("rejected-ttl-expired")
+    );
+    // Priority 5's band holds nothing: refused at once.
+    let full = post(
+        port,
+        "/v1/chat/completions",
+        &chat("base", "hi", false),
+        &[("x-llm-d-inference-objective", "bounded")],
+    )
+    .await;
+    assert_eq!(full.status, 429, "{}", full.body);
+    assert_eq!(
+        full.headers
+            .get("x-llm-d-request-dropped-reason")
+            .and_then(|v| v.to_str().ok()),
+        Some("rejected-saturated")
+    );
+    // Priority 10 (60 s TTL) waits until the server's queue drains, then is served, with its
+    // fairness id taken off the request.
+    let served_late = post(
+        port,
+        "/v1/chat/completions",
+        &chat("base", "hi", false),
+        &[
+            ("x-llm-d-inference-objective", "critical"),
+            ("x-llm-d-inference-fairness-id", "tenant-a"),
+        ],
+    )
+    .await;
+    assert_eq!(served_late.status, 200, "{}", served_late.body);
+    for h in held {
+        assert_eq!(h.await.expect("held request").status, 200);
+    }
+    server.shutdown().await;
+}

@@ -61,6 +61,14 @@ struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
 
+    /// How the in-process endpoint picker of InferencePool backends (pools without an
+    /// `endpointPickerRef`) chooses: `reference` (the Inference Extension's default profile:
+    /// queue 2, KV cache 2, prefix cache 3, over scraped metrics) or `load-aware` (live
+    /// in-flight load and prefix affinity that spills over from busy servers). See
+    /// docs/benchmarks/inference.md for how they compare.
+    #[arg(long, value_name = "PROFILE", default_value_t = gateway_inference::scheduler::ProfileKind::Reference)]
+    inference_profile: gateway_inference::scheduler::ProfileKind,
+
     #[command(flatten)]
     limits: examples::cli::LimitArgs,
 
@@ -232,6 +240,12 @@ async fn run(args: Args) {
     }
     examples::init_logging();
 
+    if !examples::init_inference(
+        gateway_inference::gateway::InferenceGateway::default()
+            .with_profile(args.inference_profile),
+    ) {
+        tracing::warn!("the inference data plane was set up before its profile was chosen");
+    }
     let gateway = Gateway::new(examples::filter_registry());
     examples::inference().install(&gateway);
     if !args.dns_servers.is_empty() {

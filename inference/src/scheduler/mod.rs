@@ -13,6 +13,9 @@
 //!
 //! [`Profile::reference_default`] is the reference endpoint picker's default: queue scorer 2,
 //! KV-cache utilisation scorer 2, prefix-cache scorer 3, max-score picker, no filter.
+//! [`Profile::load_aware`] is this crate's own: live load (the gateway's in-flight requests,
+//! which move with every pick, not only with every scrape) and prefix affinity that spills over
+//! from a busy endpoint. [`ProfileKind`] names the built-in profiles.
 
 pub mod prefix;
 mod saturation;
@@ -28,7 +31,8 @@ use rand::seq::SliceRandom;
 pub use prefix::{PrefixConfig, PrefixIndex};
 pub use saturation::{SaturationDetector, UtilizationFilter};
 pub use scorers::{
-    InFlightScorer, KvCacheScorer, LoraAffinityScorer, PrefixCacheScorer, QueueScorer,
+    InFlightScorer, KvCacheScorer, LoadScorer, LoraAffinityScorer, PrefixAffinityScorer,
+    PrefixCacheScorer, QueueScorer,
 };
 
 use crate::metrics::EndpointMetrics;
@@ -247,6 +251,38 @@ impl Profile {
         }
     }
 
+    /// This crate's profile (see docs/benchmarks/inference.md for how it compares): prefix
+    /// affinity first, then the least live load. [`PrefixAffinityScorer`] ×4 (spill-over at
+    /// [`PrefixAffinityScorer::DEFAULT_SPILL`] waiting requests above the least queued
+    /// candidate),
+    /// [`LoadScorer`] ×1, [`KvCacheScorer`] ×0.5, [`MaxScorePicker`], no filter. The weights
+    /// make the order nearly lexicographic: a cached prefix (which saves its whole prefill)
+    /// outweighs the whole load range unless its holder queues `spill` requests more than
+    /// another endpoint; without a cached prefix the least loaded endpoint wins (join the
+    /// shortest queue, with the gateway's own in-flight counts, which move with every pick).
+    pub fn load_aware() -> Profile {
+        Profile::load_aware_with(Arc::new(PrefixIndex::default()))
+    }
+
+    /// [`Self::load_aware`] over an existing prefix index.
+    pub fn load_aware_with(index: Arc<PrefixIndex>) -> Profile {
+        Profile {
+            filters: Vec::new(),
+            scorers: vec![
+                (
+                    Arc::new(PrefixAffinityScorer::new(
+                        index,
+                        PrefixAffinityScorer::DEFAULT_SPILL,
+                    )),
+                    4.0,
+                ),
+                (Arc::new(LoadScorer), 1.0),
+                (Arc::new(KvCacheScorer), 0.5),
+            ],
+            picker: Arc::new(MaxScorePicker),
+        }
+    }
+
     /// Filters, scores and orders `candidates`, then tells the scorers the primary. Returns the
     /// candidate indices in order (primary first), or `rejected-saturated` when the filters left
     /// nothing (or there was nothing).
@@ -286,6 +322,59 @@ impl Profile {
             scorer.picked(req, &candidates[primary]);
         }
         Ok(order)
+    }
+}
+
+/// The built-in profiles, by name (`reference` or `load-aware`), for configuration surfaces
+/// such as a command-line flag.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ProfileKind {
+    /// [`Profile::reference_default`] (the default).
+    #[default]
+    Reference,
+    /// [`Profile::load_aware`].
+    LoadAware,
+}
+
+impl ProfileKind {
+    /// The name: `reference` or `load-aware`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProfileKind::Reference => "reference",
+            ProfileKind::LoadAware => "load-aware",
+        }
+    }
+
+    /// A fresh scheduler with this profile (a new prefix index) and the default saturation
+    /// detector.
+    pub fn scheduler(self) -> Scheduler {
+        let profile = match self {
+            ProfileKind::Reference => Profile::reference_default(),
+            ProfileKind::LoadAware => Profile::load_aware(),
+        };
+        Scheduler {
+            profile,
+            detector: SaturationDetector::default(),
+        }
+    }
+}
+
+impl std::fmt::Display for ProfileKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ProfileKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "reference" => Ok(ProfileKind::Reference),
+            "load-aware" => Ok(ProfileKind::LoadAware),
+            other => Err(format!(
+                "unknown scheduler profile {other:?} (known: reference, load-aware)"
+            )),
+        }
     }
 }
 

@@ -32,11 +32,15 @@ impl SaturationDetector {
     /// The saturation of one endpoint (see the type docs).
     pub fn endpoint_saturation(&self, c: &Candidate) -> f64 {
         match &c.metrics {
-            Some(m) if c.metrics_age <= self.staleness => {
-                (f64::from(m.waiting) / self.queue_threshold).max(m.kv_usage / self.kv_threshold)
-            }
+            Some(m) if c.metrics_age <= self.staleness => self.metrics_saturation(m),
             _ => 1.0,
         }
+    }
+
+    /// The saturation fresh `metrics` show: `max(waiting / queue_threshold, kv_usage /
+    /// kv_threshold)`.
+    pub fn metrics_saturation(&self, m: &crate::metrics::EndpointMetrics) -> f64 {
+        (f64::from(m.waiting) / self.queue_threshold).max(m.kv_usage / self.kv_threshold)
     }
 
     /// The mean endpoint saturation (1.0 for no endpoints).

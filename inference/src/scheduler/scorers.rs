@@ -141,3 +141,75 @@ impl Scorer for InFlightScorer {
         lower_is_better(kept.iter().map(|&i| Some(f64::from(c[i].in_flight))), out);
     }
 }
+
+/// An endpoint's load as the gateway can best tell it now: the larger of the requests it has in
+/// flight there itself (exact, live) and the server's scraped running + waiting count (which
+/// also sees other clients, but is up to one scrape interval old).
+pub(crate) fn live_load(c: &Candidate) -> u32 {
+    let scraped = c.metrics.as_ref().map_or(0, |m| m.running + m.waiting);
+    c.in_flight.max(scraped)
+}
+
+/// `load-scorer` (ours): like the queue scorer, lower is better, over [`live_load`] instead of
+/// the scraped waiting queue alone. Between two scrapes the scraped numbers do not move, so a
+/// scorer over them sends every request of that interval to the same endpoint; the gateway's own
+/// in-flight count moves with every pick. It also counts running requests: an endpoint with a
+/// free slot starts a request at once, one whose slots are full queues it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadScorer;
+
+impl Scorer for LoadScorer {
+    fn name(&self) -> &'static str {
+        "load-scorer"
+    }
+    fn score(&self, _: &SchedRequest<'_>, c: &[Candidate], kept: &[usize], out: &mut [f64]) {
+        lower_is_better(kept.iter().map(|&i| Some(f64::from(live_load(&c[i])))), out);
+    }
+}
+
+/// `prefix-affinity-scorer` (ours): the prefix-cache score of endpoints that are not queueing
+/// much more than the least queued candidate, 0 for the others, so a hot prefix spills over to
+/// other endpoints instead of queueing behind itself. An endpoint keeps its prefix score while
+/// its scraped waiting queue is less than `spill` requests longer than the shortest among the
+/// candidates (an endpoint without metrics counts as not queueing). A busy endpoint that still
+/// has free running slots keeps its prefix: starting a request there costs little, prefilling
+/// the prefix elsewhere costs the whole prefill. Records the chosen endpoint's blocks like
+/// [`PrefixCacheScorer`].
+#[derive(Debug)]
+pub struct PrefixAffinityScorer {
+    prefix: PrefixCacheScorer,
+    spill: u32,
+}
+
+impl PrefixAffinityScorer {
+    /// The default `spill`: 4 waiting requests more than the least queued candidate.
+    pub const DEFAULT_SPILL: u32 = 4;
+
+    /// A scorer over `index`, spilling over at `spill` (at least 1) waiting requests above the
+    /// least queued candidate.
+    pub fn new(index: Arc<PrefixIndex>, spill: u32) -> Self {
+        PrefixAffinityScorer {
+            prefix: PrefixCacheScorer::new(index),
+            spill: spill.max(1),
+        }
+    }
+}
+
+impl Scorer for PrefixAffinityScorer {
+    fn name(&self) -> &'static str {
+        "prefix-affinity-scorer"
+    }
+    fn score(&self, req: &SchedRequest<'_>, c: &[Candidate], kept: &[usize], out: &mut [f64]) {
+        self.prefix.score(req, c, kept, out);
+        let waiting = |i: usize| c[i].metrics.as_ref().map_or(0, |m| m.waiting);
+        let least = kept.iter().map(|&i| waiting(i)).min().unwrap_or(0);
+        for (o, &i) in out.iter_mut().zip(kept) {
+            if waiting(i) - least >= self.spill {
+                *o = 0.0;
+            }
+        }
+    }
+    fn picked(&self, req: &SchedRequest<'_>, chosen: &Candidate) {
+        self.prefix.picked(req, chosen);
+    }
+}

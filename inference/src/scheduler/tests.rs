@@ -322,3 +322,75 @@ fn reference_default_prefers_cached_prefix_then_load() {
         "the busy endpoint is the last fallback"
     );
 }
+
+fn loaded(i: usize, in_flight: u32, running: u32, waiting: u32) -> Candidate {
+    let mut c = Candidate::new(
+        addr(i),
+        Some(Arc::new(EndpointMetrics {
+            running,
+            waiting,
+            ..Default::default()
+        })),
+    );
+    c.in_flight = in_flight;
+    c
+}
+
+#[test]
+fn load_scorer_takes_the_larger_of_live_and_scraped_load() {
+    let req = SchedRequest::new("m", "", 0);
+    // Live in-flight counts move with every pick; scraped ones also see other clients.
+    let c = [loaded(1, 4, 0, 0), loaded(2, 0, 2, 0), loaded(3, 1, 4, 2)];
+    assert_eq!(scores(&LoadScorer, &req, &c), vec![0.5, 1.0, 0.0]);
+    // The queue scorer sees none of the gateway's own load.
+    assert_eq!(scores(&QueueScorer, &req, &c)[..2], [1.0, 1.0]);
+}
+
+#[test]
+fn prefix_affinity_spills_over_from_a_queueing_endpoint() {
+    let index = Arc::new(PrefixIndex::default());
+    let scorer = PrefixAffinityScorer::new(index, 4);
+    let prompt = "a shared system prompt that is long enough to fill several blocks ".repeat(8);
+    let req = SchedRequest::new("m", &prompt, 0);
+    scorer.picked(&req, &loaded(1, 0, 0, 0));
+    // Equal load: the endpoint holding the prefix scores 1, the others 0.
+    let idle = [loaded(1, 0, 0, 0), loaded(2, 0, 0, 0)];
+    assert_eq!(scores(&scorer, &req, &idle), vec![1.0, 0.0]);
+    // Far more requests in flight, but running, not queued: the prefix still counts.
+    let busier = [loaded(1, 14, 14, 0), loaded(2, 0, 0, 0)];
+    assert_eq!(scores(&scorer, &req, &busier), vec![1.0, 0.0]);
+    // Three more waiting than the least queued endpoint: still below the spill-over.
+    let queued = [loaded(1, 20, 16, 4), loaded(2, 17, 16, 1)];
+    assert_eq!(scores(&scorer, &req, &queued), vec![1.0, 0.0]);
+    // Four more waiting: the cached prefix no longer counts.
+    let hot = [loaded(1, 21, 16, 5), loaded(2, 17, 16, 1)];
+    assert_eq!(scores(&scorer, &req, &hot), vec![0.0, 0.0]);
+}
+
+#[test]
+fn load_aware_profile_keeps_affinity_until_the_holder_queues() {
+    let profile = Profile::load_aware();
+    let prompt = "the same long few-shot prefix for every user of this group ".repeat(8);
+    let req = SchedRequest::new("m", &prompt, 0);
+    let first = profile
+        .pick(&req, &[loaded(1, 0, 0, 0), loaded(2, 0, 0, 0)], &mut rng())
+        .unwrap()[0];
+    let holder = first + 1;
+    let other = 3 - holder;
+    // Busier than the other endpoint, nothing queued: the prefix wins.
+    let c = [loaded(holder, 10, 10, 0), loaded(other, 0, 0, 0)];
+    assert_eq!(profile.pick(&req, &c, &mut rng()).unwrap()[0], 0);
+    // Queueing: the request spills over to the idle endpoint.
+    let c = [loaded(holder, 22, 16, 6), loaded(other, 0, 0, 0)];
+    assert_eq!(profile.pick(&req, &c, &mut rng()).unwrap()[0], 1);
+}
+
+#[test]
+fn profile_kinds_parse_and_build() {
+    for kind in [ProfileKind::Reference, ProfileKind::LoadAware] {
+        assert_eq!(kind.as_str().parse::<ProfileKind>(), Ok(kind));
+        assert!(!kind.scheduler().profile.scorers.is_empty());
+    }
+    assert!("fastest".parse::<ProfileKind>().is_err());
+    assert_eq!(ProfileKind::default(), ProfileKind::Reference);
+}
