@@ -8,7 +8,8 @@
 //! the applied configuration), so that a change retranslates only the routes that changed, and
 //! the gateway's compile reuses what it compiled for the others; the status YAML is kept
 //! compressed by the admin endpoint. The file source keeps the parsed objects of the current
-//! files, so a change parses only the documents that changed.
+//! files, so a change parses only the documents that changed, and keeps the loaded objects
+//! themselves, so a change of some documents replaces only their objects.
 //! The gateway is marked ready as soon as its configuration is applied. The status is rendered
 //! and published after that, on a blocking thread, so that the next change of the files is
 //! loaded and applied without waiting for it; statuses are published in the order of the loads,
@@ -189,7 +190,7 @@ impl Runner {
     /// waits for its turn is dropped unrendered: with 10,000 routes a render takes seconds of
     /// CPU on a busy machine, and renders of every change in a quick series would run side by
     /// side and slow down the loads and compiles of the next changes.
-    fn publish_later(&mut self, status: StatusReport, resources: Resources) {
+    fn publish_later(&mut self, status: StatusReport, resources: Arc<Resources>) {
         use std::sync::atomic::Ordering;
         let previous = self.publishing.take();
         let admin = self.admin.clone();

@@ -352,6 +352,33 @@ impl Resources {
         }
     }
 
+    /// Replaces the object `entry` names with it, keeping its position in the input order (and
+    /// every diagnostic); returns `false`, changing nothing, when no such object is present.
+    /// [`crate::source::FileSource`] uses it to patch the objects of a document that changed.
+    pub(crate) fn replace(&mut self, entry: Entry) -> bool {
+        fn one<K: Ord, T>(map: &mut BTreeMap<K, Arc<T>>, key: &K, object: Arc<T>) -> bool {
+            match map.get_mut(key) {
+                Some(slot) => {
+                    *slot = object;
+                    true
+                }
+                None => false,
+            }
+        }
+        match entry {
+            Entry::GatewayClass(k, o) => one(&mut self.gateway_classes, &k, o),
+            Entry::Gateway(k, o) => one(&mut self.gateways, &k, o),
+            Entry::HttpRoute(k, o) => one(&mut self.http_routes, &k, o),
+            Entry::ReferenceGrant(k, o) => one(&mut self.reference_grants, &k, o),
+            Entry::Namespace(k, o) => one(&mut self.namespaces, &k, o),
+            Entry::Service(k, o) => one(&mut self.services, &k, o),
+            Entry::Secret(k, o) => one(&mut self.secrets, &k, o),
+            Entry::EndpointSlice(k, o) => one(&mut self.endpoint_slices, &k, o),
+            Entry::XBackendTrafficPolicy(k, o) => one(&mut self.backend_traffic_policies, &k, o),
+            Entry::Other(k, o) => one(&mut self.others, &k, o),
+        }
+    }
+
     fn put_other(&mut self, key: GenericKey, object: Arc<Object<Value>>) {
         let (origin, document) = (object.origin.clone(), object.document);
         match self.others.insert(key.clone(), object) {
@@ -712,6 +739,24 @@ impl Entry {
             Entry::XBackendTrafficPolicy(_, o) => one(o, Kind::XBackendTrafficPolicy, stamp),
             Entry::Other(..) => return None,
         })
+    }
+
+    /// Whether both are objects of the same kind with the same key (the same object, maybe in
+    /// another version).
+    pub(crate) fn names_same_object(&self, other: &Entry) -> bool {
+        match (self, other) {
+            (Entry::GatewayClass(a, _), Entry::GatewayClass(b, _))
+            | (Entry::Gateway(a, _), Entry::Gateway(b, _))
+            | (Entry::HttpRoute(a, _), Entry::HttpRoute(b, _))
+            | (Entry::ReferenceGrant(a, _), Entry::ReferenceGrant(b, _))
+            | (Entry::Namespace(a, _), Entry::Namespace(b, _))
+            | (Entry::Service(a, _), Entry::Service(b, _))
+            | (Entry::Secret(a, _), Entry::Secret(b, _))
+            | (Entry::EndpointSlice(a, _), Entry::EndpointSlice(b, _))
+            | (Entry::XBackendTrafficPolicy(a, _), Entry::XBackendTrafficPolicy(b, _)) => a == b,
+            (Entry::Other(a, _), Entry::Other(b, _)) => a == b,
+            _ => false,
+        }
     }
 
     /// The index of the document the object was read from.

@@ -55,8 +55,9 @@ pub const BURST_SETTLE: Duration = Duration::from_millis(50);
 #[derive(Debug, Default)]
 pub struct Loaded {
     /// Every object read (with stamped metadata). Its own `diagnostics` field is emptied into
-    /// [`Loaded::diagnostics`].
-    pub resources: Resources,
+    /// [`Loaded::diagnostics`]. Shared with the source, which patches it on the next load when
+    /// only some documents changed (copying it first if this `Arc` is still held then).
+    pub resources: Arc<Resources>,
     /// Unreadable files, unparseable documents, unknown kinds, duplicates.
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -176,8 +177,39 @@ impl CachedDoc {
     }
 }
 
-/// One file's documents by the hash of their text.
-type DocCache = HashMap<u64, Arc<CachedDoc>>;
+/// One file's documents by the hash of their text ([`text_hash`]).
+type DocCache = HashMap<TextHash, Arc<CachedDoc>>;
+
+/// A 128-bit hash of a text (see [`text_hash`]).
+type TextHash = u128;
+
+/// What the last load gave when it was clean (no diagnostic at all: no unreadable file, no
+/// broken document, no object defined twice), kept so that the next load can patch it: each
+/// file's text hash and its documents in order, and the objects served.
+#[derive(Debug)]
+struct Served {
+    resources: Arc<Resources>,
+    files: Vec<FileDocs>,
+}
+
+/// A file as the last load read it.
+#[derive(Debug)]
+struct FileDocs {
+    path: PathBuf,
+    /// The hash and length of the whole text.
+    text: (TextHash, usize),
+    /// Every document of the text, in order, with the hash of its text.
+    docs: Vec<(TextHash, Arc<CachedDoc>)>,
+}
+
+/// A document of a file whose outcome changed, as found by [`FileSource::patch`].
+struct Patch {
+    /// The file (its index in [`Served::files`]) and the document's position in it.
+    file: usize,
+    position: usize,
+    hash: TextHash,
+    doc: Arc<CachedDoc>,
+}
 
 /// Below this many documents to parse, a load parses them on the calling thread.
 const PARALLEL_MIN_DOCUMENTS: usize = 64;
@@ -195,11 +227,17 @@ pub struct FileSource {
     tracked: HashMap<Identity, Tracked>,
     /// Each file's documents (index and text hash) in its last good load, used again when the
     /// file breaks; their outcomes stay in `documents` meanwhile (the text is not kept).
-    last_good: HashMap<PathBuf, Vec<(usize, u64)>>,
+    last_good: HashMap<PathBuf, Vec<(usize, TextHash)>>,
     /// Each file's documents from the last load (its current and last good texts).
     documents: HashMap<PathBuf, DocCache>,
     /// Documents parsed (not taken from the cache) by the last load.
     parsed: usize,
+    /// The last load's result when it was clean, for the next load to patch.
+    served: Option<Served>,
+    /// Whether a load may patch the last one (always, but in tests comparing with full loads).
+    patching: bool,
+    /// Whether the last load patched the one before.
+    last_patched: bool,
 }
 
 impl FileSource {
@@ -212,6 +250,9 @@ impl FileSource {
             last_good: HashMap::new(),
             documents: HashMap::new(),
             parsed: 0,
+            served: None,
+            patching: true,
+            last_patched: false,
         }
     }
 
@@ -246,19 +287,222 @@ impl FileSource {
     }
 
     /// Like [`FileSource::load`], with `now` as the creation time of new objects.
+    ///
+    /// Every file is read and hashed whole ([`text_hash`]). When the last load was clean (no
+    /// diagnostic) and this one reads the same files, a file whose text hash is unchanged is
+    /// skipped; a changed file is split and its documents hashed, and when each changed document
+    /// still defines the object it defined before (or is still empty), the kept objects are
+    /// patched in place: only those objects are replaced, nothing else is built. Any other
+    /// change (a document added, removed, moved, broken, or defining another object; a file
+    /// added, removed or unreadable) reads every file again, taking unchanged documents from the
+    /// cache.
     pub fn load_at(&mut self, now: Timestamp) -> Loaded {
         let now = Timestamp::from_second(now.as_second()).unwrap_or(Timestamp::UNIX_EPOCH);
-        let (files, mut diagnostics) = self.files();
+        let started = std::time::Instant::now();
+        let (files, listing) = self.files();
+        let texts: Vec<(PathBuf, std::io::Result<String>)> = files
+            .into_iter()
+            .map(|file| {
+                let text = std::fs::read_to_string(&file);
+                (file, text)
+            })
+            .collect();
+        let read = started.elapsed();
+        self.parsed = 0;
+        self.last_patched = false;
+        if listing.is_empty()
+            && let Some(loaded) = self.patch(&texts, now)
+        {
+            self.last_patched = true;
+            tracing::debug!(
+                read_us = read.as_micros() as u64,
+                patch_us = (started.elapsed() - read).as_micros() as u64,
+                parsed = self.parsed,
+                "configuration files patched"
+            );
+            return loaded;
+        }
+        let loaded = self.load_all(texts, listing, now);
+        tracing::debug!(
+            read_us = read.as_micros() as u64,
+            load_us = (started.elapsed() - read).as_micros() as u64,
+            parsed = self.parsed,
+            "configuration files read in full"
+        );
+        loaded
+    }
+
+    /// Patches the last load's objects with the documents of `texts` that changed, when that
+    /// gives what a full load would (see [`FileSource::load_at`]); `None` otherwise, with
+    /// nothing changed but the documents parsed put in the cache for the full load.
+    fn patch(
+        &mut self,
+        texts: &[(PathBuf, std::io::Result<String>)],
+        now: Timestamp,
+    ) -> Option<Loaded> {
+        if !self.patching {
+            return None;
+        }
+        let served = self.served.as_ref()?;
+        if served.files.len() != texts.len() {
+            return None;
+        }
+        let mut patches: Vec<Patch> = Vec::new();
+        let mut parsed = 0;
+        let mut texts_changed: Vec<(usize, (TextHash, usize))> = Vec::new();
+        let mut fits = true;
+        'files: for (i, ((path, text), before)) in texts.iter().zip(&served.files).enumerate() {
+            let Ok(text) = text else {
+                fits = false;
+                break;
+            };
+            if *path != before.path {
+                fits = false;
+                break;
+            }
+            let whole = (text_hash(text.as_bytes()), text.len());
+            if whole == before.text {
+                continue;
+            }
+            texts_changed.push((i, whole));
+            let chunks = yaml::split(text);
+            if chunks.len() != before.docs.len() {
+                fits = false;
+                break;
+            }
+            let origin = path.display().to_string();
+            let cache = self.documents.get(path);
+            for (position, (chunk, (old_hash, old))) in chunks.iter().zip(&before.docs).enumerate()
+            {
+                let hash = text_hash(chunk.text.as_bytes());
+                if hash == *old_hash && old.len == chunk.text.len() {
+                    continue;
+                }
+                if patches.len() >= PARALLEL_MIN_DOCUMENTS {
+                    // Many changed documents: the full load parses them in parallel.
+                    fits = false;
+                    break 'files;
+                }
+                let found = cache
+                    .and_then(|c| c.get(&hash))
+                    .filter(|d| d.len == chunk.text.len())
+                    .map(|d| self.current(d, chunk.index, now));
+                let doc = match found {
+                    Some(doc) => doc,
+                    None => {
+                        parsed += 1;
+                        Arc::new(CachedDoc {
+                            len: chunk.text.len(),
+                            outcome: read_document(
+                                &self.tracked,
+                                &chunk.text,
+                                chunk.index,
+                                &origin,
+                                now,
+                            ),
+                        })
+                    }
+                };
+                let same = same_object(&old.outcome, &doc.outcome);
+                patches.push(Patch {
+                    file: i,
+                    position,
+                    hash,
+                    doc,
+                });
+                if !same {
+                    fits = false;
+                    break 'files;
+                }
+            }
+        }
+        self.parsed += parsed;
+        if !fits {
+            // The full load finds the documents parsed here in the cache.
+            for patch in patches {
+                let path = &served.files[patch.file].path;
+                if let Some(cache) = self.documents.get_mut(path) {
+                    cache.insert(patch.hash, patch.doc);
+                }
+            }
+            return None;
+        }
+        let served = self.served.as_mut()?;
+        for (i, whole) in texts_changed {
+            served.files[i].text = whole;
+        }
+        for Patch {
+            file,
+            position,
+            hash,
+            doc,
+        } in patches
+        {
+            let entry = &mut served.files[file];
+            let (old_hash, old) = std::mem::replace(&mut entry.docs[position], (hash, doc.clone()));
+            if let (
+                Outcome::Read {
+                    stamped,
+                    entry: Ok(_),
+                },
+                Outcome::Read {
+                    stamped: new_stamped,
+                    entry: Ok(new_entry),
+                },
+            ) = (&old.outcome, &doc.outcome)
+            {
+                if let Some(stamped) = stamped {
+                    self.tracked.remove(&stamped.identity);
+                }
+                if let Some(stamped) = new_stamped {
+                    self.tracked
+                        .insert(stamped.identity.clone(), stamped.tracked);
+                }
+                if Arc::strong_count(&served.resources) > 1 {
+                    // The previous load is still held (its status being rendered, say).
+                    tracing::debug!("the served objects are copied before they are patched");
+                }
+                let replaced = Arc::make_mut(&mut served.resources).replace(new_entry.clone());
+                debug_assert!(replaced, "a patched object is one the last load served");
+            }
+            if let Some(cache) = self.documents.get_mut(&entry.path) {
+                // Empty documents can share a text: only an object's document is surely unique.
+                if matches!(old.outcome, Outcome::Read { .. }) {
+                    cache.remove(&old_hash);
+                }
+                cache.insert(hash, doc);
+            }
+            if let Some(good) = self.last_good.get_mut(&entry.path)
+                && let Some(slot) = good.get_mut(position)
+            {
+                slot.1 = hash;
+            }
+        }
+        Some(Loaded {
+            resources: served.resources.clone(),
+            diagnostics: Vec::new(),
+        })
+    }
+
+    /// Reads every file of `texts` (as read by [`FileSource::load_at`]), taking unchanged
+    /// documents from the cache.
+    fn load_all(
+        &mut self,
+        texts: Vec<(PathBuf, std::io::Result<String>)>,
+        mut diagnostics: Vec<Diagnostic>,
+        now: Timestamp,
+    ) -> Loaded {
+        self.served = None;
         let mut resources = Resources::new();
         let mut seen: HashMap<Identity, Tracked> = HashMap::with_capacity(self.tracked.len());
         let mut last_good = HashMap::new();
         let mut documents = HashMap::new();
-        self.parsed = 0;
-        for file in files {
+        let mut served_files = Vec::with_capacity(texts.len());
+        for (file, text) in texts {
             let origin = file.display().to_string();
             let previous = self.documents.remove(&file).unwrap_or_default();
             let mut cache = DocCache::with_capacity(previous.len());
-            let (text, docs) = match std::fs::read_to_string(&file) {
+            let (text, docs) = match text {
                 Ok(text) => {
                     let docs = self.read_documents(&text, &origin, now, &previous, &mut cache);
                     (Some(text), docs)
@@ -316,12 +560,26 @@ impl FileSource {
                     }
                 }
             }
+            if let Some(text) = text {
+                served_files.push(FileDocs {
+                    path: file.clone(),
+                    text: (text_hash(text.as_bytes()), text.len()),
+                    docs: docs.into_iter().map(|(_, hash, doc)| (hash, doc)).collect(),
+                });
+            }
             documents.insert(file, cache);
         }
         self.tracked = seen;
         self.last_good = last_good;
         self.documents = documents;
         diagnostics.append(&mut resources.diagnostics);
+        let resources = Arc::new(resources);
+        if diagnostics.is_empty() {
+            self.served = Some(Served {
+                resources: resources.clone(),
+                files: served_files,
+            });
+        }
         Loaded {
             resources,
             diagnostics,
@@ -349,12 +607,13 @@ impl FileSource {
         now: Timestamp,
         previous: &DocCache,
         cache: &mut DocCache,
-    ) -> Vec<(usize, u64, Arc<CachedDoc>)> {
+    ) -> Vec<(usize, TextHash, Arc<CachedDoc>)> {
         let chunks = yaml::split(text);
-        let mut docs: Vec<(usize, u64, Option<Arc<CachedDoc>>)> = Vec::with_capacity(chunks.len());
+        let mut docs: Vec<(usize, TextHash, Option<Arc<CachedDoc>>)> =
+            Vec::with_capacity(chunks.len());
         let mut misses = Vec::new();
         for (slot, chunk) in chunks.iter().enumerate() {
-            let hash = text_hash(&chunk.text);
+            let hash = text_hash(chunk.text.as_bytes());
             let found = cache
                 .get(&hash)
                 .or_else(|| previous.get(&hash))
@@ -410,7 +669,7 @@ impl FileSource {
 /// Adds one file's documents to `into` (problems to its diagnostics), and their stamps to `seen`.
 fn add_documents(
     into: &mut Resources,
-    docs: &[(usize, u64, Arc<CachedDoc>)],
+    docs: &[(usize, TextHash, Arc<CachedDoc>)],
     origin: &str,
     seen: &mut HashMap<Identity, Tracked>,
 ) {
@@ -452,12 +711,27 @@ fn read_document(
     }
 }
 
-/// The hash a document's text is remembered by.
-fn text_hash(text: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut hasher);
-    hasher.finish()
+/// The hash a document's text (and a file's whole text) is remembered by: XXH3 with 128 bits,
+/// a fast non-cryptographic hash (several GB/s, so hashing a 4 MB file whole and then each of
+/// its documents costs well under a millisecond). The text itself is not kept, so two texts
+/// are taken to be the same when their hashes and lengths are equal: with 128 bits the chance
+/// that two different texts among n collide is about n² / 2¹²⁹, under 10⁻²⁸ for a million
+/// documents. The files are the operator's own, not adversarial input (XXH3 is not meant to
+/// resist crafted collisions; a writer able to craft them can write the file anyway).
+fn text_hash(text: &[u8]) -> TextHash {
+    xxhash_rust::xxh3::xxh3_128(text)
+}
+
+/// Whether `new` is read into the object `old` was (or both are empty), so that the load's
+/// objects can be patched with it: both objects with the same kind and key, or both empty.
+fn same_object(old: &Outcome, new: &Outcome) -> bool {
+    match (old, new) {
+        (Outcome::Empty, Outcome::Empty) => true,
+        (Outcome::Read { entry: Ok(old), .. }, Outcome::Read { entry: Ok(new), .. }) => {
+            old.names_same_object(new)
+        }
+        _ => false,
+    }
 }
 
 /// Fills in generation and creationTimestamp, as described in the module docs, from what the
@@ -707,5 +981,291 @@ fn debounce(raw: std_mpsc::Receiver<Change>, tx: mpsc::Sender<()>) {
             return;
         }
         tracing::debug!("watched files changed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::Kind;
+
+    /// A temporary directory removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "gateway-k8s-unit-{tag}-{}-{}",
+                std::process::id(),
+                Timestamp::now().as_nanosecond()
+            ));
+            std::fs::create_dir_all(&dir).expect("create temp dir");
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Everything a load tells, as text: each object in input order (kind, key, where it was
+    /// read, its echo with the stamped metadata), then every diagnostic.
+    fn snapshot(loaded: &Loaded) -> Vec<String> {
+        let r = &loaded.resources;
+        let mut out = Vec::new();
+        for (kind, key) in r.order() {
+            let echo = r.document(*kind, key).expect("ordered object present");
+            let (origin, document) = match kind {
+                Kind::HttpRoute => (&r.http_routes[key].origin, r.http_routes[key].document),
+                Kind::Gateway => (&r.gateways[key].origin, r.gateways[key].document),
+                Kind::Service => (&r.services[key].origin, r.services[key].document),
+                Kind::Namespace => (&r.namespaces[key].origin, r.namespaces[key].document),
+                _ => panic!("unexpected kind {kind}"),
+            };
+            out.push(format!("{kind} {key} {origin}#{document} {echo}"));
+        }
+        for key in r.other_order() {
+            let o = &r.others[key];
+            out.push(format!("{key} {}#{} {}", o.origin, o.document, o.object));
+        }
+        out.extend(loaded.diagnostics.iter().map(|d| format!("! {d}")));
+        out
+    }
+
+    fn route(name: &str, path: &str) -> String {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}}}\n\
+             spec:\n  parentRefs: [{{name: gw}}]\n  rules:\n  - matches: [{{path: {{type: PathPrefix, value: {path}}}}}]\n"
+        )
+    }
+
+    fn service(name: &str, port: u16) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{ports: [{{port: {port}}}]}}\n"
+        )
+    }
+
+    fn config_map(name: &str, value: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{k: {value}}}\n"
+        )
+    }
+
+    const GATEWAY: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  gatewayClassName: c\n  listeners: [{name: http, port: 80, protocol: HTTP}]\n";
+
+    /// A load that patches gives exactly what a load reading everything gives, through a series
+    /// of changes of every sort; the changes of documents that keep their object are patched.
+    #[test]
+    fn patched_loads_equal_full_loads() {
+        let dir = TempDir::new("patch");
+        let a = dir.0.join("a.yaml");
+        let b = dir.0.join("b.yaml");
+        let write = |path: &Path, docs: &[String]| {
+            std::fs::write(path, docs.join("---\n")).expect("write");
+        };
+        let mut patching = FileSource::new(vec![dir.0.clone()]);
+        let mut full = FileSource::new(vec![dir.0.clone()]);
+        full.patching = false;
+        let mut second = 1_000;
+        let mut step = |name: &str, expect_patched: Option<bool>| {
+            second += 1_000;
+            let now = Timestamp::from_second(second).expect("timestamp");
+            let p = patching.load_at(now);
+            let patched = patching.last_patched;
+            let f = full.load_at(now);
+            assert!(!full.last_patched);
+            assert_eq!(snapshot(&p), snapshot(&f), "step {name}");
+            if let Some(expected) = expect_patched {
+                assert_eq!(patched, expected, "step {name}: patched");
+            }
+            (p, patching.parsed_documents())
+        };
+        let s = |t: &str| t.to_string();
+
+        write(
+            &a,
+            &[
+                s(GATEWAY),
+                route("r1", "/1"),
+                route("r2", "/2"),
+                s("# empty\n"),
+                route("r3", "/3"),
+            ],
+        );
+        write(&b, &[service("svc", 80), config_map("cm", "v1")]);
+        step("initial", Some(false));
+        step("unchanged", Some(true));
+
+        write(
+            &a,
+            &[
+                s(GATEWAY),
+                route("r1", "/1"),
+                route("r2", "/2b"),
+                s("# empty\n"),
+                route("r3", "/3"),
+            ],
+        );
+        let (loaded, parsed) = step("a route changed", Some(true));
+        assert_eq!(parsed, 1);
+        let meta = &loaded.resources.http_routes[&crate::ObjectKey::new("default", "r2")]
+            .object
+            .metadata;
+        assert_eq!(meta.generation, Some(2));
+
+        write(
+            &a,
+            &[
+                s(GATEWAY),
+                route("r1", "/1"),
+                route("r2", "/2b"),
+                s("# other comment\n"),
+                route("r3", "/3c"),
+            ],
+        );
+        step("an empty document and a route changed", Some(true));
+
+        write(&b, &[service("svc", 81), config_map("cm", "v2")]);
+        step("a service and an untyped object changed", Some(true));
+
+        write(
+            &a,
+            &[
+                s(GATEWAY),
+                route("r1", "/1"),
+                service("r2", 80),
+                s("# other comment\n"),
+                route("r3", "/3c"),
+            ],
+        );
+        step("a route changed to another kind", Some(false));
+
+        write(
+            &a,
+            &[
+                s(GATEWAY),
+                route("r1", "/1"),
+                route("r2", "/2"),
+                s("# other comment\n"),
+                route("r3", "/3c"),
+            ],
+        );
+        step("and back", Some(false));
+
+        write(
+            &a,
+            &[
+                s(GATEWAY),
+                route("r2", "/2"),
+                route("r1", "/1"),
+                s("# other comment\n"),
+                route("r3", "/3c"),
+            ],
+        );
+        step("two documents swapped", Some(false));
+
+        write(
+            &a,
+            &[
+                s(GATEWAY),
+                route("r2", "/2"),
+                route("r1", "/1"),
+                s("# other comment\n"),
+                route("r4", "/3c"),
+            ],
+        );
+        step("a route renamed", Some(false));
+
+        write(
+            &a,
+            &[
+                s(GATEWAY),
+                route("r2", "/2"),
+                s("# other comment\n"),
+                route("r4", "/3c"),
+            ],
+        );
+        step("a document removed", Some(false));
+
+        write(
+            &a,
+            &[
+                s(GATEWAY),
+                route("r2", "/2"),
+                s("# other comment\n"),
+                route("r4", "/3c"),
+                route("r5", "/5"),
+            ],
+        );
+        step("a document added", Some(false));
+
+        write(
+            &b,
+            &[
+                service("svc", 81),
+                config_map("cm", "v2"),
+                route("r2", "/dup"),
+            ],
+        );
+        step("a route defined in two files", Some(false));
+        write(
+            &b,
+            &[
+                service("svc", 81),
+                config_map("cm", "v2"),
+                route("r2", "/dup2"),
+            ],
+        );
+        step("the duplicate changed", Some(false));
+        write(
+            &a,
+            &[
+                s(GATEWAY),
+                route("r2", "/2x"),
+                s("# other comment\n"),
+                route("r4", "/3c"),
+                route("r5", "/5"),
+            ],
+        );
+        step("the shadowed one changed", Some(false));
+        write(&b, &[service("svc", 81), config_map("cm", "v2")]);
+        step("the duplicate removed", Some(false));
+        step("clean again", Some(true));
+
+        write(&b, &[service("svc", 81), s("kind: [unclosed\n")]);
+        step("a broken document", Some(false));
+        step("still broken", Some(false));
+        write(&b, &[service("svc", 82), config_map("cm", "v3")]);
+        step("fixed", Some(false));
+
+        std::fs::remove_file(&b).expect("remove");
+        step("a file deleted", Some(false));
+        write(&b, &[service("svc", 82), config_map("cm", "v3")]);
+        step("the file back", Some(false));
+
+        write(
+            &a,
+            &[
+                s(GATEWAY).replace("{name: gw}", "{name: gw, labels: {x: y}}"),
+                route("r2", "/2x"),
+                s("# other comment\n"),
+                route("r4", "/3c"),
+                route("r5", "/5"),
+            ],
+        );
+        step("metadata only changed", Some(true));
+        write(
+            &a,
+            &[
+                s(GATEWAY),
+                route("r2", "/2x"),
+                s("# other comment\n"),
+                route("r4", "/3c"),
+                route("r5", "/5"),
+            ],
+        );
+        step("and back", Some(true));
     }
 }
