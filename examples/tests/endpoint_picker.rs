@@ -4,37 +4,44 @@
 
 mod support;
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use bytes::Bytes;
 use gateway_inference::extproc::ExtProcConfig;
 use gateway_inference::extproc::client::{Answer, PickInput, PickerClient};
-use support::{Process, free_port};
+use support::Process;
 
-/// The picker process (killed on drop) and its address.
+/// The picker process (killed on drop) and the address it bound (port 0: no race for a port
+/// with other tests).
 fn picker(extra: &[&str], endpoints: &[SocketAddr]) -> (Process, SocketAddr) {
-    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let mut command = Command::new(env!("CARGO_BIN_EXE_endpoint-picker"));
-    command.arg("--listen").arg(listen.to_string()).args(extra);
+    command.arg("--listen").arg("127.0.0.1:0").args(extra);
     for e in endpoints {
         command.arg("--endpoint").arg(e.to_string());
     }
-    let process = Process(
-        command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start endpoint-picker"),
-    );
-    let mut tries = 0;
-    while std::net::TcpStream::connect(listen).is_err() {
-        tries += 1;
-        assert!(tries < 400, "endpoint-picker never listened on {listen}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    (process, listen)
+    let mut child = command
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start endpoint-picker");
+    let stdout = child.stdout.take().expect("stdout");
+    let process = Process(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let address = loop {
+        let line = lines
+            .next()
+            .expect("endpoint-picker exited before listening")
+            .expect("read stdout");
+        if let Some(a) = line.strip_prefix("listening on ") {
+            break a.parse().expect("address");
+        }
+    };
+    // Keep draining stdout so the picker never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (process, address)
 }
 
 fn request(headers: &[(&str, &str)]) -> http::request::Parts {

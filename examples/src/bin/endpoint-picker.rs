@@ -33,7 +33,8 @@ use gateway_inference::scrape::ScrapeConfig;
 #[derive(Parser, Debug)]
 #[command(about = "An ext_proc endpoint picker for InferencePools")]
 struct Args {
-    /// Where the gRPC service listens.
+    /// Where the gRPC service listens (port 0: any free port; the bound address is printed on
+    /// stdout as `listening on ADDR`).
     #[arg(long, default_value = "127.0.0.1:9002")]
     listen: SocketAddr,
     /// An endpoint of the pool, `ip:port` (repeatable, at least one).
@@ -65,7 +66,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     examples::init_logging();
     let args = Args::parse();
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    tracing::info!(address = %args.listen, endpoints = ?args.endpoints, conformance = args.conformance, "endpoint picker listening");
+    let address = listener.local_addr()?;
+    tracing::info!(%address, endpoints = ?args.endpoints, conformance = args.conformance, "endpoint picker listening");
+    // The bound address on stdout, for callers that asked for port 0.
+    println!("listening on {address}");
     let serve = if args.conformance {
         tokio::spawn(
             PickerServer::new(Arc::new(RoundRobinPolicy::new(args.endpoints))).serve(listener),
