@@ -41,7 +41,7 @@
 //! in-process picker (the buffered body is sent) and `FailClose` answers 503; both are logged.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
@@ -312,7 +312,11 @@ struct PoolRuntime {
 struct PoolFlow {
     controller: FlowController,
     /// Requests waiting in `controller` (read on the request path without its lock).
-    waiting: Arc<AtomicUsize>,
+    waiting: AtomicUsize,
+    /// Whether the pool is saturated by its fresh metrics, as the dispatcher last computed it
+    /// (on every scrape result and every scrape interval): the request path reads one atomic
+    /// instead of every endpoint's metrics.
+    saturated: Arc<AtomicBool>,
     /// Requests released since the last scrape result came in: the dispatcher's estimate of
     /// load the scraped metrics do not show yet.
     released: Arc<AtomicU32>,
@@ -354,7 +358,8 @@ impl PoolRuntime {
             live: ArcSwapOption::empty(),
             flow: flow.map(|config| PoolFlow {
                 controller: FlowController::new(config),
-                waiting: Arc::new(AtomicUsize::new(0)),
+                waiting: AtomicUsize::new(0),
+                saturated: Arc::new(AtomicBool::new(false)),
                 released: Arc::new(AtomicU32::new(0)),
             }),
         }
@@ -430,6 +435,7 @@ impl PoolRuntime {
                         self.store.clone(),
                         flow.controller.clone(),
                         self.scheduler.detector,
+                        flow.saturated.clone(),
                         flow.released.clone(),
                         self.scrape.interval,
                     ))
@@ -508,12 +514,7 @@ impl PoolRuntime {
         let Some(flow) = &self.flow else {
             return Ok(());
         };
-        if flow.waiting.load(Ordering::Acquire) == 0
-            && self
-                .store
-                .pool_saturation(&self.scheduler.detector, Instant::now(), false)
-                < 1.0
-        {
+        if flow.waiting.load(Ordering::Acquire) == 0 && !flow.saturated.load(Ordering::Relaxed) {
             return Ok(());
         }
         let request = FlowRequest {
@@ -545,13 +546,15 @@ impl Drop for CountDown<'_> {
 }
 
 /// A pool's flow-control dispatcher: whenever a scrape result comes in (and at least every
-/// scrape interval), releases waiting requests, best first, while the pool's saturation (fresh
-/// metrics) plus the requests released since the last scrape result, spread over the
-/// endpoints' queues, stays below 1.0.
+/// scrape interval), records whether the pool is saturated by its fresh metrics (for the
+/// request path) and releases waiting requests, best first, while that saturation plus the
+/// requests released since the last scrape result, spread over the endpoints' queues, stays
+/// below 1.0.
 async fn dispatch(
     store: Arc<MetricsStore>,
     flow: FlowController,
     detector: crate::scheduler::SaturationDetector,
+    saturated: Arc<AtomicBool>,
     released: Arc<AtomicU32>,
     interval: std::time::Duration,
 ) {
@@ -560,13 +563,14 @@ async fn dispatch(
             _ = store.scraped() => released.store(0, Ordering::Relaxed),
             _ = tokio::time::sleep(interval) => {}
         }
+        let saturation = store.pool_saturation(&detector, Instant::now(), false);
+        saturated.store(saturation >= 1.0, Ordering::Relaxed);
         if flow.is_empty() {
             continue;
         }
         let queues = store.len().max(1) as f64 * detector.queue_threshold;
         flow.dispatch(|| {
-            let estimate = store.pool_saturation(&detector, Instant::now(), false)
-                + f64::from(released.load(Ordering::Relaxed)) / queues;
+            let estimate = saturation + f64::from(released.load(Ordering::Relaxed)) / queues;
             let room = estimate < 1.0;
             if room {
                 released.fetch_add(1, Ordering::Relaxed);
