@@ -39,6 +39,11 @@
 //! the picker's response header changes. When the picker fails (unreachable, unresolved
 //! reference, gRPC error, timeout, unusable answer), `FailOpen` serves the request with the
 //! in-process picker (the buffered body is sent) and `FailClose` answers 503; both are logged.
+//!
+//! **Metrics.** [`InferenceGateway::install`] registers the pools' Prometheus series
+//! (`gateway_inference_*`, see `docs/observability.md`) in the gateway's registry: each pool
+//! runtime counts picks, serves, rejections, waits and picker outcomes with atomic additions,
+//! and a collector reads the endpoints' scraped state at scrape time.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -50,6 +55,7 @@ use crate::extproc::ExtProcConfig;
 use crate::extproc::client::{Answer, Exchange, PickError, PickInput, PickerClient};
 use crate::flow::{FlowConfig, FlowController, FlowRequest};
 use crate::objective::Objectives;
+use crate::observe::{PickerFailure, PickerResult, PoolStats, QueueOutcome, QueueTimer, Rejection};
 use crate::request::{self, ApiKind, DroppedReason};
 use crate::rewrite::{ModelRewrites, RewriteSource};
 use crate::scheduler::{Candidate, ProfileKind, SchedRequest, Scheduler};
@@ -86,8 +92,11 @@ pub struct InferenceGateway {
 /// pool).
 type SchedulerFactory = Arc<dyn Fn() -> Scheduler + Send + Sync>;
 
+/// The pool runtimes by `namespace/name` (shared with the metrics collector).
+type Pools = Arc<Mutex<HashMap<String, Weak<PoolRuntime>>>>;
+
 struct Inner {
-    pools: Mutex<HashMap<String, Weak<PoolRuntime>>>,
+    pools: Pools,
     scrape: ScrapeConfig,
     body_limit: usize,
     extproc: ExtProcConfig,
@@ -129,7 +138,7 @@ impl InferenceGateway {
     pub fn with_extproc(scrape: ScrapeConfig, body_limit: usize, extproc: ExtProcConfig) -> Self {
         InferenceGateway {
             inner: Arc::new(Inner {
-                pools: Mutex::new(HashMap::new()),
+                pools: Pools::default(),
                 scrape,
                 body_limit,
                 extproc,
@@ -170,9 +179,7 @@ impl InferenceGateway {
     fn rebuilt(self, change: impl FnOnce(&mut Inner)) -> Self {
         let old = &self.inner;
         let mut inner = Inner {
-            pools: Mutex::new(std::mem::take(
-                &mut *old.pools.lock().unwrap_or_else(|e| e.into_inner()),
-            )),
+            pools: old.pools.clone(),
             scrape: old.scrape.clone(),
             body_limit: old.body_limit,
             extproc: old.extproc,
@@ -201,9 +208,17 @@ impl InferenceGateway {
         });
     }
 
-    /// Registers the picker under [`PICKER`] with `gateway`.
+    /// Registers the picker under [`PICKER`] with `gateway`, and the inference metrics (see
+    /// `docs/observability.md`, "Inference metrics") in its registry
+    /// ([`gateway_core::Metrics::with_registry`]). Call it once per gateway.
     pub fn install(&self, gateway: &Gateway) {
         gateway.register_picker(PICKER, Arc::new(PoolPicker));
+        let collector = PoolCollector {
+            pools: self.inner.pools.clone(),
+        };
+        gateway
+            .metrics()
+            .with_registry(|r| r.register_collector(Box::new(collector)));
     }
 
     /// The pool filter for `reference`; creates or updates the pool's runtime. Runs when a
@@ -257,6 +272,7 @@ impl InferenceGateway {
         if external.is_none() {
             runtime.drop_picker_client();
         }
+        runtime.stats.set_external(external.is_some());
         Ok(Arc::new(PoolFilter {
             runtime,
             body_limit: self.inner.body_limit,
@@ -306,6 +322,8 @@ struct PoolRuntime {
     live: ArcSwapOption<Vec<Endpoint>>,
     /// The pool's flow control, when on.
     flow: Option<PoolFlow>,
+    /// The pool's series in the gateway's metrics.
+    stats: PoolStats,
 }
 
 /// A pool's flow-control queues and what its dispatcher needs.
@@ -362,6 +380,7 @@ impl PoolRuntime {
                 saturated: Arc::new(AtomicBool::new(false)),
                 released: Arc::new(AtomicU32::new(0)),
             }),
+            stats: PoolStats::default(),
         }
     }
 
@@ -450,6 +469,8 @@ impl PoolRuntime {
         self.live.store(None);
         self.store
             .set_endpoints(settings.endpoints.iter().map(|e| (e.address, e.engine)));
+        self.stats
+            .set_endpoints(settings.endpoints.iter().map(|e| e.address));
         if let Some(flow) = &self.flow {
             flow.controller
                 .set_has_endpoints(!settings.endpoints.is_empty());
@@ -526,12 +547,18 @@ impl PoolRuntime {
         // Counted down however the wait ends (also when the client goes away and the request
         // future is dropped).
         let _waiting = CountDown(&flow.waiting);
+        // Records the wait however it ends (`cancelled` when the future is dropped).
+        let mut timer = QueueTimer::start(&self.stats);
         match flow.controller.enqueue(request).await {
             Ok(admitted) => {
+                timer.finish(QueueOutcome::Dispatched);
                 tracing::debug!(pool = %self.key, priority, waited_ms = admitted.waited.as_millis() as u64, "released by flow control");
                 Ok(())
             }
-            Err(rejected) => Err(rejected.reason()),
+            Err(rejected) => {
+                timer.finish(QueueOutcome::Rejected);
+                Err(rejected.reason())
+            }
         }
     }
 }
@@ -631,6 +658,9 @@ struct PickedExternally {
 /// The request is to be sent to the external picker once its body is read.
 struct Consult(Arc<PickerClient>);
 
+/// The filter answered the request itself (counted where it decided).
+struct Answered;
+
 /// A JSON error body in the OpenAI shape.
 fn error_response(status: u16, message: &str, reason: Option<DroppedReason>) -> DirectResponse {
     let body = serde_json::json!({
@@ -687,6 +717,7 @@ impl PoolFilter {
         let parsed = match request::parse_request(kind, &bytes) {
             Ok(p) => p,
             Err(e) => {
+                self.runtime.stats.rejected(Rejection::Malformed);
                 return Ok(FilterAction::Respond(error_response(
                     400,
                     &e.to_string(),
@@ -703,6 +734,7 @@ impl PoolFilter {
                 match request::rewrite_model(&bytes, &target) {
                     Ok(rewritten) => *body = Some(Bytes::from(rewritten)),
                     Err(e) => {
+                        self.runtime.stats.rejected(Rejection::Malformed);
                         return Ok(FilterAction::Respond(error_response(
                             400,
                             &e.to_string(),
@@ -726,6 +758,7 @@ impl PoolFilter {
         };
         if let Err(reason) = crate::scheduler::admit(priority, saturation) {
             tracing::debug!(pool = %self.runtime.key, priority, saturation, "sheddable request dropped");
+            self.runtime.stats.rejected(Rejection::from_dropped(reason));
             return Ok(FilterAction::Respond(error_response(
                 reason.status(),
                 "the pool is saturated",
@@ -740,6 +773,7 @@ impl PoolFilter {
             .await
         {
             tracing::debug!(pool = %self.runtime.key, priority, reason = reason.as_str(), "request dropped by flow control");
+            self.runtime.stats.rejected(Rejection::from_dropped(reason));
             return Ok(FilterAction::Respond(error_response(
                 reason.status(),
                 "the pool is saturated",
@@ -782,6 +816,7 @@ impl PoolFilter {
             .await;
         let route = match answer {
             Ok(Answer::Immediate(i)) => {
+                self.runtime.stats.picker(PickerResult::Immediate);
                 tracing::debug!(pool = %self.runtime.key, status = i.status, details = %i.details, "endpoint picker answered the request");
                 return Ok(FilterAction::Respond(DirectResponse {
                     status: i.status,
@@ -806,6 +841,10 @@ impl PoolFilter {
             }
         };
         let route = *route;
+        self.runtime.stats.picker(PickerResult::Picked);
+        if let Some(&first) = route.endpoints.first() {
+            self.runtime.stats.picked(first);
+        }
         let header = session.req_header_mut();
         for name in &route.remove_headers {
             header.remove_header(name);
@@ -839,11 +878,14 @@ impl PoolFilter {
         ctx: &mut FilterCtx,
         body: &mut Option<Bytes>,
     ) -> gateway_core::Result<FilterAction> {
+        self.runtime.stats.picker_failed(PickerFailure::of(error));
         if external.failure_mode == FailureMode::FailClose {
+            self.runtime.stats.picker(PickerResult::FailClose);
             tracing::warn!(pool = %self.runtime.key, %error, "endpoint picker failed: 503 (FailClose)");
             return Ok(FilterAction::Respond(picker_unavailable()));
         }
         tracing::warn!(pool = %self.runtime.key, %error, "endpoint picker failed: in-process picker (FailOpen)");
+        self.runtime.stats.picker(PickerResult::FailOpen);
         strip_picker_inputs(session);
         self.in_process(session, ctx, body).await
     }
@@ -885,10 +927,15 @@ impl HttpFilter for PoolFilter {
                     return Ok(FilterAction::Continue);
                 }
                 None if external.failure_mode == FailureMode::FailClose => {
+                    self.runtime.stats.picker_failed(PickerFailure::Unresolved);
+                    self.runtime.stats.picker(PickerResult::FailClose);
+                    ctx.insert_state(Answered);
                     tracing::warn!(pool = %self.runtime.key, "endpoint picker unreachable (reference does not resolve): 503 (FailClose)");
                     return Ok(FilterAction::Respond(picker_unavailable()));
                 }
                 None => {
+                    self.runtime.stats.picker_failed(PickerFailure::Unresolved);
+                    self.runtime.stats.picker(PickerResult::FailOpen);
                     tracing::debug!(pool = %self.runtime.key, "endpoint picker unreachable (reference does not resolve): in-process picker (FailOpen)");
                 }
             }
@@ -914,10 +961,14 @@ impl HttpFilter for PoolFilter {
         if !end_of_stream {
             return Ok(FilterAction::Continue);
         }
-        if let Some(Consult(client)) = ctx.remove_state::<Consult>() {
-            return self.consult(&client, session, ctx, body).await;
+        let action = match ctx.remove_state::<Consult>() {
+            Some(Consult(client)) => self.consult(&client, session, ctx, body).await,
+            None => self.in_process(session, ctx, body).await,
+        };
+        if let Ok(FilterAction::Respond(_)) = &action {
+            ctx.insert_state(Answered);
         }
-        self.in_process(session, ctx, body).await
+        action
     }
 
     async fn response_headers(
@@ -1013,6 +1064,76 @@ impl HttpFilter for PoolFilter {
         }
         Ok(())
     }
+
+    async fn logging(
+        &self,
+        session: &mut Session,
+        ctx: &mut FilterCtx,
+        error: Option<&gateway_core::ProxyError>,
+    ) {
+        let status = session.response_written().map(|r| r.status.as_u16());
+        let stats = &self.runtime.stats;
+        match (ctx.endpoint(), status) {
+            // An endpoint answered: no error, or one on the client's side after the answer
+            // (a failed last attempt's error comes from upstream: 502, 503, 504 not counted).
+            (Some(endpoint), Some(_))
+                if error.is_none_or(|e| e.esource().as_str() == "Downstream") =>
+            {
+                stats.served(endpoint);
+            }
+            // The gateway's own answers before any endpoint (the filter's answers are counted
+            // where it decides them): the body bound, and a pool without endpoints.
+            (None, Some(413)) => stats.rejected(Rejection::TooLarge),
+            (None, Some(503)) if ctx.state::<Answered>().is_none() && !stats.has_endpoints() => {
+                stats.rejected(Rejection::NoEndpoints);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Writes the inference metrics of the pools alive at scrape time (registered by
+/// [`InferenceGateway::install`]): a pool no configuration references any more is gone from
+/// the map's live entries, and so are its series.
+struct PoolCollector {
+    pools: Pools,
+}
+
+impl std::fmt::Debug for PoolCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolCollector").finish_non_exhaustive()
+    }
+}
+
+impl gateway_core::prometheus_client::collector::Collector for PoolCollector {
+    fn encode(
+        &self,
+        mut encoder: gateway_core::prometheus_client::encoding::DescriptorEncoder,
+    ) -> std::fmt::Result {
+        let mut live: Vec<Arc<PoolRuntime>> = self
+            .pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        live.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        let views: Vec<crate::observe::PoolView<'_>> = live
+            .iter()
+            .map(|r| crate::observe::PoolView {
+                key: &r.key,
+                stats: &r.stats,
+                store: &r.store,
+                detector: &r.scheduler.detector,
+                waiting: r.flow.as_ref().map(|f| f.waiting.load(Ordering::Relaxed)),
+            })
+            .collect();
+        let result = crate::observe::encode(&mut encoder, &views, Instant::now());
+        drop(views);
+        // A runtime whose last reference was this one is dropped here, outside the lock.
+        drop(live);
+        result
+    }
 }
 
 /// Orders a pool's endpoints for each attempt (see the module documentation).
@@ -1053,6 +1174,8 @@ impl EndpointPicker for PoolPicker {
             return Ok(());
         };
         state.runtime.remember(endpoints);
+        // The first attempt schedules; its duration and primary endpoint are counted.
+        let first_pick = state.order.get().is_none().then(Instant::now);
         let order = state.order.get_or_init(|| {
             let runtime = &state.runtime;
             let (candidates, index) = runtime.candidates(endpoints, Instant::now());
@@ -1069,6 +1192,13 @@ impl EndpointPicker for PoolPicker {
                 }
             }
         });
+        if let Some(started) = first_pick {
+            let stats = &state.runtime.stats;
+            stats.scheduled(started.elapsed());
+            if let Some(&first) = order.first() {
+                stats.picked(endpoints[first].address());
+            }
+        }
         out.extend(order.iter().copied().filter(|&i| i < endpoints.len()));
         Ok(())
     }

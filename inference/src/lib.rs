@@ -18,7 +18,8 @@
 //! - [`gateway`] (cargo feature `gateway`, on by default): the data-plane side on gateway-core,
 //!   the InferencePool filter and endpoint picker.
 //! - [`extproc`] (feature `gateway`): the Gateway <-> endpoint picker protocol over Envoy
-//!   ext_proc, both sides: the gateway's client and a standalone picker server.
+//!   ext_proc, both sides: the gateway's client and a standalone picker server. The data
+//!   plane's Prometheus metrics (`gateway_inference_*`) are served in the gateway's registry.
 //!
 //! Without the `gateway` feature nothing here depends on gateway-core or Pingora: the data plane
 //! calls these pieces per request (parse, resolve objective and rewrite, admit or queue,
@@ -34,6 +35,8 @@ pub mod flow;
 pub mod gateway;
 pub mod metrics;
 pub mod objective;
+#[cfg(feature = "gateway")]
+mod observe;
 pub mod request;
 pub mod rewrite;
 pub mod scheduler;
