@@ -52,7 +52,7 @@ use crate::flow::{FlowConfig, FlowController, FlowRequest};
 use crate::objective::Objectives;
 use crate::request::{self, ApiKind, DroppedReason};
 use crate::rewrite::{ModelRewrites, RewriteSource};
-use crate::scheduler::{Candidate, ProfileKind, SchedRequest, Scheduler};
+use crate::scheduler::{Candidate, ProfileKind, SchedRequest, Scheduler, lora_adapter};
 use crate::scrape::{self, MetricsStore, ScrapeConfig, ScraperHandle};
 use crate::settings::InferencePoolSettings;
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -1057,7 +1057,8 @@ impl EndpointPicker for PoolPicker {
         let order = state.order.get_or_init(|| {
             let runtime = &state.runtime;
             let (candidates, index) = runtime.candidates(endpoints, Instant::now());
-            let req = SchedRequest::new(&state.model, &state.prompt, state.priority);
+            let req = SchedRequest::new(&state.model, &state.prompt, state.priority)
+                .with_adapter(lora_adapter(&state.model, &candidates));
             match runtime
                 .scheduler
                 .profile
