@@ -43,6 +43,9 @@ pub struct RequestSpec {
     pub headers: Vec<(String, String)>,
     /// Per-request timeout (upstream: 10 s).
     pub timeout: Duration,
+    /// Request body (empty for every Gateway API case; the Inference Extension tests POST a
+    /// JSON completion request).
+    pub body: Bytes,
 }
 
 /// Holds the TLS configurations; cheap to clone.
@@ -304,7 +307,7 @@ fn build_request(
         builder = builder.header(k.as_str(), v.as_str());
     }
     builder
-        .body(Full::new(Bytes::new()))
+        .body(Full::new(spec.body.clone()))
         .map_err(|e| format!("building request: {e}"))
 }
 
@@ -529,6 +532,7 @@ mod tests {
                 path: "/x?y=1".into(),
                 headers: vec![("X-Echo-Set-Header".into(), "A:b".into())],
                 timeout: Duration::from_secs(5),
+                body: Bytes::new(),
             };
             let obs = client.send(&spec).await.expect("send");
             assert_eq!(obs.status, 200);
@@ -572,6 +576,7 @@ mod tests {
             path: "/t".into(),
             headers: vec![],
             timeout: Duration::from_secs(5),
+            body: Bytes::new(),
         };
         let der = |pem: &str| -> Vec<Vec<u8>> {
             rustls_pemfile::certs(&mut pem.as_bytes())

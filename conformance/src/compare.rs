@@ -33,6 +33,10 @@ pub struct EchoBody {
     /// What the pod saw of the TLS connection (only on echo-basic's HTTPS listener).
     #[serde(default)]
     pub tls: Option<EchoTlsBody>,
+    /// The port the request arrived on (echo-basic's `httpPort`; the Inference Extension's
+    /// data-parallelism test reads it).
+    #[serde(default, rename = "httpPort")]
+    pub http_port: String,
 }
 
 /// echo-basic's `TLSAssertions` (the fields the rules look at).
@@ -467,6 +471,7 @@ mod tests {
             namespace: "gateway-conformance-infra".into(),
             pod: "infra-backend-v1-xyz-0".into(),
             tls: None,
+            http_port: "3000".into(),
         }
     }
 

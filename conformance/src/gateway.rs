@@ -146,6 +146,7 @@ impl GatewayProcess {
             path: "/readyz".into(),
             headers: vec![],
             timeout: Duration::from_secs(2),
+            body: bytes::Bytes::new(),
         };
         let mut last = String::from("no answer");
         while Instant::now() < deadline {

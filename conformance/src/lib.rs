@@ -16,6 +16,7 @@ pub mod echo;
 pub mod error;
 pub mod frontend;
 pub mod gateway;
+pub mod inference;
 pub mod manifests;
 pub mod plan;
 pub mod runner;

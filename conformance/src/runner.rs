@@ -461,6 +461,7 @@ impl Ctx<'_> {
             path: exp.request_path.clone(),
             headers,
             timeout: Duration::from_secs(10),
+            body: bytes::Bytes::new(),
         }
     }
 
@@ -997,6 +998,7 @@ impl Ctx<'_> {
                     path: "/".into(),
                     headers: Vec::new(),
                     timeout: Duration::from_secs(10),
+                    body: bytes::Bytes::new(),
                 };
                 match client.send(&req).await {
                     Ok(obs) => Err(format!("got a response: {}", obs.summary())),

@@ -195,10 +195,19 @@ async fn http_routes_matching_the_model_header_route_chat_completions_by_body() 
         chat(listener, &[json], body).await,
         Ok((200, format!("other\n{body}")))
     );
-    // Past the default bound (64 KiB): 413.
+    // A long prompt (past Pingora's 64 KiB replay buffer) is read, routed and sent whole.
     let body = format!(
         r#"{{"model": "llama", "prompt": "{}"}}"#,
-        "x".repeat(70_000)
+        "x".repeat(300_000)
+    );
+    assert_eq!(
+        chat(listener, &[json], &body).await,
+        Ok((200, format!("llama\n{body}")))
+    );
+    // Past the bound (4 MiB, the inference data plane's bound for a prompt): 413.
+    let body = format!(
+        r#"{{"model": "llama", "prompt": "{}"}}"#,
+        "x".repeat(4 * 1024 * 1024)
     );
     assert_eq!(chat(listener, &[json], &body).await.map(|r| r.0), Ok(413));
 

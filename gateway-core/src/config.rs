@@ -198,8 +198,8 @@ pub struct Listener {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub body_headers: Vec<BodyHeader>,
     /// The longest body read for [`Listener::body_headers`]; a longer one is answered with 413.
-    /// Values above [`crate::proxy::MAX_BUFFERED_BODY`] (64 KiB, the replay buffer the proxy
-    /// resends a held body from) are lowered to it. Ignored without `body_headers`. Default
+    /// Values above [`crate::proxy::MAX_BUFFERED_BODY`] (16 MiB, the most the proxy holds
+    /// whole) are lowered to it. Ignored without `body_headers`. Default
     /// [`Listener::DEFAULT_MAX_BODY_HEADER_BYTES`].
     #[serde(default = "Listener::default_max_body_header_bytes")]
     pub max_body_header_bytes: usize,
@@ -1111,8 +1111,8 @@ impl Listener {
     }
 
     /// Default of [`Listener::max_body_header_bytes`]: 64 KiB
-    /// ([`crate::proxy::MAX_BUFFERED_BODY`]), the most the proxy can hold and resend.
-    pub const DEFAULT_MAX_BODY_HEADER_BYTES: usize = crate::proxy::MAX_BUFFERED_BODY;
+    /// ([`crate::proxy::DEFAULT_BUFFERED_BODY`]).
+    pub const DEFAULT_MAX_BODY_HEADER_BYTES: usize = crate::proxy::DEFAULT_BUFFERED_BODY;
 
     fn default_max_body_header_bytes() -> usize {
         Self::DEFAULT_MAX_BODY_HEADER_BYTES

@@ -52,14 +52,23 @@ use crate::table::{
 };
 use crate::tls::TlsInfo;
 
-/// The largest request body the gateway holds for filters, endpoint pickers and retries: Pingora's
-/// replay buffer (64 KiB). A filter asking for a larger buffer gets this; a longer body is answered
-/// with 413 when buffered, and is not retried when streamed.
-pub const MAX_BUFFERED_BODY: usize = 64 * 1024;
+/// The largest request body the gateway holds whole for filters and endpoint pickers (16 MiB):
+/// a filter asking for a larger buffer ([`crate::filter::FilterCtx::buffer_request_body`]) gets
+/// this, and a longer body is answered with 413. A held body is sent upstream, and resent on a
+/// retry, from Pingora's replay buffer, which the gateway widens to the filter's bound for that
+/// request (vendor/README.md). The bytes held by all requests together are bounded by
+/// [`crate::config::Limits::max_buffered_body_bytes`] (503 above it).
+pub const MAX_BUFFERED_BODY: usize = 16 * 1024 * 1024;
 
-/// The request-body bytes Pingora keeps to replay on a retry (its fixed replay buffer). Once a
-/// body is longer, Pingora drops the buffer and the request is no longer retried.
-const REPLAY_BUFFER: usize = 64 * 1024;
+/// The usual bound of a body held for inspection where a configuration names none (64 KiB):
+/// [`crate::config::Listener::DEFAULT_MAX_BODY_HEADER_BYTES`] and the ready-made filters'
+/// defaults.
+pub const DEFAULT_BUFFERED_BODY: usize = 64 * 1024;
+
+/// The request-body bytes Pingora keeps to replay a *streamed* body on a retry (its default
+/// replay buffer, 64 KiB). Once a streamed body is longer, Pingora drops the buffer and the
+/// request is no longer retried.
+pub const REPLAY_BUFFER: usize = 64 * 1024;
 
 /// The default wait before a retry when the route's retry policy names none.
 const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
@@ -579,11 +588,15 @@ impl GatewayProxy {
             return Ok(Err(Reply::Status(413)));
         }
         let expected = declared.map_or(limit, |n| n.min(limit));
-        let Some(permit) = self.body_budget.try_reserve(expected, what) else {
+        // The body is held twice: here and in Pingora's replay buffer, whose first 64 KiB the
+        // replay reservation already covers.
+        let held = |n: usize| n + n.saturating_sub(REPLAY_BUFFER);
+        let Some(permit) = self.body_budget.try_reserve(held(expected), what) else {
             return Ok(Err(overloaded(session)));
         };
         let permit = ctx.buffer_permit.insert(permit);
-        session.as_mut().enable_retry_buffering();
+        // The held body goes upstream from Pingora's replay buffer: room for all of it.
+        session.as_mut().enable_retry_buffering_up_to(limit);
         // Room for a declared length at once; a chunked body grows the buffer as it comes.
         let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
         while let Some(chunk) = session.read_request_body().await? {
@@ -593,7 +606,7 @@ impl GatewayProxy {
             }
             buf.extend_from_slice(&chunk);
         }
-        permit.shrink_to(buf.len());
+        permit.shrink_to(held(buf.len()));
         Ok(Ok(buf.freeze()))
     }
 

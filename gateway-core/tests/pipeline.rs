@@ -611,6 +611,71 @@ async fn connection_resets_are_retried_under_a_policy_with_the_body_replayed() {
     gw.shutdown(Duration::from_secs(1)).await;
 }
 
+/// Holds the whole request body (up to 1 MiB) without changing it, as an endpoint picker does.
+struct Hold;
+
+#[async_trait]
+impl HttpFilter for Hold {
+    async fn request_headers(
+        &self,
+        _session: &mut Session,
+        ctx: &mut FilterCtx,
+    ) -> gateway_core::Result<FilterAction> {
+        ctx.buffer_request_body(1024 * 1024);
+        Ok(FilterAction::Continue)
+    }
+}
+
+#[tokio::test]
+async fn a_held_body_over_the_default_replay_buffer_is_proxied_and_replayed_on_a_retry() {
+    let reset = resetter().await;
+    let echo = body_echo().await;
+    let mut registry = FilterRegistry::new();
+    registry.register_filter("test.example", "Hold", Arc::new(Hold));
+    let mut rule = Rule::prefix("/")
+        .filter(ext("Hold"))
+        .backend(with_policy(to(&[&reset, &echo], "mixed"), |p| {
+            p.outlier_detection = None
+        }));
+    rule.retry = retry(&[], 2);
+    let (gw, port) = start(registry, vec![Route::new("ns", "r").rule(rule)]).await;
+    // Four times Pingora's default 64 KiB replay buffer.
+    let large: Vec<u8> = (0..256 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+    for _ in 0..4 {
+        // Round robin: every other request starts on the resetting endpoint and is retried.
+        let sent = send_body(
+            addr(port),
+            "POST",
+            "x",
+            "/",
+            &[],
+            Bytes::from(large.clone()),
+        );
+        let (status, _, body) = tokio::time::timeout(Duration::from_secs(10), sent)
+            .await
+            .expect("answered (a held body the proxy cannot send upstream hangs the request)");
+        assert_eq!(status, 200);
+        let expected = format!("{}:", large.len());
+        assert_eq!(&body[..expected.len()], expected.as_bytes());
+        assert!(
+            body[expected.len()..] == large[..],
+            "the backend got the whole body"
+        );
+    }
+    // Over the filter's bound: 413.
+    let (status, _, _) = send_body(
+        addr(port),
+        "POST",
+        "x",
+        "/",
+        &[],
+        Bytes::from(vec![b'x'; 1024 * 1024 + 1]),
+    )
+    .await;
+    assert_eq!(status, 413);
+    gw.shutdown(Duration::from_secs(1)).await;
+}
+
 #[tokio::test]
 async fn request_timeout_answers_504_but_a_streaming_response_is_not_cut() {
     let v1 = backend("v1").await;
@@ -999,7 +1064,7 @@ async fn a_body_over_the_replay_bound_is_not_retried() {
     )
     .await;
     let small = Bytes::from(vec![b's'; 1024]);
-    let large = Bytes::from(vec![b'l'; gateway_core::proxy::MAX_BUFFERED_BODY + 1]);
+    let large = Bytes::from(vec![b'l'; gateway_core::proxy::REPLAY_BUFFER + 1]);
     let mut large_failed = 0;
     for _ in 0..4 {
         // Round robin alternates: every other attempt starts on the resetting endpoint.

@@ -8,6 +8,8 @@
 //! * [`driver`]: sends each request at its arrival time and measures TTFT, TPOT and end-to-end
 //!   latency from the SSE stream.
 //! * [`stats`], [`report`]: summaries, ratios to round-robin, JSON/Markdown/SVG output.
+//! * [`overhead`]: the gateway's own latency and CPU per request (the `inference-overhead`
+//!   binary).
 //! * [`servers`]: the pool of simulators; [`mod@bench`]: the whole run.
 //!
 //! See `docs/benchmarks/inference.md` for the command line and what each figure means.
@@ -17,6 +19,7 @@
 pub mod arrivals;
 pub mod bench;
 pub mod driver;
+pub mod overhead;
 pub mod report;
 pub mod servers;
 pub mod stats;

@@ -341,3 +341,47 @@ fn the_binary_runs_and_writes_json_markdown_svg_and_endpoints() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown target"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The overhead tool's closed loop against a zero-latency server: every request completes and
+/// is timed; against a closed port, every request is an error.
+#[tokio::test]
+async fn overhead_loop_times_requests_and_counts_failures() {
+    use inference_bench::driver::http_client;
+    use inference_bench::overhead::{OverheadRequest, measure, zero_latency_sim};
+    use std::time::Duration;
+
+    let sim = vllm_sim::Simulator::serve(
+        zero_latency_sim("m"),
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}/v1/chat/completions", sim.local_addr());
+    for stream in [false, true] {
+        let req = OverheadRequest::chat(url.clone(), None, "m", 50, 4, stream);
+        let s = measure(
+            &http_client(),
+            &req,
+            2,
+            Duration::from_millis(100),
+            Duration::from_millis(400),
+        )
+        .await;
+        assert!(s.requests > 10, "{s:?}");
+        assert_eq!(s.errors, 0, "{s:?}");
+        assert!(s.p50_us > 0.0 && s.p50_us <= s.p99_us, "{s:?}");
+    }
+    // A wrong model is a 404 from the server: counted as an error, never as a latency.
+    let wrong = OverheadRequest::chat(url, None, "no-such-model", 5, 4, false);
+    let s = measure(
+        &http_client(),
+        &wrong,
+        1,
+        Duration::ZERO,
+        Duration::from_millis(200),
+    )
+    .await;
+    assert_eq!(s.requests, 0, "{s:?}");
+    assert!(s.errors > 0, "{s:?}");
+    sim.shutdown().await;
+}

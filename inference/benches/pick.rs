@@ -29,6 +29,7 @@ fn candidates() -> Vec<Candidate> {
                 block_size: Some(16),
                 num_blocks: Some(27_153),
                 lora: None,
+                base_model: None,
             };
             Candidate::new(addr, Some(Arc::new(metrics)))
         })

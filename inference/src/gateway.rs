@@ -52,7 +52,7 @@ use crate::flow::{FlowConfig, FlowController, FlowRequest};
 use crate::objective::Objectives;
 use crate::request::{self, ApiKind, DroppedReason};
 use crate::rewrite::{ModelRewrites, RewriteSource};
-use crate::scheduler::{Candidate, ProfileKind, SchedRequest, Scheduler};
+use crate::scheduler::{Candidate, ProfileKind, SchedRequest, Scheduler, lora_adapter};
 use crate::scrape::{self, MetricsStore, ScrapeConfig, ScraperHandle};
 use crate::settings::InferencePoolSettings;
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -69,11 +69,12 @@ pub const POOL_KIND: &str = "InferencePool";
 /// The name the pool picker is registered under ([`gateway_core::config::LoadBalancer::Custom`]);
 /// the one gateway-k8s names ([`crate::settings::LOAD_BALANCER`]).
 pub const PICKER: &str = crate::settings::LOAD_BALANCER;
-/// Default bound of a buffered inference request body: gateway-core's ceiling for a buffered
-/// body ([`gateway_core::proxy::MAX_BUFFERED_BODY`], 64 KiB: Pingora replays a body already
-/// read from its fixed 64 KiB retry buffer). Larger prompts get 413 until the vendored Pingora
-/// can replay a body the gateway holds.
-pub const DEFAULT_BODY_LIMIT: usize = gateway_core::proxy::MAX_BUFFERED_BODY;
+/// Default bound of a buffered inference request body: 4 MiB (about a million characters of
+/// prompt, several times a 128k-token context). A longer body is answered with 413. The most
+/// [`InferenceGateway::new`] accepts is gateway-core's ceiling for a body held whole,
+/// [`gateway_core::proxy::MAX_BUFFERED_BODY`] (16 MiB); every held body counts against
+/// [`gateway_core::config::Limits::max_buffered_body_bytes`] (503 when it is used up).
+pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
 
 /// The inference data plane of one gateway: the pool runtimes, the filter factory and the
 /// picker. Clone it freely (shared).
@@ -1056,7 +1057,8 @@ impl EndpointPicker for PoolPicker {
         let order = state.order.get_or_init(|| {
             let runtime = &state.runtime;
             let (candidates, index) = runtime.candidates(endpoints, Instant::now());
-            let req = SchedRequest::new(&state.model, &state.prompt, state.priority);
+            let req = SchedRequest::new(&state.model, &state.prompt, state.priority)
+                .with_adapter(lora_adapter(&state.model, &candidates));
             match runtime
                 .scheduler
                 .profile

@@ -560,3 +560,40 @@ async fn requests_wait_at_the_gateway_while_the_pool_is_saturated() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_prompt_is_held_whole_and_sent_to_the_chosen_server() {
+    // A server with room for a long context.
+    let config = SimConfig {
+        model: "base".into(),
+        max_model_len: 400_000,
+        kv_cache_size: 40_000,
+        seed: Some(7),
+        ..SimConfig::default()
+    };
+    let server = Simulator::serve(config, SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("simulator");
+    // The default bound (4 MiB), far above Pingora's 64 KiB replay buffer.
+    let inference = InferenceGateway::default();
+    let (_gw, port) = gateway(&inference, &settings(&[&server], vec![], vec![])).await;
+    let words = 100_000;
+    let long = chat("base", &"word ".repeat(words), false);
+    assert!(long.len() > 4 * 64 * 1024);
+    let ok = post(port, "/v1/chat/completions", &long, &[]).await;
+    assert_eq!(ok.status, 200, "{}", &ok.body[..ok.body.len().min(300)]);
+    let value: serde_json::Value = serde_json::from_str(&ok.body).expect("json");
+    let prompt_tokens = value["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+    assert!(
+        prompt_tokens >= words as u64,
+        "the server saw the whole prompt: {prompt_tokens} tokens"
+    );
+    // Over the bound: 413.
+    let over = chat("base", &"word ".repeat(900_000), false);
+    assert!(over.len() > gateway_inference::gateway::DEFAULT_BODY_LIMIT);
+    assert_eq!(
+        post(port, "/v1/chat/completions", &over, &[]).await.status,
+        413
+    );
+    server.shutdown().await;
+}

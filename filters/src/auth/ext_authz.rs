@@ -404,13 +404,13 @@ impl ExternalAuthFilter {
         }
         let body = match spec.forward_body {
             None | Some(ForwardBodySpec { max_size: 0, .. }) => None,
-            Some(b) if b.max_size as usize > gateway_core::proxy::MAX_BUFFERED_BODY => {
+            Some(b) if b.max_size as usize > gateway_core::proxy::DEFAULT_BUFFERED_BODY => {
                 return Err(SpecError::invalid(
                     "forwardBody.maxSize",
                     format!(
                         "{} is above {}, the most the gateway buffers",
                         b.max_size,
-                        gateway_core::proxy::MAX_BUFFERED_BODY
+                        gateway_core::proxy::DEFAULT_BUFFERED_BODY
                     ),
                 ));
             }
@@ -888,7 +888,7 @@ impl HttpFilter for ExternalAuthFilter {
     ) -> gateway_core::Result<FilterAction> {
         if let Some((max, partial)) = self.body {
             ctx.buffer_request_body(if partial {
-                gateway_core::proxy::MAX_BUFFERED_BODY
+                gateway_core::proxy::DEFAULT_BUFFERED_BODY
             } else {
                 max
             });

@@ -16,6 +16,12 @@ use crate::resources::{GATEWAY_GROUP, Resources};
 /// Inference Extension's body-based router sets the same header).
 pub(crate) const MODEL_NAME_HEADER: &str = "x-gateway-model-name";
 
+/// How much of a request body a listener reads for its body headers: as much as the inference
+/// data plane holds for a prompt ([`gateway_inference::gateway::DEFAULT_BODY_LIMIT`], 4 MiB), so
+/// routing by model never refuses a body the pool behind the route would take. Only listeners
+/// with body headers read bodies before routing.
+pub(crate) const BODY_HEADER_BYTES: usize = gateway_inference::gateway::DEFAULT_BODY_LIMIT;
+
 /// The body headers of a listener with `model_routes` routes attached that match on the model
 /// header ([`gateway_core::config::Listener::body_headers`]): when a rule of some route matches
 /// on the header `X-Gateway-Model-Name` (any case), that header is derived from the JSON body's

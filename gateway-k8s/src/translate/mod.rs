@@ -556,7 +556,7 @@ impl Translator {
                         routes: l.routes.clone(),
                         path_normalization: client_policies.path_of(&plan.key, &l.name),
                         body_headers: listener::body_headers(l.model_routes),
-                        max_body_header_bytes: Listener::DEFAULT_MAX_BODY_HEADER_BYTES,
+                        max_body_header_bytes: listener::BODY_HEADER_BYTES,
                     });
                 }
             }

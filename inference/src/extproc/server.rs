@@ -579,7 +579,8 @@ impl PickPolicy for SchedulerPolicy {
         let (model, prompt) = parsed
             .as_ref()
             .map_or(("", ""), |p| (p.model.as_str(), p.prompt.as_str()));
-        let req = SchedRequest::new(model, prompt, priority);
+        let req = SchedRequest::new(model, prompt, priority)
+            .with_adapter(crate::scheduler::lora_adapter(model, &candidates));
         match self.scheduler.schedule(&req, &candidates, &mut rand::rng()) {
             Ok(order) => PickOutcome::Route(Route {
                 endpoints: order.into_iter().map(|i| candidates[i].addr).collect(),

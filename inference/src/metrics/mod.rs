@@ -12,6 +12,7 @@
 //! | block size | `vllm:cache_config_info{block_size}` | `sglang:cache_config_info{page_size}` | `trtllm_kv_cache_tokens_per_block` | `…{kv_cache_block_type="tokens_per"}` |
 //! | blocks | `vllm:cache_config_info{num_gpu_blocks}` | `sglang:cache_config_info{num_pages}` | `trtllm_kv_cache_max_blocks` | `…{kv_cache_block_type="max"}` |
 //! | LoRA | `vllm:lora_requests_info` (the series with the latest timestamp value) | – | – | – |
+//! | base model | `model_name` label of the running gauge | `model_name` label of the running gauge | – | – |
 //!
 //! Several series of one gauge (for example one per `model_name`) are added up for the request
 //! counts, and the largest KV usage is taken. Waiting, running and KV usage are required: a page
@@ -105,6 +106,10 @@ pub struct EndpointMetrics {
     pub num_blocks: Option<u64>,
     /// LoRA state (vLLM only), when exposed.
     pub lora: Option<LoraMetrics>,
+    /// The base model the server serves: the `model_name` label of its running-requests
+    /// gauge (vLLM, SGLang), when exposed. A requested model that is not a base model of the
+    /// pool is a LoRA adapter ([`crate::scheduler::lora_adapter`]).
+    pub base_model: Option<String>,
 }
 
 /// A page without a metric the scheduler needs.
@@ -140,7 +145,12 @@ pub fn extract(engine: Engine, page: &str) -> Result<EndpointMetrics, MetricsErr
         match engine {
             Engine::Vllm => match s.name {
                 "vllm:num_requests_waiting" => add(&mut waiting, s.value),
-                "vllm:num_requests_running" => add(&mut running, s.value),
+                "vllm:num_requests_running" => {
+                    add(&mut running, s.value);
+                    if out.base_model.is_none() {
+                        out.base_model = s.label("model_name").map(String::from);
+                    }
+                }
                 "vllm:kv_cache_usage_perc" => max(&mut kv, s.value),
                 "vllm:gpu_cache_usage_perc" => max(&mut kv_fallback, s.value),
                 "vllm:cache_config_info" => {
@@ -171,7 +181,12 @@ pub fn extract(engine: Engine, page: &str) -> Result<EndpointMetrics, MetricsErr
             },
             Engine::Sglang => match s.name {
                 "sglang:num_queue_reqs" => add(&mut waiting, s.value),
-                "sglang:num_running_reqs" => add(&mut running, s.value),
+                "sglang:num_running_reqs" => {
+                    add(&mut running, s.value);
+                    if out.base_model.is_none() {
+                        out.base_model = s.label("model_name").map(String::from);
+                    }
+                }
                 "sglang:token_usage" => max(&mut kv, s.value),
                 "sglang:cache_config_info" => {
                     out.block_size = s.label("page_size").and_then(|v| v.parse().ok());
@@ -279,6 +294,10 @@ vllm:time_to_first_token_seconds_count{engine="0",model_name="meta-llama/Llama-3
         assert_eq!(m.block_size, Some(16));
         assert_eq!(m.num_blocks, Some(27153));
         assert_eq!(
+            m.base_model.as_deref(),
+            Some("meta-llama/Llama-3.1-8B-Instruct")
+        );
+        assert_eq!(
             m.lora,
             Some(LoraMetrics {
                 active: vec!["sql-lora".into(), "tweet-summary".into()],
@@ -296,8 +315,13 @@ vllm:time_to_first_token_seconds_count{engine="0",model_name="meta-llama/Llama-3
         assert_eq!((m.waiting, m.running), (5, 1));
         assert!((m.kv_usage - 0.9).abs() < 1e-12);
         assert_eq!(
-            (m.block_size, m.num_blocks, m.lora.clone()),
-            (None, None, None)
+            (
+                m.block_size,
+                m.num_blocks,
+                m.lora.clone(),
+                m.base_model.clone()
+            ),
+            (None, None, None, None)
         );
         // The current name wins over the old one when both are present.
         let both = format!("{page}vllm:kv_cache_usage_perc 0.1\n");

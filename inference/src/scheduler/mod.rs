@@ -111,6 +111,37 @@ impl<'a> SchedRequest<'a> {
     }
 }
 
+/// The LoRA adapter `model` names for the scheduler, or `None` when it is a base model (or
+/// the candidates' metrics cannot tell). Called once per pick, before the profile runs.
+///
+/// A model is an adapter when a candidate's `vllm:lora_requests_info` lists it as running or
+/// waiting, or, for an adapter loaded nowhere yet, when the candidates report LoRA state and a
+/// base model ([`EndpointMetrics::base_model`](crate::metrics::EndpointMetrics::base_model))
+/// and none of them serves `model` as its base. A base model served under an extra alias
+/// (vLLM's second `--served-model-name`) reads as an adapter by the second rule; the LoRA
+/// scorer then only prefers servers with a free adapter slot.
+pub fn lora_adapter<'a>(model: &'a str, candidates: &[Candidate]) -> Option<&'a str> {
+    if model.is_empty() {
+        return None;
+    }
+    let mut bases_known = false;
+    for m in candidates.iter().filter_map(|c| c.metrics.as_deref()) {
+        if let Some(lora) = &m.lora {
+            if lora.active.iter().chain(&lora.waiting).any(|a| a == model) {
+                return Some(model);
+            }
+            match m.base_model.as_deref() {
+                Some(base) if base == model => return None,
+                Some(_) => bases_known = true,
+                None => {}
+            }
+        } else if m.base_model.as_deref() == Some(model) {
+            return None;
+        }
+    }
+    bases_known.then_some(model)
+}
+
 /// Keeps a subset of the candidates.
 pub trait Filter: Send + Sync {
     /// A short name for logs.

@@ -394,3 +394,41 @@ fn profile_kinds_parse_and_build() {
     assert!("fastest".parse::<ProfileKind>().is_err());
     assert_eq!(ProfileKind::default(), ProfileKind::Reference);
 }
+
+#[test]
+fn lora_adapter_is_told_from_the_base_model() {
+    let server = |base: Option<&str>, active: &[&str], waiting: &[&str]| {
+        let mut c = cand(1, 0, 0.0);
+        c.metrics = Some(Arc::new(EndpointMetrics {
+            lora: Some(LoraMetrics {
+                active: active.iter().map(|s| s.to_string()).collect(),
+                waiting: waiting.iter().map(|s| s.to_string()).collect(),
+                max: 2,
+            }),
+            base_model: base.map(String::from),
+            ..Default::default()
+        }));
+        c
+    };
+    let pool = [
+        server(Some("llama"), &["sql"], &[]),
+        server(Some("llama"), &[], &["tweet"]),
+    ];
+    // Named by a server's running or waiting adapters.
+    assert_eq!(lora_adapter("sql", &pool), Some("sql"));
+    assert_eq!(lora_adapter("tweet", &pool), Some("tweet"));
+    // Loaded nowhere yet, but not the base model either.
+    assert_eq!(lora_adapter("food", &pool), Some("food"));
+    // The base model.
+    assert_eq!(lora_adapter("llama", &pool), None);
+    assert_eq!(lora_adapter("", &pool), None);
+    // Without a base model in the metrics, only a listed adapter is known to be one.
+    let unnamed = [server(None, &["sql"], &[])];
+    assert_eq!(lora_adapter("sql", &unnamed), Some("sql"));
+    assert_eq!(lora_adapter("food", &unnamed), None);
+    // Servers without LoRA state (no metrics, or an engine without the series): no adapter.
+    assert_eq!(
+        lora_adapter("sql", &[cand(1, 0, 0.0), Candidate::new(addr(2), None)]),
+        None
+    );
+}

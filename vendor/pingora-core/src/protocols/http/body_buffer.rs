@@ -46,6 +46,12 @@ impl FixedBuffer {
         }
     }
 
+    /// PATCH(pingora-gateway): raises the limit to `capacity` (never lowers it). A buffer that
+    /// is already truncated stays truncated: the bytes it dropped are gone.
+    pub fn raise_capacity(&mut self, capacity: usize) {
+        self.capacity = self.capacity.max(capacity);
+    }
+
     pub fn clear(&mut self) {
         self.truncated = false;
         self.buffer.clear();
@@ -80,6 +86,23 @@ mod tests {
 
         assert!(buffer.is_truncated());
         assert_eq!(buffer.buffer.capacity(), 0);
+        assert!(buffer.get_buffer().is_none());
+    }
+
+    /// PATCH(pingora-gateway).
+    #[test]
+    fn a_raised_capacity_keeps_a_longer_body() {
+        let mut buffer = FixedBuffer::new(4);
+        buffer.raise_capacity(8);
+        buffer.raise_capacity(2);
+        buffer.write_to_buffer(&Bytes::from_static(b"12345678"));
+        assert!(!buffer.is_truncated());
+        assert_eq!(buffer.get_buffer().unwrap(), Bytes::from_static(b"12345678"));
+        buffer.write_to_buffer(&Bytes::from_static(b"9"));
+        assert!(buffer.is_truncated());
+        // Truncated stays truncated.
+        buffer.raise_capacity(100);
+        buffer.write_to_buffer(&Bytes::from_static(b"0"));
         assert!(buffer.get_buffer().is_none());
     }
 }

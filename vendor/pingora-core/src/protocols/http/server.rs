@@ -687,6 +687,19 @@ impl Session {
         }
     }
 
+    /// PATCH(pingora-gateway): like `enable_retry_buffering`, but keeps up to `limit` bytes of
+    /// the request body (at least the default 64 KiB) so a body buffered whole by the proxy
+    /// logic before the upstream request can be replayed however long it is. A custom session
+    /// keeps its own default.
+    pub fn enable_retry_buffering_up_to(&mut self, limit: usize) {
+        match self {
+            Self::H1(s) => s.enable_retry_buffering_up_to(limit),
+            Self::H2(s) => s.enable_retry_buffering_up_to(limit),
+            Self::Subrequest(s) => s.enable_retry_buffering_up_to(limit),
+            Self::Custom(s) => s.enable_retry_buffering(),
+        }
+    }
+
     pub fn get_retry_buffer(&self) -> Option<Bytes> {
         match self {
             Self::H1(s) => s.get_retry_buffer(),

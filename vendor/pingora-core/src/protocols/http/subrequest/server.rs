@@ -587,6 +587,16 @@ impl HttpSession {
         }
     }
 
+    /// PATCH(pingora-gateway): like `enable_retry_buffering`, with room for `limit` bytes of
+    /// request body (at least the default 64 KiB); raises the limit of a buffer already enabled.
+    /// The buffer grows with the body; nothing is allocated up front.
+    pub fn enable_retry_buffering_up_to(&mut self, limit: usize) {
+        match self.retry_buffer.as_mut() {
+            Some(buffer) => buffer.raise_capacity(limit),
+            None => self.retry_buffer = Some(FixedBuffer::new(limit.max(BODY_BUF_LIMIT))),
+        }
+    }
+
     pub fn get_retry_buffer(&self) -> Option<Bytes> {
         self.retry_buffer.as_ref().and_then(|b| {
             if b.is_truncated() {
