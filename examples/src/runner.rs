@@ -162,6 +162,7 @@ impl Runner {
             apply_ms = ms(started.elapsed() - translated),
             routes_reused,
             routes_translated,
+            routes_patched = self.translator.patched_last(),
             "configuration translated and applied"
         );
         let mut status = translation.status;
@@ -190,8 +191,18 @@ impl Runner {
     /// waits for its turn is dropped unrendered: with 10,000 routes a render takes seconds of
     /// CPU on a busy machine, and renders of every change in a quick series would run side by
     /// side and slow down the loads and compiles of the next changes.
+    ///
+    /// The render reads its own copy of the objects' map (the objects themselves are shared),
+    /// made at once on a blocking thread: the file source patches the `Arc` it handed out in
+    /// place on the next load when no one else holds it, instead of copying it on the reload's
+    /// critical path while a render still runs.
     fn publish_later(&mut self, status: StatusReport, resources: Arc<Resources>) {
         use std::sync::atomic::Ordering;
+        let resources = tokio::task::spawn_blocking(move || {
+            let own = Arc::new(Resources::clone(&resources));
+            drop(resources);
+            own
+        });
         let previous = self.publishing.take();
         let admin = self.admin.clone();
         let status_file = self.status_file.clone();
@@ -200,9 +211,14 @@ impl Runner {
         let cache = self.render_cache.clone();
         let number = published.fetch_add(1, Ordering::SeqCst) + 1;
         self.publishing = Some(tokio::spawn(async move {
+            let resources = resources.await;
             if let Some(previous) = previous {
                 let _ = previous.await;
             }
+            let Ok(resources) = resources else {
+                tracing::error!("copying the objects for the status render failed");
+                return;
+            };
             if published.load(Ordering::SeqCst) != number {
                 // A newer status is queued behind this one: it is the one to publish.
                 tracing::debug!("configuration status superseded before it was rendered");

@@ -102,6 +102,7 @@ impl Table {
         let mut backends = Backends {
             previous: previous.map(|p| &p.backends),
             current: BackendCache::default(),
+            known: Default::default(),
         };
         let mut binds = HashMap::with_capacity(config.binds.len());
         let mut rejected = Vec::new();
@@ -152,7 +153,7 @@ impl Table {
         let mut out = HashMap::new();
         for bind in self.binds.values() {
             for listener in &bind.listeners {
-                for rule in listener.routes.iter().flatten() {
+                for rule in listener.routes.iter().flat_map(|r| r.iter()) {
                     for b in &rule.backends {
                         if let CompiledTarget::Endpoints(t) = &b.target
                             && t.policy.health_check.is_some()
@@ -284,7 +285,9 @@ pub(crate) struct CompiledListener {
     pub(crate) body_headers: Option<BodyHeaders>,
     /// Why some of the listener's settings were left out (an invalid body header name).
     pub(crate) rejected: Vec<String>,
-    pub(crate) routes: Vec<Vec<Arc<CompiledRule>>>,
+    /// Each route's rules behind one `Arc`, shared with the previous table while the route is
+    /// unchanged (taken over without copying).
+    pub(crate) routes: Vec<Arc<[Arc<CompiledRule>]>>,
     /// The listener hostname its router was compiled with (for reuse by the next table).
     hostname: Option<String>,
     /// The routes `routes` was compiled from, in the same order (the same `Arc`s as the
@@ -302,16 +305,31 @@ impl CompiledListener {
         reuse: &Reuse,
         backends: &mut Backends<'_>,
     ) -> Self {
-        // Routes of `previous` by name, built on the first route not found at its own index.
+        // Routes of `previous` by name, built on the first route found neither where the
+        // previous routes continue nor at its own index (a route added or moved).
         let mut by_name: Option<HashMap<(&str, &str), usize>> = None;
+        // Where in `previous` the last route found was, relative to its index here: a route
+        // added or removed before shifts the ones after it by one.
+        let mut shift: isize = 0;
         let routes = listener
             .routes
             .iter()
             .enumerate()
             .map(|(index, route)| {
                 let found = previous.and_then(|p| {
-                    if p.models.get(index).is_some_and(|m| m == route) {
-                        return Some(index);
+                    let continued = index.checked_add_signed(shift);
+                    for j in [continued, Some(index)].into_iter().flatten() {
+                        if p.models.get(j).is_some_and(|m| m == route) {
+                            shift = j as isize - index as isize;
+                            return Some(j);
+                        }
+                    }
+                    // The same route, changed where it was: compiled again, nothing to look up.
+                    if continued
+                        .and_then(|j| p.models.get(j))
+                        .is_some_and(|m| m.namespace == route.namespace && m.name == route.name)
+                    {
+                        return None;
                     }
                     let names = by_name.get_or_insert_with(|| {
                         p.models
@@ -320,10 +338,12 @@ impl CompiledListener {
                             .map(|(i, m)| ((m.namespace.as_str(), m.name.as_str()), i))
                             .collect()
                     });
-                    names
+                    let i = names
                         .get(&(route.namespace.as_str(), route.name.as_str()))
                         .copied()
-                        .filter(|&i| p.models[i] == *route)
+                        .filter(|&i| p.models[i] == *route)?;
+                    shift = i as isize - index as isize;
+                    Some(i)
                 });
                 match (previous, found) {
                     (Some(p), Some(i)) if reuse.route(route) => {
@@ -340,7 +360,8 @@ impl CompiledListener {
                                 listener, route, i, rule, cx, backends,
                             ))
                         })
-                        .collect(),
+                        .collect::<Vec<_>>()
+                        .into(),
                 }
             })
             .collect();
@@ -429,6 +450,10 @@ impl BackendCache {
 struct Backends<'a> {
     previous: Option<&'a BackendCache>,
     current: BackendCache,
+    /// The compiled endpoints already in `current`, by address (each is held by `current`, so
+    /// no address is reused while the table is built): a reused rule's backend is found here
+    /// with one pointer hash instead of a lookup by name.
+    known: std::collections::HashSet<usize>,
 }
 
 impl Backends<'_> {
@@ -453,6 +478,7 @@ impl Backends<'_> {
             None => CompiledTarget::compile(name, target, cx),
         };
         if let CompiledTarget::Endpoints(e) = &compiled {
+            self.known.insert(Arc::as_ptr(e) as usize);
             let entry = CachedBackend {
                 target: target.clone(),
                 resolved,
@@ -478,12 +504,7 @@ impl Backends<'_> {
                 let CompiledTarget::Endpoints(e) = &c.target else {
                     continue;
                 };
-                let known = self
-                    .current
-                    .by_name
-                    .get(b.name.as_str())
-                    .is_some_and(|list| list.iter().any(|k| Arc::ptr_eq(&k.compiled, e)));
-                if known {
+                if !self.known.insert(Arc::as_ptr(e) as usize) {
                     continue;
                 }
                 let resolved = match &b.target {
@@ -1006,5 +1027,106 @@ mod tests {
             SocketAddr::from(([127, 0, 0, 1], 10))
         );
         assert_eq!(t3.backends.len(), 2);
+    }
+
+    /// What serving from `table` depends on, as text: per route of the listener its name and
+    /// per rule its backends (name, endpoints); the compiled backends; and which route, rule
+    /// and `x-route` value takes each probe path.
+    fn describe(table: &Table, probes: &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        let listener = &bind(table).listeners[0];
+        let models = &table.config.binds[0].listeners[0].routes;
+        assert_eq!(listener.routes.len(), models.len());
+        for (model, rules) in models.iter().zip(&listener.routes) {
+            assert_eq!(model.rules.len(), rules.len());
+            for rule in rules.iter() {
+                let backends: Vec<String> = rule
+                    .backends
+                    .iter()
+                    .map(|b| match &b.target {
+                        CompiledTarget::Endpoints(e) => format!(
+                            "{} {:?}",
+                            b.name,
+                            e.endpoints.iter().map(|p| p.address()).collect::<Vec<_>>()
+                        ),
+                        CompiledTarget::Unresolved(why) => format!("{} unresolved {why}", b.name),
+                    })
+                    .collect();
+                out.push(format!("{}/{}: {backends:?}", model.namespace, model.name));
+            }
+        }
+        let mut backends: Vec<String> = table
+            .backends
+            .by_name
+            .iter()
+            .flat_map(|(name, list)| list.iter().map(move |c| format!("{name} {:?}", c.target)))
+            .collect();
+        backends.sort();
+        out.extend(backends);
+        for path in probes {
+            out.push(format!("{path} -> {:?}", lookup(table, path)));
+        }
+        out
+    }
+
+    #[test]
+    fn incremental_compiles_serve_as_fresh_ones_through_a_series_of_changes() {
+        let c = Compiler::new();
+        let probes: Vec<String> = (0..12)
+            .map(|i| format!("/svc-{i}/x"))
+            .chain(["/moved/x".to_string(), "/svc-99/x".to_string()])
+            .collect();
+        let mut routes: Vec<Arc<Route>> = (0..8).map(|i| Arc::new(route(i, "a"))).collect();
+        let mut previous = c.compile(config(&routes), None, 0);
+        let check = |routes: &[Arc<Route>], previous: &mut Table| {
+            let patched = c.compile(config(routes), Some(previous), 0);
+            let fresh = c.compile(config(routes), None, 0);
+            assert_eq!(describe(&patched, &probes), describe(&fresh, &probes));
+            // Every route the previous table had, unchanged, keeps its compiled rules.
+            for (i, r) in routes.iter().enumerate() {
+                let before = previous.config.binds[0].listeners[0]
+                    .routes
+                    .iter()
+                    .position(|p| Arc::ptr_eq(p, r));
+                if let Some(j) = before {
+                    assert!(Arc::ptr_eq(
+                        &bind(previous).listeners[0].routes[j],
+                        &bind(&patched).listeners[0].routes[i]
+                    ));
+                }
+            }
+            *previous = patched;
+        };
+        // A filter changed.
+        routes[2] = Arc::new(route(2, "b"));
+        check(&routes, &mut previous);
+        // Added in the middle, removed at the front.
+        routes.insert(4, Arc::new(route(9, "n")));
+        routes.remove(0);
+        check(&routes, &mut previous);
+        // A match changed (the router is rebuilt), a route to another backend added.
+        routes[1] = Arc::new(Route::new("ns", "r2").rule(Rule::prefix("/moved/").filter(
+            Filter::RequestHeaderModifier(HeaderModifier {
+                add: vec![("x-route".into(), "m".into())],
+                ..Default::default()
+            }),
+        )));
+        routes.push(Arc::new(route(99, "o")));
+        check(&routes, &mut previous);
+        // Reordered (as a changed creation time reorders routes), and one moved to another
+        // endpoint of the same backend.
+        routes.swap(0, 3);
+        let mut moved = route(5, "a");
+        moved.rules[0].backends[0] =
+            BackendRef::endpoints("be", vec![SocketAddr::from(([127, 0, 0, 1], 10))]);
+        let at = routes.iter().position(|r| r.name == "r5").expect("r5");
+        routes[at] = Arc::new(moved);
+        check(&routes, &mut previous);
+        // The backend `other` no longer used; everything removed; some back.
+        routes.retain(|r| r.name != "r99");
+        check(&routes, &mut previous);
+        check(&[], &mut previous);
+        routes.truncate(3);
+        check(&routes, &mut previous);
     }
 }

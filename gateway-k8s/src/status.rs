@@ -69,8 +69,9 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
 pub struct StatusReport {
     pub(crate) gateway_classes: BTreeMap<String, GatewayClassStatus>,
     pub(crate) gateways: BTreeMap<ObjectKey, GatewayStatus>,
-    /// Shared with the translator, which reuses the status of an unchanged route.
-    pub(crate) http_routes: BTreeMap<ObjectKey, Arc<HttpRouteStatus>>,
+    /// Shared with the translator, which reuses the status of an unchanged route and keeps
+    /// this map between translations (patched per changed route).
+    pub(crate) http_routes: RouteStatuses,
     pub(crate) backend_traffic_policies: BTreeMap<ObjectKey, XBackendTrafficPolicyStatus>,
     pub(crate) backend_tls_policies:
         BTreeMap<ObjectKey, gateway_api::backendtlspolicies::BackendTlsPolicyStatus>,
@@ -84,6 +85,61 @@ pub struct StatusReport {
     pub(crate) documents: Vec<Value>,
     /// Where each XBackend with a status sits in `documents`.
     pub(crate) xbackend_documents: BTreeMap<ObjectKey, usize>,
+}
+
+/// How many shards a [`RouteStatuses`] splits its routes into.
+const ROUTE_STATUS_SHARDS: usize = 64;
+
+/// The status of every HTTPRoute with one, by route.
+///
+/// Split into shards by a hash of the key, each behind an [`Arc`]: a clone shares every shard,
+/// and changing a route afterwards copies only that route's shard (about 1/64 of the routes)
+/// when the clone is still alive. The translator keeps one between translations and patches
+/// the changed routes; each [`StatusReport`] it hands out is such a clone. Within a shard the
+/// routes are sorted, so two maps with the same entries print (`Debug`) the same.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RouteStatuses {
+    /// Empty until the first insert, then [`ROUTE_STATUS_SHARDS`] long.
+    shards: Vec<Arc<BTreeMap<ObjectKey, Arc<HttpRouteStatus>>>>,
+}
+
+impl RouteStatuses {
+    fn shard_of(key: &ObjectKey) -> usize {
+        use std::hash::{Hash, Hasher};
+        // SipHash with fixed keys: the same shard in every process.
+        let mut hasher = std::hash::DefaultHasher::new();
+        key.hash(&mut hasher);
+        (hasher.finish() % ROUTE_STATUS_SHARDS as u64) as usize
+    }
+
+    /// The status of route `key`.
+    pub(crate) fn get(&self, key: &ObjectKey) -> Option<&Arc<HttpRouteStatus>> {
+        if self.shards.is_empty() {
+            return None;
+        }
+        self.shards[Self::shard_of(key)].get(key)
+    }
+
+    /// Sets the status of route `key`.
+    pub(crate) fn insert(&mut self, key: ObjectKey, status: Arc<HttpRouteStatus>) {
+        if self.shards.is_empty() {
+            self.shards = (0..ROUTE_STATUS_SHARDS)
+                .map(|_| Arc::new(BTreeMap::new()))
+                .collect();
+        }
+        Arc::make_mut(&mut self.shards[Self::shard_of(&key)]).insert(key, status);
+    }
+
+    /// Forgets the status of route `key`.
+    pub(crate) fn remove(&mut self, key: &ObjectKey) {
+        if self.shards.is_empty() {
+            return;
+        }
+        let slot = &mut self.shards[Self::shard_of(key)];
+        if slot.contains_key(key) {
+            Arc::make_mut(slot).remove(key);
+        }
+    }
 }
 
 /// An XBackend this controller reports on.

@@ -354,13 +354,13 @@ fn load_ca(
 /// The Gateways a policy reports to: those serving a route to one of its Services.
 pub(crate) fn ancestors(
     plan: &TlsPolicyPlan,
-    service_gateways: &BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+    service_gateways: &BTreeMap<ObjectKey, BTreeMap<ObjectKey, usize>>,
 ) -> Vec<ObjectKey> {
     let gateways: BTreeSet<&ObjectKey> = plan
         .services
         .iter()
         .filter_map(|t| service_gateways.get(t))
-        .flatten()
+        .flat_map(BTreeMap::keys)
         .collect();
     gateways.into_iter().take(16).cloned().collect()
 }

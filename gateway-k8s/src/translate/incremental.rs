@@ -18,6 +18,9 @@
 //! computed by every translation, from the replayed attachments, so statuses are exactly those
 //! of a translation from scratch.
 //!
+//! When only HTTPRoutes changed, a translation does not even replay the attachments of the
+//! unchanged routes: it patches what the previous translation kept (see `kept`).
+//!
 //! The attachments also keep the `lastTransitionTime` of each route condition: when a route's
 //! status is computed again, a condition whose status is unchanged keeps the time it has in the
 //! route's previous status (see [`RouteAttachment::previous_time`]).
@@ -124,15 +127,30 @@ pub(super) struct RouteCache {
 
 impl RouteCache {
     /// Starts a translation of `resources`: forgets every route when an object other than an
-    /// HTTPRoute was added, removed or replaced since the previous translation.
-    pub fn begin(&mut self, resources: &Resources) {
+    /// HTTPRoute was added, removed or replaced since the previous translation. Returns whether
+    /// the translations were kept (no such object changed).
+    pub fn begin(&mut self, resources: &Resources) -> bool {
         let inputs = Inputs::of(resources);
-        if !self.inputs.as_ref().is_some_and(|i| i.same(&inputs)) {
+        let same = self.inputs.as_ref().is_some_and(|i| i.same(&inputs));
+        if !same {
             self.routes.clear();
         }
         self.inputs = Some(inputs);
         self.reused = 0;
         self.translated = 0;
+        same
+    }
+
+    /// Forgets route `key` (removed from the input), its translation and attachment.
+    pub fn forget_route(&mut self, key: &ObjectKey) {
+        self.routes.remove(key);
+        self.attachments.remove(key);
+    }
+
+    /// Counts `routes` routes that were not looked at as reused (a translation that patched
+    /// only the changed routes into the kept state).
+    pub fn count_untouched(&mut self, routes: usize) {
+        self.reused += routes;
     }
 
     /// The translation of route `key`: the previous one when `object` is the object it was

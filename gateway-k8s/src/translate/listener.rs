@@ -22,24 +22,29 @@ pub(crate) const MODEL_NAME_HEADER: &str = "x-gateway-model-name";
 /// with body headers read bodies before routing.
 pub(crate) const BODY_HEADER_BYTES: usize = gateway_inference::gateway::DEFAULT_BODY_LIMIT;
 
-/// The body headers of a listener with `routes` attached
-/// ([`gateway_core::config::Listener::body_headers`]): when a rule of some route matches on the
-/// header `X-Gateway-Model-Name` (any case), that header is derived from the JSON body's
+/// The body headers of a listener with `model_routes` routes attached that match on the model
+/// header ([`gateway_core::config::Listener::body_headers`]): when a rule of some route matches
+/// on the header `X-Gateway-Model-Name` (any case), that header is derived from the JSON body's
 /// top-level `model` field before routing, so routes can choose a backend by model; otherwise
-/// none (bodies stream). Computed from the routes on every translation, so a route added,
-/// changed or removed (translated or reused) updates the listener.
-pub(crate) fn body_headers(routes: &[Arc<Route>]) -> Vec<BodyHeader> {
-    let by_model = routes
-        .iter()
-        .flat_map(|r| &r.rules)
-        .flat_map(|rule| &rule.matches)
-        .flat_map(|m| &m.headers)
-        .any(|h| h.name.eq_ignore_ascii_case(MODEL_NAME_HEADER));
-    if by_model {
+/// none (bodies stream). The count is kept with the listener's routes
+/// ([`ListenerPlan::model_routes`]), so a route added, changed or removed (translated or
+/// reused) updates the listener.
+pub(crate) fn body_headers(model_routes: usize) -> Vec<BodyHeader> {
+    if model_routes > 0 {
         vec![BodyHeader::new(MODEL_NAME_HEADER, "model")]
     } else {
         Vec::new()
     }
+}
+
+/// Whether some rule of `route` matches on the model header (see [`body_headers`]).
+pub(crate) fn uses_model_header(route: &Route) -> bool {
+    route
+        .rules
+        .iter()
+        .flat_map(|rule| &rule.matches)
+        .flat_map(|m| &m.headers)
+        .any(|h| h.name.eq_ignore_ascii_case(MODEL_NAME_HEADER))
 }
 
 /// A condition outcome that is not True: its reason and message.
@@ -86,8 +91,10 @@ pub(crate) struct ListenerPlan {
     /// Loaded certificates (HTTPS only).
     pub tls: Option<ListenerTls>,
     /// Routes accepted on this listener (shared with the translator's cache and the
-    /// configuration).
+    /// configuration), in precedence order.
     pub routes: Vec<Arc<Route>>,
+    /// How many of `routes` match on the model header ([`uses_model_header`]).
+    pub model_routes: usize,
 }
 
 impl ListenerPlan {
@@ -210,6 +217,7 @@ pub(crate) fn plan_listener(
         allowed_from,
         tls,
         routes: Vec::new(),
+        model_routes: 0,
     }
 }
 
@@ -470,6 +478,7 @@ mod tests {
             allowed_from: AllowedFrom::Same,
             tls: None,
             routes: Vec::new(),
+            model_routes: 0,
         }
     }
 

@@ -167,13 +167,13 @@ fn effect(spec: &XBackendTrafficPolicySpec) -> Result<BackendPolicy, String> {
 /// targets. At most 16, as the status schema allows.
 pub(crate) fn ancestors(
     plan: &PolicyPlan,
-    service_gateways: &BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+    service_gateways: &BTreeMap<ObjectKey, BTreeMap<ObjectKey, usize>>,
 ) -> Vec<ObjectKey> {
     let gateways: BTreeSet<&ObjectKey> = plan
         .targets
         .iter()
         .filter_map(|t| service_gateways.get(t))
-        .flatten()
+        .flat_map(BTreeMap::keys)
         .collect();
     gateways.into_iter().take(16).cloned().collect()
 }
