@@ -286,7 +286,8 @@ impl Profile {
     /// affinity first, then the least live load. [`PrefixAffinityScorer`] ×4 (spill-over at
     /// [`PrefixAffinityScorer::DEFAULT_SPILL`] waiting requests above the least queued
     /// candidate),
-    /// [`LoadScorer`] ×1, [`KvCacheScorer`] ×0.5, [`MaxScorePicker`], no filter. The weights
+    /// [`LoadScorer`] ×1, [`KvCacheScorer`] ×0.5, [`LoraAffinityScorer`] ×1 (neutral for
+    /// base-model requests), [`MaxScorePicker`], no filter. The weights
     /// make the order nearly lexicographic: a cached prefix (which saves its whole prefill)
     /// outweighs the whole load range unless its holder queues `spill` requests more than
     /// another endpoint; without a cached prefix the least loaded endpoint wins (join the
@@ -309,6 +310,7 @@ impl Profile {
                 ),
                 (Arc::new(LoadScorer), 1.0),
                 (Arc::new(KvCacheScorer), 0.5),
+                (Arc::new(LoraAffinityScorer), 1.0),
             ],
             picker: Arc::new(MaxScorePicker),
         }

@@ -386,6 +386,32 @@ fn load_aware_profile_keeps_affinity_until_the_holder_queues() {
 }
 
 #[test]
+fn load_aware_profile_sends_an_adapter_where_it_runs_or_can_load() {
+    let profile = Profile::load_aware();
+    let server = |i: usize, in_flight: u32, adapters: &[&str]| {
+        let mut c = loaded(i, in_flight, in_flight, 0);
+        let mut m = (**c.metrics.as_ref().unwrap()).clone();
+        m.base_model = Some("llama".into());
+        m.lora = Some(LoraMetrics {
+            active: adapters.iter().map(|s| s.to_string()).collect(),
+            waiting: Vec::new(),
+            max: 2,
+        });
+        c.metrics = Some(Arc::new(m));
+        c
+    };
+    // 1 runs `sql` and is busier; 2 is idle but both its adapter slots are taken.
+    let c = [server(1, 3, &["sql", "tweet"]), server(2, 0, &["x", "y"])];
+    let adapter = SchedRequest::new("sql", "", 0).with_adapter(lora_adapter("sql", &c));
+    assert_eq!(adapter.adapter, Some("sql"));
+    assert_eq!(profile.pick(&adapter, &c, &mut rng()).unwrap()[0], 0);
+    // The base model needs no slot: the idle server.
+    let base = SchedRequest::new("llama", "", 0).with_adapter(lora_adapter("llama", &c));
+    assert_eq!(base.adapter, None);
+    assert_eq!(profile.pick(&base, &c, &mut rng()).unwrap()[0], 1);
+}
+
+#[test]
 fn profile_kinds_parse_and_build() {
     for kind in [ProfileKind::Reference, ProfileKind::LoadAware] {
         assert_eq!(kind.as_str().parse::<ProfileKind>(), Ok(kind));
