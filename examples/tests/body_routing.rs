@@ -204,12 +204,28 @@ async fn http_routes_matching_the_model_header_route_chat_completions_by_body() 
         chat(listener, &[json], &body).await,
         Ok((200, format!("llama\n{body}")))
     );
-    // Past the bound (4 MiB, the inference data plane's bound for a prompt): 413.
-    let body = format!(
-        r#"{{"model": "llama", "prompt": "{}"}}"#,
-        "x".repeat(4 * 1024 * 1024)
+    // Past the bound (4 MiB, the inference data plane's bound for a prompt): 413, at once when
+    // the Content-Length says so (the gateway answers and closes without reading the body, so
+    // the test sends the head alone: a client still writing 4 MiB may see its write fail first).
+    let mut stream = tokio::net::TcpStream::connect(listener)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: ai.example\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        4 * 1024 * 1024 + 1
     );
-    assert_eq!(chat(listener, &[json], &body).await.map(|r| r.0), Ok(413));
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("answered without the body")
+        .expect("read");
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
 
     // The admin's explain says the listener derives the header from the body.
     let (code, text) = get(

@@ -22,21 +22,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use gateway_core::prometheus_client::encoding::{
-    DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet,
-};
+use gateway_core::prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use gateway_core::prometheus_client::metrics::MetricType;
 use gateway_core::prometheus_client::metrics::counter::ConstCounter;
 use gateway_core::prometheus_client::metrics::gauge::ConstGauge;
 use gateway_core::prometheus_client::registry::Unit;
 
+use gateway_core::observe::metrics::AtomicHistogram;
+
 use crate::extproc::client::PickError;
 use crate::request::DroppedReason;
 use crate::scheduler::SaturationDetector;
 use crate::scrape::MetricsStore;
-
-/// The most bounds a histogram here has (one more bucket holds what is above them all).
-const MAX_BOUNDS: usize = 14;
 
 const fn us(v: u64) -> u64 {
     v * 1_000
@@ -81,54 +78,6 @@ const QUEUE_BOUNDS: &[u64] = &[
     ms(30000),
     ms(60000),
 ];
-
-/// A histogram of durations whose observations are two relaxed atomic additions.
-struct AtomicHistogram {
-    bounds: &'static [u64],
-    /// Per-bucket (not cumulative) counts; the last holds observations above every bound.
-    counts: [AtomicU64; MAX_BOUNDS + 1],
-    sum_ns: AtomicU64,
-}
-
-impl AtomicHistogram {
-    fn new(bounds: &'static [u64]) -> Self {
-        debug_assert!(bounds.len() <= MAX_BOUNDS);
-        AtomicHistogram {
-            bounds,
-            counts: Default::default(),
-            sum_ns: AtomicU64::new(0),
-        }
-    }
-
-    fn observe(&self, d: Duration) {
-        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        let i = self
-            .bounds
-            .iter()
-            .position(|&b| ns <= b)
-            .unwrap_or(self.bounds.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
-    }
-
-    /// Writes the series: cumulative buckets; the count is the buckets' total, so the two
-    /// always agree.
-    fn encode(&self, encoder: MetricEncoder<'_>) -> fmt::Result {
-        let n = self.bounds.len();
-        let mut buckets = [(0.0, 0u64); MAX_BOUNDS + 1];
-        for (i, slot) in buckets.iter_mut().enumerate().take(n + 1) {
-            let bound = self
-                .bounds
-                .get(i)
-                .map_or(f64::INFINITY, |&b| b as f64 / 1e9);
-            *slot = (bound, self.counts[i].load(Ordering::Relaxed));
-        }
-        let count = buckets[..=n].iter().map(|(_, c)| c).sum();
-        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        let mut encoder = encoder;
-        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets[..=n], None)
-    }
-}
 
 /// Why the pool filter refused a request: the `reason` label of
 /// `gateway_inference_requests_rejected_total`.
@@ -530,7 +479,7 @@ pub(crate) fn encode(
     for p in pools {
         p.stats
             .schedule
-            .encode(m.encode_family(&[("pool", p.key)])?)?;
+            .encode(&mut m.encode_family(&[("pool", p.key)])?)?;
     }
     let mut m = encoder.encode_descriptor(
         "gateway_inference_flow_control_requests_waiting",
@@ -553,7 +502,7 @@ pub(crate) fn encode(
     for p in pools.iter().filter(|p| p.waiting.is_some()) {
         for (outcome, h) in QueueOutcome::ALL.iter().zip(&p.stats.queue) {
             let labels = [("pool", p.key), ("outcome", outcome.as_str())];
-            h.encode(m.encode_family(&labels)?)?;
+            h.encode(&mut m.encode_family(&labels)?)?;
         }
     }
     let mut m = encoder.encode_descriptor(

@@ -6,50 +6,29 @@
 //! picker rewrote, the subset hint, and both failure modes with the picker down, unresolved or
 //! answering an address outside the pool.
 
-use std::net::{SocketAddr, TcpListener};
+mod support;
+
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gateway_core::config::*;
-use gateway_core::{FilterRegistry, Gateway};
+use gateway_core::config::Retry;
 use gateway_inference::crd::v1::FailureMode;
 use gateway_inference::extproc::server::{
     PickOutcome, PickPolicy, PickRequest, PickerServer, Rejection, RoundRobinPolicy, Route,
     SchedulerPolicy,
 };
-use gateway_inference::gateway::{InferenceGateway, PICKER, POOL_KIND};
+use gateway_inference::gateway::InferenceGateway;
 use gateway_inference::metrics::Engine;
 use gateway_inference::request::DroppedReason;
-use gateway_inference::settings::{
-    EndpointPickerSettings, InferencePoolSettings, PoolEndpoint, PoolName,
-};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use gateway_inference::settings::{EndpointPickerSettings, InferencePoolSettings, PoolEndpoint};
+use support::{Reply, free_port, gateway, gateway_with};
 use tokio::task::JoinHandle;
-use vllm_sim::{RunningSim, SimConfig, Simulator};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+use vllm_sim::RunningSim;
 
 async fn sim(pod: &str) -> RunningSim {
-    let config = SimConfig {
-        model: "base".into(),
-        max_num_seqs: 4,
-        max_model_len: 16384,
-        inter_token_latency_ms: 0.0,
-        pod_name: Some(pod.into()),
-        seed: Some(7),
-        ..SimConfig::default()
-    };
-    Simulator::serve(config, SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .expect("simulator")
+    support::sim(pod, 4, |c| c.max_model_len = 16384).await
 }
 
 /// The picker server for `policy` on a free loopback port.
@@ -62,27 +41,11 @@ async fn picker<P: PickPolicy>(policy: P) -> (SocketAddr, JoinHandle<std::io::Re
     (addr, task)
 }
 
+/// The pool over `sims`, chosen by the external `picker`.
 fn settings(sims: &[&RunningSim], picker: EndpointPickerSettings) -> InferencePoolSettings {
-    InferencePoolSettings {
-        pool: PoolName {
-            namespace: "llm".into(),
-            name: "pool".into(),
-        },
-        target_ports: sims.iter().map(|s| s.local_addr().port()).collect(),
-        app_protocol: Default::default(),
-        endpoints: sims
-            .iter()
-            .enumerate()
-            .map(|(i, s)| PoolEndpoint {
-                address: s.local_addr(),
-                pod: format!("llm/vllm-{i}"),
-                engine: Engine::Vllm,
-            })
-            .collect(),
-        endpoint_picker: Some(picker),
-        objectives: vec![],
-        rewrites: vec![],
-    }
+    let mut pool = support::pool(&support::addresses(sims));
+    pool.endpoint_picker = Some(picker);
+    pool
 }
 
 fn epp(failure_mode: FailureMode, address: SocketAddr) -> EndpointPickerSettings {
@@ -93,92 +56,12 @@ fn epp(failure_mode: FailureMode, address: SocketAddr) -> EndpointPickerSettings
     }
 }
 
-/// A gateway on a free port whose one route sends everything to the pool.
-async fn gateway(inference: &InferenceGateway, settings: &InferencePoolSettings) -> (Gateway, u16) {
-    gateway_with_retry(inference, settings, None).await
-}
-
-/// As [`gateway`], the route retrying with `retry`.
-async fn gateway_with_retry(
-    inference: &InferenceGateway,
-    settings: &InferencePoolSettings,
-    retry: Option<Retry>,
-) -> (Gateway, u16) {
-    let mut registry = FilterRegistry::new();
-    inference.register_filters(&mut registry);
-    let gw = Gateway::new(registry);
-    inference.install(&gw);
-    let mut backend = BackendRef::endpoints(
-        "llm/pool",
-        settings.endpoints.iter().map(|e| e.address).collect(),
-    );
-    if let BackendTarget::Endpoints(b) = &mut backend.target {
-        b.policy.load_balancer = LoadBalancer::Custom(PICKER.into());
-    }
-    let mut ext = ExtensionRef::new(gateway_inference::crd::GROUP, POOL_KIND, "pool");
-    ext.config = Some(serde_json::to_value(settings).expect("settings"));
-    backend.filters = vec![Filter::ExtensionRef(ext)];
-    let mut rule = Rule::prefix("/").backend(backend);
-    rule.retry = retry;
-    let route = gateway_core::config::Route::new("llm", "chat").rule(rule);
-    let port = free_port();
-    let mut listener = Listener::new("llm/gw/http", 80);
-    listener.routes = vec![route.into()];
-    let config = Config {
-        binds: vec![Bind {
-            address: SocketAddr::from(([127, 0, 0, 1], port)),
-            protocol: Protocol::Http,
-            listeners: vec![listener],
-        }],
-        ..Default::default()
-    };
-    gw.apply(config).await.expect("apply");
-    (gw, port)
-}
-
-struct Reply {
-    status: u16,
-    headers: http::HeaderMap,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-    }
-}
-
 async fn post(port: u16, body: &str, headers: &[(&str, &str)]) -> Reply {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut req = http::Request::post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
-        .header("content-type", "application/json");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .expect("request");
-    let resp = client.request(req).await.expect("response");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    support::post(port, "/v1/chat/completions", body, headers).await
 }
 
 fn chat(model: &str, text: &str) -> String {
-    serde_json::json!({
-        "model": model,
-        "messages": [{"role": "user", "content": text}],
-        "max_tokens": 4,
-    })
-    .to_string()
+    support::chat_body(model, text, false)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -498,7 +381,7 @@ async fn retries_walk_the_pickers_fallbacks_and_nothing_else() {
     .await;
     pool.endpoint_picker = Some(epp(FailureMode::FailClose, with_fallback));
     let inference = InferenceGateway::default();
-    let (gw, port) = gateway_with_retry(&inference, &pool, Some(retry.clone())).await;
+    let (gw, port) = gateway_with(&inference, &pool, Some(retry.clone())).await;
     for _ in 0..3 {
         let reply = post(port, &chat("base", "hello"), &[]).await;
         assert_eq!(reply.status, 200, "{}", reply.body);
@@ -518,7 +401,7 @@ async fn retries_walk_the_pickers_fallbacks_and_nothing_else() {
     .await;
     pool.endpoint_picker = Some(epp(FailureMode::FailClose, alone));
     let inference = InferenceGateway::default();
-    let (gw, port) = gateway_with_retry(&inference, &pool, Some(retry)).await;
+    let (gw, port) = gateway_with(&inference, &pool, Some(retry)).await;
     let reply = post(port, &chat("base", "hello"), &[]).await;
     assert!(reply.status >= 500, "{}: {}", reply.status, reply.body);
     assert!(reply.headers.get("x-inference-pod").is_none());

@@ -3,159 +3,38 @@
 //! reported, model rewrites there and back (JSON and SSE), sheddable requests refused while the
 //! pool is saturated, malformed requests refused, other paths passed through.
 
-use std::net::{SocketAddr, TcpListener};
+mod support;
+
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use gateway_core::config::*;
-use gateway_core::{FilterRegistry, Gateway};
-use gateway_inference::gateway::{InferenceGateway, PICKER, POOL_KIND};
-use gateway_inference::metrics::Engine;
+use gateway_inference::gateway::InferenceGateway;
 use gateway_inference::scrape::ScrapeConfig;
-use gateway_inference::settings::{
-    InferencePoolSettings, ObjectiveSettings, PoolEndpoint, PoolName, RewriteSettings,
-};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use vllm_sim::{RunningSim, SimConfig, Simulator};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+use gateway_inference::settings::{InferencePoolSettings, ObjectiveSettings, RewriteSettings};
+use support::{Reply, gateway, post};
+use vllm_sim::RunningSim;
 
 async fn sim(pod: &str, max_num_seqs: usize, itl_ms: f64) -> RunningSim {
-    let config = SimConfig {
-        model: "base".into(),
-        max_num_seqs,
-        inter_token_latency_ms: itl_ms,
-        pod_name: Some(pod.into()),
-        seed: Some(7),
-        ..SimConfig::default()
-    };
-    Simulator::serve(config, SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .expect("simulator")
+    support::sim(pod, max_num_seqs, |c| c.inter_token_latency_ms = itl_ms).await
 }
 
+/// The pool over `sims` with `objectives` and `rewrites`, no external picker.
 fn settings(
     sims: &[&RunningSim],
     objectives: Vec<ObjectiveSettings>,
     rewrites: Vec<RewriteSettings>,
 ) -> InferencePoolSettings {
-    InferencePoolSettings {
-        pool: PoolName {
-            namespace: "llm".into(),
-            name: "pool".into(),
-        },
-        target_ports: sims.iter().map(|s| s.local_addr().port()).collect(),
-        app_protocol: Default::default(),
-        endpoints: sims
-            .iter()
-            .enumerate()
-            .map(|(i, s)| PoolEndpoint {
-                address: s.local_addr(),
-                pod: format!("llm/vllm-{i}"),
-                engine: Engine::Vllm,
-            })
-            .collect(),
-        endpoint_picker: None,
-        objectives,
-        rewrites,
-    }
-}
-
-/// A gateway on a free port whose one route sends everything to the pool.
-async fn gateway(inference: &InferenceGateway, settings: &InferencePoolSettings) -> (Gateway, u16) {
-    let mut registry = FilterRegistry::new();
-    inference.register_filters(&mut registry);
-    let gw = Gateway::new(registry);
-    inference.install(&gw);
-    let mut backend = BackendRef::endpoints(
-        "llm/pool",
-        settings.endpoints.iter().map(|e| e.address).collect(),
-    );
-    if let BackendTarget::Endpoints(b) = &mut backend.target {
-        b.policy.load_balancer = LoadBalancer::Custom(PICKER.into());
-    }
-    let mut ext = ExtensionRef::new(gateway_inference::crd::GROUP, POOL_KIND, "pool");
-    ext.config = Some(serde_json::to_value(settings).expect("settings"));
-    backend.filters = vec![Filter::ExtensionRef(ext)];
-    let rule = Rule::prefix("/").backend(backend);
-    let route = Route::new("llm", "chat").rule(rule);
-    let port = free_port();
-    let mut listener = Listener::new("llm/gw/http", 80);
-    listener.routes = vec![route.into()];
-    let config = Config {
-        binds: vec![Bind {
-            address: SocketAddr::from(([127, 0, 0, 1], port)),
-            protocol: Protocol::Http,
-            listeners: vec![listener],
-        }],
-        ..Default::default()
-    };
-    gw.apply(config).await.expect("apply");
-    (gw, port)
-}
-
-struct Reply {
-    status: u16,
-    headers: http::HeaderMap,
-    body: String,
-}
-
-async fn post(port: u16, path: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut req = http::Request::post(format!("http://127.0.0.1:{port}{path}"))
-        .header("content-type", "application/json");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .expect("request");
-    let resp = client.request(req).await.expect("response");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    let mut pool = support::pool(&support::addresses(sims));
+    pool.objectives = objectives;
+    pool.rewrites = rewrites;
+    pool
 }
 
 async fn get(port: u16, path: &str) -> Reply {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let resp = client
-        .get(
-            format!("http://127.0.0.1:{port}{path}")
-                .parse()
-                .expect("uri"),
-        )
-        .await
-        .expect("response");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    support::send(port, "GET", path, "", &[]).await
 }
 
 fn chat(model: &str, text: &str, stream: bool) -> String {
-    serde_json::json!({
-        "model": model,
-        "messages": [{"role": "user", "content": text}],
-        "max_tokens": 4,
-        "stream": stream,
-    })
-    .to_string()
+    support::chat_body(model, text, stream)
 }
 
 fn served(reply: &Reply) -> String {
@@ -564,16 +443,11 @@ async fn requests_wait_at_the_gateway_while_the_pool_is_saturated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_prompt_is_held_whole_and_sent_to_the_chosen_server() {
     // A server with room for a long context.
-    let config = SimConfig {
-        model: "base".into(),
-        max_model_len: 400_000,
-        kv_cache_size: 40_000,
-        seed: Some(7),
-        ..SimConfig::default()
-    };
-    let server = Simulator::serve(config, SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .expect("simulator");
+    let server = support::sim("long", 5, |c| {
+        c.max_model_len = 400_000;
+        c.kv_cache_size = 40_000;
+    })
+    .await;
     // The default bound (4 MiB), far above Pingora's 64 KiB replay buffer.
     let inference = InferenceGateway::default();
     let (_gw, port) = gateway(&inference, &settings(&[&server], vec![], vec![])).await;
@@ -588,12 +462,27 @@ async fn a_long_prompt_is_held_whole_and_sent_to_the_chosen_server() {
         prompt_tokens >= words as u64,
         "the server saw the whole prompt: {prompt_tokens} tokens"
     );
-    // Over the bound: 413.
-    let over = chat("base", &"word ".repeat(900_000), false);
-    assert!(over.len() > gateway_inference::gateway::DEFAULT_BODY_LIMIT);
-    assert_eq!(
-        post(port, "/v1/chat/completions", &over, &[]).await.status,
-        413
+    // Over the bound: 413, at once when the Content-Length says so (the head alone is sent:
+    // the gateway answers and closes without reading the body).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: llm\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        gateway_inference::gateway::DEFAULT_BODY_LIMIT + 1
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("answered without the body")
+        .expect("read");
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
     );
     server.shutdown().await;
 }

@@ -7,160 +7,52 @@
 //! unreachable picker's fail-close answers and an unresolved one's fail-open fallbacks are
 //! counted.
 
-use std::net::{SocketAddr, TcpListener};
+mod support;
+
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use gateway_core::config::*;
-use gateway_core::{FilterRegistry, Gateway};
-use gateway_inference::gateway::{InferenceGateway, PICKER, POOL_KIND};
-use gateway_inference::metrics::Engine;
+use gateway_core::Gateway;
+use gateway_core::config::Config;
+use gateway_inference::gateway::InferenceGateway;
 use gateway_inference::scheduler::{Profile, SaturationDetector, Scheduler};
 use gateway_inference::scrape::ScrapeConfig;
-use gateway_inference::settings::{
-    InferencePoolSettings, ObjectiveSettings, PoolEndpoint, PoolName,
-};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use vllm_sim::{RunningSim, SimConfig, Simulator};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+use gateway_inference::settings::{InferencePoolSettings, ObjectiveSettings};
+use support::{Reply, free_port, gateway, send};
+use vllm_sim::RunningSim;
 
 async fn sim(pod: &str) -> RunningSim {
-    let config = SimConfig {
-        model: "base".into(),
-        max_num_seqs: 4,
-        inter_token_latency_ms: 0.0,
-        pod_name: Some(pod.into()),
-        seed: Some(7),
-        ..SimConfig::default()
-    };
-    Simulator::serve(config, SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .expect("simulator")
+    support::sim(pod, 4, |_| {}).await
 }
 
+/// The pool over `endpoints`, with a sheddable objective `batch` and a `critical` one.
 fn settings(endpoints: &[SocketAddr]) -> InferencePoolSettings {
-    InferencePoolSettings {
-        pool: PoolName {
-            namespace: "llm".into(),
-            name: "pool".into(),
+    let mut pool = support::pool(endpoints);
+    pool.objectives = vec![
+        ObjectiveSettings {
+            name: "batch".into(),
+            priority: -1,
         },
-        target_ports: endpoints.iter().map(|a| a.port()).collect(),
-        app_protocol: Default::default(),
-        endpoints: endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, a)| PoolEndpoint {
-                address: *a,
-                pod: format!("llm/vllm-{i}"),
-                engine: Engine::Vllm,
-            })
-            .collect(),
-        endpoint_picker: None,
-        objectives: vec![
-            ObjectiveSettings {
-                name: "batch".into(),
-                priority: -1,
-            },
-            ObjectiveSettings {
-                name: "critical".into(),
-                priority: 10,
-            },
-        ],
-        rewrites: vec![],
-    }
+        ObjectiveSettings {
+            name: "critical".into(),
+            priority: 10,
+        },
+    ];
+    pool
 }
 
-/// The configuration of a gateway on `port` whose one route sends everything to the pool
-/// (`settings`), or answers 404 for everything when `settings` is `None`.
+/// A gateway on `port` whose one route sends everything to the pool, or none (404).
 fn config(port: u16, settings: Option<&InferencePoolSettings>) -> Config {
-    let mut listener = Listener::new("llm/gw/http", 80);
-    if let Some(settings) = settings {
-        let mut backend = BackendRef::endpoints(
-            "llm/pool",
-            settings.endpoints.iter().map(|e| e.address).collect(),
-        );
-        if let BackendTarget::Endpoints(b) = &mut backend.target {
-            b.policy.load_balancer = LoadBalancer::Custom(PICKER.into());
-        }
-        let mut ext = ExtensionRef::new(gateway_inference::crd::GROUP, POOL_KIND, "pool");
-        ext.config = Some(serde_json::to_value(settings).expect("settings"));
-        backend.filters = vec![Filter::ExtensionRef(ext)];
-        let route = Route::new("llm", "chat").rule(Rule::prefix("/").backend(backend));
-        listener.routes = vec![route.into()];
-    }
-    Config {
-        binds: vec![Bind {
-            address: SocketAddr::from(([127, 0, 0, 1], port)),
-            protocol: Protocol::Http,
-            listeners: vec![listener],
-        }],
-        ..Default::default()
-    }
-}
-
-async fn gateway(inference: &InferenceGateway, settings: &InferencePoolSettings) -> (Gateway, u16) {
-    let mut registry = FilterRegistry::new();
-    inference.register_filters(&mut registry);
-    let gw = Gateway::new(registry);
-    inference.install(&gw);
-    let port = free_port();
-    gw.apply(config(port, Some(settings))).await.expect("apply");
-    (gw, port)
-}
-
-struct Reply {
-    status: u16,
-    headers: http::HeaderMap,
-    body: String,
-}
-
-async fn send(port: u16, method: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(format!("http://127.0.0.1:{port}{path}"))
-        .header("content-type", "application/json");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .expect("request");
-    let resp = client.request(req).await.expect("response");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    support::config(port, settings, None)
 }
 
 async fn chat(port: u16, text: &str, headers: &[(&str, &str)]) -> Reply {
-    let body = serde_json::json!({
-        "model": "base",
-        "messages": [{"role": "user", "content": text}],
-        "max_tokens": 4,
-    })
-    .to_string();
+    let body = support::chat_body("base", text, false);
     send(port, "POST", "/v1/chat/completions", &body, headers).await
 }
 
 fn header<'a>(reply: &'a Reply, name: &str) -> &'a str {
-    reply
-        .headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
+    reply.header(name)
 }
 
 /// The value of the sample `series` (name and labels, exactly as written) in `text`.

@@ -61,8 +61,8 @@ const CONNECT_BOUNDS: &[u64] = &[
     ms(10000),
 ];
 
-/// The most bounds a histogram has (one more bucket holds what is above them all).
-const MAX_BOUNDS: usize = 14;
+/// The most bounds an [`AtomicHistogram`] has (one more bucket holds what is above them all).
+pub const MAX_BOUNDS: usize = 14;
 
 const fn ms(v: u64) -> u64 {
     v * 1_000_000
@@ -83,8 +83,12 @@ fn status_class(status: u16) -> usize {
     }
 }
 
-/// A histogram of durations whose observations are two relaxed atomic additions.
-struct AtomicHistogram {
+/// A histogram of durations whose observations are two relaxed atomic additions: what the
+/// gateway's own duration histograms use, public so that other crates (the inference data
+/// plane) record theirs on the request path the same way and encode them from their own
+/// [`Collector`]. Bounds are nanoseconds, ascending, at most [`MAX_BOUNDS`].
+#[derive(Debug)]
+pub struct AtomicHistogram {
     bounds: &'static [u64],
     /// Per-bucket (not cumulative) counts; the last holds observations above every bound.
     counts: [AtomicU64; MAX_BOUNDS + 1],
@@ -92,7 +96,8 @@ struct AtomicHistogram {
 }
 
 impl AtomicHistogram {
-    fn new(bounds: &'static [u64]) -> Self {
+    /// An empty histogram over `bounds` (nanoseconds, ascending, at most [`MAX_BOUNDS`]).
+    pub fn new(bounds: &'static [u64]) -> Self {
         debug_assert!(bounds.len() <= MAX_BOUNDS);
         AtomicHistogram {
             bounds,
@@ -101,7 +106,8 @@ impl AtomicHistogram {
         }
     }
 
-    fn observe(&self, d: Duration) {
+    /// Records one duration: two relaxed atomic additions, no lock, no allocation.
+    pub fn observe(&self, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let i = self
             .bounds
@@ -112,12 +118,17 @@ impl AtomicHistogram {
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
-    fn count(&self) -> u64 {
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
-    /// Writes the series (the count is the buckets' total, so the two always agree).
-    fn encode(&self, encoder: &mut prometheus_client::encoding::MetricEncoder<'_>) -> fmt::Result {
+    /// Writes the series in seconds, buckets cumulative (the count is the buckets' total, so
+    /// the two always agree). Called when the metrics are scraped.
+    pub fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::MetricEncoder<'_>,
+    ) -> fmt::Result {
         let mut buckets = [(0.0, 0u64); MAX_BOUNDS + 1];
         let n = self.bounds.len();
         for (i, slot) in buckets.iter_mut().enumerate().take(n + 1) {
