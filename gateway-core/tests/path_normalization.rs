@@ -137,7 +137,10 @@ async fn setup() -> Setup {
             })
     });
     for listener in std::iter::once(default).chain(configured) {
-        let port = free_port();
+        // A port freed by one free_port() call can come back from the next one.
+        let port = std::iter::repeat_with(free_port)
+            .find(|p| !ports.contains(p))
+            .expect("a free port");
         ports.push(port);
         binds.push(Bind {
             address: addr(port),
