@@ -138,9 +138,14 @@ async fn an_inference_pool_from_yaml_serves_chat_completions() {
     })
     .await;
 
-    // Both Ready Pods serve; the gateway names the endpoint, the simulator its pod.
+    // Both Ready Pods serve; the gateway names the endpoint, the simulator its pod. Until both
+    // servers' metrics are scraped the one with metrics wins every pick, so the requests are
+    // spread over up to 10 s.
     let mut seen = std::collections::BTreeSet::new();
-    for i in 0..40 {
+    for i in 0..400 {
+        if i > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
         let (status, head, body) = post(chat(&format!("question {i}")), vec![])
             .await
             .expect("reply");
