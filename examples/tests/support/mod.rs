@@ -63,12 +63,23 @@ pub fn write(path: &Path, text: &str) {
     std::fs::write(path, text).expect("write config");
 }
 
-/// A free loopback port (bound, then released).
+/// A free loopback port (bound, then released), never one this test process handed out
+/// before.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    // Tests run on parallel threads: a port released by one call can come back from the next
+    // before its taker binds it, so a port is handed out once per test process.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Starts `file-gateway` on the configuration directory `config`, with the Gateways' port 80

@@ -2,7 +2,7 @@
 //! Gateway whose one route sends everything to an InferencePool, and a small HTTP client.
 #![allow(dead_code)] // each test binary uses its own subset
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 use gateway_core::config::*;
@@ -15,12 +15,23 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use vllm_sim::{RunningSim, SimConfig, Simulator};
 
-/// A free loopback port.
+/// A free loopback port (bound, then released), never one this test process handed out
+/// before.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    // Tests run on parallel threads: a port released by one call can come back from the next
+    // before its taker binds it, so a port is handed out once per test process.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// The tests' simulator: model `base`, no decode time, seed 7, named `pod`, `max_num_seqs`
