@@ -430,32 +430,28 @@ pub(crate) fn encode(
         .map(|p| p.stats.endpoints.load_full())
         .collect();
 
-    let mut m = encoder.encode_descriptor(
-        "gateway_inference_requests_picked",
-        "Requests for which the pool's scheduler (or its external endpoint picker) chose the endpoint first, by pool and endpoint",
-        None,
-        MetricType::Counter,
-    )?;
-    for (p, table) in pools.iter().zip(&tables) {
-        for (addr, s) in table.iter() {
-            let endpoint = addr.to_string();
-            let labels = [("pool", p.key), ("endpoint", endpoint.as_str())];
-            ConstCounter::new(s.picked.load(Ordering::Relaxed))
-                .encode(m.encode_family(&labels)?)?;
-        }
-    }
-    let mut m = encoder.encode_descriptor(
-        "gateway_inference_requests_served",
-        "Requests of the pool answered by an endpoint (the endpoint of the last attempt, after retries), by pool and endpoint",
-        None,
-        MetricType::Counter,
-    )?;
-    for (p, table) in pools.iter().zip(&tables) {
-        for (addr, s) in table.iter() {
-            let endpoint = addr.to_string();
-            let labels = [("pool", p.key), ("endpoint", endpoint.as_str())];
-            ConstCounter::new(s.served.load(Ordering::Relaxed))
-                .encode(m.encode_family(&labels)?)?;
+    type Count = fn(&EndpointStats) -> &AtomicU64;
+    let per_endpoint: [(&str, &str, Count); 2] = [
+        (
+            "gateway_inference_requests_picked",
+            "Requests for which the pool's scheduler (or its external endpoint picker) chose the endpoint first, by pool and endpoint",
+            |s| &s.picked,
+        ),
+        (
+            "gateway_inference_requests_served",
+            "Requests of the pool answered by an endpoint (the endpoint of the last attempt, after retries), by pool and endpoint",
+            |s| &s.served,
+        ),
+    ];
+    for (name, help, count) in per_endpoint {
+        let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (p, table) in pools.iter().zip(&tables) {
+            for (addr, s) in table.iter() {
+                let endpoint = addr.to_string();
+                let labels = [("pool", p.key), ("endpoint", endpoint.as_str())];
+                ConstCounter::new(count(s).load(Ordering::Relaxed))
+                    .encode(m.encode_family(&labels)?)?;
+            }
         }
     }
     let mut m = encoder.encode_descriptor(
